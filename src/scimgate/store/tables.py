@@ -1,0 +1,146 @@
+"""Table definitions (SQLAlchemy Core). Migrations in ``migrations/`` must match these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# JSON on SQLite, JSONB on PostgreSQL: both support extraction in SQL, which the filter
+# compiler (store/filter_sql.py) relies on.
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+# Autoincrement primary keys: INTEGER on SQLite (rowid alias), BIGINT on PostgreSQL.
+SeqInt = BigInteger().with_variant(Integer(), "sqlite")
+
+# Timestamps are ISO-8601 UTC strings with a fixed width ("2026-11-28T13:21:02.123456Z"):
+# portable, and they compare correctly as text on both databases (SCIM gt/lt on dateTime).
+
+users = Table(
+    "scim_users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_name", Text, nullable=False),
+    # RFC 7643 §4.1.1: userName is unique and case-insensitive.
+    Column("user_name_lower", Text, nullable=False, unique=True),
+    Column("external_id", Text, nullable=True, index=True),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("display_name", Text, nullable=True),
+    # Everything else of the resource (core + extension attributes), as SCIM JSON without
+    # id, meta, groups and password.
+    Column("attrs", JsonDoc, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created", String(32), nullable=False),
+    Column("last_modified", String(32), nullable=False),
+)
+
+groups = Table(
+    "scim_groups",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("display_name", Text, nullable=False),
+    Column("display_name_lower", Text, nullable=False, unique=True),
+    Column("external_id", Text, nullable=True, index=True),
+    Column("attrs", JsonDoc, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created", String(32), nullable=False),
+    Column("last_modified", String(32), nullable=False),
+)
+
+# Memberships in their own table, indexed both ways: a member add/remove is one row, and
+# "which groups is this user in" is an index range scan.
+members = Table(
+    "scim_members",
+    metadata,
+    Column("group_id", String(36), ForeignKey("scim_groups.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("member_id", String(36), primary_key=True),
+    Column("member_type", String(8), nullable=False, default="User"),
+    Index("ix_scim_members_member", "member_id", "group_id"),
+)
+
+tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", SeqInt, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created", String(32), nullable=False),
+    Column("expires", String(32), nullable=True),
+    Column("last_used", String(32), nullable=True),
+    Column("revoked", String(32), nullable=True),
+    # Rotation: the previous secret keeps working until previous_expires.
+    Column("previous_hash", String(64), nullable=True, index=True),
+    Column("previous_expires", String(32), nullable=True),
+)
+
+# Desired HAProxy state: one row per identity key (HMAC pseudonym) of an active user.
+map_entries = Table(
+    "map_entries",
+    metadata,
+    Column("identity_key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("user_id", String(36), nullable=False, index=True),
+)
+
+# The outbox: one row per changed key, in commit order. value NULL means "delete".
+change_log = Table(
+    "change_log",
+    metadata,
+    Column("seq", SeqInt, primary_key=True, autoincrement=True),
+    Column("identity_key", String(64), nullable=False),
+    Column("value", Text, nullable=True),
+    Column("user_id", String(36), nullable=True),
+    Column("deprovision", Boolean, nullable=False, default=False),
+    Column("created", String(32), nullable=False),
+)
+
+targets = Table(
+    "sync_targets",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("cursor", BigInteger, nullable=False, default=0),
+    Column("last_resync", String(32), nullable=True),
+    Column("last_drift_check", String(32), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("entries", Integer, nullable=True),
+)
+
+# When each change took effect on each target (deprovisions are what audits ask about).
+confirmations = Table(
+    "sync_confirmations",
+    metadata,
+    Column("seq", BigInteger, primary_key=True),
+    Column("target", String(128), primary_key=True),
+    Column("applied", String(32), nullable=False),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", SeqInt, primary_key=True, autoincrement=True),
+    Column("ts", String(32), nullable=False),
+    Column("kind", String(64), nullable=False, index=True),
+    Column("actor", String(128), nullable=True),
+    Column("client", String(128), nullable=True),
+    Column("user_agent", Text, nullable=True),
+    Column("request_id", String(64), nullable=True),
+    Column("resource_type", String(16), nullable=True),
+    Column("resource_id", String(36), nullable=True, index=True),
+    Column("operation", String(32), nullable=True),
+    Column("detail", JsonDoc, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
