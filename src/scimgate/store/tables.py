@@ -127,6 +127,17 @@ confirmations = Table(
     Column("applied", String(32), nullable=False),
 )
 
+# One row (id=1): the newest audit event's seq and hash. Every write transaction locks it
+# first, which serialises writers on PostgreSQL so that audit and change-log order is commit
+# order (a follower reading "seq > cursor" can then never skip a late-committing row).
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
 audit_events = Table(
     "audit_events",
     metadata,

@@ -1,0 +1,132 @@
+"""Append audit events inside the caller's write transaction; read and verify them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scimgate.audit.chain import GENESIS_HASH, event_hash, first_broken
+from scimgate.store import tables
+from scimgate.store.db import now_iso
+
+SECRET_KEYS = frozenset({"password", "secret", "token"})
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made a request: the token name and where it came from."""
+
+    token: str | None = None
+    client: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+SYSTEM = Actor(token="scimgate")
+
+
+def redact(value: Any) -> Any:
+    """Drop secrets (passwords, tokens) from anything about to be audited."""
+    if isinstance(value, dict):
+        return {k: ("[redacted]" if k.lower() in SECRET_KEYS else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def ensure_head(conn: Connection) -> None:
+    if conn.execute(sa.select(tables.audit_head.c.id)).first() is None:
+        conn.execute(tables.audit_head.insert().values(id=1, seq=0, hash=GENESIS_HASH))
+
+
+def append(
+    conn: Connection,
+    kind: str,
+    actor: Actor = SYSTEM,
+    *,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    operation: str | None = None,
+    detail: dict[str, Any] | None = None,
+    ts: str | None = None,
+) -> int:
+    """Append one event in the caller's (write) transaction; returns its seq."""
+    head = conn.execute(
+        sa.select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(tables.audit_head.c.id == 1)
+    ).one()
+    event = {
+        "seq": head.seq + 1,
+        "ts": ts or now_iso(),
+        "kind": kind,
+        "actor": actor.token,
+        "client": actor.client,
+        "user_agent": (actor.user_agent or "")[:512] or None,
+        "request_id": actor.request_id,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "operation": operation,
+        "detail": redact(detail or {}),
+    }
+    event["prev_hash"] = head.hash
+    event["hash"] = event_hash(head.hash, event)
+    conn.execute(tables.audit_events.insert().values(**event))
+    conn.execute(
+        tables.audit_head.update().where(tables.audit_head.c.id == 1).values(
+            seq=event["seq"], hash=event["hash"]
+        )
+    )
+    return int(event["seq"])
+
+
+def iter_events(conn: Connection, *, since: str | None = None, until: str | None = None,
+                batch: int = 5000) -> Iterator[dict[str, Any]]:
+    t = tables.audit_events
+    last = 0
+    while True:
+        q = sa.select(t).where(t.c.seq > last).order_by(t.c.seq).limit(batch)
+        if since:
+            q = q.where(t.c.ts >= since)
+        if until:
+            q = q.where(t.c.ts <= until)
+        rows = conn.execute(q).mappings().all()
+        if not rows:
+            return
+        for r in rows:
+            yield dict(r)
+        last = rows[-1]["seq"]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    events: int
+    broken_seq: int | None = None
+    reason: str = ""
+
+
+def verify(conn: Connection) -> VerifyResult:
+    """Walk the whole chain; name the first event that does not hold."""
+    prev = GENESIS_HASH
+    count = 0
+    window: list[dict[str, Any]] = []
+    expected = 1
+    for ev in iter_events(conn):
+        window = [ev]
+        bad = first_broken(window, prev) if ev["seq"] == expected else 0
+        if bad is not None:
+            reason = "missing or reordered event" if ev["seq"] != expected else "hash mismatch"
+            return VerifyResult(False, count, broken_seq=expected if ev["seq"] != expected else ev["seq"],
+                                reason=reason)
+        prev = ev["hash"]
+        expected += 1
+        count += 1
+    head = conn.execute(sa.select(tables.audit_head)).mappings().first()
+    if head is not None and (head["seq"] != count or head["hash"] != prev):
+        return VerifyResult(False, count, broken_seq=count + 1 if head["seq"] > count else count,
+                            reason="events after the last one present were deleted"
+                            if head["seq"] > count else "head does not match the last event")
+    return VerifyResult(True, count)

@@ -1,0 +1,94 @@
+"""Engine creation and the write transaction (SQLite WAL or PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from scimgate.store import tables
+
+
+def now_iso() -> str:
+    """Fixed-width UTC timestamp; sorts and compares correctly as text."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=8,
+            max_overflow=8,
+        )
+        sync = sqlite_synchronous.upper()
+        if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"sqlite_synchronous: {sqlite_synchronous!r}")
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={sync}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+            # pysqlite's own transaction handling is disabled so that we can BEGIN IMMEDIATE
+            # for writes (take the write lock up front: no SQLITE_BUSY upgrade deadlocks).
+            dbapi_conn.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+        return engine
+    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+
+
+class Database:
+    """The engine plus the one write discipline every operation follows."""
+
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
+        self.url = url
+        self.engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
+        self.dialect = self.engine.dialect.name
+        # SQLite has one writer; serialising in-process avoids busy waits between our threads.
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction. Everything inside commits together or not at all.
+
+        Writers are serialised (SQLite: BEGIN IMMEDIATE; PostgreSQL: a row lock on the audit
+        head taken first), which gives the audit chain and the change log their commit order.
+        """
+        if self._write_lock is not None:
+            with self._write_lock, self.engine.connect() as conn:
+                conn.info["write"] = True
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    conn.info.pop("write", None)
+        else:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.select(tables.audit_head.c.seq)
+                    .where(tables.audit_head.c.id == 1)
+                    .with_for_update()
+                )
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()

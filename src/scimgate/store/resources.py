@@ -1,0 +1,384 @@
+"""SQL for SCIM resources: users, groups and memberships. No SCIM rules here: callers pass
+canonical resources (``scimgate.scim.resource``) and compiled filters (``filter_sql``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from scimgate.scim import errors
+from scimgate.scim.schema import ENTERPRISE_USER_SCHEMA, GROUP_SCHEMA, USER_SCHEMA
+from scimgate.store import tables
+from scimgate.store.db import now_iso
+
+U, G, M = tables.users, tables.groups, tables.members
+
+# Keys of a canonical resource that live in columns or are computed, not in ``attrs``.
+_NOT_IN_ATTRS = frozenset({"id", "meta", "schemas", "groups", "members", "password"})
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def etag(version: int) -> str:
+    # RFC 7644 §3.14: weak entity tags.
+    return f'W/"{version}"'
+
+
+def _attrs(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in _NOT_IN_ATTRS}
+
+
+def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING on both dialects (re-adding a member is a no-op,
+    RFC 7644 §3.5.2.1)."""
+    if not rows:
+        return
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing()
+    else:
+        stmt = sqlite.insert(table).on_conflict_do_nothing()
+    conn.execute(stmt, rows)
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: str
+    user_name: str
+    active: bool
+    attrs: dict[str, Any]
+    version: int
+    created: str
+    last_modified: str
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    id: str
+    display_name: str
+    external_id: str | None
+    attrs: dict[str, Any]
+    version: int
+    created: str
+    last_modified: str
+
+
+def _user(r: Any) -> UserRow:
+    return UserRow(r.id, r.user_name, bool(r.active), dict(r.attrs), r.version, r.created,
+                   r.last_modified)
+
+
+def _group(r: Any) -> GroupRow:
+    return GroupRow(r.id, r.display_name, r.external_id, dict(r.attrs), r.version, r.created,
+                    r.last_modified)
+
+
+# --- users -------------------------------------------------------------------------------
+
+
+def _user_values(resource: dict[str, Any]) -> dict[str, Any]:
+    user_name = resource["userName"]
+    return {
+        "user_name": user_name,
+        "user_name_lower": user_name.lower(),
+        "external_id": resource.get("externalId"),
+        "active": bool(resource.get("active", True)),
+        "display_name": resource.get("displayName"),
+        "attrs": _attrs(resource),
+    }
+
+
+def _unique_user_name(conn: Connection, user_name: str, exclude_id: str | None) -> None:
+    q = sa.select(U.c.id).where(U.c.user_name_lower == user_name.lower())
+    if exclude_id:
+        q = q.where(U.c.id != exclude_id)
+    if conn.execute(q).first() is not None:
+        raise errors.Uniqueness(f"userName {user_name!r} is already taken")
+
+
+def insert_user(conn: Connection, resource: dict[str, Any]) -> UserRow:
+    _unique_user_name(conn, resource["userName"], None)
+    now = now_iso()
+    values = {"id": new_id(), **_user_values(resource), "version": 1, "created": now,
+              "last_modified": now}
+    # Writers are serialised (Database.write), so the check above cannot race.
+    conn.execute(U.insert().values(**values))
+    return get_user(conn, values["id"])
+
+
+def get_user(conn: Connection, user_id: str) -> UserRow:
+    r = conn.execute(sa.select(U).where(U.c.id == user_id)).first()
+    if r is None:
+        raise errors.NotFound(f"User {user_id} not found")
+    return _user(r)
+
+
+def update_user(conn: Connection, row: UserRow, resource: dict[str, Any]) -> UserRow:
+    _unique_user_name(conn, resource["userName"], row.id)
+    conn.execute(
+        U.update().where(U.c.id == row.id).values(
+            **_user_values(resource), version=row.version + 1, last_modified=now_iso()
+        )
+    )
+    return get_user(conn, row.id)
+
+
+def delete_user(conn: Connection, user_id: str) -> list[str]:
+    """Delete a user and its memberships in every group at once; returns those group ids."""
+    group_ids = [r[0] for r in conn.execute(sa.select(M.c.group_id).where(M.c.member_id == user_id))]
+    conn.execute(M.delete().where(M.c.member_id == user_id))
+    if group_ids:
+        touch_groups(conn, group_ids)
+    conn.execute(U.delete().where(U.c.id == user_id))
+    return group_ids
+
+
+def user_resource(row: UserRow, base_url: str, groups: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    schemas = [USER_SCHEMA]
+    if ENTERPRISE_USER_SCHEMA in row.attrs:
+        schemas.append(ENTERPRISE_USER_SCHEMA)
+    out: dict[str, Any] = {"schemas": schemas, "id": row.id, **row.attrs}
+    out["userName"] = row.user_name
+    out["active"] = row.active
+    if groups:
+        out["groups"] = [
+            {"value": gid, "$ref": f"{base_url}/Groups/{gid}", "display": name, "type": "direct"}
+            for gid, name in groups
+        ]
+    out["meta"] = {
+        "resourceType": "User",
+        "created": row.created,
+        "lastModified": row.last_modified,
+        "location": f"{base_url}/Users/{row.id}",
+        "version": etag(row.version),
+    }
+    return out
+
+
+def groups_of_users(conn: Connection, user_ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+    """user id → [(group id, displayName)] (direct memberships)."""
+    out: dict[str, list[tuple[str, str]]] = {uid: [] for uid in user_ids}
+    if not user_ids:
+        return out
+    q = (
+        sa.select(M.c.member_id, G.c.id, G.c.display_name)
+        .select_from(M.join(G, G.c.id == M.c.group_id))
+        .where(M.c.member_id.in_(list(user_ids)))
+        .order_by(M.c.member_id, G.c.display_name)
+    )
+    for member_id, gid, name in conn.execute(q):
+        out[member_id].append((gid, name))
+    return out
+
+
+def idp_groups_of_user(conn: Connection, user_id: str) -> list[dict[str, Any]]:
+    """The user's direct groups as the policy compiler wants them (displayName, externalId)."""
+    q = (
+        sa.select(G.c.display_name, G.c.external_id)
+        .select_from(M.join(G, G.c.id == M.c.group_id))
+        .where(M.c.member_id == user_id)
+    )
+    return [{"displayName": n, "externalId": e} for n, e in conn.execute(q)]
+
+
+# --- groups ------------------------------------------------------------------------------
+
+
+def _unique_display_name(conn: Connection, name: str, exclude_id: str | None) -> None:
+    q = sa.select(G.c.id).where(G.c.display_name_lower == name.lower())
+    if exclude_id:
+        q = q.where(G.c.id != exclude_id)
+    if conn.execute(q).first() is not None:
+        raise errors.Uniqueness(f"Group displayName {name!r} is already taken")
+
+
+def _group_values(resource: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "display_name": resource["displayName"],
+        "display_name_lower": resource["displayName"].lower(),
+        "external_id": resource.get("externalId"),
+        "attrs": _attrs(resource),
+    }
+
+
+def insert_group(conn: Connection, resource: dict[str, Any]) -> GroupRow:
+    _unique_display_name(conn, resource["displayName"], None)
+    now = now_iso()
+    values = {"id": new_id(), **_group_values(resource), "version": 1, "created": now,
+              "last_modified": now}
+    conn.execute(G.insert().values(**values))
+    return get_group(conn, values["id"])
+
+
+def get_group(conn: Connection, group_id: str) -> GroupRow:
+    r = conn.execute(sa.select(G).where(G.c.id == group_id)).first()
+    if r is None:
+        raise errors.NotFound(f"Group {group_id} not found")
+    return _group(r)
+
+
+def update_group(conn: Connection, row: GroupRow, resource: dict[str, Any] | None) -> GroupRow:
+    """Store new attributes (or only bump version/lastModified when resource is None)."""
+    values: dict[str, Any] = {"version": row.version + 1, "last_modified": now_iso()}
+    if resource is not None:
+        _unique_display_name(conn, resource["displayName"], row.id)
+        values.update(_group_values(resource))
+    conn.execute(G.update().where(G.c.id == row.id).values(**values))
+    return get_group(conn, row.id)
+
+
+def touch_groups(conn: Connection, group_ids: Iterable[str]) -> None:
+    ids = list(group_ids)
+    if ids:
+        conn.execute(
+            G.update().where(G.c.id.in_(ids)).values(version=G.c.version + 1, last_modified=now_iso())
+        )
+
+
+def delete_group(conn: Connection, group_id: str) -> list[str]:
+    """Delete a group; returns the ids of its former members."""
+    members = [r[0] for r in conn.execute(sa.select(M.c.member_id).where(M.c.group_id == group_id))]
+    conn.execute(M.delete().where(M.c.group_id == group_id))
+    # Nested membership: the group disappears from groups it belonged to.
+    parents = [r[0] for r in conn.execute(sa.select(M.c.group_id).where(M.c.member_id == group_id))]
+    conn.execute(M.delete().where(M.c.member_id == group_id))
+    touch_groups(conn, parents)
+    conn.execute(G.delete().where(G.c.id == group_id))
+    return members
+
+
+def member_rows(conn: Connection, group_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """group id → its members as SCIM values (display = userName or group displayName)."""
+    out: dict[str, list[dict[str, Any]]] = {gid: [] for gid in group_ids}
+    if not group_ids:
+        return out
+    ug = G.alias("member_group")
+    q = (
+        sa.select(M.c.group_id, M.c.member_id, M.c.member_type, U.c.user_name, ug.c.display_name)
+        .select_from(
+            M.outerjoin(U, U.c.id == M.c.member_id).outerjoin(ug, ug.c.id == M.c.member_id)
+        )
+        .where(M.c.group_id.in_(list(group_ids)))
+        .order_by(M.c.group_id, M.c.member_id)
+    )
+    for gid, mid, mtype, uname, gname in conn.execute(q):
+        out[gid].append({"value": mid, "type": mtype, "display": uname or gname})
+    return out
+
+
+def group_resource(row: GroupRow, base_url: str,
+                   members: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"schemas": [GROUP_SCHEMA], "id": row.id, **row.attrs}
+    out["displayName"] = row.display_name
+    if members:
+        out["members"] = [
+            {**m, "$ref": f"{base_url}/{'Users' if m['type'] == 'User' else 'Groups'}/{m['value']}"}
+            for m in members
+        ]
+    out["meta"] = {
+        "resourceType": "Group",
+        "created": row.created,
+        "lastModified": row.last_modified,
+        "location": f"{base_url}/Groups/{row.id}",
+        "version": etag(row.version),
+    }
+    return out
+
+
+def existing_member_types(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """Which of these ids are users or groups (members must reference existing resources)."""
+    if not ids:
+        return {}
+    found = {r[0]: "User" for r in conn.execute(sa.select(U.c.id).where(U.c.id.in_(list(ids))))}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        found.update(
+            {r[0]: "Group" for r in conn.execute(sa.select(G.c.id).where(G.c.id.in_(missing)))}
+        )
+    return found
+
+
+def add_members(conn: Connection, group_id: str, member_ids: Sequence[str]) -> list[str]:
+    """Insert memberships (O(members added)); returns the ids that were not members before."""
+    if not member_ids:
+        return []
+    unique = list(dict.fromkeys(member_ids))
+    types = existing_member_types(conn, unique)
+    unknown = [i for i in unique if i not in types]
+    if unknown:
+        raise errors.InvalidValue(f"members reference unknown resource(s): {', '.join(unknown[:5])}")
+    if group_id in types:
+        raise errors.InvalidValue("a group cannot be a member of itself")
+    already = {
+        r[0]
+        for r in conn.execute(
+            sa.select(M.c.member_id).where(M.c.group_id == group_id, M.c.member_id.in_(unique))
+        )
+    }
+    new = [i for i in unique if i not in already]
+    _insert_ignore(conn, M, [{"group_id": group_id, "member_id": i, "member_type": types[i]} for i in new])
+    return new
+
+
+def remove_members(conn: Connection, group_id: str, member_ids: Sequence[str]) -> list[str]:
+    """Delete memberships (O(members removed)); returns the ids that were members."""
+    if not member_ids:
+        return []
+    unique = list(dict.fromkeys(member_ids))
+    present = [
+        r[0]
+        for r in conn.execute(
+            sa.select(M.c.member_id).where(M.c.group_id == group_id, M.c.member_id.in_(unique))
+        )
+    ]
+    if present:
+        conn.execute(M.delete().where(M.c.group_id == group_id, M.c.member_id.in_(present)))
+    return present
+
+
+def all_member_ids(conn: Connection, group_id: str) -> list[str]:
+    return [r[0] for r in conn.execute(sa.select(M.c.member_id).where(M.c.group_id == group_id))]
+
+
+# --- lists -------------------------------------------------------------------------------
+
+
+def count_and_page(
+    conn: Connection,
+    table: sa.Table,
+    where: sa.ColumnElement[bool] | None,
+    order: Sequence[Any],
+    offset: int,
+    limit: int,
+) -> tuple[int, list[Any]]:
+    count_q = sa.select(sa.func.count()).select_from(table)
+    if where is not None:
+        count_q = count_q.where(where)
+    total = int(conn.execute(count_q).scalar_one())
+    if limit <= 0 or offset >= total:
+        return total, []
+    q = sa.select(table)
+    if where is not None:
+        q = q.where(where)
+    q = q.order_by(*order, table.c.id).offset(offset).limit(limit)
+    return total, list(conn.execute(q))
+
+
+def page_users(conn: Connection, where: Any, order: Sequence[Any], offset: int,
+               limit: int) -> tuple[int, list[UserRow]]:
+    total, rows = count_and_page(conn, U, where, order, offset, limit)
+    return total, [_user(r) for r in rows]
+
+
+def page_groups(conn: Connection, where: Any, order: Sequence[Any], offset: int,
+                limit: int) -> tuple[int, list[GroupRow]]:
+    total, rows = count_and_page(conn, G, where, order, offset, limit)
+    return total, [_group(r) for r in rows]
