@@ -382,3 +382,60 @@ def page_groups(conn: Connection, where: Any, order: Sequence[Any], offset: int,
                 limit: int) -> tuple[int, list[GroupRow]]:
     total, rows = count_and_page(conn, G, where, order, offset, limit)
     return total, [_group(r) for r in rows]
+
+
+def member_ids_matching(conn: Connection, group_id: str, node: Any) -> list[str]:
+    """Members of a group matching a ``members[...]`` filter, evaluated in SQL.
+
+    Sub-attributes: ``value`` (the member id, caseExact), ``type`` and ``display`` (the
+    member's userName or group displayName, case-insensitive).
+    """
+    from scimgate.scim import filter as f
+
+    ug = G.alias("member_group")
+    display = sa.func.lower(sa.func.coalesce(U.c.user_name, ug.c.display_name))
+
+    def column(path: str) -> tuple[Any, bool]:
+        name = path.lower().removeprefix("members.")
+        if name == "value":
+            return M.c.member_id, True
+        if name == "type":
+            return sa.func.lower(M.c.member_type), False
+        if name == "display":
+            return display, False
+        raise errors.InvalidFilter(f"members sub-attribute {path!r} cannot be filtered")
+
+    def compile_node(n: Any) -> Any:
+        if isinstance(n, f.And):
+            return sa.and_(compile_node(n.left), compile_node(n.right))
+        if isinstance(n, f.Or):
+            return sa.or_(compile_node(n.left), compile_node(n.right))
+        if isinstance(n, f.Not):
+            return sa.not_(compile_node(n.inner))
+        if isinstance(n, f.Present):
+            col, _ = column(n.path)
+            return col.is_not(None)
+        if isinstance(n, f.Compare):
+            col, exact = column(n.path)
+            if not isinstance(n.value, str):
+                raise errors.InvalidFilter("members filters compare strings")
+            v = n.value if exact else n.value.lower()
+            esc = v.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            ops = {
+                "eq": lambda: col == v,
+                "ne": lambda: col != v,
+                "co": lambda: col.like(f"%{esc}%", escape="\\"),
+                "sw": lambda: col.like(f"{esc}%", escape="\\"),
+                "ew": lambda: col.like(f"%{esc}", escape="\\"),
+            }
+            if n.op not in ops:
+                raise errors.InvalidFilter(f"operator {n.op} is not supported on members")
+            return ops[n.op]()
+        raise errors.InvalidFilter("unsupported members filter")
+
+    q = (
+        sa.select(M.c.member_id)
+        .select_from(M.outerjoin(U, U.c.id == M.c.member_id).outerjoin(ug, ug.c.id == M.c.member_id))
+        .where(M.c.group_id == group_id, compile_node(node))
+    )
+    return [r[0] for r in conn.execute(q)]

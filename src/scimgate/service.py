@@ -1,0 +1,333 @@
+"""The SCIM handler: chains the pure SCIM rules (``scimgate.scim``) with storage calls
+(``scimgate.store``) inside one transaction per operation.
+
+Does: transactions, ETag preconditions, which users' HAProxy entries a write affects, the
+audit event of every write.
+Does not: parse HTTP (``scimgate.api``), define SCIM rules (``scimgate.scim``), write SQL
+(``scimgate.store``), or talk to HAProxy (``scimgate.sync``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.engine import Connection
+
+from scimgate.audit import log as audit
+from scimgate.scim import errors
+from scimgate.scim.filter import Node, parse_filter
+from scimgate.scim.patch import PatchResult, apply_patch
+from scimgate.scim.resource import normalise
+from scimgate.scim.schema import GROUP_TYPE, RESOURCE_TYPES, USER_TYPE, ResourceType
+from scimgate.store import outbox
+from scimgate.store import resources as rs
+from scimgate.store.db import Database
+from scimgate.store.filter_sql import compile_filter, sort_key
+
+
+class Enforcement(Protocol):
+    """What the handler needs from the policy: entries per user, and which groups matter."""
+
+    def entries(self, user: dict[str, Any], idp_groups: list[dict[str, Any]]) -> dict[str, str]: ...
+
+    def group_relevant(self, display_name: str | None, external_id: str | None) -> bool: ...
+
+
+@dataclass
+class WriteResult:
+    resource: dict[str, Any] | None
+    changes: list[outbox.MapChange] = field(default_factory=list)
+
+    @property
+    def last_seq(self) -> int:
+        return max((c.seq for c in self.changes), default=0)
+
+
+def check_if_match(if_match: str | None, version: int) -> None:
+    """RFC 7644 §3.14: a stale If-Match is 412 Precondition Failed."""
+    if if_match is None:
+        return
+    tags = [t.strip() for t in if_match.split(",")]
+    if "*" in tags:
+        return
+    current = rs.etag(version)
+    if not any(t == current or t == current[2:] for t in tags):
+        raise errors.PreconditionFailed(f"If-Match {if_match} does not match the current version {current}")
+
+
+def _rtype(name: str) -> ResourceType:
+    try:
+        return RESOURCE_TYPES[name]
+    except KeyError:
+        raise errors.NotFound(f"unknown resource type {name}") from None
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Top-level attribute changes, for the audit trail: {attr: [old, new]}."""
+    skip = {"meta", "schemas", "members", "groups"}
+    keys = (set(old) | set(new)) - skip
+    return {k: [old.get(k), new.get(k)] for k in sorted(keys) if old.get(k) != new.get(k)}
+
+
+class ScimService:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        enforcement: Enforcement | None = None,
+        on_commit: Callable[[list[outbox.MapChange]], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.enforcement = enforcement
+        self.on_commit = on_commit
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, rtype_name: str, rid: str, base_url: str, *, include_members: bool = True) -> dict[str, Any]:
+        with self.db.read() as conn:
+            return self._load(conn, rtype_name, rid, base_url, include_members=include_members)
+
+    def _load(self, conn: Connection, rtype_name: str, rid: str, base_url: str, *,
+              include_members: bool = True) -> dict[str, Any]:
+        if rtype_name == "User":
+            row = rs.get_user(conn, rid)
+            return rs.user_resource(row, base_url, rs.groups_of_users(conn, [rid])[rid])
+        grow = rs.get_group(conn, rid)
+        members = rs.member_rows(conn, [rid])[rid] if include_members else None
+        return rs.group_resource(grow, base_url, members)
+
+    def version(self, rtype_name: str, rid: str) -> int:
+        with self.db.read() as conn:
+            row = rs.get_user(conn, rid) if rtype_name == "User" else rs.get_group(conn, rid)
+            return row.version
+
+    def search(
+        self,
+        rtype_name: str,
+        base_url: str,
+        *,
+        filter_text: str | None = None,
+        sort_by: str | None = None,
+        sort_order: str | None = None,
+        start_index: int = 1,
+        count: int = 100,
+        include_members: bool = True,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        rtype = _rtype(rtype_name)
+        node: Node | None = parse_filter(filter_text) if filter_text else None
+        dialect = self.db.dialect
+        where = compile_filter(node, rtype, dialect) if node is not None else None
+        order: list[Any] = []
+        if sort_by:
+            key = sort_key(sort_by, rtype, dialect)
+            descending = (sort_order or "ascending").lower() == "descending"
+            order.append(key.desc() if descending else key.asc())
+        else:
+            table = rs.U if rtype is USER_TYPE else rs.G
+            order.append(table.c.created)
+        offset = max(start_index, 1) - 1
+        with self.db.read() as conn:
+            if rtype is USER_TYPE:
+                total, urows = rs.page_users(conn, where, order, offset, count)
+                groups = rs.groups_of_users(conn, [r.id for r in urows])
+                return total, [rs.user_resource(r, base_url, groups[r.id]) for r in urows]
+            total, grows = rs.page_groups(conn, where, order, offset, count)
+            members = rs.member_rows(conn, [g.id for g in grows]) if include_members else {}
+            return total, [rs.group_resource(g, base_url, members.get(g.id)) for g in grows]
+
+    # --- writes --------------------------------------------------------------------------
+
+    def _refresh(self, conn: Connection, user_ids: Sequence[str], base_url: str) -> list[outbox.MapChange]:
+        if self.enforcement is None or not user_ids:
+            return []
+        return outbox.refresh_users(conn, user_ids, self.enforcement.entries, base_url)
+
+    def _group_matters(self, *groups: tuple[str | None, str | None]) -> bool:
+        if self.enforcement is None:
+            return False
+        return any(self.enforcement.group_relevant(n, e) for n, e in groups)
+
+    def _committed(self, result: WriteResult) -> WriteResult:
+        if self.on_commit is not None and result.changes:
+            self.on_commit(result.changes)
+        return result
+
+    def create(self, rtype_name: str, body: Any, actor: audit.Actor, base_url: str) -> WriteResult:
+        rtype = _rtype(rtype_name)
+        resource = normalise(body, rtype, mode="create")
+        with self.db.write() as conn:
+            if rtype is USER_TYPE:
+                row = rs.insert_user(conn, resource)
+                changes = self._refresh(conn, [row.id], base_url)
+                out = rs.user_resource(row, base_url)
+                rid = row.id
+            else:
+                grow = rs.insert_group(conn, resource)
+                member_ids = [m["value"] for m in body_members(body)]
+                added = rs.add_members(conn, grow.id, member_ids)
+                changes = (
+                    self._refresh(conn, added, base_url)
+                    if self._group_matters((grow.display_name, grow.external_id)) else []
+                )
+                out = rs.group_resource(grow, base_url, rs.member_rows(conn, [grow.id])[grow.id])
+                rid = grow.id
+            audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
+                         operation="create", detail={"resource": _audit_view(out),
+                                                     **_change_detail(changes)})
+        return self._committed(WriteResult(out, changes))
+
+    def replace(self, rtype_name: str, rid: str, body: Any, actor: audit.Actor, base_url: str,
+                if_match: str | None = None) -> WriteResult:
+        rtype = _rtype(rtype_name)
+        resource = normalise(body, rtype, mode="replace")
+        if isinstance(body, dict) and body.get("id") not in (None, rid):
+            raise errors.Mutability("id is immutable and does not match the URL")
+        with self.db.write() as conn:
+            if rtype is USER_TYPE:
+                row = rs.get_user(conn, rid)
+                check_if_match(if_match, row.version)
+                before = rs.user_resource(row, base_url)
+                row = rs.update_user(conn, row, resource)
+                changes = self._refresh(conn, [rid], base_url)
+                out = rs.user_resource(row, base_url, rs.groups_of_users(conn, [rid])[rid])
+                detail: dict[str, Any] = {"changed": diff(before, out)}
+            else:
+                grow = rs.get_group(conn, rid)
+                check_if_match(if_match, grow.version)
+                before_g = (grow.display_name, grow.external_id)
+                before = rs.group_resource(grow, base_url, None)
+                wanted = list(dict.fromkeys(m["value"] for m in body_members(body)))
+                current = rs.all_member_ids(conn, rid)
+                removed = rs.remove_members(conn, rid, sorted(set(current) - set(wanted)))
+                added = rs.add_members(conn, rid, [m for m in wanted if m not in set(current)])
+                grow = rs.update_group(conn, grow, resource)
+                after_g = (grow.display_name, grow.external_id)
+                affected: list[str] = []
+                if self._group_matters(before_g, after_g):
+                    affected = rs.all_member_ids(conn, rid) + removed if before_g != after_g else added + removed
+                changes = self._refresh(conn, affected, base_url)
+                out = rs.group_resource(grow, base_url, rs.member_rows(conn, [rid])[rid])
+                detail = {"changed": diff(before, out), "members_added": added,
+                          "members_removed": removed}
+            audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
+                         operation="replace", detail={**detail, **_change_detail(changes)})
+        return self._committed(WriteResult(out, changes))
+
+    def patch(self, rtype_name: str, rid: str, body: Any, actor: audit.Actor, base_url: str,
+              if_match: str | None = None, *, want_members: bool = False) -> WriteResult:
+        rtype = _rtype(rtype_name)
+        with self.db.write() as conn:
+            if rtype is USER_TYPE:
+                row = rs.get_user(conn, rid)
+                check_if_match(if_match, row.version)
+                before = rs.user_resource(row, base_url)
+                result: PatchResult = apply_patch(_for_patch(before), body, rtype)
+                changes: list[outbox.MapChange] = []
+                if result.changed:
+                    row = rs.update_user(conn, row, result.resource)
+                    changes = self._refresh(conn, [rid], base_url)
+                out = rs.user_resource(row, base_url, rs.groups_of_users(conn, [rid])[rid])
+                detail: dict[str, Any] = {"changed": diff(before, out)}
+            else:
+                grow = rs.get_group(conn, rid)
+                check_if_match(if_match, grow.version)
+                before = rs.group_resource(grow, base_url, None)
+                result = apply_patch(_for_patch(before), body, GROUP_TYPE)
+                added, removed = self._apply_member_ops(conn, rid, result)
+                before_g = (grow.display_name, grow.external_id)
+                if result.changed or added or removed:
+                    grow = rs.update_group(conn, grow, result.resource if result.changed else None)
+                after_g = (grow.display_name, grow.external_id)
+                affected: list[str] = []
+                if self._group_matters(before_g, after_g):
+                    affected = (rs.all_member_ids(conn, rid) + removed
+                                if before_g != after_g else added + removed)
+                changes = self._refresh(conn, affected, base_url)
+                members = rs.member_rows(conn, [rid])[rid] if want_members else None
+                out = rs.group_resource(grow, base_url, members)
+                detail = {"changed": diff(before, out), "members_added": added,
+                          "members_removed": removed}
+            audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
+                         operation="patch", detail={**detail, **_change_detail(changes)})
+        return self._committed(WriteResult(out, changes))
+
+    def _apply_member_ops(self, conn: Connection, gid: str, result: PatchResult) -> tuple[list[str], list[str]]:
+        """Membership changes of a group PATCH, as row inserts/deletes: O(members changed).
+
+        The PATCH engine has already composed the operations in order into a net effect.
+        """
+        added: list[str] = []
+        removed: list[str] = []
+        if result.members_replace is not None:
+            current = set(rs.all_member_ids(conn, gid))
+            wanted = list(dict.fromkeys(m.value for m in result.members_replace))
+            removed += rs.remove_members(conn, gid, sorted(current - set(wanted)))
+            added += rs.add_members(conn, gid, [m for m in wanted if m not in current])
+        if result.members_remove_filter is not None:
+            ids = rs.member_ids_matching(conn, gid, result.members_remove_filter)
+            removed += rs.remove_members(conn, gid, ids)
+        if result.members_remove:
+            removed += rs.remove_members(conn, gid, list(result.members_remove))
+        if result.members_add:
+            added += rs.add_members(conn, gid, [m.value for m in result.members_add])
+        return list(dict.fromkeys(added)), [m for m in dict.fromkeys(removed) if m not in added]
+
+    def delete(self, rtype_name: str, rid: str, actor: audit.Actor, base_url: str,
+               if_match: str | None = None) -> WriteResult:
+        rtype = _rtype(rtype_name)
+        with self.db.write() as conn:
+            if rtype is USER_TYPE:
+                row = rs.get_user(conn, rid)
+                check_if_match(if_match, row.version)
+                group_ids = rs.delete_user(conn, rid)
+                changes = self._refresh(conn, [rid], base_url)
+                detail: dict[str, Any] = {"userName": row.user_name, "removed_from_groups": group_ids}
+            else:
+                grow = rs.get_group(conn, rid)
+                check_if_match(if_match, grow.version)
+                members = rs.delete_group(conn, rid)
+                changes = (self._refresh(conn, members, base_url)
+                           if self._group_matters((grow.display_name, grow.external_id)) else [])
+                detail = {"displayName": grow.display_name, "members": len(members)}
+            audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
+                         operation="delete", detail={**detail, **_change_detail(changes)})
+        return self._committed(WriteResult(None, changes))
+
+
+def body_members(body: Any) -> list[dict[str, Any]]:
+    """The members of a Group POST/PUT body (validated shape: objects with a string value)."""
+    if not isinstance(body, dict):
+        return []
+    raw = next((v for k, v in body.items() if k.lower() == "members"), None)
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise errors.InvalidValue("members must be an array")
+    out = []
+    for m in raw:
+        if not isinstance(m, dict) or not isinstance(m.get("value"), str) or not m["value"]:
+            raise errors.InvalidValue("each member needs a string value (the member's id)")
+        out.append(m)
+    return out
+
+
+def _for_patch(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in ("meta", "groups", "members")}
+
+
+def _audit_view(resource: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in resource.items() if k not in ("meta", "schemas")}
+    if "members" in out:
+        out["members"] = [m["value"] for m in out["members"]]
+    return out
+
+
+def _change_detail(changes: list[outbox.MapChange]) -> dict[str, Any]:
+    if not changes:
+        return {}
+    return {"map_changes": [
+        {"seq": c.seq, "key": c.identity_key, "value": c.value, "deprovision": c.deprovision}
+        for c in changes
+    ]}
