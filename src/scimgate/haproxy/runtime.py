@@ -1,0 +1,890 @@
+"""HAProxy Runtime API client: one persistent, pipelined, fail-closed CLI connection.
+
+Facts this code relies on (HAProxy 2.6.12, measured: research/haproxy-limits.md):
+
+- The CLI has no quoting. A raw ``;`` or LF starts a new command, a space or TAB splits a
+  word (silently storing the wrong key), any line ending in ``<<`` switches to payload mode,
+  and a key starting with ``#0x`` addresses another entry. So nothing reaches the wire that
+  has not passed :class:`EntryValidator`, whose final check is a fixed set of harmless
+  characters that a caller-supplied pattern can narrow but never widen.
+- Interactive (``prompt``) mode: every reply ends with ``\\n> ``; payload lines are
+  acknowledged with ``+ `` prompts. A successful ``add``/``set``/``del``/``commit`` replies
+  with nothing; errors are text. With ``set severity-output number`` errors start ``[3]:``.
+- An over-long request (``add map ... <<`` over ``tune.bufsize`` = 16384) is dropped with
+  the connection closed and **no** reply: EOF is a failure, never an empty success.
+- ``set map`` does not create, ``add map`` never checks duplicates, ``del map`` removes all
+  duplicates. Upsert = ``set``, then ``add`` only on ``entry not found.``.
+- A connection opened before a reload keeps talking to the *old* worker; the caller
+  compares :attr:`RuntimeClient.worker_pid` with :meth:`RuntimeClient.show_proc_master`
+  and calls :meth:`RuntimeClient.reconnect`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import select
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NewType
+
+# --------------------------------------------------------------------------- validation
+
+#: Our keys: HMAC-SHA256 of the normalised identity, uppercase hex.
+KEY_RE = re.compile(r"[0-9A-F]{64}")
+#: Our values: comma-wrapped policy-group slugs; ``,`` for an active user in no group.
+VALUE_RE = re.compile(r",(?:[a-z0-9_-]+,)*")
+#: Map identifiers as written in the config: absolute file paths, no funny characters.
+MAP_PATH_RE = re.compile(r"/[A-Za-z0-9_./-]+")
+
+#: Whatever pattern a caller supplies, a word sent to the CLI is made only of these
+#: characters: none of them is special to the 2.6 CLI tokenizer (no space, TAB, ``;``,
+#: ``\\``, ``<``, ``#``, CR, LF, NUL, quotes, nothing outside ASCII).
+_SAFE_WORD_RE = re.compile(r"[A-Za-z0-9_.,@+:/-]+")
+_MAX_WORD = 4096
+
+#: A word that passed validation; only these are ever joined into a command.
+Word = NewType("Word", str)
+
+
+class HAProxyRuntimeError(Exception):
+    """Base class of everything this client raises."""
+
+
+class UnsafeRuntimeArgument(HAProxyRuntimeError, ValueError):
+    """A key, value, map path or raw command failed validation; nothing was sent."""
+
+
+class RuntimeUnavailable(HAProxyRuntimeError):
+    """The Runtime API socket cannot be reached (HAProxy down, wrong path, refused)."""
+
+
+class RuntimeConnectionLost(RuntimeUnavailable):
+    """The connection broke (EOF, reset, timeout) while commands were in flight.
+
+    ``completed`` replies were received; the outcome of the others is unknown, so the
+    caller must re-read state (or resync) rather than blindly resend a write.
+    """
+
+    def __init__(self, message: str, completed: int = 0) -> None:
+        super().__init__(message)
+        self.completed = completed
+
+
+class RuntimeCommandError(HAProxyRuntimeError):
+    """HAProxy answered a command with an error or an unexpected reply."""
+
+    def __init__(self, command: str, reply: str, message: str = "") -> None:
+        self.command = command
+        self.reply = reply
+        super().__init__(message or f"{command!r} failed: {reply.strip()[:500]!r}")
+
+
+def _safe_word(text: object, what: str) -> Word:
+    if not isinstance(text, str):
+        raise UnsafeRuntimeArgument(f"{what} must be a str, got {type(text).__name__}")
+    if not text or len(text) > _MAX_WORD or not _SAFE_WORD_RE.fullmatch(text):
+        raise UnsafeRuntimeArgument(f"{what} contains characters outside the CLI-safe set")
+    return Word(text)
+
+
+@dataclass(frozen=True)
+class EntryValidator:
+    """Allow-lists for map keys, values and paths (``fullmatch``, so no trailing-LF slip)."""
+
+    key_re: re.Pattern[str] = KEY_RE
+    value_re: re.Pattern[str] = VALUE_RE
+    map_path_re: re.Pattern[str] = MAP_PATH_RE
+
+    def key(self, key: object) -> Word:
+        if not isinstance(key, str) or not self.key_re.fullmatch(key):
+            raise UnsafeRuntimeArgument(f"map key rejected by {self.key_re.pattern!r}")
+        return _safe_word(key, "map key")
+
+    def value(self, value: object) -> Word:
+        if not isinstance(value, str) or not self.value_re.fullmatch(value):
+            raise UnsafeRuntimeArgument(f"map value rejected by {self.value_re.pattern!r}")
+        return _safe_word(value, "map value")
+
+    def map_path(self, path: object) -> Word:
+        if (
+            not isinstance(path, str)
+            or not self.map_path_re.fullmatch(path)
+            or not path.startswith("/")
+            or "/../" in f"{path}/"
+        ):
+            raise UnsafeRuntimeArgument("map path must be an absolute path of [A-Za-z0-9_./-]")
+        return _safe_word(path, "map path")
+
+    def entries(self, entries: Mapping[str, str]) -> list[tuple[Word, Word]]:
+        """Validate a whole mapping up front, so a batch is all-or-nothing on the wire."""
+        return [(self.key(k), self.value(v)) for k, v in entries.items()]
+
+
+DEFAULT_VALIDATOR = EntryValidator()
+
+
+def _command(
+    verb: Literal[
+        "add map",
+        "set map",
+        "del map",
+        "get map",
+        "show map",
+        "clear map",
+        "prepare map",
+        "commit map",
+    ],
+    *words: Word,
+) -> bytes:
+    # Re-check every word even though the types say it is validated: defence in depth.
+    for w in words:
+        _safe_word(w, "command argument")
+    return (" ".join((verb, *words)) + "\n").encode("ascii")
+
+
+def _version_word(version: int) -> Word:
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**32:
+        raise UnsafeRuntimeArgument("map version must be an unsigned 32-bit int")
+    return Word(f"@{version}")
+
+
+def check_raw_command(cmd: str) -> bytes:
+    """Accept a raw command for :meth:`RuntimeClient.execute` only if it is exactly one
+    command: no CR/LF/NUL, no unescaped ``;``, no trailing ``<<`` (payload mode)."""
+    if not isinstance(cmd, str) or not cmd.strip():
+        raise UnsafeRuntimeArgument("empty command")
+    if any(c in cmd for c in "\r\n\0"):
+        raise UnsafeRuntimeArgument("command contains CR, LF or NUL")
+    if re.search(r"(?<!\\)(?:\\\\)*;", cmd):
+        raise UnsafeRuntimeArgument("command contains an unescaped ';' (a second command)")
+    if cmd.rstrip().endswith("<<"):
+        raise UnsafeRuntimeArgument("command would enter payload mode ('<<')")
+    if not cmd.isascii() or not cmd.isprintable():
+        raise UnsafeRuntimeArgument("command contains non-printable or non-ASCII characters")
+    return (cmd + "\n").encode("ascii")
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True)
+class RuntimeAddress:
+    """Where a CLI listens: a unix socket path, or a TCP host and port."""
+
+    family: Literal["unix", "tcp"]
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> RuntimeAddress:
+        """``unix:/run/admin.sock``, ``unix@/run/admin.sock``, ``/run/admin.sock``,
+        ``tcp:127.0.0.1:9999``, ``ipv4@127.0.0.1:9999``, ``tcp:[::1]:9999``."""
+        for prefix in ("unix:", "unix@"):
+            if text.startswith(prefix):
+                text = text[len(prefix) :]
+                break
+        else:
+            for prefix in ("tcp:", "ipv4@", "ipv6@"):
+                if text.startswith(prefix):
+                    host, sep, port = text[len(prefix) :].rpartition(":")
+                    host = host.strip("[]")
+                    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                        raise ValueError(f"bad TCP runtime address {text!r}")
+                    return cls("tcp", host=host, port=int(port))
+        if not text.startswith("/"):
+            raise ValueError(f"runtime address must be unix:/abs/path or tcp:host:port: {text!r}")
+        return cls("unix", path=text)
+
+    def connect(self, timeout: float) -> socket.socket:
+        try:
+            if self.family == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(self.path)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((self.host, self.port), timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            raise RuntimeUnavailable(f"cannot connect to HAProxy CLI at {self}: {exc}") from exc
+        return sock
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.family == "unix" else f"tcp:{self.host}:{self.port}"
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    updated: int
+    added: int
+
+
+@dataclass(frozen=True)
+class ReplaceResult:
+    version: int
+    entries: int
+    chunk_bytes: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """One line of ``show map``: ``entry_cnt`` counts every version, staged ones too."""
+
+    map_id: int
+    path: str
+    curr_ver: int
+    next_ver: int
+    entry_cnt: int
+
+
+@dataclass(frozen=True)
+class MasterProcess:
+    pid: int
+    kind: str
+    reloads: int
+    uptime: str
+    version: str
+
+
+@dataclass(frozen=True)
+class MasterProcs:
+    """Master CLI ``show proc``: the reload counter and worker PIDs reveal reloads/restarts."""
+
+    master: MasterProcess
+    failed_reloads: int
+    workers: list[MasterProcess]
+    old_workers: list[MasterProcess]
+
+    @property
+    def reloads(self) -> int:
+        return self.master.reloads
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self.workers]
+
+
+_PROC_LINE = re.compile(
+    r"^(?P<pid>\d+)\s+(?P<kind>\S+)\s+(?P<reloads>\d+)"
+    r"(?:\s+\[failed:\s*(?P<failed>\d+)\])?\s+(?P<uptime>\S+)(?:\s+(?P<version>\S+))?"
+)
+
+
+def parse_show_proc(text: str) -> MasterProcs:
+    master: MasterProcess | None = None
+    failed = 0
+    workers: list[MasterProcess] = []
+    old: list[MasterProcess] = []
+    section = "master"
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            label = stripped.lstrip("#").strip().lower()
+            if label in ("workers", "old workers", "programs"):
+                section = label
+            continue
+        m = _PROC_LINE.match(stripped)
+        if not m:
+            continue
+        proc = MasterProcess(
+            pid=int(m["pid"]),
+            kind=m["kind"],
+            reloads=int(m["reloads"]),
+            uptime=m["uptime"],
+            version=m["version"] or "",
+        )
+        if m["kind"] == "master":
+            master, failed = proc, int(m["failed"] or 0)
+        elif section == "workers":
+            workers.append(proc)
+        elif section == "old workers":
+            old.append(proc)
+    if master is None:
+        raise RuntimeCommandError(
+            "show proc", text, "master CLI 'show proc' reply has no master line"
+        )
+    return MasterProcs(master, failed, workers, old)
+
+
+def master_command(address: RuntimeAddress, command: str, timeout: float = 5.0) -> str:
+    """Send one command to the master CLI (non-interactive) and return the whole reply.
+
+    ``reload`` closes the connection without a reply; that is returned as ``""``.
+    """
+    data = check_raw_command(command)
+    sock = address.connect(timeout)
+    try:
+        sock.sendall(data)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            except TimeoutError as exc:
+                raise RuntimeConnectionLost(
+                    f"master CLI {address}: timeout on {command!r}"
+                ) from exc
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError as exc:
+        raise RuntimeConnectionLost(f"master CLI {address}: {exc}") from exc
+    finally:
+        sock.close()
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------- client
+
+#: Largest ``add map ... <<`` request (command line + payload + ending empty line) we send.
+#: tune.bufsize is 16384 on 2.6; a bigger request is dropped silently with nothing applied.
+MAX_PAYLOAD_BYTES = 16000
+
+_PROMPT = b"\n> "
+_SEVERITY = re.compile(r"^\[(\d)\]: ?")
+_NOT_FOUND_SET = "entry not found."
+_NOT_FOUND_DEL = "Key not found."
+
+
+@dataclass(frozen=True)
+class _Request:
+    data: bytes
+    payload: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.data.split(b"\n", 1)[0].decode("ascii", "replace")[:200]
+
+
+def _message(reply: str) -> tuple[int | None, str]:
+    """Split ``[3]: entry not found.`` into (3, ``entry not found.``)."""
+    m = _SEVERITY.match(reply)
+    if m:
+        return int(m.group(1)), reply[m.end() :].strip()
+    return None, reply.strip()
+
+
+class RuntimeClient:
+    """A persistent interactive connection to one HAProxy worker's stats socket.
+
+    Thread-safe (one lock; a whole :meth:`replace_map` holds it). Not for the master
+    socket, whose prompt differs: use :meth:`show_proc_master` / :func:`master_command`.
+    """
+
+    def __init__(
+        self,
+        address: RuntimeAddress | str,
+        timeout: float = 5.0,
+        *,
+        validator: EntryValidator = DEFAULT_VALIDATOR,
+        master: RuntimeAddress | str | None = None,
+        cli_timeout: int | None = 3600,
+    ) -> None:
+        self.address = RuntimeAddress.parse(address) if isinstance(address, str) else address
+        self.master = RuntimeAddress.parse(master) if isinstance(master, str) else master
+        self.timeout = timeout
+        self.validator = validator
+        # Per-connection idle timeout ('set timeout cli', supported by 2.6); without it the
+        # socket's 'stats timeout' (default 10 s) applies. Either way an idle close is
+        # detected before the next send and the client reconnects.
+        self.cli_timeout = cli_timeout
+        self._sock: socket.socket | None = None
+        self._lock = threading.RLock()
+        self.worker_pid: int | None = None
+        self.connects = 0
+
+    # ---- connection management
+
+    def __enter__(self) -> RuntimeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                try:
+                    self._sock.close()
+                finally:
+                    self._sock = None
+
+    def reconnect(self) -> None:
+        """Drop the connection and open a new one (e.g. after a reload: the old one
+        still talks to the old worker)."""
+        with self._lock:
+            self.close()
+            self._ensure_connected()
+
+    def _alive(self, sock: socket.socket) -> bool:
+        """False if the peer closed (idle timeout, restart) or left stray bytes."""
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable  # EOF or unexpected data: either way the stream is unusable
+
+    def _ensure_connected(self) -> socket.socket:
+        if self._sock is not None and self._alive(self._sock):
+            return self._sock
+        self.close()
+        sock = self.address.connect(self.timeout)
+        self._sock = sock
+        handshake = [_Request(b"prompt\n"), _Request(b"set severity-output number\n")]
+        if self.cli_timeout:
+            handshake.append(_Request(f"set timeout cli {int(self.cli_timeout)}\n".encode()))
+        handshake.append(_Request(b"show info\n"))
+        try:
+            replies = self._io(sock, handshake)
+        except RuntimeConnectionLost as exc:
+            self.close()
+            raise RuntimeUnavailable(
+                f"HAProxy CLI at {self.address} closed during handshake"
+            ) from exc
+        for req, reply in zip(handshake[:-1], replies[:-1], strict=True):
+            if reply.strip():
+                self.close()
+                raise RuntimeCommandError(req.label, reply, f"handshake {req.label!r}: {reply!r}")
+        info = _parse_info(replies[-1])
+        if "Pid" not in info:
+            self.close()
+            raise RuntimeCommandError("show info", replies[-1], "not a worker stats socket")
+        self.worker_pid = int(info["Pid"])
+        self.connects += 1
+        return sock
+
+    def _exchange(self, requests: Sequence[_Request]) -> list[str]:
+        with self._lock:
+            sock = self._ensure_connected()
+            try:
+                return self._io(sock, requests)
+            except RuntimeConnectionLost:
+                self.close()
+                raise
+
+    def _io(self, sock: socket.socket, requests: Sequence[_Request]) -> list[str]:
+        """Write all requests (interleaved with reading, so large pipelines cannot
+        deadlock on full socket buffers) and return exactly one reply per request."""
+        blob = memoryview(b"".join(r.data for r in requests))
+        sent = 0
+        replies: list[str] = []
+        buf = bytearray()
+        scan_from = 0
+        sock.setblocking(False)
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if blob else 0))
+            deadline = time.monotonic() + self.timeout
+            while len(replies) < len(requests):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RuntimeConnectionLost(
+                        f"no reply from {self.address} within {self.timeout}s "
+                        f"(waiting for {requests[len(replies)].label!r})",
+                        len(replies),
+                    )
+                for _key, mask in sel.select(remaining):
+                    if mask & selectors.EVENT_WRITE and sent < len(blob):
+                        try:
+                            sent += sock.send(blob[sent : sent + 262144])
+                        except BlockingIOError:
+                            pass
+                        except OSError as exc:
+                            raise RuntimeConnectionLost(
+                                f"send failed: {exc}", len(replies)
+                            ) from exc
+                        deadline = time.monotonic() + self.timeout
+                        if sent >= len(blob):
+                            sel.modify(sock, selectors.EVENT_READ)
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            chunk = sock.recv(1 << 20)
+                        except BlockingIOError:
+                            continue
+                        except OSError as exc:
+                            raise RuntimeConnectionLost(
+                                f"recv failed: {exc}", len(replies)
+                            ) from exc
+                        if not chunk:
+                            # HAProxy drops over-long lines/payloads by closing, without a word.
+                            raise RuntimeConnectionLost(
+                                f"HAProxy closed the CLI connection during "
+                                f"{requests[len(replies)].label!r}",
+                                len(replies),
+                            )
+                        buf += chunk
+                        deadline = time.monotonic() + self.timeout
+                        while len(replies) < len(requests):
+                            if requests[len(replies)].payload:
+                                # Payload lines are acknowledged with '+ ' prompts.
+                                skip = 0
+                                while buf.startswith(b"+ ", skip):
+                                    skip += 2
+                                if skip:
+                                    del buf[:skip]
+                                    scan_from = 0
+                                if len(buf) == 0 or bytes(buf) == b"+":
+                                    break
+                            idx = buf.find(_PROMPT, scan_from)
+                            if idx < 0:
+                                scan_from = max(0, len(buf) - len(_PROMPT) + 1)
+                                break
+                            text = bytes(buf[:idx]).decode("utf-8", "replace")
+                            del buf[: idx + len(_PROMPT)]
+                            scan_from = 0
+                            replies.append(text[:-1] if text.endswith("\n") else text)
+            if buf:
+                raise RuntimeConnectionLost("stray bytes after the last reply", len(replies))
+        finally:
+            sel.close()
+            if sock.fileno() >= 0:
+                sock.setblocking(True)
+                sock.settimeout(self.timeout)
+        return replies
+
+    # ---- raw commands
+
+    def execute(self, cmd: str) -> str:
+        """Run exactly one raw command and return its reply (severity prefix kept).
+
+        Refuses anything that could be more than one command. Prefer the typed methods:
+        they validate keys and values against the allow-lists.
+        """
+        return self._exchange([_Request(check_raw_command(cmd))])[0]
+
+    def pipeline(self, cmds: Sequence[str]) -> list[str]:
+        """Send many raw commands in one write; one reply per command, in order."""
+        requests = [_Request(check_raw_command(c)) for c in cmds]
+        return self._exchange(requests) if requests else []
+
+    def show_info(self) -> dict[str, str]:
+        reply = self._exchange([_Request(b"show info\n")])[0]
+        info = _parse_info(reply)
+        if "Pid" not in info:
+            raise RuntimeCommandError("show info", reply)
+        self.worker_pid = int(info["Pid"])
+        return info
+
+    def version(self) -> tuple[int, int, int]:
+        return parse_version(self.show_info().get("Version", ""))
+
+    def show_proc_master(self) -> MasterProcs:
+        """``show proc`` on the master CLI (needs ``master=``): reload counter, workers."""
+        if self.master is None:
+            raise RuntimeUnavailable("no master CLI address configured (haproxy -S ...)")
+        return parse_show_proc(master_command(self.master, "show proc", self.timeout))
+
+    # ---- maps: reading
+
+    def list_maps(self) -> list[MapInfo]:
+        reply = self._exchange([_Request(b"show map\n")])[0]
+        return _parse_map_list(reply)
+
+    def map_info(self, map_path: str) -> MapInfo:
+        path = self.validator.map_path(map_path)
+        for info in self.list_maps():
+            if info.path == path:
+                return info
+        raise RuntimeCommandError("show map", "", f"map {path} is not loaded by the running config")
+
+    def show_map_entries(self, map_path: str, version: int | None = None) -> list[tuple[str, str]]:
+        """Every entry in order, duplicates included (``show map [@ver] <map>``)."""
+        words = [self.validator.map_path(map_path)]
+        if version is not None:
+            words.insert(0, _version_word(version))
+        reply = self._exchange([_Request(_command("show map", *words))])[0]
+        if _message(reply)[0] is not None:
+            raise RuntimeCommandError("show map", reply)
+        entries: list[tuple[str, str]] = []
+        for line in reply.split("\n"):
+            if not line:
+                continue
+            parts = line.split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("0x"):
+                raise RuntimeCommandError("show map", reply, f"unparseable show map line {line!r}")
+            entries.append((parts[1], parts[2] if len(parts) == 3 else ""))
+        return entries
+
+    def show_map(self, map_path: str, version: int | None = None) -> dict[str, str]:
+        """The map as HAProxy sees it; with duplicates, the first one (what lookups return)."""
+        result: dict[str, str] = {}
+        for key, value in self.show_map_entries(map_path, version):
+            result.setdefault(key, value)
+        return result
+
+    def get_map(self, map_path: str, key: str) -> str | None:
+        """Lookup through HAProxy's matcher; None if not found."""
+        cmd = _command("get map", self.validator.map_path(map_path), self.validator.key(key))
+        reply = self._exchange([_Request(cmd)])[0]
+        if "found=no" in reply:
+            return None
+        m = re.search(r'\bvalue="(.*)", type="', reply)
+        if "found=yes" not in reply or m is None:
+            raise RuntimeCommandError("get map", reply)
+        return m.group(1)
+
+    # ---- maps: single writes
+
+    def add_map(self, map_path: str, key: str, value: str) -> None:
+        """Blind add. HAProxy keeps duplicates (lookups see the first): use upsert_map."""
+        cmd = _command(
+            "add map",
+            self.validator.map_path(map_path),
+            self.validator.key(key),
+            self.validator.value(value),
+        )
+        self._expect_empty([_Request(cmd)])
+
+    def set_map(self, map_path: str, key: str, value: str) -> bool:
+        """Update an existing key (all duplicates). False if the key is absent."""
+        cmd = _command(
+            "set map",
+            self.validator.map_path(map_path),
+            self.validator.key(key),
+            self.validator.value(value),
+        )
+        reply = self._exchange([_Request(cmd)])[0]
+        return _set_outcome(cmd.decode(), reply)
+
+    def del_map(self, map_path: str, key: str) -> bool:
+        """Delete every entry for key. False if it was not there."""
+        cmd = _command("del map", self.validator.map_path(map_path), self.validator.key(key))
+        reply = self._exchange([_Request(cmd)])[0]
+        return _del_outcome(cmd.decode(), reply)
+
+    def upsert_map(self, map_path: str, key: str, value: str) -> bool:
+        """``set``, then ``add`` on ``entry not found.`` (never del+add, never blind add).
+        Returns True if the key was added, False if updated."""
+        with self._lock:
+            if self.set_map(map_path, key, value):
+                return False
+            self.add_map(map_path, key, value)
+            return True
+
+    def clear_map(self, map_path: str, version: int | None = None) -> None:
+        words = [self.validator.map_path(map_path)]
+        if version is not None:
+            words.insert(0, _version_word(version))
+        self._expect_empty([_Request(_command("clear map", *words))])
+
+    # ---- maps: pipelined writes
+
+    def upsert_many(self, map_path: str, entries: Mapping[str, str]) -> UpsertResult:
+        """Pipelined upsert: all ``set``s in one write, then ``add`` for the missing ones."""
+        path = self.validator.map_path(map_path)
+        pairs = self.validator.entries(entries)
+        if not pairs:
+            return UpsertResult(0, 0)
+        with self._lock:
+            sets = [_Request(_command("set map", path, k, v)) for k, v in pairs]
+            missing: list[tuple[Word, Word]] = []
+            failures: list[tuple[str, str]] = []
+            for req, pair, reply in zip(sets, pairs, self._exchange(sets), strict=True):
+                try:
+                    if not _set_outcome(req.label, reply):
+                        missing.append(pair)
+                except RuntimeCommandError as exc:
+                    failures.append((exc.command, exc.reply))
+            if missing:
+                adds = [_Request(_command("add map", path, k, v)) for k, v in missing]
+                for req, reply in zip(adds, self._exchange(adds), strict=True):
+                    if reply.strip():
+                        failures.append((req.label, reply))
+            if failures:
+                raise RuntimeCommandError(
+                    failures[0][0],
+                    failures[0][1],
+                    f"{len(failures)} upserts failed: {failures[:3]!r}",
+                )
+            return UpsertResult(updated=len(pairs) - len(missing), added=len(missing))
+
+    def delete_many(self, map_path: str, keys: Iterable[str]) -> int:
+        """Pipelined ``del map``; returns how many keys were present."""
+        path = self.validator.map_path(map_path)
+        words = [self.validator.key(k) for k in keys]
+        if not words:
+            return 0
+        reqs = [_Request(_command("del map", path, k)) for k in words]
+        deleted = 0
+        failures: list[tuple[str, str]] = []
+        for req, reply in zip(reqs, self._exchange(reqs), strict=True):
+            try:
+                deleted += _del_outcome(req.label, reply)
+            except RuntimeCommandError as exc:
+                failures.append((exc.command, exc.reply))
+        if failures:
+            raise RuntimeCommandError(
+                failures[0][0], failures[0][1], f"{len(failures)} deletes failed: {failures[:3]!r}"
+            )
+        return deleted
+
+    def add_many(self, map_path: str, entries: Mapping[str, str]) -> None:
+        """Pipelined blind ``add map`` (only for keys known to be absent)."""
+        path = self.validator.map_path(map_path)
+        reqs = [
+            _Request(_command("add map", path, k, v)) for k, v in self.validator.entries(entries)
+        ]
+        if reqs:
+            self._expect_empty(reqs)
+
+    # ---- maps: atomic replace
+
+    def replace_map(
+        self,
+        map_path: str,
+        entries: Mapping[str, str],
+        *,
+        max_chunk_bytes: int = MAX_PAYLOAD_BYTES,
+    ) -> ReplaceResult:
+        """Atomically replace the whole map: ``prepare map`` → ``add map @ver <map> <<``
+        chunks → check the staged count → ``commit map @ver <map>``.
+
+        Lookups see the old content until the commit, then only the new one. Nothing is
+        committed unless every chunk was acknowledged and the staged count is exact; on
+        failure the staged version is cleared (best effort) and the error raised.
+        Incremental writes to this map must not run concurrently (they would be lost at
+        commit); the client lock serialises writers that share this client.
+        """
+        if not 64 <= max_chunk_bytes <= MAX_PAYLOAD_BYTES:
+            raise ValueError(f"max_chunk_bytes must be within 64..{MAX_PAYLOAD_BYTES}")
+        path = self.validator.map_path(map_path)
+        pairs = self.validator.entries(entries)
+        with self._lock:
+            before = self.map_info(path).entry_cnt
+            reply = self._exchange([_Request(_command("prepare map", path))])[0]
+            _, msg = _message(reply)
+            m = re.fullmatch(r"New version created: (\d+)", msg)
+            if m is None:
+                raise RuntimeCommandError(f"prepare map {path}", reply)
+            version = int(m.group(1))
+            try:
+                chunks = build_payload_chunks(version, path, pairs, max_chunk_bytes)
+                reqs = [_Request(c, payload=True) for c in chunks]
+                replies = self._exchange(reqs) if reqs else []
+                for req, r in zip(reqs, replies, strict=True):
+                    if r.strip():
+                        raise RuntimeCommandError(req.label, r)
+                staged = self.map_info(path).entry_cnt - before
+                if staged != len(pairs):
+                    raise RuntimeCommandError(
+                        f"add map @{version} {path}",
+                        "",
+                        f"staged {staged} entries in version {version}, expected {len(pairs)}",
+                    )
+            except BaseException:
+                self._discard_version(path, version)
+                raise
+            self._expect_empty([_Request(_command("commit map", _version_word(version), path))])
+            return ReplaceResult(version, len(pairs), [len(c) for c in chunks])
+
+    def _discard_version(self, path: Word, version: int) -> None:
+        # Best effort: the next prepare/commit purges an abandoned version anyway.
+        with contextlib.suppress(HAProxyRuntimeError):
+            self.clear_map(path, version)
+
+    # ---- helpers
+
+    def _expect_empty(self, reqs: Sequence[_Request]) -> None:
+        failures = [
+            (req.label, reply)
+            for req, reply in zip(reqs, self._exchange(reqs), strict=True)
+            if reply.strip()
+        ]
+        if failures:
+            raise RuntimeCommandError(
+                failures[0][0],
+                failures[0][1],
+                f"{len(failures)} of {len(reqs)} commands failed, first: "
+                f"{failures[0][0]!r} -> {failures[0][1].strip()[:200]!r}",
+            )
+
+
+def build_payload_chunks(
+    version: int,
+    map_path: Word,
+    pairs: Sequence[tuple[Word, Word]],
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+) -> list[bytes]:
+    """``add map @<ver> <map> <<`` requests, each (header + lines + ending empty line)
+    at most max_bytes. Lines are ``key value``; a key is never empty, so no line is."""
+    header = (
+        " ".join(("add map", _version_word(version), _safe_word(map_path, "map path"), "<<")) + "\n"
+    ).encode("ascii")
+    chunks: list[bytes] = []
+    lines: list[bytes] = []
+    size = len(header) + 1  # + the empty line that ends the payload
+    for key, value in pairs:
+        line = f"{_safe_word(key, 'map key')} {_safe_word(value, 'map value')}\n".encode("ascii")
+        if len(header) + len(line) + 1 > max_bytes:
+            raise UnsafeRuntimeArgument("a single map entry does not fit in one payload request")
+        if size + len(line) > max_bytes:
+            chunks.append(header + b"".join(lines) + b"\n")
+            lines, size = [], len(header) + 1
+        lines.append(line)
+        size += len(line)
+    if lines:
+        chunks.append(header + b"".join(lines) + b"\n")
+    return chunks
+
+
+def _set_outcome(cmd: str, reply: str) -> bool:
+    if not reply.strip():
+        return True
+    if _message(reply)[1] == _NOT_FOUND_SET:
+        return False
+    raise RuntimeCommandError(cmd.strip(), reply)
+
+
+def _del_outcome(cmd: str, reply: str) -> bool:
+    if not reply.strip():
+        return True
+    if _message(reply)[1] == _NOT_FOUND_DEL:
+        return False
+    raise RuntimeCommandError(cmd.strip(), reply)
+
+
+def _parse_info(text: str) -> dict[str, str]:
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info[key.strip()] = value.strip()
+    return info
+
+
+_MAP_LIST_LINE = re.compile(
+    r"^(?P<id>-?\d+) \((?P<path>[^)]*)\).*?curr_ver=(?P<curr>\d+) next_ver=(?P<next>\d+)"
+    r" entry_cnt=(?P<cnt>\d+)"
+)
+
+
+def _parse_map_list(text: str) -> list[MapInfo]:
+    out = []
+    for line in text.splitlines():
+        m = _MAP_LIST_LINE.match(line)
+        if m:
+            out.append(
+                MapInfo(int(m["id"]), m["path"], int(m["curr"]), int(m["next"]), int(m["cnt"]))
+            )
+    return out
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``2.6.12-1+deb12u4`` → (2, 6, 12); ``3.0-dev1`` → (3, 0, 0)."""
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if m is None:
+        raise ValueError(f"no HAProxy version in {text!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
