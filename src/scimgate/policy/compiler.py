@@ -1,0 +1,137 @@
+"""Pure compilers: SCIM user + groups + policy -> identity-map entries.
+
+Keys are pseudonyms: HMAC-SHA256 of the normalised identity, uppercase hex (64 chars), which
+is what HAProxy computes with ``var(txn.scimgate_identity),lower,hmac(sha256,proc.scimgate_hmac),hex``.
+Values are comma-wrapped sorted policy group slugs (``,admins,engineering,``; ``,`` for an
+active user in no policy group). An inactive user yields no entry, which HAProxy denies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from scimgate.policy.model import Policy
+
+VALID_SHARD_COUNTS = (1, 16, 256)
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def normalise_identity(identity: str) -> str:
+    """Strip and lower-case ASCII letters only: HAProxy's ``lower`` is ASCII-only (tolower in
+    the C locale), so Unicode ``str.lower()`` would produce keys HAProxy never computes."""
+    return identity.strip().translate(_ASCII_LOWER)
+
+
+def _extension_value(user: Mapping[str, Any], attribute: str) -> Any:
+    urn, _, name = attribute.rpartition(":")
+    block = user.get(urn)
+    if isinstance(block, Mapping):
+        return block.get(name)
+    return None
+
+
+def _raw_values(user: Mapping[str, Any], attribute: str) -> list[Any]:
+    if attribute in ("userName", "externalId"):
+        return [user.get(attribute)]
+    if attribute in ("emails", "emails.primary"):
+        emails = user.get("emails")
+        if not isinstance(emails, list):
+            return []
+        picked = [e for e in emails if isinstance(e, Mapping)]
+        if attribute == "emails.primary":
+            picked = [e for e in picked if e.get("primary") is True]
+        return [e.get("value") for e in picked]
+    return [_extension_value(user, attribute)]
+
+
+def identity_values(user: Mapping[str, Any], policy: Policy) -> list[str]:
+    """The normalised identities a SCIM user resource produces, in ``key_attributes`` order,
+    de-duplicated; empty and non-string values are skipped."""
+    out: list[str] = []
+    for attribute in policy.identity.key_attributes:
+        for raw in _raw_values(user, attribute):
+            if not isinstance(raw, str):
+                continue
+            value = normalise_identity(raw)
+            if value and value not in out:
+                out.append(value)
+    return out
+
+
+def identity_key(identity: str, secret: bytes) -> str:
+    """HMAC-SHA256 of the normalised identity (UTF-8), uppercase hex."""
+    digest = hmac.new(secret, normalise_identity(identity).encode("utf-8"), hashlib.sha256)
+    return digest.hexdigest().upper()
+
+
+def policy_value(idp_group_names_and_external_ids: Iterable[str], policy: Policy) -> str:
+    """Comma-wrapped sorted slugs of the policy groups that any of the given IdP group names or
+    externalIds map to (exact, case-sensitive match); ``,`` when none."""
+    held = {g for g in idp_group_names_and_external_ids if isinstance(g, str) and g}
+    slugs = sorted(
+        slug for slug, group in policy.groups.items() if held.intersection(group.idp_groups)
+    )
+    return "," + "".join(f"{slug}," for slug in slugs)
+
+
+def is_active(user: Mapping[str, Any]) -> bool:
+    """SCIM ``active``: absent means active; anything but true/"true" is inactive (fail closed)."""
+    active = user.get("active", True)
+    if isinstance(active, bool):
+        return active
+    return isinstance(active, str) and active.strip().lower() == "true"
+
+
+def entries_for_user(
+    user: Mapping[str, Any],
+    idp_groups: Iterable[Mapping[str, Any]],
+    policy: Policy,
+    secret: bytes,
+) -> dict[str, str]:
+    """Map entries (key -> value) for one user; ``{}`` when the user is inactive or has no
+    identity. ``idp_groups`` are the user's groups as ``{displayName, externalId}`` dicts."""
+    if not is_active(user):
+        return {}
+    names: list[str] = []
+    for group in idp_groups:
+        for field in ("displayName", "externalId"):
+            value = group.get(field)
+            if isinstance(value, str) and value:
+                names.append(value)
+    value = policy_value(names, policy)
+    return {identity_key(identity, secret): value for identity in identity_values(user, policy)}
+
+
+def _check_shards(shards: int) -> None:
+    if shards not in VALID_SHARD_COUNTS:
+        raise ValueError(f"shards must be one of {VALID_SHARD_COUNTS}, not {shards!r}")
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard holding ``key``: the value of its first 1 (16 shards) or 2 (256) hex digits."""
+    _check_shards(shards)
+    if shards == 1:
+        return 0
+    width = 1 if shards == 16 else 2
+    return int(key[:width], 16)
+
+
+def map_file_name(shard: int, shards: int) -> str:
+    """``identities.map`` for one shard, else ``identities-<hex>.map`` (lower-case hex, 1 or 2
+    digits). HAProxy's rule for shard ``s`` matches keys beginning with the upper-case digits."""
+    _check_shards(shards)
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} out of range for {shards} shards")
+    if shards == 1:
+        return "identities.map"
+    width = 1 if shards == 16 else 2
+    return f"identities-{shard:0{width}x}.map"
+
+
+def map_file_names(shards: int) -> list[str]:
+    """Every map file name of a layout, in shard order."""
+    _check_shards(shards)
+    return [map_file_name(s, shards) for s in range(shards)]

@@ -1,0 +1,113 @@
+"""Demo helpers: mint JWTs, generate an RSA key pair, the demo policy.
+
+For demos and tests only: a real deployment verifies tokens minted by its IdP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+
+def generate_rsa_keypair(bits: int = 2048) -> tuple[str, str]:
+    """A fresh RSA key pair: (PKCS#8 private key PEM, ``-----BEGIN PUBLIC KEY-----`` PEM).
+
+    The public half is a SubjectPublicKeyInfo PEM, the only form ``jwt_verify`` accepts on
+    HAProxy 2.6 (a certificate PEM fails every token, silently)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+    return private_pem, public_pem
+
+
+def mint_jwt(
+    private_key_pem: str | bytes,
+    *,
+    subject_claim: str,
+    identity: str,
+    algorithm: str,
+    issuer: str,
+    audience: str,
+    scopes: Iterable[str] = (),
+    ttl_seconds: int = 300,
+    kid: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """A signed compact JWS: ``{subject_claim: identity, iss, aud, iat, nbf, exp, scope}``.
+
+    ``scopes`` go into a space-separated ``scope`` claim (omitted when empty); ``extra``
+    claims are merged last, so tests can override any claim (e.g. ``exp`` in the past).
+    For HS* algorithms ``private_key_pem`` is the shared secret."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        subject_claim: identity,
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_seconds,
+    }
+    scope_list = list(scopes)
+    if scope_list:
+        claims["scope"] = " ".join(scope_list)
+    if extra:
+        claims.update(extra)
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode(claims, private_key_pem, algorithm=algorithm, headers=headers)
+
+
+def demo_policy_yaml(
+    *,
+    public_key: str = "keys/jwt.pub.pem",
+    issuer: str = "https://idp.example.com/",
+    audience: str = "scimgate-demo",
+) -> str:
+    """The demo policy: '/' for any active user, '/admin' for admins, '/eng' for engineering;
+    JWT identity (RS256, claim ``email``); every route answered by HAProxy itself."""
+    return f"""\
+# scimgate demo policy: HAProxy answers every route itself (no backend needed).
+identity:
+  source: jwt
+  jwt:
+    algorithm: RS256
+    public_key: {public_key}
+    issuer: {issuer}
+    audience: {audience}
+    claim: email
+    scope_claim: scope
+    leeway_seconds: 30
+  key_attributes: [userName, emails]
+
+groups:
+  admins: {{idp_groups: ["Admins"]}}
+  engineering: {{idp_groups: ["Engineering"]}}
+
+routes:
+  - name: admin
+    from: {{hosts: ["*"], path_prefix: /admin}}
+    allow_groups: [admins]
+    to: {{return: "admin area"}}
+  - name: eng
+    from: {{hosts: ["*"], path_prefix: /eng}}
+    allow_groups: [engineering]
+    to: {{return: "engineering area"}}
+  - name: home
+    from: {{hosts: ["*"], path_prefix: /}}
+    allow_groups: [any]
+    to: {{return: "hello, active user"}}
+
+default: deny
+"""

@@ -1,0 +1,492 @@
+"""The policy file: pydantic models, YAML loading and line-numbered validation errors.
+
+Every string that ends up in ``haproxy.cfg`` is checked here against a strict allow-list
+(no quotes, backslashes, ``$``, ``#``, spaces or control characters unless the place it
+lands in is known to be safe), so that nothing in a policy can inject configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    """One problem in a policy file, located as precisely as the YAML node marks allow."""
+
+    source: str
+    line: int  # 1-based; 0 when unknown
+    column: int  # 1-based; 0 when unknown
+    message: str
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.source}:{self.line}:{self.column}: {self.message}"
+        return f"{self.source}: {self.message}"
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"invalid policy ({len(problems)} problem(s)):\n{lines}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Allow-lists (everything rendered into haproxy.cfg goes through one of these)
+
+SLUG_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+ROUTE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_RE = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}$")
+PATH_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~/-]{0,255}$")
+SCOPE_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
+CLAIM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+URLISH_RE = re.compile(r"^[A-Za-z0-9._~:/?&=+@%-]{1,512}$")
+FILE_PATH_RE = re.compile(r"^[A-Za-z0-9._/+-]{1,1024}$")
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+RETURN_TEXT_RE = re.compile(r"^[A-Za-z0-9 .,:;!?()_/+=@-]{0,256}$")
+BACKEND_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+SERVER_RE = re.compile(rf"^(?:{_LABEL}\.)*{_LABEL}:[0-9]{{1,5}}$")
+HMAC_SECRET_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{32,512}$")
+ENTERPRISE_ATTR_RE = re.compile(r"^urn:[A-Za-z0-9.:_-]+:[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+PLAIN_KEY_ATTRIBUTES = ("userName", "emails", "emails.primary", "externalId")
+ANY_GROUP = "any"  # reserved: any active user
+RESERVED_BACKEND_PREFIX = "scimgate"
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Any:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"invalid {what} {value!r}: must match {pattern.pattern}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_host(value: str) -> str:
+    if value == "*":
+        return value
+    lowered = value.lower()
+    if lowered != value:
+        raise ValueError(f"invalid host {value!r}: write host names in lower case")
+    if not HOST_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid host {value!r}: expected '*', 'example.com' or '*.example.com' "
+            "(letters, digits, '-' and '.', no port)"
+        )
+    return value
+
+
+def _check_path_prefix(value: str) -> str:
+    if not PATH_PREFIX_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid path_prefix {value!r}: must start with '/' and use only "
+            "letters, digits and . _ ~ / - (no spaces, quotes, '%' or control characters)"
+        )
+    segments = value.split("/")[1:]
+    inner = segments[:-1] if value.endswith("/") else segments
+    if "//" in value or any(s in (".", "..") for s in inner) or value.endswith(("/.", "/..")):
+        raise ValueError(f"invalid path_prefix {value!r}: no empty, '.' or '..' segments")
+    return value
+
+
+def _check_server(value: str) -> str:
+    if not SERVER_RE.fullmatch(value):
+        raise ValueError(f"invalid server {value!r}: expected host:port")
+    port = int(value.rsplit(":", 1)[1])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"invalid server {value!r}: port out of range")
+    return value
+
+
+def _check_network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"invalid trusted source {value!r}: {exc}") from None
+
+
+def _check_key_attribute(value: str) -> str:
+    if value in PLAIN_KEY_ATTRIBUTES or ENTERPRISE_ATTR_RE.fullmatch(value):
+        return value
+    raise ValueError(
+        f"invalid key attribute {value!r}: expected one of {', '.join(PLAIN_KEY_ATTRIBUTES)} "
+        "or an extension attribute 'urn:...:<attribute>'"
+    )
+
+
+Slug = Annotated[str, _matching(SLUG_RE, "group slug")]
+RouteName = Annotated[str, _matching(ROUTE_NAME_RE, "route name")]
+Host = Annotated[str, AfterValidator(_check_host)]
+PathPrefix = Annotated[str, AfterValidator(_check_path_prefix)]
+Scope = Annotated[str, _matching(SCOPE_RE, "scope")]
+FilePath = Annotated[str, _matching(FILE_PATH_RE, "file path")]
+Server = Annotated[str, AfterValidator(_check_server)]
+Network = Annotated[str, AfterValidator(_check_network)]
+KeyAttribute = Annotated[str, AfterValidator(_check_key_attribute)]
+
+RSA_EC_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "HS256", "HS384", "HS512"
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity
+
+
+class JwtSource(_Model):
+    """Bearer JWT: signature checked by ``jwt_verify`` with a pinned algorithm; exp/nbf/iss/aud
+    checked in config (``jwt_verify`` checks only the signature)."""
+
+    algorithm: JwtAlgorithm
+    public_key: FilePath | None = None  # PUBLIC KEY PEM, for RS*/ES*
+    secret: Annotated[str, _matching(HMAC_SECRET_RE, "HMAC secret")] | None = None  # HS*
+    issuer: Annotated[str, _matching(URLISH_RE, "issuer")]
+    audience: Annotated[str, _matching(URLISH_RE, "audience")]
+    claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "email"
+    scope_claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "scope"
+    leeway_seconds: int = Field(default=30, ge=0, le=600)
+
+    @model_validator(mode="after")
+    def _key_matches_algorithm(self) -> JwtSource:
+        if self.algorithm in HMAC_ALGORITHMS:
+            if self.secret is None or self.public_key is not None:
+                raise ValueError(f"{self.algorithm} needs 'secret' (and no 'public_key')")
+        elif self.public_key is None or self.secret is not None:
+            raise ValueError(f"{self.algorithm} needs 'public_key' (and no 'secret')")
+        return self
+
+
+class HeaderSource(_Model):
+    """Identity from a header set by a trusted front (oauth2-proxy and similar)."""
+
+    name: Annotated[str, _matching(HEADER_NAME_RE, "header name")]
+    trusted_sources: list[Network] = Field(min_length=1)
+
+
+class MtlsSource(_Model):
+    """Identity from the verified client certificate's subject.
+
+    HAProxy 2.6 has no SAN fetch (``ssl_c_san`` arrives in 3.1), so only the subject's CN or
+    emailAddress can be used.
+    """
+
+    field: Literal["subject_cn", "subject_email"]
+    server_cert: FilePath | None = None  # used by the full config's bind line
+    ca_file: FilePath | None = None
+
+
+class Identity(_Model):
+    source: Literal["jwt", "header", "mtls"]
+    jwt: JwtSource | None = None
+    header: HeaderSource | None = None
+    mtls: MtlsSource | None = None
+    key_attributes: list[KeyAttribute] = Field(default_factory=lambda: ["userName"], min_length=1)
+
+    @model_validator(mode="after")
+    def _source_configured(self) -> Identity:
+        if getattr(self, self.source) is None:
+            raise ValueError(
+                f"identity.source is {self.source!r} but identity.{self.source} is missing"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups and routes
+
+
+class PolicyGroup(_Model):
+    """A policy group: the IdP groups (displayName or externalId) whose members hold it."""
+
+    idp_groups: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1)
+
+
+class RouteFrom(_Model):
+    hosts: list[Host] = Field(default_factory=lambda: ["*"], min_length=1)
+    path_prefix: PathPrefix = "/"
+
+
+class RouteTo(_Model):
+    return_: Annotated[str, _matching(RETURN_TEXT_RE, "return text")] | None = Field(
+        default=None, alias="return"
+    )
+    backend: Annotated[str, _matching(BACKEND_NAME_RE, "backend name")] | None = None
+    servers: list[Server] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RouteTo:
+        if (self.return_ is None) == (self.backend is None):
+            raise ValueError("'to' needs exactly one of 'return' or 'backend'")
+        if self.backend is not None:
+            if not self.servers:
+                raise ValueError("'to.backend' needs at least one entry in 'servers'")
+            if self.backend.lower().startswith(RESERVED_BACKEND_PREFIX):
+                raise ValueError(
+                    f"backend names starting with {RESERVED_BACKEND_PREFIX!r} are reserved"
+                )
+        elif self.servers:
+            raise ValueError("'servers' only goes with 'backend'")
+        return self
+
+
+class Route(_Model):
+    name: RouteName
+    from_: RouteFrom = Field(alias="from")
+    allow_groups: list[
+        Annotated[str, _matching(re.compile(r"^(?:any|[a-z0-9_-]{1,32})$"), "group")]
+    ] = Field(min_length=1)
+    require_scopes: list[Scope] = Field(default_factory=list)
+    to: RouteTo
+
+
+class Policy(_Model):
+    """A validated policy. ``base_dir`` resolves relative file paths (set by the loader)."""
+
+    identity: Identity
+    groups: dict[Slug, PolicyGroup] = Field(default_factory=dict)
+    routes: list[Route] = Field(min_length=1)
+    default: Literal["deny"] = "deny"
+    base_dir: str | None = None
+
+    def resolve_path(self, path: str) -> str:
+        """An absolute form of a policy-relative path (relative to the policy file)."""
+        p = Path(path)
+        if p.is_absolute() or self.base_dir is None:
+            return str(p)
+        return str(Path(self.base_dir) / p)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with node marks
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class _Marks:
+    values: dict[Loc, tuple[int, int]]
+    keys: dict[Loc, tuple[int, int]]
+
+    def locate(self, loc: Loc, *, prefer_key: bool = False) -> tuple[int, int]:
+        probe = tuple(loc)
+        while True:
+            if prefer_key and probe in self.keys:
+                return self.keys[probe]
+            if probe in self.values:
+                return self.values[probe]
+            if not probe:
+                return (0, 0)
+            probe = probe[:-1]
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _walk(node: yaml.Node, loc: Loc, marks: _Marks) -> Iterator[tuple[Loc, tuple[int, int], str]]:
+    """Record marks; yield duplicate-key problems (PyYAML silently keeps the last one)."""
+    marks.values[loc] = _mark(node)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            child = (*loc, key)
+            if key in seen:
+                yield child, _mark(key_node), f"duplicate key {key!r}"
+            seen.add(key)
+            marks.keys[child] = _mark(key_node)
+            yield from _walk(value_node, child, marks)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _walk(item, (*loc, index), marks)
+
+
+def _error_loc(error: Any) -> Loc:
+    # pydantic reports tagged/Literal/Annotated branches as extra loc parts; keep only the
+    # parts that exist in the document, and map field names back to their YAML aliases.
+    aliases = {"from_": "from", "return_": "return"}
+    return tuple(aliases.get(p, p) if isinstance(p, str) else p for p in error["loc"])
+
+
+def _format_error(error: Any) -> str:
+    message = str(error["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown key {error['loc'][-1]!r}"
+    if kind == "missing":
+        return f"missing required key {error['loc'][-1]!r}"
+    return message
+
+
+def parse_policy(
+    text: str, source_name: str = "<policy>", *, base_dir: str | None = None
+) -> Policy:
+    """Parse and validate policy YAML; raise :class:`PolicyError` listing every problem."""
+
+    def problem(line_col: tuple[int, int], message: str) -> PolicyProblem:
+        return PolicyProblem(source_name, line_col[0], line_col[1], message)
+
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+            raise PolicyError([problem(where, f"YAML syntax: {exc.problem or exc}")]) from None
+        except yaml.YAMLError as exc:
+            raise PolicyError([problem((0, 0), f"YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+
+    if node is None or not isinstance(data, dict):
+        where = _mark(node) if node is not None else (1, 1)
+        raise PolicyError([problem(where, "the policy must be a YAML mapping")])
+
+    marks = _Marks({}, {})
+    problems = [problem(mark, msg) for _loc, mark, msg in _walk(node, (), marks)]
+    if "base_dir" in data:
+        problems.append(
+            problem(marks.locate(("base_dir",), prefer_key=True), "unknown key 'base_dir'")
+        )
+        data = {k: v for k, v in data.items() if k != "base_dir"}
+    if problems:
+        raise PolicyError(problems)
+
+    try:
+        policy = Policy.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = _error_loc(error)
+            prefer_key = error.get("type") == "extra_forbidden"
+            if error.get("type") == "missing":
+                loc = loc[:-1]
+            where = marks.locate(loc, prefer_key=prefer_key)
+            path = ".".join(str(p) for p in _error_loc(error)) or "(top level)"
+            problems.append(problem(where, f"{path}: {_format_error(error)}"))
+        raise PolicyError(problems) from None
+
+    problems.extend(
+        problem(marks.locate(loc, prefer_key=True), message)
+        for loc, message in _semantic_problems(policy)
+    )
+    if problems:
+        raise PolicyError(problems)
+    return policy
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and parse a policy file; relative file paths in it are relative to its folder."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(
+            [PolicyProblem(str(p), 0, 0, f"cannot read policy file: {exc}")]
+        ) from None
+    return parse_policy(text, str(p), base_dir=str(p.resolve().parent))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-references
+
+
+def _path_covers(earlier: str, later: str) -> bool:
+    """Does every path matched by prefix ``earlier`` also match prefix ``later``'s paths?"""
+    if earlier == "/" or earlier == later:
+        return True
+    if earlier.endswith("/"):
+        return later.startswith(earlier)
+    return later.startswith(earlier + "/") or later == earlier
+
+
+def _hosts_cover(earlier: list[str], later: list[str]) -> bool:
+    if "*" in earlier:
+        return True
+    for host in later:
+        if host == "*":
+            return False
+        if host in earlier:
+            continue
+        if any(e.startswith("*.") and host.endswith(e[1:]) for e in earlier):
+            continue
+        return False
+    return True
+
+
+def _semantic_problems(policy: Policy) -> list[tuple[Loc, str]]:
+    out: list[tuple[Loc, str]] = []
+    names: dict[str, int] = {}
+    backends: dict[str, tuple[int, list[str]]] = {}
+    for i, route in enumerate(policy.routes):
+        where: Loc = ("routes", i)
+        if route.name in names:
+            out.append(((*where, "name"), f"duplicate route name {route.name!r}"))
+        names.setdefault(route.name, i)
+        if ANY_GROUP in route.allow_groups and len(route.allow_groups) > 1:
+            out.append(((*where, "allow_groups"), "'any' cannot be combined with group slugs"))
+        for j, slug in enumerate(route.allow_groups):
+            if slug != ANY_GROUP and slug not in policy.groups:
+                out.append(((*where, "allow_groups", j), f"undefined policy group {slug!r}"))
+        if route.require_scopes and policy.identity.source != "jwt":
+            out.append(((*where, "require_scopes"), "require_scopes needs identity.source: jwt"))
+        for k, earlier in enumerate(policy.routes[:i]):
+            if _hosts_cover(earlier.from_.hosts, route.from_.hosts) and _path_covers(
+                earlier.from_.path_prefix, route.from_.path_prefix
+            ):
+                what = (
+                    "duplicate route"
+                    if earlier.from_.path_prefix == route.from_.path_prefix
+                    and sorted(earlier.from_.hosts) == sorted(route.from_.hosts)
+                    else "unreachable route"
+                )
+                out.append(
+                    (
+                        (*where, "from"),
+                        f"{what} {route.name!r}: route {earlier.name!r} (#{k + 1}) matches first",
+                    )
+                )
+                break
+        backend = route.to.backend
+        if backend is not None:
+            if backend in backends and backends[backend][1] != route.to.servers:
+                out.append(
+                    (
+                        (*where, "to", "servers"),
+                        f"backend {backend!r} is defined with other servers elsewhere",
+                    )
+                )
+            backends.setdefault(backend, (i, route.to.servers))
+    return out

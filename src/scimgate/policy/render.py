@@ -1,0 +1,447 @@
+"""Render the HAProxy configuration that enforces a policy (plain, tested string building).
+
+Two modes: ``full`` gives a complete ``haproxy.cfg``; ``fragment`` gives only the frontend
+rules to paste into an existing ``mode http`` frontend, with the global lines it needs as
+comments. Targets HAProxy 2.6 (Debian 12) and newer; every construct used here was checked
+with ``haproxy -c`` and live requests on 2.6.12.
+
+Request pipeline (first failing step answers):
+  1. ambiguous paths (encoded unreserved chars, ``//``, dot segments) -> 400
+  2. identity (JWT / trusted header / mTLS subject) missing or invalid -> 401
+  3. pseudonym key absent from the identities map (unknown or deprovisioned user) -> 403
+  4. no route matches (routes in file order, first match wins) -> 403 (default deny)
+  5. the route's groups or required scopes not held -> 403
+  6. allow: ``return`` the route's text or ``use_backend``
+
+The only I/O is the optional ``check_files`` step, which reads the JWT public key (and mTLS
+files) to fail early: HAProxy 2.6 accepts a certificate PEM in ``jwt_verify`` without a
+warning and then rejects every token at runtime.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path
+from typing import Literal
+
+from scimgate.policy.compiler import VALID_SHARD_COUNTS, map_file_name
+from scimgate.policy.model import (
+    ANY_GROUP,
+    FILE_PATH_RE,
+    HMAC_ALGORITHMS,
+    Policy,
+    Route,
+)
+
+
+class RenderError(ValueError):
+    """The render arguments (or files the policy points at) are unusable."""
+
+
+BIND_RE = re.compile(r"^(?:[0-9.]{7,15}|\*|\[[0-9a-fA-F:.]{2,45}\])?:[0-9]{1,5}$")
+LOG_TARGET_RE = re.compile(r"^[A-Za-z0-9._/:@-]+(?: [A-Za-z0-9._/:@-]+){0,5}$")
+BASE64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+FRONTEND_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+# Paths a backend may decode or normalise into another route's prefix: percent-encoded
+# unreserved characters, '%', '/', '\'; '//'; '.' and '..' segments (also Tomcat's '/..;/').
+AMBIGUOUS_PATH_REGEX = "(%(2[5DEF]|3[0-9]|[46][1-9A-F]|[57][0-9A]|5[CF]|7E))|//|/[.][.]?([/;]|$)"
+
+_UNAUTHENTICATED_BODY = '\'{"error":"unauthenticated","status":401}\''
+_FORBIDDEN_BODY = '\'{"error":"forbidden","status":403}\''
+_BAD_PATH_BODY = '\'{"error":"ambiguous path","status":400}\''
+
+V_IDENTITY = "txn.scimgate_identity"
+V_KEY = "txn.scimgate_key"
+V_GROUPS = "txn.scimgate_groups"
+V_ROUTE = "txn.scimgate_route"
+V_DECISION = "txn.scimgate_decision"
+V_SCOPES = "txn.scimgate_scopes"
+V_HMAC = "proc.scimgate_hmac"
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise RenderError(message)
+
+
+def _acl_name(kind: str, name: str) -> str:
+    return f"scimgate_{kind}_{name}"
+
+
+def _deny(status: int, decision: str, condition: str, *, bearer: bool = False) -> list[str]:
+    if status == 401:
+        body = _UNAUTHENTICATED_BODY
+        extra = " hdr WWW-Authenticate 'Bearer realm=\"scimgate\"'" if bearer else ""
+    elif status == 400:
+        body, extra = _BAD_PATH_BODY, ""
+    else:
+        body, extra = _FORBIDDEN_BODY, ""
+    return [
+        f"http-request set-var({V_DECISION}) str({decision}) if {condition}",
+        f"http-request deny deny_status {status} content-type application/json string {body}{extra} if {condition}",
+    ]
+
+
+def _check_public_key(path: str) -> None:
+    try:
+        head = Path(path).read_text(encoding="ascii", errors="replace")[:4096]
+    except OSError as exc:
+        raise RenderError(f"JWT public key {path!r} cannot be read: {exc}") from None
+    if "-----BEGIN CERTIFICATE-----" in head:
+        raise RenderError(
+            f"JWT public key {path!r} is a certificate: HAProxy 2.6 needs a "
+            "'-----BEGIN PUBLIC KEY-----' PEM (with a certificate every token fails, silently)"
+        )
+    _require(
+        "-----BEGIN PUBLIC KEY-----" in head,
+        f"JWT public key {path!r} is not a '-----BEGIN PUBLIC KEY-----' PEM",
+    )
+
+
+def _resolved_file(policy: Policy, path: str, what: str, check: bool) -> str:
+    resolved = policy.resolve_path(path)
+    _require(
+        bool(FILE_PATH_RE.fullmatch(resolved)),
+        f"{what} path {resolved!r} has characters that cannot go into haproxy.cfg",
+    )
+    if check and not Path(resolved).is_file():
+        raise RenderError(f"{what} {resolved!r} does not exist")
+    return resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity extraction
+
+
+def _jwt_rules(policy: Policy, check_files: bool) -> list[str]:
+    jwt = policy.identity.jwt
+    assert jwt is not None
+    alg = jwt.algorithm
+    if alg in HMAC_ALGORITHMS:
+        assert jwt.secret is not None
+        key = jwt.secret
+    else:
+        assert jwt.public_key is not None
+        key = _resolved_file(policy, jwt.public_key, "JWT public key", check_files)
+        if check_files:
+            _check_public_key(key)
+    leeway = jwt.leeway_seconds
+    bearer = "var(txn.scimgate_bearer)"
+    return [
+        f"# identity: JWT bearer. The algorithm is pinned to the literal {alg} (never the",
+        "# token's own 'alg': alg-confusion); jwt_verify checks only the signature, so",
+        f"# exp / nbf / iss / aud are checked here (leeway {leeway} s). Signature check runs last.",
+        "http-request set-var(txn.scimgate_bearer) http_auth_bearer",
+        f"http-request set-var(txn.scimgate_jwt_alg) {bearer},jwt_header_query('$.alg')",
+        "http-request set-var(txn.scimgate_now) date",
+        f"http-request set-var(txn.scimgate_jwt_exp) {bearer},jwt_payload_query('$.exp','int')",
+        f"http-request set-var(txn.scimgate_jwt_nbf) {bearer},jwt_payload_query('$.nbf','int')",
+        f"http-request set-var(txn.scimgate_jwt_iss) {bearer},jwt_payload_query('$.iss')",
+        f"http-request set-var(txn.scimgate_jwt_aud) {bearer},jwt_payload_query('$.aud')",
+        f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {alg}",
+        f"acl scimgate_jwt_exp_ok var(txn.scimgate_jwt_exp),add({leeway}),sub(txn.scimgate_now) -m int gt 0",
+        f"acl scimgate_jwt_nbf_bad var(txn.scimgate_jwt_nbf),sub(txn.scimgate_now) -m int gt {leeway}",
+        f"acl scimgate_jwt_iss_ok var(txn.scimgate_jwt_iss) -m str '{jwt.issuer}'",
+        f"acl scimgate_jwt_aud_ok var(txn.scimgate_jwt_aud) -m str '{jwt.audience}'",
+        f'acl scimgate_jwt_sig_ok {bearer},jwt_verify("{alg}","{key}") -m int 1',
+        f"http-request set-var({V_IDENTITY}) {bearer},jwt_payload_query('$.{jwt.claim}') "
+        "if scimgate_jwt_alg_ok scimgate_jwt_exp_ok !scimgate_jwt_nbf_bad "
+        "scimgate_jwt_iss_ok scimgate_jwt_aud_ok scimgate_jwt_sig_ok",
+    ]
+
+
+def _header_rules(policy: Policy) -> list[str]:
+    header = policy.identity.header
+    assert header is not None
+    name = header.name
+    return [
+        f"# identity: header {name}, honoured only from trusted sources; read whole",
+        "# (req.fhdr, no comma splitting) and refused when repeated or comma-separated.",
+        f"acl scimgate_trusted_src src {' '.join(header.trusted_sources)}",
+        f"http-request del-header {name} unless scimgate_trusted_src",
+        f"http-request set-var({V_IDENTITY}) req.fhdr({name}) if {{ req.hdr_cnt({name}) eq 1 }}",
+    ]
+
+
+def _mtls_rules(policy: Policy) -> list[str]:
+    mtls = policy.identity.mtls
+    assert mtls is not None
+    entry = "CN" if mtls.field == "subject_cn" else "emailAddress"
+    return [
+        f"# identity: verified client certificate, subject {entry} (HAProxy 2.6 has no SAN fetch)",
+        f"http-request set-var({V_IDENTITY}) ssl_c_s_dn({entry}) "
+        "if { ssl_c_used } { ssl_c_verify -m int eq 0 }",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes
+
+
+def _route_match_acls(route: Route) -> tuple[list[str], str]:
+    lines: list[str] = []
+    parts: list[str] = []
+    if "*" not in route.from_.hosts:
+        host_acl = _acl_name("host", route.name)
+        for host in route.from_.hosts:
+            if host.startswith("*."):
+                lines.append(f"acl {host_acl} req.fhdr(host),host_only -m end {host[1:]}")
+            else:
+                lines.append(f"acl {host_acl} req.fhdr(host),host_only -m str {host}")
+        parts.append(host_acl)
+    prefix = route.from_.path_prefix
+    if prefix != "/":
+        path_acl = _acl_name("path", route.name)
+        if prefix.endswith("/"):
+            lines.append(f"acl {path_acl} path_beg {prefix}")
+        else:
+            # segment-aware: /admin matches /admin and /admin/..., not /administrator
+            lines.append(f"acl {path_acl} path -m str {prefix}")
+            lines.append(f"acl {path_acl} path_beg {prefix}/")
+        parts.append(path_acl)
+    return lines, " ".join(parts)
+
+
+def _frontend_rules(
+    policy: Policy,
+    *,
+    map_dir: str,
+    shards: int,
+    check_files: bool,
+    debug_headers: bool,
+) -> list[str]:
+    source = policy.identity.source
+    bearer = source == "jwt"
+    out: list[str] = [
+        "# --- scimgate: request id and log line (the pseudonym key, never the identity) ---",
+        "unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid",
+        "unique-id-header X-Request-ID",
+        'log-format "%ci:%cp [%tr] %ft %ST %B %Tr id=%ID'
+        f" key=%[var({V_KEY})] groups=%[var({V_GROUPS})] route=%[var({V_ROUTE})]"
+        f' decision=%[var({V_DECISION})] %HM %{{+Q}}HPO"',
+        "http-request del-header X-Request-ID",
+        "http-after-response set-header X-Request-ID %[unique-id]",
+        "",
+        "# --- scimgate: paths that could be decoded into another route's prefix ---",
+        f"acl scimgate_ambiguous_path path -m reg -i '{AMBIGUOUS_PATH_REGEX}'",
+        *_deny(400, "ambiguous_path", "scimgate_ambiguous_path"),
+        "",
+    ]
+    if source == "jwt":
+        out += _jwt_rules(policy, check_files)
+    elif source == "header":
+        out += _header_rules(policy)
+    else:
+        out += _mtls_rules(policy)
+    out += [
+        f"acl scimgate_identity_ok var({V_IDENTITY}) -m len gt 0",
+        *_deny(401, "unauthenticated", "!scimgate_identity_ok", bearer=bearer),
+        "",
+        "# --- scimgate: pseudonym key -> policy groups (absent = unknown or deprovisioned) ---",
+        f"http-request set-var({V_KEY}) var({V_IDENTITY}),lower,hmac(sha256,{V_HMAC}),hex",
+    ]
+    if shards == 1:
+        path = f"{map_dir}/{map_file_name(0, 1)}"
+        out.append(f"http-request set-var({V_GROUPS}) var({V_KEY}),map({path})")
+    else:
+        width = 1 if shards == 16 else 2
+        for shard in range(shards):
+            path = f"{map_dir}/{map_file_name(shard, shards)}"
+            out.append(
+                f"http-request set-var({V_GROUPS}) var({V_KEY}),map({path}) "
+                f"if {{ var({V_KEY}) -m beg {shard:0{width}X} }}"
+            )
+    out += [
+        f"acl scimgate_known var({V_GROUPS}) -m found",
+        *_deny(403, "unknown_identity", "!scimgate_known"),
+    ]
+
+    needs_scopes = any(r.require_scopes for r in policy.routes)
+    if needs_scopes:
+        jwt = policy.identity.jwt
+        assert jwt is not None
+        out += [
+            "",
+            f"# --- scimgate: scopes ('{jwt.scope_claim}' claim, space-separated), space-wrapped for whole-word matching ---",
+            f"http-request set-var(txn.scimgate_jwt_scope) var(txn.scimgate_bearer),jwt_payload_query('$.{jwt.scope_claim}')",
+            f'http-request set-var-fmt({V_SCOPES}) " %[var(txn.scimgate_jwt_scope)] "',
+        ]
+
+    out += ["", "# --- scimgate: routes, in policy order; the first match wins ---"]
+    for route in policy.routes:
+        lines, condition = _route_match_acls(route)
+        out += lines
+        when = f" {condition}" if condition else ""
+        out.append(
+            f"http-request set-var({V_ROUTE}) str({route.name}) if !{{ var({V_ROUTE}) -m found }}{when}"
+        )
+    out += _deny(403, "no_route", f"!{{ var({V_ROUTE}) -m found }}")
+
+    out += ["", "# --- scimgate: per-route groups and scopes ---"]
+    used_slugs = sorted({g for r in policy.routes for g in r.allow_groups if g != ANY_GROUP})
+    for slug in used_slugs:
+        out.append(f"acl {_acl_name('group', slug)} var({V_GROUPS}) -m sub ,{slug},")
+    for route in policy.routes:
+        is_route = _acl_name("route", route.name)
+        out.append(f"acl {is_route} var({V_ROUTE}) -m str {route.name}")
+        if ANY_GROUP not in route.allow_groups:
+            lacking = " ".join(f"!{_acl_name('group', g)}" for g in route.allow_groups)
+            out += _deny(403, "group_denied", f"{is_route} {lacking}")
+        for scope in route.require_scopes:
+            out += _deny(
+                403, "scope_missing", f"{is_route} !{{ var({V_SCOPES}) -m sub ' {scope} ' }}"
+            )
+
+    out += ["", "# --- scimgate: allowed ---", f"http-request set-var({V_DECISION}) str(allow)"]
+    if debug_headers:
+        out += [
+            "# debug headers (render option debug_headers=True): never in production",
+            f"http-after-response set-header X-Scimgate-Key %[var({V_KEY})]",
+            f"http-after-response set-header X-Scimgate-Groups %[var({V_GROUPS})]",
+            f"http-after-response set-header X-Scimgate-Route %[var({V_ROUTE})]",
+            f"http-after-response set-header X-Scimgate-Decision %[var({V_DECISION})]",
+        ]
+    for route in policy.routes:
+        is_route = _acl_name("route", route.name)
+        if route.to.return_ is not None:
+            out.append(
+                f'http-request return status 200 content-type text/plain string "{route.to.return_}" if {is_route}'
+            )
+    for route in policy.routes:
+        if route.to.backend is not None:
+            out.append(f"use_backend {route.to.backend} if {_acl_name('route', route.name)}")
+    return out
+
+
+def _backends(policy: Policy) -> dict[str, list[str]]:
+    backends: dict[str, list[str]] = {}
+    for route in policy.routes:
+        if route.to.backend is not None:
+            backends.setdefault(route.to.backend, list(route.to.servers))
+    return backends
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def render_config(
+    policy: Policy,
+    *,
+    mode: Literal["full", "fragment"] = "full",
+    map_dir: str,
+    shards: int = 1,
+    hmac_secret_b64: str,
+    bind: str = "127.0.0.1:8080",
+    stats_socket: str = "/run/scimgate/haproxy-admin.sock",
+    master_socket: str | None = None,
+    log_target: str = "stdout format raw",
+    frontend_name: str = "fe_scimgate",
+    check_files: bool = True,
+    debug_headers: bool = False,
+) -> str:
+    """The HAProxy configuration enforcing ``policy``.
+
+    ``map_dir`` holds the identities map file(s) (``map_file_names(shards)``; they must exist
+    when HAProxy starts). ``hmac_secret_b64`` is the pseudonym secret, base64 (>= 16 bytes);
+    it is written into the config, so keep the file mode 0600. ``master_socket`` turns on
+    master-worker mode (HAProxy 2.6 binds the master CLI only from the command line:
+    ``-S <master_socket>,mode,600``). ``log_target`` is the ``log`` address and options
+    (``stdout format raw``, ``/dev/log``, ``127.0.0.1:514``); facility local0 is appended.
+    """
+    _require(mode in ("full", "fragment"), f"mode must be 'full' or 'fragment', not {mode!r}")
+    _require(shards in VALID_SHARD_COUNTS, f"shards must be one of {VALID_SHARD_COUNTS}")
+    map_dir = map_dir.rstrip("/") or "/"
+    _require(
+        map_dir.startswith("/") and bool(FILE_PATH_RE.fullmatch(map_dir)),
+        f"map_dir must be an absolute path of letters, digits and . _ / + -: {map_dir!r}",
+    )
+    _require(bool(BASE64_RE.fullmatch(hmac_secret_b64)), "hmac_secret_b64 is not base64")
+    try:
+        secret = base64.b64decode(hmac_secret_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise RenderError("hmac_secret_b64 is not base64") from None
+    _require(len(secret) >= 16, "the HMAC secret must be at least 16 bytes")
+    _require(
+        bool(FRONTEND_NAME_RE.fullmatch(frontend_name)), f"invalid frontend name {frontend_name!r}"
+    )
+
+    rules = _frontend_rules(
+        policy, map_dir=map_dir, shards=shards, check_files=check_files, debug_headers=debug_headers
+    )
+    hmac_line = f"set-var {V_HMAC} str({hmac_secret_b64})"
+    backends = _backends(policy)
+
+    if mode == "fragment":
+        notes = [
+            "# scimgate policy fragment: paste into a 'mode http' frontend (before its own",
+            "# http-request rules). Generated; edit the policy file instead.",
+            "# Needed in the global section (the pseudonym secret; keep haproxy.cfg mode 0600):",
+            f"#     {hmac_line}",
+            "# Needed: the map file(s) below must exist before HAProxy starts (may be empty).",
+        ]
+        if backends:
+            notes.append("# Needed backends (this fragment routes to them with use_backend):")
+            notes += [f"#     {name}: {', '.join(servers)}" for name, servers in backends.items()]
+        return "\n".join([*notes, "", *rules]) + "\n"
+
+    _require(bool(BIND_RE.fullmatch(bind)), f"invalid bind address {bind!r} (expected ip:port)")
+    _require(
+        bool(FILE_PATH_RE.fullmatch(stats_socket)), f"invalid stats socket path {stats_socket!r}"
+    )
+    _require(bool(LOG_TARGET_RE.fullmatch(log_target)), f"invalid log target {log_target!r}")
+    bind_line = f"bind {bind}"
+    if policy.identity.source == "mtls":
+        mtls = policy.identity.mtls
+        assert mtls is not None
+        _require(
+            mtls.server_cert is not None and mtls.ca_file is not None,
+            "identity.mtls needs server_cert and ca_file for a full config",
+        )
+        assert mtls.server_cert is not None and mtls.ca_file is not None
+        crt = _resolved_file(policy, mtls.server_cert, "mTLS server certificate", check_files)
+        ca = _resolved_file(policy, mtls.ca_file, "mTLS CA file", check_files)
+        bind_line += f" ssl crt {crt} ca-file {ca} verify required"
+
+    glob = [
+        "global",
+        f"    log {log_target} local0",
+        f"    stats socket {stats_socket} mode 600 level admin expose-fd listeners",
+        "    # the Runtime API's prompt connections are closed after 10 s idle by default",
+        "    stats timeout 1h",
+        "    # pseudonym secret (base64) for hmac(sha256,...): keep this file mode 0600",
+        f"    {hmac_line}",
+    ]
+    if master_socket is not None:
+        _require(
+            bool(FILE_PATH_RE.fullmatch(master_socket)),
+            f"invalid master socket path {master_socket!r}",
+        )
+        glob += [
+            "    master-worker",
+            f"    # master CLI: HAProxy 2.6 binds it from the command line: -S {master_socket},mode,600",
+        ]
+    out = [
+        "# Generated by scimgate from the policy file; edit the policy, not this file.",
+        *glob,
+        "",
+        "defaults",
+        "    mode http",
+        "    log global",
+        "    option dontlognull",
+        "    timeout connect 5s",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "    timeout http-request 10s",
+        "    timeout tunnel 1h",
+        "",
+        f"frontend {frontend_name}",
+        f"    {bind_line}",
+        *[f"    {line}" if line else "" for line in rules],
+    ]
+    for name, servers in backends.items():
+        out += ["", f"backend {name}"]
+        out += [f"    server s{i + 1} {server}" for i, server in enumerate(servers)]
+    return "\n".join(out) + "\n"
