@@ -1,0 +1,411 @@
+"""The ASGI application and its explicit route table."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from scimgate.api import http
+from scimgate.api.metrics import Metrics
+from scimgate.audit import log as audit
+from scimgate.bulk import run_bulk
+from scimgate.config import Settings
+from scimgate.scim import discovery, errors
+from scimgate.scim.resource import project
+from scimgate.scim.schema import RESOURCE_TYPES, SEARCH_REQUEST_SCHEMA
+from scimgate.service import ScimService, WriteResult
+from scimgate import tokens
+
+log = logging.getLogger("scimgate.api")
+
+
+class SyncWaiter(Protocol):
+    """The sync engine, as the API sees it (read-your-writes and readiness)."""
+
+    async def wait_confirmed(self, seq: int, timeout: float) -> bool: ...
+
+    def ready(self) -> tuple[bool, dict[str, Any]]: ...
+
+
+@dataclass
+class Api:
+    settings: Settings
+    service: ScimService
+    metrics: Metrics
+    sync: SyncWaiter | None = None
+
+    @property
+    def db(self) -> Any:
+        return self.service.db
+
+    # --- the request pipeline: auth + work in one thread hop, errors as SCIM bodies ------
+
+    def _actor(self, request: Request, token_name: str | None) -> audit.Actor:
+        client = request.client.host if request.client else None
+        return audit.Actor(token=token_name, client=client,
+                           user_agent=request.headers.get("user-agent"),
+                           request_id=request.state.request_id)
+
+    def _authenticate(self, request: Request) -> audit.Actor:
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        secret = secret.strip() if scheme.lower() == "bearer" else ""
+        with self.db.read() as conn:
+            verdict = tokens.authenticate(conn, secret)
+            last_used = None
+            if verdict.reason == "ok":
+                last_used = conn.execute(
+                    tokens.T.select().where(tokens.T.c.name == verdict.name)
+                ).first().last_used
+        actor = self._actor(request, verdict.name)
+        if verdict.reason != "ok":
+            kind = "token.expired_use" if verdict.reason == "expired" else "auth.failed"
+            with self.db.write() as conn:
+                audit.append(conn, kind, actor, detail={"reason": verdict.reason,
+                                                        "path": request.url.path})
+            self.metrics.auth_failures.labels(verdict.reason).inc()
+            raise errors.Unauthorized(
+                "missing bearer token" if verdict.reason == "missing"
+                else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}"
+            )
+        assert verdict.name is not None
+        tokens.touch(self.db, verdict.name, last_used)
+        return actor
+
+    async def call(self, request: Request, endpoint: str,
+                   work: Callable[[audit.Actor], Response | WriteResultResponse]) -> Response:
+        started = time.perf_counter()
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        status = 500
+        try:
+            def run() -> Response | WriteResultResponse:
+                return work(self._authenticate(request))
+
+            out = await run_in_threadpool(run)
+            if isinstance(out, WriteResultResponse):
+                await self._read_your_writes(out.result)
+                out = out.response
+            response = out
+        except errors.ScimError as exc:
+            response = http.error_response(exc)
+        except Exception:  # never a stack trace to the client
+            log.exception("internal error", extra={"request_id": request.state.request_id})
+            response = http.error_response(errors.ScimError("internal error", status=500))
+        status = response.status_code
+        response.headers["X-Request-ID"] = request.state.request_id
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request(endpoint, request.method, status, elapsed)
+        log.info("scim request", extra={"request_id": request.state.request_id,
+                                        "method": request.method, "path": request.url.path,
+                                        "status": status, "ms": round(elapsed * 1000, 2)})
+        return response
+
+    async def _read_your_writes(self, result: WriteResult) -> None:
+        if not (self.settings.read_your_writes and self.sync and result.changes):
+            return
+        ok = await self.sync.wait_confirmed(result.last_seq, self.settings.read_your_writes_timeout)
+        if not ok:
+            self.metrics.ryw_timeouts.inc()
+            log.warning("read-your-writes timeout: change %s not yet confirmed by every target",
+                        result.last_seq)
+
+
+@dataclass
+class WriteResultResponse:
+    """A response that may wait for HAProxy confirmation (read-your-writes) before leaving."""
+
+    response: Response
+    result: WriteResult
+
+
+def _projection(q: dict[str, str], body: dict[str, Any] | None = None) -> tuple[list[str] | None, list[str] | None]:
+    if body is not None:
+        attrs = body.get("attributes")
+        excl = body.get("excludedAttributes")
+        return (attrs if isinstance(attrs, list) else http.csv_param(attrs),
+                excl if isinstance(excl, list) else http.csv_param(excl))
+    return http.csv_param(q.get("attributes")), http.csv_param(q.get("excludedattributes"))
+
+
+def _wants_members(attrs: list[str] | None, excluded: list[str] | None) -> bool:
+    if excluded and any(a.lower().endswith("members") or a.lower().startswith("members") for a in excluded):
+        return False
+    if attrs is not None:
+        return any(a.lower().split(":")[-1].startswith("members") for a in attrs)
+    return True
+
+
+def build_app(api: Api) -> Starlette:
+    s = api.settings
+
+    def rtype_of(request: Request) -> str:
+        return str(request.scope["route_rtype"])
+
+    def list_or_search(request: Request, rtype: str, params: dict[str, Any],
+                       attrs: list[str] | None, excluded: list[str] | None) -> Response:
+        start = http.int_param(params.get("startindex"), "startIndex", 1)
+        count = http.int_param(params.get("count"), "count", s.default_count)
+        count = max(0, min(count, s.max_results))
+        sort_order = params.get("sortorder")
+        if sort_order and str(sort_order).lower() not in ("ascending", "descending"):
+            raise errors.InvalidValue("sortOrder must be ascending or descending")
+        filt = params.get("filter")
+        if filt is not None and not isinstance(filt, str):
+            raise errors.InvalidValue("filter must be a string")
+        base = http.base_url(request)
+        rtypes = [rtype] if rtype != "*" else list(RESOURCE_TYPES)
+        total = 0
+        found: list[dict[str, Any]] = []
+        offset = max(start, 1) - 1
+        for name in rtypes:
+            # Root search (RFC 7644 §3.4.3) pages across the resource types in turn.
+            n, page = api.service.search(
+                name, base, filter_text=filt, sort_by=params.get("sortby"),
+                sort_order=sort_order, start_index=max(offset - total, 0) + 1,
+                count=max(count - len(found), 0),
+                include_members=_wants_members(attrs, excluded),
+            )
+            total += n
+            found.extend(project(r, RESOURCE_TYPES[name], attrs, excluded) for r in page)
+        return http.scim_response(discovery.list_response(found, total=total, start_index=max(start, 1)))
+
+    async def list_resources(request: Request) -> Response:
+        rtype = rtype_of(request)
+        q = http.query(request)
+        attrs, excluded = _projection(q)
+        return await api.call(request, f"/{rtype}s", lambda actor: list_or_search(request, rtype, q, attrs, excluded))
+
+    async def search(request: Request) -> Response:
+        rtype = request.scope.get("route_rtype", "*")
+        try:
+            body = await http.read_json(request, s.max_body_bytes)
+        except errors.ScimError as exc:
+            return http.error_response(exc)
+        if not isinstance(body, dict):
+            return http.error_response(errors.InvalidSyntax("a SearchRequest must be a JSON object"))
+        schemas = body.get("schemas")
+        if schemas is not None and SEARCH_REQUEST_SCHEMA not in (schemas if isinstance(schemas, list) else []):
+            return http.error_response(errors.InvalidSyntax(f"schemas must contain {SEARCH_REQUEST_SCHEMA}"))
+        params = {k.lower(): v for k, v in body.items()}
+        attrs, excluded = _projection({}, body)
+        return await api.call(request, "/.search", lambda actor: list_or_search(request, rtype, params, attrs, excluded))
+
+    async def create(request: Request) -> Response:
+        rtype = rtype_of(request)
+        try:
+            body = await http.read_json(request, s.max_body_bytes)
+        except errors.ScimError as exc:
+            return http.error_response(exc)
+        q = http.query(request)
+        attrs, excluded = _projection(q)
+
+        def work(actor: audit.Actor) -> WriteResultResponse:
+            result = api.service.create(rtype, body, actor, http.base_url(request))
+            assert result.resource is not None
+            res = result.resource
+            api.metrics.writes.labels(rtype, "create").inc()
+            return WriteResultResponse(http.scim_response(
+                project(res, RESOURCE_TYPES[rtype], attrs, excluded), 201,
+                {"Location": res["meta"]["location"], "ETag": res["meta"]["version"]}), result)
+
+        return await api.call(request, f"/{rtype}s", work)
+
+    async def get_one(request: Request) -> Response:
+        rtype = rtype_of(request)
+        rid = request.path_params["id"]
+        q = http.query(request)
+        attrs, excluded = _projection(q)
+        if_none_match = request.headers.get("if-none-match")
+
+        def work(actor: audit.Actor) -> Response:
+            res = api.service.get(rtype, rid, http.base_url(request),
+                                  include_members=_wants_members(attrs, excluded))
+            tag = res["meta"]["version"]
+            if if_none_match and (if_none_match.strip() == "*" or tag in [t.strip() for t in if_none_match.split(",")]):
+                return Response(status_code=304, headers={"ETag": tag})
+            return http.scim_response(project(res, RESOURCE_TYPES[rtype], attrs, excluded), 200, {"ETag": tag})
+
+        return await api.call(request, f"/{rtype}s/{{id}}", work)
+
+    async def write_one(request: Request) -> Response:
+        rtype = rtype_of(request)
+        rid = request.path_params["id"]
+        method = request.method
+        body: Any = None
+        if method in ("PUT", "PATCH"):
+            try:
+                body = await http.read_json(request, s.max_body_bytes)
+            except errors.ScimError as exc:
+                return http.error_response(exc)
+        q = http.query(request)
+        attrs, excluded = _projection(q)
+        if_match = request.headers.get("if-match")
+
+        def work(actor: audit.Actor) -> WriteResultResponse:
+            base = http.base_url(request)
+            rt = RESOURCE_TYPES[rtype]
+            if method == "DELETE":
+                result = api.service.delete(rtype, rid, actor, base, if_match)
+                api.metrics.writes.labels(rtype, "delete").inc()
+                return WriteResultResponse(Response(status_code=204), result)
+            if method == "PUT":
+                result = api.service.replace(rtype, rid, body, actor, base, if_match)
+                api.metrics.writes.labels(rtype, "replace").inc()
+            else:
+                want_members = rtype == "Group" and attrs is not None and _wants_members(attrs, excluded)
+                result = api.service.patch(rtype, rid, body, actor, base, if_match,
+                                           want_members=want_members)
+                api.metrics.writes.labels(rtype, "patch").inc()
+                if rtype == "Group" and attrs is None:
+                    # Group PATCH answers 204 (RFC 7644 §3.5.2): returning every member of a
+                    # large group after a one-member change is what makes peers O(n).
+                    res = result.resource or {}
+                    return WriteResultResponse(
+                        Response(status_code=204, headers={"ETag": res.get("meta", {}).get("version", "")}),
+                        result)
+            res = result.resource or {}
+            return WriteResultResponse(http.scim_response(
+                project(res, rt, attrs, excluded), 200, {"ETag": res["meta"]["version"]}), result)
+
+        return await api.call(request, f"/{rtype}s/{{id}}", work)
+
+    async def bulk(request: Request) -> Response:
+        try:
+            body = await http.read_json(request, s.bulk_max_payload_bytes)
+        except errors.PayloadTooLarge:
+            return http.error_response(errors.PayloadTooLarge(
+                f"bulk request over maxPayloadSize ({s.bulk_max_payload_bytes} bytes)"))
+        except errors.ScimError as exc:
+            return http.error_response(exc)
+
+        def work(actor: audit.Actor) -> WriteResultResponse:
+            response, results = run_bulk(api.service, body, actor, http.base_url(request),
+                                         max_operations=s.bulk_max_operations)
+            merged = WriteResult(None, [c for r in results for c in r.changes])
+            return WriteResultResponse(http.scim_response(response, 200), merged)
+
+        return await api.call(request, "/Bulk", work)
+
+    async def spc(request: Request) -> Response:
+        return await api.call(request, "/ServiceProviderConfig", lambda actor: http.scim_response(
+            discovery.service_provider_config(http.base_url(request), max_operations=s.bulk_max_operations,
+                                              max_payload=s.bulk_max_payload_bytes,
+                                              max_results=s.max_results)))
+
+    async def resource_types(request: Request) -> Response:
+        rid = request.path_params.get("id")
+
+        def work(actor: audit.Actor) -> Response:
+            base = http.base_url(request)
+            if rid is None:
+                return http.scim_response(discovery.list_response(discovery.all_resource_types(base)))
+            if rid not in RESOURCE_TYPES:
+                raise errors.NotFound(f"ResourceType {rid} not found")
+            return http.scim_response(discovery.resource_type(rid, base))
+
+        return await api.call(request, "/ResourceTypes", work)
+
+    async def schemas(request: Request) -> Response:
+        rid = request.path_params.get("id")
+
+        def work(actor: audit.Actor) -> Response:
+            base = http.base_url(request)
+            if rid is None:
+                return http.scim_response(discovery.list_response(discovery.all_schemas(base)))
+            doc = discovery.schema(rid, base)
+            if doc is None:
+                raise errors.NotFound(f"Schema {rid} not found")
+            return http.scim_response(doc)
+
+        return await api.call(request, "/Schemas", work)
+
+    async def me(request: Request) -> Response:
+        def work(actor: audit.Actor) -> Response:
+            raise errors.NotImplementedScim("/Me is not supported: SCIM clients here are IdPs, not end users")
+
+        return await api.call(request, "/Me", work)
+
+    async def not_allowed(request: Request) -> Response:
+        return http.error_response(errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        def check() -> tuple[bool, dict[str, Any]]:
+            detail: dict[str, Any] = {}
+            try:
+                with api.db.read() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+                detail["database"] = "ok"
+                ok = True
+            except Exception:
+                detail["database"] = "unreachable"
+                ok = False
+            if api.sync is not None:
+                sync_ok, sync_detail = api.sync.ready()
+                detail["targets"] = sync_detail
+                ok = ok and sync_ok
+            return ok, detail
+
+        ok, detail = await run_in_threadpool(check)
+        return JSONResponse({"status": "ready" if ok else "unready", **detail}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        body, ctype = await run_in_threadpool(api.metrics.render)
+        return Response(body, media_type=ctype)
+
+    def scim_routes(rtype: str, plural: str) -> list[Route]:
+        def tagged(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+            async def wrapper(request: Request) -> Response:
+                request.scope["route_rtype"] = rtype
+                return await endpoint(request)
+            return wrapper
+
+        base = f"/scim/v2/{plural}"
+        return [
+            Route(base, tagged(list_resources), methods=["GET"]),
+            Route(base, tagged(create), methods=["POST"]),
+            Route(base, not_allowed, methods=["PUT", "PATCH", "DELETE"]),
+            Route(base + "/.search", tagged(search), methods=["POST"]),
+            Route(base + "/{id}", tagged(get_one), methods=["GET"]),
+            Route(base + "/{id}", tagged(write_one), methods=["PUT", "PATCH", "DELETE"]),
+            Route(base + "/{id}", not_allowed, methods=["POST"]),
+        ]
+
+    routes = [
+        *scim_routes("User", "Users"),
+        *scim_routes("Group", "Groups"),
+        Route("/scim/v2/.search", search, methods=["POST"]),
+        Route("/scim/v2/Bulk", bulk, methods=["POST"]),
+        Route("/scim/v2/ServiceProviderConfig", spc, methods=["GET"]),
+        Route("/scim/v2/ResourceTypes", resource_types, methods=["GET"]),
+        Route("/scim/v2/ResourceTypes/{id}", resource_types, methods=["GET"]),
+        Route("/scim/v2/Schemas", schemas, methods=["GET"]),
+        Route("/scim/v2/Schemas/{id:path}", schemas, methods=["GET"]),
+        Route("/scim/v2/Me", me, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+    async def on_404(request: Request, exc: Exception) -> Response:
+        return http.error_response(errors.NotFound(f"no such endpoint: {request.url.path}"))
+
+    async def on_405(request: Request, exc: Exception) -> Response:
+        return http.error_response(errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+
+    app = Starlette(routes=routes, exception_handlers={404: on_404, 405: on_405})
+    app.state.api = api
+    return app
+

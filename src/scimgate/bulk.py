@@ -1,0 +1,145 @@
+"""Bulk operations (RFC 7644 §3.7): each operation in its own transaction, bulkId
+references resolved, failOnErrors honoured."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from scimgate.audit.log import Actor
+from scimgate.scim import errors
+from scimgate.scim.schema import BULK_REQUEST_SCHEMA, BULK_RESPONSE_SCHEMA
+from scimgate.service import ScimService, WriteResult
+
+_PATH_RE = re.compile(r"^/(Users|Groups)(?:/([^/]+))?$")
+_BULK_REF = re.compile(r"^bulkId:(.+)$")
+
+
+class _Unresolved(Exception):
+    pass
+
+
+def _resolve_refs(value: Any, ids: dict[str, str]) -> Any:
+    """Replace "bulkId:x" strings by the id created for x (RFC 7644 §3.7.2)."""
+    if isinstance(value, str):
+        m = _BULK_REF.match(value)
+        if m:
+            if m.group(1) not in ids:
+                raise _Unresolved(m.group(1))
+            return ids[m.group(1)]
+        return value
+    if isinstance(value, list):
+        return [_resolve_refs(v, ids) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, ids) for k, v in value.items()}
+    return value
+
+
+def run_bulk(service: ScimService, body: Any, actor: Actor, base_url: str, *,
+             max_operations: int) -> tuple[dict[str, Any], list[WriteResult]]:
+    if not isinstance(body, dict):
+        raise errors.InvalidSyntax("a BulkRequest must be a JSON object")
+    schemas = body.get("schemas")
+    if not isinstance(schemas, list) or BULK_REQUEST_SCHEMA not in schemas:
+        raise errors.InvalidSyntax(f"schemas must contain {BULK_REQUEST_SCHEMA}")
+    ops = body.get("Operations")
+    if not isinstance(ops, list) or not ops:
+        raise errors.InvalidSyntax("Operations must be a non-empty array")
+    if len(ops) > max_operations:
+        raise errors.PayloadTooLarge(f"{len(ops)} operations exceed maxOperations ({max_operations})")
+    fail_on = body.get("failOnErrors")
+    if fail_on is not None and (not isinstance(fail_on, int) or isinstance(fail_on, bool) or fail_on < 1):
+        raise errors.InvalidValue("failOnErrors must be a positive integer")
+
+    ids: dict[str, str] = {}
+    results: list[WriteResult] = []
+    responses: list[dict[str, Any] | None] = [None] * len(ops)
+    pending = list(range(len(ops)))
+    error_count = 0
+    # Operations may reference bulkIds defined later (RFC 7644 §3.7.2); retry deferred ones
+    # while each pass makes progress.
+    while pending and (fail_on is None or error_count < fail_on):
+        deferred: list[int] = []
+        for i in pending:
+            if fail_on is not None and error_count >= fail_on:
+                break
+            try:
+                responses[i], result = _run_one(service, ops[i], ids, actor, base_url)
+                if result is not None:
+                    results.append(result)
+            except _Unresolved:
+                deferred.append(i)
+                continue
+            if int(responses[i]["status"]) >= 400:  # type: ignore[index]
+                error_count += 1
+        if len(deferred) == len(pending):
+            for i in deferred:
+                responses[i] = _error_entry(ops[i], errors.InvalidValue(
+                    "bulkId reference cannot be resolved (unknown or circular)"))
+                error_count += 1
+            break
+        pending = deferred
+    return {"schemas": [BULK_RESPONSE_SCHEMA],
+            "Operations": [r for r in responses if r is not None]}, results
+
+
+def _error_entry(op: Any, exc: errors.ScimError) -> dict[str, Any]:
+    entry: dict[str, Any] = {"status": str(exc.status), "response": exc.body()}
+    if isinstance(op, dict):
+        entry["method"] = op.get("method")
+        if op.get("bulkId") is not None:
+            entry["bulkId"] = op.get("bulkId")
+    return entry
+
+
+def _run_one(service: ScimService, op: Any, ids: dict[str, str], actor: Actor,
+             base_url: str) -> tuple[dict[str, Any], WriteResult | None]:
+    try:
+        if not isinstance(op, dict):
+            raise errors.InvalidSyntax("each operation must be an object")
+        method = str(op.get("method", "")).upper()
+        path = op.get("path")
+        bulk_id = op.get("bulkId")
+        if method not in ("POST", "PUT", "PATCH", "DELETE"):
+            raise errors.InvalidSyntax(f"unsupported bulk method {op.get('method')!r}")
+        if not isinstance(path, str):
+            raise errors.InvalidSyntax("each operation needs a path")
+        if "/bulkId:" in path:
+            ref = path.split("/bulkId:", 1)[1]
+            if ref not in ids:
+                raise _Unresolved(ref)
+            path = path.split("/bulkId:", 1)[0] + "/" + ids[ref]
+        m = _PATH_RE.match(path)
+        if not m:
+            raise errors.InvalidPath(f"bad bulk path {path!r}")
+        rtype = "User" if m.group(1) == "Users" else "Group"
+        rid = m.group(2)
+        data = _resolve_refs(op.get("data"), ids)
+        if_match = op.get("version")
+        entry: dict[str, Any] = {"method": method}
+        if bulk_id is not None:
+            entry["bulkId"] = bulk_id
+        if method == "POST":
+            if rid is not None:
+                raise errors.InvalidPath("POST goes to /Users or /Groups")
+            if not isinstance(bulk_id, str) or not bulk_id:
+                raise errors.InvalidSyntax("POST operations need a bulkId")
+            result = service.create(rtype, data, actor, base_url)
+            assert result.resource is not None
+            ids[bulk_id] = result.resource["id"]
+            return {**entry, "location": result.resource["meta"]["location"],
+                    "version": result.resource["meta"]["version"], "status": "201"}, result
+        if rid is None:
+            raise errors.InvalidPath(f"{method} needs /{m.group(1)}/<id>")
+        if method == "DELETE":
+            result = service.delete(rtype, rid, actor, base_url, if_match)
+            return {**entry, "location": f"{base_url}/{m.group(1)}/{rid}", "status": "204"}, result
+        if method == "PUT":
+            result = service.replace(rtype, rid, data, actor, base_url, if_match)
+        else:
+            result = service.patch(rtype, rid, data, actor, base_url, if_match)
+        res = result.resource or {}
+        return {**entry, "location": f"{base_url}/{m.group(1)}/{rid}",
+                "version": res.get("meta", {}).get("version"), "status": "200"}, result
+    except errors.ScimError as exc:
+        return _error_entry(op, exc), None

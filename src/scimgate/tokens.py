@@ -1,0 +1,167 @@
+"""SCIM bearer tokens: created once, stored only as a hash, rotatable with an overlap.
+
+Secrets are 256-bit random strings, so a single SHA-256 is the right hash (a slow password
+hash buys nothing against brute force of 2^256 and would cost CPU on every request). Lookup
+is by hash; the final comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scimgate.audit import log as audit
+from scimgate.store import tables
+from scimgate.store.db import Database, now_iso
+
+T = tables.tokens
+PREFIX = "sgt_"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
+# last_used is written at most this often per token (not on every request).
+LAST_USED_GRANULARITY = timedelta(seconds=60)
+
+
+class TokenError(Exception):
+    pass
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90d`, `12h`, `30m`, `45s`, `2w`."""
+    m = _DURATION_RE.match(text.strip())
+    if not m:
+        raise TokenError(f"bad duration {text!r}: use e.g. 90d, 12h, 30m")
+    n, unit = int(m.group(1)), m.group(2)
+    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    name: str
+    created: str
+    expires: str | None
+    last_used: str | None
+    revoked: str | None
+    rotating_until: str | None
+
+
+def create(db: Database, name: str, expires_in: timedelta | None = None) -> str:
+    """Create a token; returns the secret (shown once, never stored)."""
+    if not NAME_RE.match(name):
+        raise TokenError("token names are 1-64 of A-Z a-z 0-9 _ . - (starting alphanumeric)")
+    secret = PREFIX + secrets.token_urlsafe(32)
+    now = datetime.now(UTC)
+    with db.write() as conn:
+        if conn.execute(sa.select(T.c.id).where(T.c.name == name)).first() is not None:
+            raise TokenError(f"a token named {name!r} exists (revoke or rotate it)")
+        conn.execute(T.insert().values(
+            name=name, secret_hash=hash_secret(secret), created=_iso(now),
+            expires=_iso(now + expires_in) if expires_in else None,
+        ))
+        audit.append(conn, "token.created", detail={"name": name,
+                                                    "expires": _iso(now + expires_in) if expires_in else None})
+    return secret
+
+
+def rotate(db: Database, name: str, overlap: timedelta = timedelta(hours=24),
+           expires_in: timedelta | None = None) -> str:
+    """New secret for ``name``; the old one keeps working for ``overlap``, then stops."""
+    secret = PREFIX + secrets.token_urlsafe(32)
+    now = datetime.now(UTC)
+    with db.write() as conn:
+        row = conn.execute(sa.select(T).where(T.c.name == name, T.c.revoked.is_(None))).first()
+        if row is None:
+            raise TokenError(f"no active token named {name!r}")
+        values = {"secret_hash": hash_secret(secret), "previous_hash": row.secret_hash,
+                  "previous_expires": _iso(now + overlap)}
+        if expires_in is not None:
+            values["expires"] = _iso(now + expires_in)
+        conn.execute(T.update().where(T.c.id == row.id).values(**values))
+        audit.append(conn, "token.rotated", detail={"name": name, "old_secret_valid_until": _iso(now + overlap)})
+    return secret
+
+
+def revoke(db: Database, name: str) -> None:
+    with db.write() as conn:
+        res = conn.execute(T.update().where(T.c.name == name, T.c.revoked.is_(None))
+                           .values(revoked=now_iso(), previous_hash=None, previous_expires=None))
+        if res.rowcount == 0:
+            raise TokenError(f"no active token named {name!r}")
+        audit.append(conn, "token.revoked", detail={"name": name})
+
+
+def list_tokens(db: Database) -> list[TokenInfo]:
+    with db.read() as conn:
+        rows = conn.execute(sa.select(T).order_by(T.c.name)).all()
+    now = now_iso()
+    return [
+        TokenInfo(r.name, r.created, r.expires, r.last_used, r.revoked,
+                  r.previous_expires if r.previous_expires and r.previous_expires > now else None)
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str | None
+    reason: str  # "ok", "missing", "unknown", "expired", "revoked"
+
+
+def authenticate(conn: Connection, secret: str | None) -> Verdict:
+    """Check a bearer secret against current and (during rotation) previous hashes."""
+    if not secret:
+        return Verdict(None, "missing")
+    digest = hash_secret(secret)
+    row = conn.execute(
+        sa.select(T).where(sa.or_(T.c.secret_hash == digest, T.c.previous_hash == digest))
+    ).first()
+    if row is None:
+        return Verdict(None, "unknown")
+    now = now_iso()
+    if row.revoked:
+        return Verdict(row.name, "revoked")
+    if hmac.compare_digest(row.secret_hash, digest):
+        if row.expires and row.expires <= now:
+            return Verdict(row.name, "expired")
+        return Verdict(row.name, "ok")
+    if row.previous_hash and hmac.compare_digest(row.previous_hash, digest):
+        if row.previous_expires and row.previous_expires > now:
+            return Verdict(row.name, "ok")
+        return Verdict(row.name, "expired")
+    return Verdict(None, "unknown")
+
+
+def touch(db: Database, name: str, last_used: str | None) -> None:
+    """Record use, at most once per LAST_USED_GRANULARITY (not a write per request)."""
+    now = datetime.now(UTC)
+    if last_used and now - _parse_iso(last_used) < LAST_USED_GRANULARITY:
+        return
+    with db.write() as conn:
+        conn.execute(T.update().where(T.c.name == name).values(last_used=_iso(now)))
+
+
+def expiries(db: Database) -> dict[str, float]:
+    """name → expiry as a Unix timestamp (for metrics)."""
+    with db.read() as conn:
+        rows = conn.execute(sa.select(T.c.name, T.c.expires).where(T.c.revoked.is_(None),
+                                                                   T.c.expires.is_not(None))).all()
+    return {n: _parse_iso(e).timestamp() for n, e in rows}
