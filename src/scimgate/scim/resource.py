@@ -58,8 +58,8 @@ def _defined(attr: Attribute | None) -> Attribute:
     return attr
 
 
-_MEMBERS = _defined(GROUP.attribute("members"))
-_MEMBER_TYPES = {c.lower(): c for c in _defined(_MEMBERS.sub("type")).canonical_values}
+MEMBERS = _defined(GROUP.attribute("members"))  # Group.members: rows in the store
+_MEMBER_TYPES = {c.lower(): c for c in _defined(MEMBERS.sub("type")).canonical_values}
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})",
     re.ASCII,
@@ -193,7 +193,7 @@ def _complex(attr: Attribute, value: Any, path: str, *, keep_readonly: bool) -> 
         )
         if normalised is not None:
             out[sub.name] = normalised
-    if attr is _MEMBERS and out:
+    if attr is MEMBERS and out:
         _check_member(out, path)
     return out or None
 
@@ -229,7 +229,7 @@ def normalise_value(attr: Attribute, value: Any, path: str, *, keep_readonly: bo
             raise _fail(path, "expected a single value, got an array")
         return _single(attr, value, path, keep_readonly=keep_readonly)
     items = value if isinstance(value, list) else [value]
-    if attr is not _MEMBERS and len(items) > MAX_MULTI_VALUES:
+    if attr is not MEMBERS and len(items) > MAX_MULTI_VALUES:
         raise _fail(path, f"more than {MAX_MULTI_VALUES} values")
     out = []
     for index, item in enumerate(items):
