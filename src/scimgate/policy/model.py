@@ -391,10 +391,12 @@ def parse_policy(
         for error in exc.errors():
             loc = _error_loc(error)
             prefer_key = error.get("type") == "extra_forbidden"
+            if loc and loc[-1] == "[key]":  # a bad mapping key: point at the key itself
+                loc, prefer_key = loc[:-1], True
             if error.get("type") == "missing":
                 loc = loc[:-1]
             where = marks.locate(loc, prefer_key=prefer_key)
-            path = ".".join(str(p) for p in _error_loc(error)) or "(top level)"
+            path = ".".join(str(p) for p in _error_loc(error) if p != "[key]") or "(top level)"
             problems.append(problem(where, f"{path}: {_format_error(error)}"))
         raise PolicyError(problems) from None
 
