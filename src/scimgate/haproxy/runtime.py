@@ -46,6 +46,7 @@ MAP_PATH_RE = re.compile(r"/[A-Za-z0-9_./-]+")
 #: ``\\``, ``<``, ``#``, CR, LF, NUL, quotes, nothing outside ASCII).
 _SAFE_WORD_RE = re.compile(r"[A-Za-z0-9_.,@+:/-]+")
 _MAX_WORD = 4096
+_SAFE_LINE_RE = re.compile(rb"[A-Za-z0-9_.,@+:/-]+(?: [A-Za-z0-9_.,@+:/-]+)*\n")
 
 #: A word that passed validation; only these are ever joined into a command.
 Word = NewType("Word", str)
@@ -141,10 +142,12 @@ def _command(
     ],
     *words: Word,
 ) -> bytes:
-    # Re-check every word even though the types say it is validated: defence in depth.
-    for w in words:
-        _safe_word(w, "command argument")
-    return (" ".join((verb, *words)) + "\n").encode("ascii")
+    # Re-check the whole line even though the types say every word was validated:
+    # defence in depth, one regex per command.
+    line = (" ".join((verb, *words)) + "\n").encode("ascii", "replace")
+    if not _SAFE_LINE_RE.fullmatch(line) or len(line) > 3 * _MAX_WORD:
+        raise UnsafeRuntimeArgument("command argument outside the CLI-safe set")
+    return line
 
 
 def _version_word(version: int) -> Word:
@@ -323,7 +326,9 @@ def master_command(address: RuntimeAddress, command: str, timeout: float = 5.0) 
 
     ``reload`` closes the connection without a reply; that is returned as ``""``.
     """
-    data = check_raw_command(command)
+    # The 2.6 master CLI keeps a non-interactive connection open after the reply, so the
+    # command is followed by ';quit' (same line: a second line might not be read).
+    data = check_raw_command(command)[:-1] + b";quit\n"
     sock = address.connect(timeout)
     try:
         sock.sendall(data)
@@ -482,7 +487,7 @@ class RuntimeClient:
         sent = 0
         replies: list[str] = []
         buf = bytearray()
-        scan_from = 0
+        scan_from = 0  # no prompt before this offset in buf
         sock.setblocking(False)
         sel = selectors.DefaultSelector()
         try:
@@ -527,25 +532,7 @@ class RuntimeClient:
                             )
                         buf += chunk
                         deadline = time.monotonic() + self.timeout
-                        while len(replies) < len(requests):
-                            if requests[len(replies)].payload:
-                                # Payload lines are acknowledged with '+ ' prompts.
-                                skip = 0
-                                while buf.startswith(b"+ ", skip):
-                                    skip += 2
-                                if skip:
-                                    del buf[:skip]
-                                    scan_from = 0
-                                if len(buf) == 0 or bytes(buf) == b"+":
-                                    break
-                            idx = buf.find(_PROMPT, scan_from)
-                            if idx < 0:
-                                scan_from = max(0, len(buf) - len(_PROMPT) + 1)
-                                break
-                            text = bytes(buf[:idx]).decode("utf-8", "replace")
-                            del buf[: idx + len(_PROMPT)]
-                            scan_from = 0
-                            replies.append(text[:-1] if text.endswith("\n") else text)
+                        scan_from = _take_replies(buf, scan_from, requests, replies)
             if buf:
                 raise RuntimeConnectionLost("stray bytes after the last reply", len(replies))
         finally:
@@ -838,6 +825,39 @@ def build_payload_chunks(
     if lines:
         chunks.append(header + b"".join(lines) + b"\n")
     return chunks
+
+
+def _take_replies(
+    buf: bytearray, scan_from: int, requests: Sequence[_Request], replies: list[str]
+) -> int:
+    """Move every complete reply from the front of buf into replies (in place).
+
+    A reply ends at ``\\n> ``; its text is everything before (one trailing newline
+    dropped). Payload requests are preceded by one ``+ `` prompt per line received.
+    Returns the offset from which the next search for a prompt must start.
+    """
+    pos = 0
+    n = len(requests)
+    while len(replies) < n:
+        if requests[len(replies)].payload:
+            while buf.startswith(b"+ ", pos):
+                pos += 2
+            if len(buf) - pos < 2:
+                break
+            scan_from = max(scan_from, pos)
+        idx = buf.find(_PROMPT, max(pos, scan_from))
+        if idx < 0:
+            scan_from = max(pos, len(buf) - len(_PROMPT) + 1)
+            break
+        if idx == pos:
+            replies.append("")
+        else:
+            text = buf[pos:idx].decode("utf-8", "replace")
+            replies.append(text[:-1] if text.endswith("\n") else text)
+        pos = idx + len(_PROMPT)
+    if pos:
+        del buf[:pos]
+    return max(0, scan_from - pos)
 
 
 def _set_outcome(cmd: str, reply: str) -> bool:

@@ -1,0 +1,101 @@
+"""`scimgate up --dir DIR`: one command that brings a whole working instance up.
+
+Creates what is missing (config, database, token, demo policy and keys, HAProxy config),
+reuses what exists, runs everything in the foreground and writes DIR/stack.json so that
+scripts (and `make demo`) can find the URLs, the token and the PIDs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from scimgate import tokens
+from scimgate.config import CONFIG_NAME, Settings, default_sqlite_url, load_settings
+from scimgate.store import migrate
+from scimgate.store.db import Database
+
+TOKEN_NAME = "demo"
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def ensure_token(db: Database, directory: Path) -> str:
+    """Reuse DIR/token if it still authenticates; otherwise issue a fresh demo token."""
+    path = directory / "token"
+    if path.exists():
+        secret = path.read_text().strip()
+        with db.read() as conn:
+            if tokens.authenticate(conn, secret).reason == "ok":
+                return secret
+    try:
+        secret = tokens.create(db, TOKEN_NAME)
+    except tokens.TokenError:
+        secret = tokens.rotate(db, TOKEN_NAME, tokens.parse_duration("1s"))
+    _write_private(path, secret + "\n")
+    return secret
+
+
+def ensure_config(directory: Path, port: int | None) -> Settings:
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = directory / CONFIG_NAME
+    if not cfg.exists():
+        settings = Settings(base_dir=directory.resolve(),
+                            database_url=default_sqlite_url(directory.resolve()),
+                            port=port or 8000, read_your_writes=True)
+        _write_private(cfg, settings.to_yaml())
+    settings = load_settings(directory=directory)
+    if port is not None:
+        settings.port = port
+    return settings
+
+
+def write_stack(directory: Path, info: dict[str, Any]) -> None:
+    _write_private(directory / "stack.json", json.dumps(info, indent=2) + "\n")
+
+
+def bring_up(directory: Path, *, port: int | None = None, haproxy_port: int | None = None,
+             with_haproxy: bool = True) -> None:
+    from scimgate.cli import run_server
+
+    directory = directory.resolve()
+    settings = ensure_config(directory, port)
+    db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    migrate.upgrade(db)
+    secret = ensure_token(db, directory)
+    db.dispose()
+    info: dict[str, Any] = {
+        "dir": str(directory),
+        "scim_url": f"http://{settings.host}:{settings.port}/scim/v2",
+        "token": secret,
+        "pids": {"scimgate": os.getpid()},
+        "database_url": settings.database_url,
+    }
+    haproxy = None
+    if with_haproxy:
+        from scimgate.demo import start_demo_haproxy
+
+        haproxy, extra = start_demo_haproxy(settings, haproxy_port=haproxy_port)
+        info.update(extra)
+        info["pids"]["haproxy"] = haproxy.pid
+
+    def started(_instance: Any) -> None:
+        write_stack(directory, info)
+        print(json.dumps({"event": "scimgate up", **{k: v for k, v in info.items() if k != "token"}}),
+              flush=True)
+
+    try:
+        run_server(settings, settings.host, settings.port, on_started=started)
+    finally:
+        if haproxy is not None:
+            haproxy.stop()
+        stack = directory / "stack.json"
+        if stack.exists():
+            stack.unlink()
