@@ -328,6 +328,7 @@ def _change_detail(changes: list[outbox.MapChange]) -> dict[str, Any]:
     if not changes:
         return {}
     return {"map_changes": [
-        {"seq": c.seq, "key": c.identity_key, "value": c.value, "deprovision": c.deprovision}
+        {"seq": c.seq, "key": c.identity_key, "value": c.value, "user_id": c.user_id,
+         "deprovision": c.deprovision}
         for c in changes
     ]}
