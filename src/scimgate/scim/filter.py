@@ -595,7 +595,11 @@ def matches(node: Node, element: dict[str, Any], parent: Attribute | None = None
             return any(_is_present(v) for v in value)
         return _is_present(value)
     attr = _resolve_def(parent, parts)
-    multi = isinstance(value, list) or (attr is not None and attr.multi_valued)
+    # Multi-valued when the attribute or its parent (emails.value) is.
+    multi = isinstance(value, list) or any(
+        d is not None and d.multi_valued
+        for d in (_resolve_def(parent, parts[: i + 1]) for i in range(len(parts)))
+    )
     if attr is not None and attr.type == "complex":
         value_attr = attr.sub("value")
         if not (attr.multi_valued and value_attr is not None):

@@ -185,7 +185,7 @@ class _Dialect:
             arr = case((is_array, func.jsonb_extract_path(doc, *keys)), else_=None)
             fn = func.jsonb_array_elements(arr, type_=JSONB)
             if ordinal:
-                return fn.table_valued("value", "n", with_ordinality="n").render_derived().alias()
+                return fn.table_valued("value", with_ordinality="n").render_derived().alias()
             return fn.table_valued("value").render_derived().alias()
         arr = case((is_array, func.json_extract(doc, self._sqlite_path(keys))), else_=None)
         if ordinal:
