@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from scimgate.policy import (
+    Policy,
     PolicyError,
     RenderError,
     entries_for_user,
@@ -115,8 +116,10 @@ def test_all_problems_reported_at_once() -> None:
 
 def test_unknown_and_missing_keys() -> None:
     problems = _problems(BASE.replace("    audience: scimgate-demo\n", "    audiense: x\n"))
-    assert any("p.yaml:7:5: identity.jwt.audiense: unknown key 'audiense'" == p for p in problems)
-    assert any(p.startswith("p.yaml:4:") and "missing required key 'audience'" in p for p in problems)
+    assert any(p == "p.yaml:7:5: identity.jwt.audiense: unknown key 'audiense'" for p in problems)
+    assert any(
+        p.startswith("p.yaml:4:") and "missing required key 'audience'" in p for p in problems
+    )
 
 
 def test_duplicate_yaml_key() -> None:
@@ -165,13 +168,19 @@ def test_any_cannot_mix_and_scopes_need_jwt() -> None:
     assert "'any' cannot be combined" in _one_problem(
         BASE.replace("allow_groups: [admins]", "allow_groups: [admins, any]")
     )
-    header = BASE.replace("source: jwt", "source: header\n  header: {name: X-Email, trusted_sources: [127.0.0.1/32]}")
-    header = header.replace("allow_groups: [admins]", "allow_groups: [admins]\n    require_scopes: [read]")
+    header = BASE.replace(
+        "source: jwt", "source: header\n  header: {name: X-Email, trusted_sources: [127.0.0.1/32]}"
+    )
+    header = header.replace(
+        "allow_groups: [admins]", "allow_groups: [admins]\n    require_scopes: [read]"
+    )
     assert "require_scopes needs identity.source: jwt" in _one_problem(header)
 
 
 def test_source_block_required_and_algorithm_key_pairing() -> None:
-    assert "identity.header is missing" in _one_problem(BASE.replace("source: jwt", "source: header"))
+    assert "identity.header is missing" in _one_problem(
+        BASE.replace("source: jwt", "source: header")
+    )
     hs = BASE.replace("algorithm: RS256", "algorithm: HS256")
     assert "HS256 needs 'secret'" in _one_problem(hs)
 
@@ -182,7 +191,9 @@ def test_mtls_san_is_refused_on_26() -> None:
 
 
 def test_backend_routes() -> None:
-    text = BASE.replace('to: {return: "hello"}', "to: {backend: be_app, servers: ['127.0.0.1:8081']}")
+    text = BASE.replace(
+        'to: {return: "hello"}', "to: {backend: be_app, servers: ['127.0.0.1:8081']}"
+    )
     policy = parse_policy(text, "p.yaml")
     assert policy.routes[1].to.backend == "be_app"
     assert "exactly one of" in _one_problem(BASE.replace('to: {return: "hello"}', "to: {}"))
@@ -197,7 +208,7 @@ def test_backend_routes() -> None:
 HOSTILE = [
     ("path_prefix: /admin", 'path_prefix: "/admin evil"'),
     ("path_prefix: /admin", 'path_prefix: "/admin\\"x"'),
-    ("path_prefix: /admin", "path_prefix: \"/admin\\nhttp-request allow\""),
+    ("path_prefix: /admin", 'path_prefix: "/admin\\nhttp-request allow"'),
     ("path_prefix: /admin", "path_prefix: /admin#x"),
     ("path_prefix: /admin", "path_prefix: /a/../admin"),
     ("path_prefix: /admin", "path_prefix: /a//b"),
@@ -209,9 +220,9 @@ HOSTILE = [
     ('return: "admin area"', "return: 'x\" if TRUE'"),
     ('return: "admin area"', 'return: "${HOME}"'),
     ('return: "admin area"', 'return: "100%"'),
-    ("issuer: https://idp.example.com/", "issuer: \"https://x/' }\""),
+    ("issuer: https://idp.example.com/", 'issuer: "https://x/\' }"'),
     ("issuer: https://idp.example.com/", 'issuer: "https://x/ y"'),
-    ("audience: scimgate-demo", "audience: \"a\\tb\""),
+    ("audience: scimgate-demo", 'audience: "a\\tb"'),
     ("public_key: keys/jwt.pub.pem", 'public_key: "k.pem\\") -m int 1 }"'),
     ("public_key: keys/jwt.pub.pem", 'public_key: "${X}/k.pem"'),
     ("key_attributes: [userName, emails]", "key_attributes: [displayName]"),
@@ -231,15 +242,20 @@ def test_hostile_strings_rejected(old: str, new: str) -> None:
 @pytest.mark.parametrize(
     "addition",
     [
-        "    claim: \"email') }\"\n",
-        "    scope_claim: \"scp x\"\n",
-        "    leeway_seconds: \"30\"\n",
+        '    claim: "email\') }"\n',
+        '    scope_claim: "scp x"\n',
+        '    leeway_seconds: "30"\n',
         "    leeway_seconds: 100000\n",
     ],
 )
 def test_hostile_jwt_settings(addition: str) -> None:
     with pytest.raises(PolicyError):
-        parse_policy(BASE.replace("    audience: scimgate-demo\n", "    audience: scimgate-demo\n" + addition), "p")
+        parse_policy(
+            BASE.replace(
+                "    audience: scimgate-demo\n", "    audience: scimgate-demo\n" + addition
+            ),
+            "p",
+        )
 
 
 @pytest.mark.parametrize(
@@ -257,9 +273,11 @@ def test_hostile_header_settings(header: str) -> None:
         parse_policy(text, "p")
 
 
-@pytest.mark.parametrize("scope", ["'a b'", "'a\"b'", "''", "\"a'\""])
+@pytest.mark.parametrize("scope", ["'a b'", "'a\"b'", "''", '"a\'"'])
 def test_hostile_scopes(scope: str) -> None:
-    text = BASE.replace("allow_groups: [admins]", f"allow_groups: [admins]\n    require_scopes: [{scope}]")
+    text = BASE.replace(
+        "allow_groups: [admins]", f"allow_groups: [admins]\n    require_scopes: [{scope}]"
+    )
     with pytest.raises(PolicyError):
         parse_policy(text, "p")
 
@@ -302,7 +320,12 @@ def test_identity_values_attributes() -> None:
 
 def test_identity_lowering_is_ascii_only() -> None:
     # HAProxy's `lower` is ASCII-only; a Unicode lower() would never match it
-    assert identity_values({"userName": "ÉMILE@Example.com"}, POLICY) == ["Émile@example.com"]
+    from scimgate.policy.compiler import normalise_identity
+
+    assert normalise_identity(" ÉMILE@Example.com") == "Émile@example.com"
+    # non-ASCII (and inner spaces) never become identities: HAProxy 2.6 cannot hash them stably
+    assert identity_values({"userName": "ÉMILE@Example.com"}, POLICY) == []
+    assert identity_values({"userName": "a b@example.com"}, POLICY) == []
 
 
 def test_identity_key_is_uppercase_hmac_sha256() -> None:
@@ -327,9 +350,9 @@ def test_entries_for_user() -> None:
     assert entries_for_user({**user, "active": False}, groups, POLICY, SECRET) == {}
     assert entries_for_user({**user, "active": "False"}, groups, POLICY, SECRET) == {}
     assert entries_for_user({**user, "active": None}, groups, POLICY, SECRET) == {}
-    assert entries_for_user({k: v for k, v in user.items() if k != "active"}, [], POLICY, SECRET) == {
-        identity_key("bob@example.com", SECRET): ","
-    }
+    assert entries_for_user(
+        {k: v for k, v in user.items() if k != "active"}, [], POLICY, SECRET
+    ) == {identity_key("bob@example.com", SECRET): ","}
     assert entries_for_user({"active": True}, groups, POLICY, SECRET) == {}
 
 
@@ -351,7 +374,7 @@ def test_shards() -> None:
 # --- rendering (string level; tests/integration runs the output through haproxy) -----------
 
 
-def _keyed_policy(tmp_path: Path, text: str = BASE) -> object:
+def _keyed_policy(tmp_path: Path, text: str = BASE) -> Policy:
     (tmp_path / "keys").mkdir(exist_ok=True)
     _priv, pub = generate_rsa_keypair()
     (tmp_path / "keys/jwt.pub.pem").write_text(pub)
@@ -378,7 +401,9 @@ def test_render_pins_alg_and_hides_debug(tmp_path: Path) -> None:
 
 def test_render_fragment(tmp_path: Path) -> None:
     policy = _keyed_policy(tmp_path)
-    frag = render_config(policy, mode="fragment", map_dir="/m", shards=16, hmac_secret_b64=SECRET_B64)  # type: ignore[arg-type]
+    frag = render_config(
+        policy, mode="fragment", map_dir="/m", shards=16, hmac_secret_b64=SECRET_B64
+    )
     assert "global" not in frag.replace("# Needed in the global", "")
     assert f"#     set-var proc.scimgate_hmac str({SECRET_B64})" in frag
     assert "\nfrontend" not in frag and "\nbackend" not in frag
@@ -387,12 +412,14 @@ def test_render_fragment(tmp_path: Path) -> None:
 
 def test_render_rejects_certificate_pem(tmp_path: Path) -> None:
     policy = _keyed_policy(tmp_path)
-    (tmp_path / "keys/jwt.pub.pem").write_text("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n")
+    (tmp_path / "keys/jwt.pub.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n"
+    )
     with pytest.raises(RenderError, match="certificate"):
-        render_config(policy, map_dir="/m", hmac_secret_b64=SECRET_B64)  # type: ignore[arg-type]
+        render_config(policy, map_dir="/m", hmac_secret_b64=SECRET_B64)
     (tmp_path / "keys/jwt.pub.pem").unlink()
     with pytest.raises(RenderError, match="does not exist"):
-        render_config(policy, map_dir="/m", hmac_secret_b64=SECRET_B64)  # type: ignore[arg-type]
+        render_config(policy, map_dir="/m", hmac_secret_b64=SECRET_B64)
 
 
 @pytest.mark.parametrize(

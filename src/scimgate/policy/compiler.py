@@ -25,6 +25,18 @@ def normalise_identity(identity: str) -> str:
     return identity.strip().translate(_ASCII_LOWER)
 
 
+def is_usable_identity(identity: str) -> bool:
+    """Only printable ASCII without spaces (``!``..``~``) can be an identity.
+
+    HAProxy 2.6's JSON decoder turns ``\\u00fc`` into the single byte 0xFC (Latin-1), not
+    UTF-8, while a raw UTF-8 claim stays UTF-8: the bytes HAProxy hashes for a non-ASCII
+    identity depend on how the IdP encoded the token, and a Latin-1 reading of one name can
+    equal the UTF-8 bytes of another. So non-ASCII identities are refused on both sides
+    (HAProxy answers 401), never guessed.
+    """
+    return all("!" <= ch <= "~" for ch in identity)
+
+
 def _extension_value(user: Mapping[str, Any], attribute: str) -> Any:
     urn, _, name = attribute.rpartition(":")
     block = user.get(urn)
@@ -49,14 +61,14 @@ def _raw_values(user: Mapping[str, Any], attribute: str) -> list[Any]:
 
 def identity_values(user: Mapping[str, Any], policy: Policy) -> list[str]:
     """The normalised identities a SCIM user resource produces, in ``key_attributes`` order,
-    de-duplicated; empty and non-string values are skipped."""
+    de-duplicated; empty, non-string and non-ASCII values are skipped."""
     out: list[str] = []
     for attribute in policy.identity.key_attributes:
         for raw in _raw_values(user, attribute):
             if not isinstance(raw, str):
                 continue
             value = normalise_identity(raw)
-            if value and value not in out:
+            if value and is_usable_identity(value) and value not in out:
                 out.append(value)
     return out
 

@@ -237,8 +237,15 @@ def _frontend_rules(
     else:
         out += _mtls_rules(policy)
     out += [
+        "# identities are printable ASCII without spaces (2.6 decodes JSON \\u escapes to Latin-1)",
         f"acl scimgate_identity_ok var({V_IDENTITY}) -m len gt 0",
-        *_deny(401, "unauthenticated", "!scimgate_identity_ok", bearer=bearer),
+        f"acl scimgate_identity_ok_chars var({V_IDENTITY}) -m reg '^[!-~]+$'",
+        *_deny(
+            401,
+            "unauthenticated",
+            "!scimgate_identity_ok || !scimgate_identity_ok_chars",
+            bearer=bearer,
+        ),
         "",
         "# --- scimgate: pseudonym key -> policy groups (absent = unknown or deprovisioned) ---",
         f"http-request set-var({V_KEY}) var({V_IDENTITY}),lower,hmac(sha256,{V_HMAC}),hex",
