@@ -222,5 +222,9 @@ def db_upgrade(directory: str | None, config: str | None) -> None:
     click.echo("database at head")
 
 
+from scimgate.cli_audit import register_audit  # noqa: E402
+
+register_audit(main)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

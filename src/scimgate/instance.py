@@ -40,6 +40,21 @@ class Instance:
         )
         self.api = Api(settings, self.service, self.metrics, self.sync)
         self.app = build_app(self.api)
+        self.metrics.on_render(self._refresh_gauges)
+
+    def _refresh_gauges(self) -> None:
+        """Gauges read from the store at scrape time (cheap: indexed lookups)."""
+        import sqlalchemy as sa
+
+        from scimgate import tokens
+        from scimgate.store import tables
+
+        self.metrics.token_expiry.clear()
+        for name, ts in tokens.expiries(self.db).items():
+            self.metrics.token_expiry.labels(name).set(ts)
+        with self.db.read() as conn:
+            head = conn.execute(sa.select(tables.audit_head.c.seq)).scalar()
+        self.metrics.audit_events.set(head or 0)
 
     def start(self) -> None:
         if self.sync is not None:

@@ -130,3 +130,18 @@ def verify(conn: Connection) -> VerifyResult:
                             reason="events after the last one present were deleted"
                             if head["seq"] > count else "head does not match the last event")
     return VerifyResult(True, count)
+
+
+def current_state(conn: Connection) -> Any:
+    """The directory now, from the resource tables (same shape as a replay of the trail)."""
+    from scimgate.audit.replay import DirectoryState, GroupState, UserState, _emails
+
+    state = DirectoryState()
+    u, g, m = tables.users, tables.groups, tables.members
+    for r in conn.execute(sa.select(u.c.id, u.c.user_name, u.c.active, u.c.attrs)):
+        state.users[r.id] = UserState(r.user_name, bool(r.active), _emails((r.attrs or {}).get("emails")))
+    for r in conn.execute(sa.select(g.c.id, g.c.display_name, g.c.external_id)):
+        state.groups[r.id] = GroupState(r.display_name, r.external_id)
+    for gid, mid in conn.execute(sa.select(m.c.group_id, m.c.member_id)):
+        state.groups[gid].members.add(mid)
+    return state

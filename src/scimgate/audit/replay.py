@@ -1,0 +1,96 @@
+"""Directory state rebuilt from the audit trail (pure): who existed, who was active, who was in
+which group, at any past moment. This is what `report access --at T` and `audit user` read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class UserState:
+    user_name: str
+    active: bool = True
+    emails: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GroupState:
+    display_name: str
+    external_id: str | None = None
+    members: set[str] = field(default_factory=set)
+
+
+@dataclass
+class DirectoryState:
+    users: dict[str, UserState] = field(default_factory=dict)
+    groups: dict[str, GroupState] = field(default_factory=dict)
+
+    def groups_of(self, user_id: str) -> list[GroupState]:
+        return [g for g in self.groups.values() if user_id in g.members]
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return bool(value) if value is not None else True
+
+
+def _emails(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [e["value"] for e in value if isinstance(e, dict) and isinstance(e.get("value"), str)]
+
+
+def apply_event(state: DirectoryState, ev: dict[str, Any]) -> None:
+    """Apply one `scim.write` event to the state (other kinds are ignored)."""
+    if ev.get("kind") != "scim.write":
+        return
+    rid, op, detail = ev.get("resource_id"), ev.get("operation"), ev.get("detail") or {}
+    if not rid:
+        return
+    if ev.get("resource_type") == "User":
+        if op == "create":
+            res = detail.get("resource", {})
+            state.users[rid] = UserState(res.get("userName", ""), _bool(res.get("active", True)),
+                                         _emails(res.get("emails")))
+        elif op in ("replace", "patch") and rid in state.users:
+            user = state.users[rid]
+            changed = detail.get("changed", {})
+            if "userName" in changed:
+                user.user_name = changed["userName"][1]
+            if "active" in changed:
+                user.active = _bool(changed["active"][1])
+            if "emails" in changed:
+                user.emails = _emails(changed["emails"][1])
+        elif op == "delete":
+            state.users.pop(rid, None)
+            for g in state.groups.values():
+                g.members.discard(rid)
+    elif ev.get("resource_type") == "Group":
+        if op == "create":
+            res = detail.get("resource", {})
+            state.groups[rid] = GroupState(res.get("displayName", ""), res.get("externalId"),
+                                           set(res.get("members") or []))
+        elif op in ("replace", "patch") and rid in state.groups:
+            group = state.groups[rid]
+            changed = detail.get("changed", {})
+            if "displayName" in changed:
+                group.display_name = changed["displayName"][1]
+            if "externalId" in changed:
+                group.external_id = changed["externalId"][1]
+            group.members |= set(detail.get("members_added") or [])
+            group.members -= set(detail.get("members_removed") or [])
+        elif op == "delete":
+            state.groups.pop(rid, None)
+
+
+def replay(events: Iterable[dict[str, Any]], until: str | None = None) -> DirectoryState:
+    """The directory as the audit trail says it was at ``until`` (ISO time; None = now)."""
+    state = DirectoryState()
+    for ev in events:
+        if until is not None and ev["ts"] > until:
+            break
+        apply_event(state, ev)
+    return state
