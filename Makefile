@@ -1,0 +1,56 @@
+# scimgate — two commands: `make demo` (run) and `make test` (test).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-sqlite lint typecheck bench bench-quick system-deps venv clean
+
+# System packages the product and its tests need (Debian 12): HAProxy, PostgreSQL, wrk.
+system-deps:
+	@need=""; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need="$$need haproxy"; \
+	[ -x /usr/lib/postgresql/15/bin/postgres ] || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v pg_isready >/dev/null || need="$$need postgresql-client"; \
+	command -v wrk >/dev/null || need="$$need wrk"; \
+	if [ -n "$$need" ]; then \
+	  echo "installing:$$need"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$need >/dev/null; \
+	  $$SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true; \
+	  $$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the main job: SCIM endpoint + HAProxy enforcing the demo policy (SQLite).
+demo: system-deps venv
+	$(BIN)/python -m scimgate.demo_session --dir $(DEMO_DIR)
+
+## Set everything up and run the whole test suite (SQLite and PostgreSQL).
+test: system-deps venv
+	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+bench: system-deps venv
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run
+
+bench-quick: system-deps venv
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
