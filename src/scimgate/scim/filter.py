@@ -209,12 +209,17 @@ def _check_attr_path(path: str, *, relative: bool) -> bool:
 
     Inside ``[...]`` (``relative``) only a bare ATTRNAME (optionally ``.sub``) is allowed.
     """
+    if relative:
+        return bool(_ATTRNAME_RE.fullmatch(path))
     if ":" in path:
-        if relative:
-            return False
         urn, _, rest = path.rpartition(":")
         return bool(_URN_RE.fullmatch(urn)) and bool(_SIMPLE_PATH_RE.fullmatch(rest))
     return bool(_SIMPLE_PATH_RE.fullmatch(path))
+
+
+def _adjacent_name(dot: _Token, tok: _Token) -> bool:
+    """``].sub``: an ATTRNAME right after the dot, no space (RFC 7644 §3.5.2 subAttr)."""
+    return tok.kind == _WORD and tok.pos == dot.pos + 1 and bool(_ATTRNAME_RE.fullmatch(tok.text))
 
 
 # --------------------------------------------------------------------------- parser
@@ -321,10 +326,10 @@ class _Parser:
             self.depth -= 1
             if self.tok.kind == _DOT:
                 # Entra: emails[type eq "work"].value eq "x"
-                self.advance()
+                dot = self.advance()
                 sub_tok = self.tok
-                if sub_tok.kind != _WORD or not _ATTRNAME_RE.fullmatch(sub_tok.text):
-                    raise self.fail(sub_tok, "a sub-attribute name after ']. '")
+                if not _adjacent_name(dot, sub_tok):
+                    raise self.fail(sub_tok, "a sub-attribute name directly after '].'")
                 self.advance()
                 inner = And(inner, self.comparison(sub_tok.text))
             return ValuePath(path, inner)
@@ -396,10 +401,10 @@ def parse_path(text: str) -> PatchPath:
         p.expect(_RBRACK, f"']' to close the '[' at position {open_tok.pos + 1}")
         p.depth -= 1
         if p.tok.kind == _DOT:
-            p.advance()
+            dot = p.advance()
             sub_tok = p.tok
-            if sub_tok.kind != _WORD or not _ATTRNAME_RE.fullmatch(sub_tok.text):
-                raise p.fail(sub_tok, "a sub-attribute name after '].'")
+            if not _adjacent_name(dot, sub_tok):
+                raise p.fail(sub_tok, "a sub-attribute name directly after '].'")
             p.advance()
             sub = sub_tok.text
     if p.tok.kind != _END:
