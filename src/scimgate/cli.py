@@ -226,5 +226,9 @@ from scimgate.cli_audit import register_audit  # noqa: E402
 
 register_audit(main)
 
+from scimgate.cli_enforce import register_enforce  # noqa: E402
+
+register_enforce(main)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,12 @@ def ensure_config(directory: Path, port: int | None) -> Settings:
     directory.mkdir(parents=True, exist_ok=True)
     cfg = directory / CONFIG_NAME
     if not cfg.exists():
-        settings = Settings(base_dir=directory.resolve(),
-                            database_url=default_sqlite_url(directory.resolve()),
-                            port=port or 8000, read_your_writes=True)
+        settings = Settings(
+            base_dir=directory.resolve(),
+            database_url=default_sqlite_url(directory.resolve()),
+            port=port or 8000,
+            read_your_writes=True,
+        )
         _write_private(cfg, settings.to_yaml())
     settings = load_settings(directory=directory)
     if port is not None:
@@ -61,9 +65,40 @@ def write_stack(directory: Path, info: dict[str, Any]) -> None:
     _write_private(directory / "stack.json", json.dumps(info, indent=2) + "\n")
 
 
-def bring_up(directory: Path, *, port: int | None = None, haproxy_port: int | None = None,
-             with_haproxy: bool = True) -> None:
+def _startup_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix (bad policy, port taken, no haproxy): one message,
+    not a traceback."""
+    from scimgate.demo import DemoError
+    from scimgate.haproxy.process import HAProxyNotFound, HAProxyStartError
+    from scimgate.policy.model import PolicyError
+    from scimgate.policy.render import RenderError
+
+    return (DemoError, HAProxyNotFound, HAProxyStartError, PolicyError, RenderError)
+
+
+class _Stop(SystemExit):
+    """SIGTERM/SIGINT: unwind through every `finally` (HAProxy stopped, stack.json removed)."""
+
+
+def _stop_on_signal(signum: int, _frame: Any) -> None:
+    raise _Stop(0)
+
+
+def bring_up(
+    directory: Path,
+    *,
+    port: int | None = None,
+    haproxy_port: int | None = None,
+    with_haproxy: bool = True,
+) -> None:
     from scimgate.cli import run_server
+
+    # uvicorn handles SIGTERM/SIGINT while it serves, then restores these handlers and
+    # re-raises the signal: with the default SIGTERM action the process would die right
+    # there, skipping every `finally` below (HAProxy would outlive us). Before uvicorn
+    # starts (while HAProxy starts), the same handler unwinds too.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
 
     directory = directory.resolve()
     settings = ensure_config(directory, port)
@@ -75,24 +110,31 @@ def bring_up(directory: Path, *, port: int | None = None, haproxy_port: int | No
         "dir": str(directory),
         "scim_url": f"http://{settings.host}:{settings.port}/scim/v2",
         "token": secret,
+        "token_file": str(directory / "token"),
         "pids": {"scimgate": os.getpid()},
         "database_url": settings.database_url,
     }
     haproxy = None
-    if with_haproxy:
-        from scimgate.demo import start_demo_haproxy
-
-        haproxy, extra = start_demo_haproxy(settings, haproxy_port=haproxy_port)
-        info.update(extra)
-        info["pids"]["haproxy"] = haproxy.pid
 
     def started(_instance: Any) -> None:
         write_stack(directory, info)
-        print(json.dumps({"event": "scimgate up", **{k: v for k, v in info.items() if k != "token"}}),
-              flush=True)
+        print(
+            json.dumps({"event": "scimgate up", **{k: v for k, v in info.items() if k != "token"}}),
+            flush=True,
+        )
 
     try:
+        if with_haproxy:
+            from scimgate.demo import start_demo_haproxy
+
+            haproxy, extra = start_demo_haproxy(settings, haproxy_port=haproxy_port)
+            info.update(extra)
+            info["pids"]["haproxy"] = haproxy.pid
         run_server(settings, settings.host, settings.port, on_started=started)
+    except _startup_errors() as exc:
+        import click
+
+        raise click.ClickException(str(exc)) from exc
     finally:
         if haproxy is not None:
             haproxy.stop()
