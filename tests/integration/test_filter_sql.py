@@ -364,6 +364,32 @@ def test_group_filter(engine: Engine, text: str, expected: set[str]) -> None:
     assert run(engine, text, GROUP_TYPE) == expected
 
 
+def test_malformed_json_elements_do_not_break_filters(engine: Engine) -> None:
+    # Data written by an older version: non-object elements, emails as an object.
+    odd = _user(
+        21,
+        "odd",
+        emails=["legacy@example.com", 7, None, {"value": "ok@example.com"}],
+        phoneNumbers={"value": "not an array"},
+        name="not an object",
+    )
+    with engine.connect() as conn, conn.begin() as trans:
+        conn.execute(insert(tables.users), [odd])
+
+        def ids(text: str) -> set[str]:
+            where = compile_filter(parse_filter(text), USER_TYPE, engine.dialect.name)
+            return set(conn.execute(select(tables.users.c.id).where(where)).scalars())
+
+        assert "u21" in ids('emails co "example.com"')
+        assert "u21" not in ids('emails co "legacy"')
+        assert "u21" not in ids("phoneNumbers pr")
+        assert "u21" not in ids("name.familyName pr")
+        key = sort_key("emails", USER_TYPE, engine.dialect.name)
+        got = conn.execute(select(key).where(tables.users.c.id == "u21")).scalar_one()
+        assert got == "ok@example.com"
+        trans.rollback()
+
+
 def test_filter_expected_sets_are_not_trivial() -> None:
     # Guard against a case list where nearly everything expects "all" or "nothing".
     sizes = [len(e) for _, e in USER_CASES]

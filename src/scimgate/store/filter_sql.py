@@ -189,8 +189,18 @@ class _Dialect:
             return fn.table_valued("value").render_derived().alias()
         arr = case((is_array, func.json_extract(doc, self._sqlite_path(keys))), else_=None)
         if ordinal:
-            return func.json_each(arr).table_valued("value", "key").alias()
-        return func.json_each(arr).table_valued("value").alias()
+            return func.json_each(arr).table_valued("value", "type", "key").alias()
+        return func.json_each(arr).table_valued("value", "type").alias()
+
+    def element_doc(self, src: FromClause) -> ColumnElement[Any]:
+        """The element of :meth:`json_array_elements` as a JSON object, NULL otherwise.
+
+        SQLite's json_each gives a string element as raw text, on which json_extract
+        would fail ("malformed JSON"); PostgreSQL's jsonb functions return NULL anyway.
+        """
+        if self.pg:
+            return src.c.value
+        return case((src.c.type == "object", src.c.value), else_=None)
 
     def ordered(self, expr: ColumnElement[Any]) -> ColumnElement[Any]:
         """Code-point order on both databases (SQLite BINARY is already code-point)."""
@@ -409,9 +419,10 @@ class _JsonElements(_Elements):
         self.attr = attr
         self.keys = keys
         self.src = d.json_array_elements(table.c.attrs, keys)
+        self.doc = d.element_doc(self.src)
 
     def operand(self, sub: Attribute, path: str) -> _Operand:
-        return _Json(self.src.c.value, (sub.name,), sub)
+        return _Json(self.doc, (sub.name,), sub)
 
     def exists(self, cond: Bool | None) -> Bool:
         q = select(literal(1)).select_from(self.src).correlate(self.table)
@@ -703,13 +714,15 @@ def sort_key(path: str, rtype: ResourceType, dialect: str) -> ColumnElement[Any]
         if sub is None:
             raise InvalidValue(f"cannot sort by {path!r}: name a sub-attribute")
         src = d.json_array_elements(elems.table.c.attrs, elems.keys, ordinal=True)
-        text = d.json_text(src.c.value, (sub.name,))
+        doc = d.element_doc(src)
+        text = d.json_text(doc, (sub.name,))
         key = text if sub.case_exact else func.lower(text, type_=Text)
         position = src.c.n if d.pg else src.c.key
         q = (
             select(d.ordered(key))
             .select_from(src)
-            .order_by((d.json_type(src.c.value, ("primary",)) == "true").desc(), position)
+            .where(d.json_type(doc, (sub.name,)) == "string")  # elements with a value
+            .order_by((d.json_type(doc, ("primary",)) == "true").desc(), position)
             .limit(1)
             .correlate(elems.table)
         )
