@@ -123,7 +123,9 @@ class ScimService:
         if sort_by:
             key = sort_key(sort_by, rtype, dialect)
             descending = (sort_order or "ascending").lower() == "descending"
-            order.append(key.desc() if descending else key.asc())
+            # RFC 7644 §3.4.2.3: resources without the value sort last ascending, first
+            # descending (SQLite's default puts NULLs first ascending)
+            order.append(key.desc().nulls_first() if descending else key.asc().nulls_last())
         else:
             table = rs.U if rtype is USER_TYPE else rs.G
             order.append(table.c.created)
