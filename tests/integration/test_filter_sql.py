@@ -24,7 +24,7 @@ from scimgate.scim.schema import (
     Attribute,
 )
 from scimgate.store import tables
-from scimgate.store.filter_sql import compile_filter, sort_key
+from scimgate.store.filter_sql import compile_filter, order_by, sort_key
 
 ENT = ENTERPRISE_USER_SCHEMA
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -477,10 +477,9 @@ def sorted_ids(
     engine: Engine, path: str, *, descending: bool = False, rtype: Any = USER_TYPE
 ) -> list[str]:
     table = tables.users if rtype is USER_TYPE else tables.groups
-    key = sort_key(path, rtype, engine.dialect.name)
-    order = key.desc() if descending else key.asc()
+    order = order_by(path, rtype, engine.dialect.name, descending=descending)
     with engine.connect() as conn:
-        rows = conn.execute(select(table.c.id).order_by(order.nulls_last(), table.c.id))
+        rows = conn.execute(select(table.c.id).order_by(order, table.c.id))
         return list(rows.scalars())
 
 
@@ -511,6 +510,18 @@ def test_sort_by_created_descending(engine: Engine) -> None:
 def test_sort_by_extension_attribute(engine: Engine) -> None:
     got = sorted_ids(engine, f"{ENT}:employeeNumber")
     assert got[:2] == ["u02", "u01"]  # "1002" < "701984" as strings
+    assert got[2:] == sorted(ALL_USERS - _ids(1, 2))
+
+
+def test_missing_values_sort_last_ascending_first_descending(engine: Engine) -> None:
+    # RFC 7644 §3.4.2.3; SQLite and PostgreSQL disagree on NULL placement by default.
+    with_title = ["u12", "u01"]  # "Manager" < "Tour Guide"; u03's "" sorts first
+    asc = sorted_ids(engine, "title")
+    assert asc[:3] == ["u03", *with_title]
+    assert asc[3:] == sorted(ALL_USERS - _ids(1, 3, 12))
+    desc = sorted_ids(engine, "title", descending=True)
+    assert desc[:-3] == sorted(ALL_USERS - _ids(1, 3, 12))
+    assert desc[-3:] == ["u01", "u12", "u03"]
 
 
 def test_sort_groups_by_display_name(engine: Engine) -> None:

@@ -54,7 +54,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
 from sqlalchemy.sql.expression import FromClause
 from sqlalchemy.sql.schema import Table
 
@@ -690,15 +690,14 @@ def sort_key(path: str, rtype: ResourceType, dialect: str) -> ColumnElement[Any]
     """The ORDER BY expression for ``sortBy`` (RFC 7644 §3.4.2.3).
 
     Strings that are not caseExact sort case-folded, all strings by code point. A
-    multi-valued attribute sorts by its primary value, else its first (RFC 7644 §3.4.2.3:
-    "the primary value, if any, or else the first value"). The key is NULL for resources
-    without the attribute; the caller orders NULLs last (``.nulls_last()``), as RFC 7644
-    §3.4.2.3 asks for ascending order.
+    multi-valued attribute sorts by its primary value, else its first value (RFC 7644
+    §3.4.2.3). The key is NULL for resources without the attribute: RFC 7644 §3.4.2.3
+    puts those last in ascending and first in descending order; :func:`order_by` does.
 
     An unknown or unsortable attribute raises InvalidValue (400 invalidValue): sortBy is a
-    parameter value, not a filter, and RFC 7644 §3.12 defines invalidValue as "the value
-    specified was not compatible with the operation or attribute type"; invalidFilter
-    speaks of filter syntax.
+    parameter value, not a filter; RFC 7644 §3.12 invalidValue covers a value "not
+    compatible with the operation or attribute type", while invalidFilter is about
+    filter syntax and filter comparisons.
     """
     r = _Resolver(rtype, dialect)
     d = r.d
@@ -752,3 +751,13 @@ def sort_key(path: str, rtype: ResourceType, dialect: str) -> ColumnElement[Any]
             expr = func.lower(expr, type_=Text)
         expr = d.ordered(expr)
     return expr
+
+
+def order_by(
+    path: str, rtype: ResourceType, dialect: str, *, descending: bool = False
+) -> UnaryExpression[Any]:
+    """``ORDER BY`` term for sortBy/sortOrder: resources without a value last when
+    ascending, first when descending (RFC 7644 §3.4.2.3). Add a unique tie-breaker
+    (``id``) after it for stable pagination."""
+    key = sort_key(path, rtype, dialect)
+    return key.desc().nulls_first() if descending else key.asc().nulls_last()
