@@ -1,0 +1,182 @@
+"""Putting desired state into one HAProxy: incremental batches, read-back, full replace,
+and the comparison that finds drift. No database access and no threads here: callers pass
+the changes or the snapshot, and a connected :class:`RuntimeClient`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from scimgate.haproxy.runtime import (
+    DEFAULT_VALIDATOR,
+    EntryValidator,
+    RuntimeClient,
+    UnsafeRuntimeArgument,
+)
+from scimgate.store.outbox import MapChange
+from scimgate.sync.layout import MapLayout
+
+log = logging.getLogger("scimgate.sync")
+
+_GET_VALUE = re.compile(r'\bvalue="(.*?)", type="')
+
+
+def coalesce(changes: Iterable[MapChange]) -> dict[str, MapChange]:
+    """Last change per key wins (changes arrive in seq order): only the final value of a
+    key matters to HAProxy, and each key's value is derived whole from the model."""
+    out: dict[str, MapChange] = {}
+    for change in changes:
+        out.pop(change.identity_key, None)  # keep dict order = order of the winning seq
+        out[change.identity_key] = change
+    return out
+
+
+def valid_entries(
+    entries: Mapping[str, str | None], validator: EntryValidator = DEFAULT_VALIDATOR
+) -> tuple[dict[str, str | None], list[str]]:
+    """Split into (entries that may reach the wire, rejected keys). A value of None (a
+    delete) needs only a valid key. A rejected entry is never sent: for a key that can
+    never be in HAProxy that is exactly "absent", which HAProxy denies (fail closed)."""
+    ok: dict[str, str | None] = {}
+    rejected: list[str] = []
+    for key, value in entries.items():
+        try:
+            validator.key(key)
+            if value is not None:
+                validator.value(value)
+        except UnsafeRuntimeArgument:
+            rejected.append(key)
+            continue
+        ok[key] = value
+    return ok, rejected
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    set_keys: list[str]
+    deleted_keys: list[str]
+    added: int  # keys that were absent and got added
+    removed: int  # keys that were present and got deleted
+    rejected: list[str] = field(default_factory=list)
+
+
+def apply_batch(
+    client: RuntimeClient, layout: MapLayout, coalesced: Mapping[str, MapChange]
+) -> BatchResult:
+    """Upserts (``set``, ``add`` on ``entry not found.``) and deletes, pipelined per shard."""
+    wanted, rejected = valid_entries({k: c.value for k, c in coalesced.items()}, client.validator)
+    if rejected:
+        log.error(
+            "sync: change-log keys or values outside the allow-lists were not sent",
+            extra={"rejected_keys": rejected[:20], "rejected": len(rejected)},
+        )
+    upserts: dict[str, dict[str, str]] = {}
+    deletes: dict[str, list[str]] = {}
+    for key, value in wanted.items():
+        path = layout.path_of(key)
+        if value is None:
+            deletes.setdefault(path, []).append(key)
+        else:
+            upserts.setdefault(path, {})[key] = value
+    added = removed = 0
+    # Deletes first: a deprovision is the change whose latency matters most.
+    for path, keys in deletes.items():
+        removed += client.delete_many(path, keys)
+    for path, entries in upserts.items():
+        added += client.upsert_many(path, entries).added
+    return BatchResult(
+        set_keys=[k for e in upserts.values() for k in e],
+        deleted_keys=[k for ks in deletes.values() for k in ks],
+        added=added,
+        removed=removed,
+        rejected=rejected,
+    )
+
+
+@dataclass(frozen=True)
+class DriftCounts:
+    missing: int = 0  # desired, absent in HAProxy
+    extra: int = 0  # in HAProxy, not desired
+    wrong: int = 0  # present with another value
+
+    @property
+    def total(self) -> int:
+        return self.missing + self.extra + self.wrong
+
+    def __add__(self, other: DriftCounts) -> DriftCounts:
+        return DriftCounts(
+            self.missing + other.missing, self.extra + other.extra, self.wrong + other.wrong
+        )
+
+
+def diff(desired: Mapping[str, str | None], actual: Mapping[str, str | None]) -> DriftCounts:
+    """Compare two key → value views; None in ``desired`` means "must be absent" and in
+    ``actual`` means "absent"."""
+    missing = extra = wrong = 0
+    for key in desired.keys() | actual.keys():
+        want, have = desired.get(key), actual.get(key)
+        if want == have:
+            continue
+        if have is None:
+            missing += 1
+        elif want is None:
+            extra += 1
+        else:
+            wrong += 1
+    return DriftCounts(missing, extra, wrong)
+
+
+def read_back(
+    client: RuntimeClient, layout: MapLayout, expected: Mapping[str, str | None]
+) -> DriftCounts:
+    """Ask HAProxy for each key (``get map``, pipelined) and compare with what was sent.
+
+    ``get map`` runs the lookup HAProxy's requests run; our maps are exact-string
+    (``map()``), so "found" means "this key is there", and the value is what a request sees
+    (the first of any duplicates)."""
+    keys = list(expected)
+    if not keys:
+        return DriftCounts()
+    commands = [
+        f"get map {client.validator.map_path(layout.path_of(k))} {client.validator.key(k)}"
+        for k in keys
+    ]
+    actual: dict[str, str | None] = {}
+    for key, reply in zip(keys, client.pipeline(commands), strict=True):
+        if "found=no" in reply:
+            actual[key] = None
+            continue
+        m = _GET_VALUE.search(reply)
+        # Anything else (an error, an unparseable reply) counts as a wrong value: fail closed.
+        actual[key] = m.group(1) if "found=yes" in reply and m else "\0unreadable"
+    return diff(expected, actual)
+
+
+def live_entries(client: RuntimeClient, layout: MapLayout) -> list[dict[str, str]]:
+    """What HAProxy holds, per shard (``show map``; first of any duplicates)."""
+    return [client.show_map(path) for path in layout.paths]
+
+
+def compare_live(
+    client: RuntimeClient, layout: MapLayout, desired: Mapping[str, str]
+) -> DriftCounts:
+    """Drift between HAProxy's maps and the desired entries, shard by shard (a key in the
+    wrong shard is never looked up there: it counts as extra there and missing in its own)."""
+    total = DriftCounts()
+    for want, have in zip(layout.split(desired), live_entries(client, layout), strict=True):
+        total = total + diff(want, have)
+    return total
+
+
+def replace_all(
+    client: RuntimeClient, layout: MapLayout, entries: Mapping[str, str]
+) -> Sequence[int]:
+    """Atomic per-shard replacement (prepare → chunked ``add @ver`` → commit). Returns the
+    committed version of each shard. Each shard flips at its own commit; between two
+    commits a key moves from old to new state, never through "absent"."""
+    versions: list[int] = []
+    for path, shard_entries in zip(layout.paths, layout.split(entries), strict=True):
+        versions.append(client.replace_map(path, shard_entries).version)
+    return versions

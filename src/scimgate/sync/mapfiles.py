@@ -1,0 +1,59 @@
+"""The identities map files of one ``map_dir``, kept near the desired state so that a
+reload or restart (ours or anyone's) loads almost current state; the resync that follows
+makes it exact. One writer per directory, however many targets read from it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from scimgate.haproxy.mapfile import write_map_file
+from scimgate.sync.apply import valid_entries
+from scimgate.sync.layout import MapLayout
+from scimgate.sync.state import Snapshot
+
+log = logging.getLogger("scimgate.sync")
+
+#: At most one write of a directory's files per this many seconds while changes flow.
+DEBOUNCE_SECONDS = 1.0
+
+
+class MapFileWriter:
+    def __init__(self, layout: MapLayout) -> None:
+        self.layout = layout
+        self.written_seq = -1
+        self.last_write = 0.0  # monotonic
+        self._lock = threading.Lock()
+
+    def due(self, head: int) -> bool:
+        return head > self.written_seq and time.monotonic() - self.last_write >= DEBOUNCE_SECONDS
+
+    def write(self, snapshot: Snapshot) -> bool:
+        """Write every shard's file from the snapshot unless newer files are already there.
+        Returns True if files were written."""
+        with self._lock:
+            if snapshot.seq <= self.written_seq and self._complete():
+                return False
+            started = time.monotonic()
+            entries, rejected = valid_entries(snapshot.entries)
+            shards = self.layout.split({k: v for k, v in entries.items() if v is not None})
+            for path, shard_entries in zip(self.layout.paths, shards, strict=True):
+                write_map_file(path, shard_entries)
+            self.written_seq = snapshot.seq
+            self.last_write = time.monotonic()
+            log.debug(
+                "sync: map files written",
+                extra={
+                    "map_dir": self.layout.map_dir,
+                    "seq": snapshot.seq,
+                    "entries": len(entries),
+                    "rejected": len(rejected),
+                    "seconds": round(self.last_write - started, 4),
+                },
+            )
+            return True
+
+    def _complete(self) -> bool:
+        return all(Path(p).exists() for p in self.layout.paths)

@@ -1,0 +1,104 @@
+"""Level-triggered repair of one target: full atomic resync and the drift check.
+
+Used by the engine's followers and by ``scimgate resync``: both record what they did the
+same way (cursor, confirmations, ``sync.resync`` / ``sync.drift`` audit events)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from scimgate.api.metrics import Metrics
+from scimgate.haproxy.runtime import RuntimeClient
+from scimgate.store.db import Database, now_iso
+from scimgate.sync import state
+from scimgate.sync.apply import DriftCounts, compare_live, replace_all, valid_entries
+from scimgate.sync.layout import MapLayout
+from scimgate.sync.mapfiles import MapFileWriter
+
+log = logging.getLogger("scimgate.sync")
+
+
+@dataclass(frozen=True)
+class ResyncResult:
+    seq: int
+    entries: int
+    seconds: float
+    versions: list[int]
+
+
+def full_resync(
+    db: Database,
+    client: RuntimeClient,
+    layout: MapLayout,
+    target: str,
+    reason: str,
+    *,
+    writer: MapFileWriter | None = None,
+    metrics: Metrics | None = None,
+) -> ResyncResult:
+    """Replace every shard with the desired state of one consistent snapshot; the map
+    files (if this target has a writer) are written from it first; cursor = its seq."""
+    started = time.monotonic()
+    snapshot = state.read_snapshot(db)
+    entries, rejected = valid_entries(snapshot.entries, client.validator)
+    if rejected:
+        log.error(
+            "sync: desired entries outside the allow-lists were not sent",
+            extra={"target": target, "rejected": len(rejected), "rejected_keys": rejected[:20]},
+        )
+    if writer is not None:
+        # Before the runtime commit: a reload racing this resync must not load older state.
+        writer.write(snapshot)
+    live = {k: v for k, v in entries.items() if v is not None}
+    versions = list(replace_all(client, layout, live))
+    seconds = time.monotonic() - started
+    state.record_resync(
+        db,
+        target,
+        reason=reason,
+        seq=snapshot.seq,
+        entries=len(live),
+        seconds=seconds,
+        shards=layout.shards,
+        applied=now_iso(),
+    )
+    if metrics is not None:
+        metrics.resyncs.labels(target, reason).inc()
+    log.info(
+        "sync: full resync",
+        extra={
+            "target": target,
+            "reason": reason,
+            "seq": snapshot.seq,
+            "entries": len(live),
+            "shards": layout.shards,
+            "seconds": round(seconds, 4),
+        },
+    )
+    return ResyncResult(snapshot.seq, len(live), seconds, versions)
+
+
+def drift_check(
+    db: Database, client: RuntimeClient, layout: MapLayout, target: str, cursor: int
+) -> DriftCounts | None:
+    """Compare HAProxy's maps with the desired state; None if the store has moved past
+    ``cursor`` (the comparison is only meaningful when the target is caught up)."""
+    snapshot = state.read_snapshot(db)
+    if snapshot.seq != cursor:
+        return None
+    entries, _ = valid_entries(snapshot.entries, client.validator)
+    counts = compare_live(client, layout, {k: v for k, v in entries.items() if v is not None})
+    state.record_drift_check(db, target, now_iso())
+    if counts.total:
+        state.record_drift(
+            db,
+            target,
+            source="drift_check",
+            missing=counts.missing,
+            extra=counts.extra,
+            wrong=counts.wrong,
+            seq=snapshot.seq,
+        )
+    return counts

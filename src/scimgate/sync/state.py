@@ -1,0 +1,301 @@
+"""What the sync engine reads from and records in the store: consistent snapshots, the
+change log with commit times, per-target cursors, confirmations, audit events, and the
+status any process can compute from the database alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scimgate.audit import log as audit
+from scimgate.config import Settings
+from scimgate.store import tables
+from scimgate.store.db import Database, now_iso
+from scimgate.store.outbox import MapChange, desired_entries, head_seq
+
+T, C, CONF = tables.targets, tables.change_log, tables.confirmations
+
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def parse_ts(text: str) -> datetime:
+    return datetime.strptime(text, _TS_FORMAT).replace(tzinfo=UTC)
+
+
+def age_seconds(text: str, now: datetime | None = None) -> float:
+    return ((now or datetime.now(UTC)) - parse_ts(text)).total_seconds()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The desired entries exactly as of change ``seq`` (read in one transaction)."""
+
+    seq: int
+    entries: dict[str, str]
+
+
+@contextmanager
+def snapshot_read(db: Database) -> Iterator[Connection]:
+    """A read transaction whose statements all see one snapshot (SQLite WAL reads already
+    do; PostgreSQL's default READ COMMITTED would not)."""
+    with db.engine.connect() as conn:
+        if db.dialect == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+
+
+def read_snapshot(db: Database) -> Snapshot:
+    with snapshot_read(db) as conn:
+        seq = head_seq(conn)
+        return Snapshot(seq, desired_entries(conn))
+
+
+@dataclass(frozen=True)
+class TimedChange:
+    change: MapChange
+    created: str  # when the SCIM write logged it (ISO, UTC)
+
+
+def changes_after(conn: Connection, seq: int, limit: int) -> list[TimedChange]:
+    rows = conn.execute(sa.select(C).where(C.c.seq > seq).order_by(C.c.seq).limit(limit))
+    return [
+        TimedChange(
+            MapChange(r.seq, r.identity_key, r.value, r.user_id, bool(r.deprovision)), r.created
+        )
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def ensure_targets(db: Database, names: Sequence[str]) -> None:
+    with db.write() as conn:
+        have = {r[0] for r in conn.execute(sa.select(T.c.name))}
+        for name in names:
+            if name not in have:
+                conn.execute(T.insert().values(name=name, cursor=0))
+
+
+def stored_cursor(conn: Connection, target: str) -> int:
+    row = conn.execute(sa.select(T.c.cursor).where(T.c.name == target)).first()
+    return int(row[0]) if row is not None else 0
+
+
+def _upsert_target(conn: Connection, target: str, **values: Any) -> None:
+    if conn.execute(T.update().where(T.c.name == target).values(**values)).rowcount == 0:
+        conn.execute(T.insert().values(name=target, **{"cursor": 0, **values}))
+
+
+def _confirm_deprovisions(
+    conn: Connection, target: str, after: int, upto: int, applied: str
+) -> int:
+    """Confirmation rows for every deprovision in (after, upto] that has none yet."""
+    if upto <= after:
+        return 0
+    seqs = [
+        r[0]
+        for r in conn.execute(
+            sa.select(C.c.seq).where(C.c.seq > after, C.c.seq <= upto, C.c.deprovision.is_(True))
+        )
+    ]
+    if not seqs:
+        return 0
+    have = {
+        r[0]
+        for r in conn.execute(
+            sa.select(CONF.c.seq).where(CONF.c.target == target, CONF.c.seq.in_(seqs))
+        )
+    }
+    rows = [{"seq": s, "target": target, "applied": applied} for s in seqs if s not in have]
+    if rows:
+        conn.execute(CONF.insert(), rows)
+    return len(rows)
+
+
+def record_applied(
+    db: Database,
+    target: str,
+    *,
+    first_seq: int,
+    last_seq: int,
+    set_keys: Sequence[str],
+    deleted_keys: Sequence[str],
+    applied: str,
+    entries: int | None,
+) -> None:
+    """One transaction: advance the cursor, confirm the batch's deprovisions, audit it."""
+    with db.write() as conn:
+        before = stored_cursor(conn, target)
+        _upsert_target(conn, target, cursor=last_seq, entries=entries, last_error=None)
+        confirmed = _confirm_deprovisions(
+            conn, target, min(before, first_seq - 1), last_seq, applied
+        )
+        audit.append(
+            conn,
+            "sync.applied",
+            detail={
+                "target": target,
+                "first_seq": first_seq,
+                "last_seq": last_seq,
+                "set": len(set_keys),
+                "deleted": len(deleted_keys),
+                "set_keys": list(set_keys),
+                "deleted_keys": list(deleted_keys),
+                "deprovisions_confirmed": confirmed,
+                "applied": applied,
+            },
+        )
+
+
+def record_resync(
+    db: Database,
+    target: str,
+    *,
+    reason: str,
+    seq: int,
+    entries: int,
+    seconds: float,
+    shards: int,
+    applied: str,
+) -> None:
+    """One transaction: cursor = the snapshot's seq, confirmations for the deprovisions
+    the resync carried, last_resync, and the ``sync.resync`` audit event."""
+    with db.write() as conn:
+        before = stored_cursor(conn, target)
+        _upsert_target(
+            conn, target, cursor=seq, entries=entries, last_resync=applied, last_error=None
+        )
+        confirmed = _confirm_deprovisions(conn, target, before, seq, applied)
+        audit.append(
+            conn,
+            "sync.resync",
+            detail={
+                "target": target,
+                "reason": reason,
+                "seq": seq,
+                "entries": entries,
+                "shards": shards,
+                "seconds": round(seconds, 4),
+                "deprovisions_confirmed": confirmed,
+                "applied": applied,
+            },
+        )
+
+
+def record_drift(
+    db: Database, target: str, *, source: str, missing: int, extra: int, wrong: int, seq: int
+) -> None:
+    with db.write() as conn:
+        audit.append(
+            conn,
+            "sync.drift",
+            detail={
+                "target": target,
+                "source": source,
+                "seq": seq,
+                "missing": missing,
+                "extra": extra,
+                "wrong": wrong,
+            },
+        )
+
+
+def record_drift_check(db: Database, target: str, when: str) -> None:
+    with db.write() as conn:
+        _upsert_target(conn, target, last_drift_check=when)
+
+
+def record_error(db: Database, target: str, error: str | None) -> None:
+    with db.write() as conn:
+        _upsert_target(conn, target, last_error=error[:2000] if error else None)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def unconfirmed_deprovisions(
+    conn: Connection, cursor: int
+) -> tuple[int, dict[str, Any] | None, float]:
+    """(count, newest {seq, age_seconds}, age of the oldest) of deprovisions past cursor."""
+    q = sa.select(sa.func.count(), sa.func.max(C.c.seq), sa.func.min(C.c.created)).where(
+        C.c.seq > cursor, C.c.deprovision.is_(True)
+    )
+    count, newest_seq, oldest_created = conn.execute(q).one()
+    if not count:
+        return 0, None, 0.0
+    newest_created = conn.execute(sa.select(C.c.created).where(C.c.seq == newest_seq)).scalar_one()
+    newest = {"seq": int(newest_seq), "age_seconds": round(age_seconds(newest_created), 3)}
+    return int(count), newest, age_seconds(oldest_created)
+
+
+def overdue_deprovisions(
+    conn: Connection, cursor: int, older_than: float, limit: int = 1000
+) -> list[tuple[int, str]]:
+    """(seq, created) of deprovisions past ``cursor`` logged more than ``older_than`` s ago."""
+    cutoff = (datetime.now(UTC) - timedelta(seconds=older_than)).strftime(_TS_FORMAT)
+    rows = conn.execute(
+        sa.select(C.c.seq, C.c.created)
+        .where(C.c.seq > cursor, C.c.deprovision.is_(True), C.c.created < cutoff)
+        .order_by(C.c.seq)
+        .limit(limit)
+    )
+    return [(int(r.seq), r.created) for r in rows]
+
+
+def _behind_seconds(conn: Connection, cursor: int) -> float:
+    oldest = conn.execute(
+        sa.select(C.c.created).where(C.c.seq > cursor).order_by(C.c.seq).limit(1)
+    ).scalar()
+    return max(0.0, age_seconds(oldest)) if oldest else 0.0
+
+
+def status_from_db(db: Database, settings: Settings) -> list[dict[str, Any]]:
+    """Per configured target, what the store knows (``reachable`` is None: only a live
+    probe or the running engine can say)."""
+    out: list[dict[str, Any]] = []
+    with db.read() as conn:
+        head = head_seq(conn)
+        rows = {r.name: r for r in conn.execute(sa.select(T))}
+        for target in settings.targets:
+            row = rows.get(target.name)
+            cursor = int(row.cursor) if row is not None else 0
+            count, newest, oldest_age = unconfirmed_deprovisions(conn, cursor)
+            behind = _behind_seconds(conn, cursor)
+            out.append(
+                {
+                    "target": target.name,
+                    "runtime_api": target.runtime_api,
+                    "reachable": None,
+                    "cursor": cursor,
+                    "head_seq": head,
+                    "lag": max(0, head - cursor),
+                    "behind_seconds": round(behind, 3),
+                    "last_resync": row.last_resync if row is not None else None,
+                    "last_drift_check": row.last_drift_check if row is not None else None,
+                    "last_error": row.last_error if row is not None else None,
+                    "entries": row.entries if row is not None else None,
+                    "unconfirmed_deprovisions": count,
+                    "newest_unconfirmed_deprovision": newest,
+                    "oldest_unconfirmed_deprovision_age": round(oldest_age, 3),
+                    "healthy": None,
+                }
+            )
+    return out
+
+
+def healthy(status: dict[str, Any], alert_seconds: float) -> bool:
+    """Reachable, and nothing (least of all a deprovision) waiting longer than the alert
+    threshold."""
+    return bool(status.get("reachable")) and status["behind_seconds"] <= alert_seconds
+
+
+def now() -> str:
+    return now_iso()
