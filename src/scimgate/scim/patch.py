@@ -365,13 +365,21 @@ class _Engine:
     def set_attr(self, kind: str, target: _Target, value: Any) -> None:
         attr = target.attr
         new = normalise_value(attr, value, self.name(target))
-        if new is None:
+        merge = attr.type == "complex" and not attr.multi_valued and isinstance(value, dict)
+        if new is None and not merge:
             if kind == "replace":  # RFC 7643 §2.5: null unassigns
                 self.unset(target)
             return
         box = self.box(target.schema_id, create=True)
         assert box is not None
-        if attr.multi_valued:
+        if merge:
+            # RFC 7644 §3.5.2.1/§3.5.2.3: sub-attributes not given are left unchanged; a
+            # sub-attribute given as null becomes unassigned (RFC 7643 §2.5)
+            current = {**(box.get(attr.name) or {}), **(new or {})}
+            for sub_name in _null_subs(attr, value):
+                current.pop(sub_name, None)
+            _set_or_pop(box, attr.name, current or None)
+        elif attr.multi_valued:
             if kind == "replace":  # RFC 7644 §3.5.2.3: all values replaced
                 box[attr.name] = new
                 return
@@ -380,13 +388,6 @@ class _Engine:
                 if item not in merged:
                     merged.append(item)
             box[attr.name] = _settle_primary(merged, new)
-        elif attr.type == "complex":
-            # RFC 7644 §3.5.2.1/§3.5.2.3: sub-attributes not given are left unchanged
-            current = dict(box.get(attr.name) or {})
-            current.update(new)
-            for sub_name in _null_subs(attr, value):
-                current.pop(sub_name, None)
-            box[attr.name] = current
         else:
             box[attr.name] = new
 
