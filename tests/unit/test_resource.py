@@ -520,6 +520,52 @@ def test_project_request_only_attribute() -> None:
     assert project(thing, rtype, ["secretish"], None)["secretish"] == "s"
 
 
+def test_project_rejects_non_string_names() -> None:
+    with pytest.raises(InvalidValue):
+        project(FULL, USER_TYPE, [5], None)  # type: ignore[list-item]
+
+
+def test_project_comma_separated_and_blank_names() -> None:
+    out = project(FULL, USER_TYPE, ["userName, active", " "], None)
+    assert out == {
+        "schemas": FULL["schemas"],
+        "id": "u1",
+        "userName": "alice",
+        "active": True,
+        "meta": FULL["meta"],
+    }
+
+
+_attr_names = st.sampled_from(
+    [
+        "userName",
+        "name",
+        "name.givenName",
+        "emails.value",
+        "emails",
+        "id",
+        "meta",
+        "meta.version",
+        "members",
+        "members.display",
+        ENT,
+        f"{ENT}:manager.value",
+        "nope",
+        "",
+        "a,b",
+        "schemas",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.none() | st.lists(_attr_names, max_size=4), st.none() | st.lists(_attr_names, max_size=4))
+def test_project_never_fails_and_keeps_id(attrs: list[str] | None, excl: list[str] | None) -> None:
+    out = project(FULL, USER_TYPE, attrs, excl)
+    assert out["id"] == "u1" and out["schemas"] == FULL["schemas"]
+    assert "password" not in out
+
+
 # --- property: arbitrary JSON raises only ScimError ----------------------------------------
 
 _names = st.sampled_from(

@@ -399,6 +399,8 @@ def _selection(paths: list[str] | None, rtype: ResourceType) -> _Selection | Non
                 subs.add(sub)
 
     for raw in paths:
+        if not isinstance(raw, str):  # the list may come straight from a .search body
+            raise InvalidValue("attributes and excludedAttributes must be attribute names")
         for path in raw.split(","):  # tolerate an unsplit "a,b" query parameter value
             path = path.strip()
             if not path:
