@@ -230,5 +230,9 @@ from scimgate.cli_enforce import register_enforce  # noqa: E402
 
 register_enforce(main)
 
+from scimgate.cli_sync import register_sync  # noqa: E402
+
+register_sync(main)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -272,7 +272,9 @@ def test_two_targets_and_one_down_during_1000_changes(
         p2.start()
         assert engine.wait_confirmed_sync(changes[-1].seq, 15)
         assert live_state(p1) == live_state(p2) == desired(sqlite_db)
-        reasons = [e["reason"] for e in audit_events(sqlite_db, "sync.resync") if e["target"] == "b"]
+        reasons = [
+            e["reason"] for e in audit_events(sqlite_db, "sync.resync") if e["target"] == "b"
+        ]
         assert reasons[0] == "startup" and reasons[-1] == "reconnect"
         wait_until(lambda: engine.ready()[0])
 
@@ -334,7 +336,9 @@ def test_reload_through_master_cli(
         before = proc.master_procs().worker_pids
         procs = proc.reload()
         assert procs.worker_pids != before
-        wait_until(lambda: "reload" in [e["reason"] for e in audit_events(sqlite_db, "sync.resync")])
+        wait_until(
+            lambda: "reload" in [e["reason"] for e in audit_events(sqlite_db, "sync.resync")]
+        )
         converge(sqlite_db, engine, put(sqlite_db, {key(1): None, key("late"): ",x,"}))
         with RuntimeClient(proc.stats_address, 5.0) as fresh:
             assert int(fresh.show_info()["Pid"]) in procs.worker_pids
@@ -360,7 +364,7 @@ def test_drift_is_detected_audited_and_repaired(
         assert drift["target"] == "t1" and drift["missing"] == 1 and drift["extra"] == 0
         wait_until(lambda: live_state(proc) == desired(sqlite_db))
         assert http_status(proc, victim) == 200
-        assert "drift" in [e["reason"] for e in audit_events(sqlite_db, "sync.resync")]
+        wait_until(lambda: "drift" in [e["reason"] for e in audit_events(sqlite_db, "sync.resync")])
         with sqlite_db.read() as conn:
             row = conn.execute(sa.select(tables.targets)).one()
         assert row.last_drift_check is not None
