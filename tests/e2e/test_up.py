@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from scimgate.haproxy.process import check_config
+from scimgate.policy.jwtmint import mint_jwt
 
 pytestmark = pytest.mark.haproxy
 
@@ -99,7 +100,20 @@ class UpStack:
         """A keep-alive client for HAProxy: later requests reuse the same connection."""
         return httpx.Client(base_url=self.info["haproxy_url"], timeout=10)
 
-    def mint(self, subject: str, *scopes: str) -> str:
+    def mint(self, subject: str, *scopes: str, ttl: int = 300) -> str:
+        """A JWT as the IdP would issue it, signed with the instance's demo key (in-process;
+        `scimgate jwt mint` does the same, see :meth:`mint_cli`)."""
+        from scimgate.policy.model import load_policy
+
+        jwt = load_policy(self.info["policy_file"]).identity.jwt
+        assert jwt is not None
+        return mint_jwt(
+            Path(self.info["jwt_private_key"]).read_text(), subject_claim=jwt.claim,
+            identity=subject, algorithm=jwt.algorithm, issuer=jwt.issuer,
+            audience=jwt.audience, scopes=scopes, ttl_seconds=ttl,
+        )  # fmt: skip
+
+    def mint_cli(self, subject: str, *scopes: str) -> str:
         args = ["jwt", "mint", "--dir", str(self.directory), subject]
         for scope in scopes:
             args += ["--scope", scope]
@@ -174,7 +188,7 @@ def test_up_writes_stack_json_files_and_config(up_dir: Path) -> None:
     up = start_up(up_dir)
     try:
         info = up.info
-        assert REQUIRED_KEYS <= set(info)
+        assert set(info) >= REQUIRED_KEYS
         assert info["pids"]["haproxy"] > 0 and pid_alive(info["pids"]["haproxy"])
         assert info["runtime_api"] == f"unix:{up_dir.resolve()}/haproxy/admin.sock"
         assert info["master_api"] == f"unix:{up_dir.resolve()}/haproxy/master.sock"
@@ -264,7 +278,7 @@ def test_rerun_reuses_database_token_keys_and_loads_maps(up_dir: Path) -> None:
             assert r.status_code == 200, r.text
             assert r.json()["totalResults"] == 1
         # the user from run 1 is enforced by the new HAProxy from its first request
-        jwt = up2.mint("rerun@example.com")
+        jwt = up2.mint_cli("rerun@example.com")
         with up2.browser() as web:
             assert web.get("/", headers={"Authorization": f"Bearer {jwt}"}).status_code == 200
             assert web.get("/admin", headers={"Authorization": f"Bearer {jwt}"}).status_code == 403
