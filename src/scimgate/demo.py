@@ -35,7 +35,7 @@ from scimgate.config import CONFIG_NAME, Settings, TargetConfig
 from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.haproxy.mapfile import write_map_file
 from scimgate.haproxy.process import HAProxyProcess, binary_version, check_config, find_haproxy
-from scimgate.policy.compiler import VALID_SHARD_COUNTS, map_file_names, shard_of
+from scimgate.policy.compiler import map_file_names, shard_of
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from scimgate.policy.model import Policy, load_policy
 from scimgate.policy.render import render_config
@@ -159,13 +159,14 @@ def hmac_secret_path(settings: Settings) -> Path:
 
 def choose_map_shards(settings: Settings, binary: str | None = None) -> int:
     """The configured shard count, or the one the sync engine chooses for this HAProxy."""
-    if settings.map_shards:
-        if settings.map_shards not in VALID_SHARD_COUNTS:
-            raise DemoError(f"map_shards must be 0 (auto) or one of {VALID_SHARD_COUNTS}")
-        return settings.map_shards
-    from scimgate.sync.engine import choose_shards
+    from scimgate.sync import choose_shards
 
-    return int(choose_shards(binary_version(binary)))
+    if settings.map_shards:
+        try:
+            return choose_shards((0, 0, 0), settings.map_shards)
+        except ValueError as exc:
+            raise DemoError(str(exc)) from exc
+    return choose_shards(binary_version(binary))
 
 
 def persist_settings(settings: Settings, layout: Layout, policy: Path, shards: int) -> None:
