@@ -347,3 +347,33 @@ def test_haproxy_left_by_a_killed_run_is_replaced(up_dir: Path, leftover: None) 
     finally:
         assert up2.stop() == 0
     assert haproxy_pids_for(up_dir) == []
+
+
+def test_rerun_applies_an_edited_policy(up_dir: Path) -> None:
+    up = start_up(up_dir)
+    try:
+        with up.scim() as scim:
+            user_id = create_user(scim, "pat@example.com")
+            r = scim.post("/Groups", json={
+                "schemas": [GROUP_SCHEMA], "displayName": "Engineering",
+                "members": [{"value": user_id}],
+            })  # fmt: skip
+            assert r.status_code == 201, r.text
+        token = up.mint("pat@example.com")
+        with up.browser() as web:
+            assert web.get("/eng", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        assert up.stop() == 0
+
+    policy = up_dir / "policy.yaml"
+    policy.write_text(policy.read_text().replace('idp_groups: ["Engineering"]',
+                                                 'idp_groups: ["Platform"]'))  # fmt: skip
+    up2 = start_up(up_dir)
+    try:
+        assert "Platform" in (up_dir / "policy.yaml").read_text()  # kept, not overwritten
+        with up2.browser() as web:
+            auth = {"Authorization": f"Bearer {token}"}
+            assert web.get("/eng", headers=auth).status_code == 403
+            assert web.get("/", headers=auth).status_code == 200
+    finally:
+        assert up2.stop() == 0
