@@ -214,6 +214,10 @@ def test_payload_chunks_never_exceed_limit() -> None:
         lines = [ln for ln in body.split(b"\n") if ln]
         assert len(lines) == len(pairs)
     assert min(len(c) for c in build_payload_chunks(1, path, pairs)[:-1]) > 15900
+    # Even a Word that skipped the validator cannot smuggle a line into a payload.
+    for evil in ("a\n\nshow info", "a b", "a;b", ""):
+        with pytest.raises(UnsafeRuntimeArgument):
+            build_payload_chunks(1, path, [(Word(evil), Word(",x,"))])
 
 
 def test_oversized_payload_fails_loudly_not_silently(

@@ -28,7 +28,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NewType
 
@@ -46,6 +46,7 @@ MAP_PATH_RE = re.compile(r"/[A-Za-z0-9_./-]+")
 #: ``\\``, ``<``, ``#``, CR, LF, NUL, quotes, nothing outside ASCII).
 _SAFE_WORD_RE = re.compile(r"[A-Za-z0-9_.,@+:/-]+")
 _MAX_WORD = 4096
+_SAFE_PAYLOAD_RE = re.compile(rb"(?:[A-Za-z0-9_.,@+:/-]+ [A-Za-z0-9_.,@+:/-]+\n)+")
 _SAFE_LINE_RE = re.compile(rb"[A-Za-z0-9_.,@+:/-]+(?: [A-Za-z0-9_.,@+:/-]+)*\n")
 
 #: A word that passed validation; only these are ever joined into a command.
@@ -359,6 +360,7 @@ def master_command(address: RuntimeAddress, command: str, timeout: float = 5.0) 
 MAX_PAYLOAD_BYTES = 16000
 
 _PROMPT = b"\n> "
+_SMALL_WRITE = 32 * 1024
 _SEVERITY = re.compile(r"^\[(\d)\]: ?")
 _NOT_FOUND_SET = "entry not found."
 _NOT_FOUND_DEL = "Key not found."
@@ -481,37 +483,72 @@ class RuntimeClient:
                 raise
 
     def _io(self, sock: socket.socket, requests: Sequence[_Request]) -> list[str]:
-        """Write all requests (interleaved with reading, so large pipelines cannot
-        deadlock on full socket buffers) and return exactly one reply per request."""
+        """Send the requests and return exactly one reply per request.
+
+        A small write goes out with one blocking ``sendall`` (it fits in the socket
+        buffer, so it cannot block on HAProxy's unread replies). A large pipeline
+        interleaves writing and reading: HAProxy stops reading commands once its reply
+        buffer is full, so write-everything-then-read would deadlock (seen with 20k adds).
+        """
         blob = memoryview(b"".join(r.data for r in requests))
-        sent = 0
         replies: list[str] = []
         buf = bytearray()
         scan_from = 0  # no prompt before this offset in buf
+
+        def receive(chunk: bytes) -> None:
+            nonlocal scan_from
+            if not chunk:
+                # HAProxy drops over-long lines/payloads by closing, without a word.
+                raise RuntimeConnectionLost(
+                    f"HAProxy closed the CLI connection during {requests[len(replies)].label!r}",
+                    len(replies),
+                )
+            buf.extend(chunk)
+            scan_from = _take_replies(buf, scan_from, requests, replies)
+
+        try:
+            if len(blob) <= _SMALL_WRITE:
+                sock.settimeout(self.timeout)
+                sock.sendall(blob)
+                while len(replies) < len(requests):
+                    receive(sock.recv(1 << 20))
+            else:
+                self._interleaved(sock, blob, requests, replies, receive)
+        except TimeoutError as exc:
+            raise RuntimeConnectionLost(
+                f"no reply from {self.address} within {self.timeout}s "
+                f"(waiting for {requests[len(replies)].label!r})",
+                len(replies),
+            ) from exc
+        except OSError as exc:
+            raise RuntimeConnectionLost(f"CLI I/O failed: {exc}", len(replies)) from exc
+        if buf:
+            raise RuntimeConnectionLost("stray bytes after the last reply", len(replies))
+        return replies
+
+    def _interleaved(
+        self,
+        sock: socket.socket,
+        blob: memoryview,
+        requests: Sequence[_Request],
+        replies: list[str],
+        receive: Callable[[bytes], None],
+    ) -> None:
+        sent = 0
         sock.setblocking(False)
         sel = selectors.DefaultSelector()
         try:
-            sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if blob else 0))
+            sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
             deadline = time.monotonic() + self.timeout
             while len(replies) < len(requests):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise RuntimeConnectionLost(
-                        f"no reply from {self.address} within {self.timeout}s "
-                        f"(waiting for {requests[len(replies)].label!r})",
-                        len(replies),
-                    )
+                    raise TimeoutError
                 for _key, mask in sel.select(remaining):
                     if mask & selectors.EVENT_WRITE and sent < len(blob):
-                        try:
+                        with contextlib.suppress(BlockingIOError):
                             sent += sock.send(blob[sent : sent + 262144])
-                        except BlockingIOError:
-                            pass
-                        except OSError as exc:
-                            raise RuntimeConnectionLost(
-                                f"send failed: {exc}", len(replies)
-                            ) from exc
-                        deadline = time.monotonic() + self.timeout
+                            deadline = time.monotonic() + self.timeout
                         if sent >= len(blob):
                             sel.modify(sock, selectors.EVENT_READ)
                     if mask & selectors.EVENT_READ:
@@ -519,28 +556,12 @@ class RuntimeClient:
                             chunk = sock.recv(1 << 20)
                         except BlockingIOError:
                             continue
-                        except OSError as exc:
-                            raise RuntimeConnectionLost(
-                                f"recv failed: {exc}", len(replies)
-                            ) from exc
-                        if not chunk:
-                            # HAProxy drops over-long lines/payloads by closing, without a word.
-                            raise RuntimeConnectionLost(
-                                f"HAProxy closed the CLI connection during "
-                                f"{requests[len(replies)].label!r}",
-                                len(replies),
-                            )
-                        buf += chunk
                         deadline = time.monotonic() + self.timeout
-                        scan_from = _take_replies(buf, scan_from, requests, replies)
-            if buf:
-                raise RuntimeConnectionLost("stray bytes after the last reply", len(replies))
+                        receive(chunk)
         finally:
             sel.close()
             if sock.fileno() >= 0:
-                sock.setblocking(True)
                 sock.settimeout(self.timeout)
-        return replies
 
     # ---- raw commands
 
@@ -813,17 +834,27 @@ def build_payload_chunks(
     chunks: list[bytes] = []
     lines: list[bytes] = []
     size = len(header) + 1  # + the empty line that ends the payload
+
+    def close_chunk() -> None:
+        body = b"".join(lines)
+        # Defence in depth, one C-speed pass per chunk: every line is exactly
+        # "<safe word> <safe word>\n", so no empty line (which would end the payload early
+        # and run the rest as commands) and nothing the CLI would interpret.
+        if not _SAFE_PAYLOAD_RE.fullmatch(body):
+            raise UnsafeRuntimeArgument("payload line outside the CLI-safe set")
+        chunks.append(header + body + b"\n")
+
     for key, value in pairs:
-        line = f"{_safe_word(key, 'map key')} {_safe_word(value, 'map value')}\n".encode("ascii")
+        line = f"{key} {value}\n".encode("ascii", "replace")
         if len(header) + len(line) + 1 > max_bytes:
             raise UnsafeRuntimeArgument("a single map entry does not fit in one payload request")
         if size + len(line) > max_bytes:
-            chunks.append(header + b"".join(lines) + b"\n")
+            close_chunk()
             lines, size = [], len(header) + 1
         lines.append(line)
         size += len(line)
     if lines:
-        chunks.append(header + b"".join(lines) + b"\n")
+        close_chunk()
     return chunks
 
 
