@@ -21,7 +21,9 @@ def _ts(text: str) -> datetime:
 def _find_user_id(conn: Connection, identity: str) -> str | None:
     u = tables.users
     ident = identity.strip().lower()
-    row = conn.execute(sa.select(u.c.id).where(sa.or_(u.c.id == identity, u.c.user_name_lower == ident))).first()
+    row = conn.execute(
+        sa.select(u.c.id).where(sa.or_(u.c.id == identity, u.c.user_name_lower == ident))
+    ).first()
     if row is not None:
         return str(row.id)
     # Deleted users (and e-mail identities) are found in the trail: the newest match wins.
@@ -35,10 +37,19 @@ def _find_user_id(conn: Connection, identity: str) -> str | None:
         detail = ev["detail"] or {}
         res = detail.get("resource") or {}
         names = {str(res.get("userName", "")).lower(), str(detail.get("userName", "")).lower()}
-        names |= {str(e.get("value", "")).lower() for e in res.get("emails") or [] if isinstance(e, dict)}
+        names |= {
+            str(e.get("value", "")).lower() for e in res.get("emails") or [] if isinstance(e, dict)
+        }
         changed = detail.get("changed", {})
         if "userName" in changed:
             names |= {str(v).lower() for v in changed["userName"] if v}
+        if "emails" in changed:  # old and new addresses both identify the person
+            names |= {
+                str(e.get("value", "")).lower()
+                for v in changed["emails"]
+                for e in v or []
+                if isinstance(e, dict)
+            }
         if ident in names:
             found = ev["resource_id"]
     return found
@@ -71,7 +82,9 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
             lo, hi = d.get("seq_from"), d.get("seq_to")
             if isinstance(lo, int) and isinstance(hi, int) and d.get("target"):
                 for seq in range(lo, hi + 1):
-                    applied.setdefault(seq, {}).setdefault(d["target"], d.get("applied") or ev["ts"])
+                    applied.setdefault(seq, {}).setdefault(
+                        d["target"], d.get("applied") or ev["ts"]
+                    )
 
     state = DirectoryState()
     timeline: list[dict[str, Any]] = []
@@ -89,11 +102,17 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
                 elif op in ("patch", "replace"):
                     what += _describe_user_change(detail.get("changed", {}))
                 elif op == "delete":
-                    what.append(f"deleted (removed from {len(detail.get('removed_from_groups', []))} group(s))")
+                    what.append(
+                        f"deleted (removed from {len(detail.get('removed_from_groups', []))} group(s))"
+                    )
             elif ev["resource_type"] == "Group":
                 group = state.groups.get(ev["resource_id"])
-                name = (detail.get("resource") or {}).get("displayName") or (group.display_name if group else "?")
-                if uid in (detail.get("members_added") or []) or uid in ((detail.get("resource") or {}).get("members") or []):
+                name = (detail.get("resource") or {}).get("displayName") or (
+                    group.display_name if group else "?"
+                )
+                if uid in (detail.get("members_added") or []) or uid in (
+                    (detail.get("resource") or {}).get("members") or []
+                ):
                     what.append(f"added to group {name}")
                 if uid in (detail.get("members_removed") or []):
                     what.append(f"removed from group {name}")
@@ -107,8 +126,12 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
             continue
         if not what:
             what.append("HAProxy entries recomputed")
-        line: dict[str, Any] = {"ts": ev["ts"], "seq": ev["seq"], "what": "; ".join(what),
-                                "actor": ev["actor"]}
+        line: dict[str, Any] = {
+            "ts": ev["ts"],
+            "seq": ev["seq"],
+            "what": "; ".join(what),
+            "actor": ev["actor"],
+        }
         if changes:
             line["map_changes"] = changes
             enforced: dict[str, str] = {}
@@ -116,8 +139,11 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
                 for target, when in applied.get(int(c["seq"]), {}).items():
                     enforced[target] = max(enforced.get(target, when), when)
             line["enforced"] = [
-                {"target": t, "applied": w,
-                 "after_ms": (_ts(w) - _ts(ev["ts"])).total_seconds() * 1000}
+                {
+                    "target": t,
+                    "applied": w,
+                    "after_ms": (_ts(w) - _ts(ev["ts"])).total_seconds() * 1000,
+                }
                 for t, w in sorted(enforced.items())
             ]
             line["unconfirmed"] = [t for t in targets if t not in enforced]
