@@ -35,8 +35,9 @@ def _resolve_refs(value: Any, ids: dict[str, str]) -> Any:
     return value
 
 
-def run_bulk(service: ScimService, body: Any, actor: Actor, base_url: str, *,
-             max_operations: int) -> tuple[dict[str, Any], list[WriteResult]]:
+def run_bulk(
+    service: ScimService, body: Any, actor: Actor, base_url: str, *, max_operations: int
+) -> tuple[dict[str, Any], list[WriteResult]]:
     if not isinstance(body, dict):
         raise errors.InvalidSyntax("a BulkRequest must be a JSON object")
     schemas = body.get("schemas")
@@ -46,9 +47,13 @@ def run_bulk(service: ScimService, body: Any, actor: Actor, base_url: str, *,
     if not isinstance(ops, list) or not ops:
         raise errors.InvalidSyntax("Operations must be a non-empty array")
     if len(ops) > max_operations:
-        raise errors.PayloadTooLarge(f"{len(ops)} operations exceed maxOperations ({max_operations})")
+        raise errors.PayloadTooLarge(
+            f"{len(ops)} operations exceed maxOperations ({max_operations})"
+        )
     fail_on = body.get("failOnErrors")
-    if fail_on is not None and (not isinstance(fail_on, int) or isinstance(fail_on, bool) or fail_on < 1):
+    if fail_on is not None and (
+        not isinstance(fail_on, int) or isinstance(fail_on, bool) or fail_on < 1
+    ):
         raise errors.InvalidValue("failOnErrors must be a positive integer")
 
     ids: dict[str, str] = {}
@@ -74,13 +79,19 @@ def run_bulk(service: ScimService, body: Any, actor: Actor, base_url: str, *,
                 error_count += 1
         if len(deferred) == len(pending):
             for i in deferred:
-                responses[i] = _error_entry(ops[i], errors.InvalidValue(
-                    "bulkId reference cannot be resolved (unknown or circular)"))
+                responses[i] = _error_entry(
+                    ops[i],
+                    errors.InvalidValue(
+                        "bulkId reference cannot be resolved (unknown or circular)"
+                    ),
+                )
                 error_count += 1
             break
         pending = deferred
-    return {"schemas": [BULK_RESPONSE_SCHEMA],
-            "Operations": [r for r in responses if r is not None]}, results
+    return {
+        "schemas": [BULK_RESPONSE_SCHEMA],
+        "Operations": [r for r in responses if r is not None],
+    }, results
 
 
 def _error_entry(op: Any, exc: errors.ScimError) -> dict[str, Any]:
@@ -92,8 +103,9 @@ def _error_entry(op: Any, exc: errors.ScimError) -> dict[str, Any]:
     return entry
 
 
-def _run_one(service: ScimService, op: Any, ids: dict[str, str], actor: Actor,
-             base_url: str) -> tuple[dict[str, Any], WriteResult | None]:
+def _run_one(
+    service: ScimService, op: Any, ids: dict[str, str], actor: Actor, base_url: str
+) -> tuple[dict[str, Any], WriteResult | None]:
     try:
         if not isinstance(op, dict):
             raise errors.InvalidSyntax("each operation must be an object")
@@ -127,8 +139,12 @@ def _run_one(service: ScimService, op: Any, ids: dict[str, str], actor: Actor,
             result = service.create(rtype, data, actor, base_url)
             assert result.resource is not None
             ids[bulk_id] = result.resource["id"]
-            return {**entry, "location": result.resource["meta"]["location"],
-                    "version": result.resource["meta"]["version"], "status": "201"}, result
+            return {
+                **entry,
+                "location": result.resource["meta"]["location"],
+                "version": result.resource["meta"]["version"],
+                "status": "201",
+            }, result
         if rid is None:
             raise errors.InvalidPath(f"{method} needs /{m.group(1)}/<id>")
         if method == "DELETE":
@@ -139,7 +155,11 @@ def _run_one(service: ScimService, op: Any, ids: dict[str, str], actor: Actor,
         else:
             result = service.patch(rtype, rid, data, actor, base_url, if_match)
         res = result.resource or {}
-        return {**entry, "location": f"{base_url}/{m.group(1)}/{rid}",
-                "version": res.get("meta", {}).get("version"), "status": "200"}, result
+        return {
+            **entry,
+            "location": f"{base_url}/{m.group(1)}/{rid}",
+            "version": res.get("meta", {}).get("version"),
+            "status": "200",
+        }, result
     except errors.ScimError as exc:
         return _error_entry(op, exc), None

@@ -13,10 +13,15 @@ import click
 from scimgate import tokens
 from scimgate.config import ConfigError, Settings, load_settings
 
-_dir_option = click.option("--dir", "directory", type=click.Path(file_okay=False),
-                           help="Instance directory (made by `scimgate up --dir DIR`).")
-_config_option = click.option("--config", "config", type=click.Path(dir_okay=False),
-                              help="Config file (instead of --dir).")
+_dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="Instance directory (made by `scimgate up --dir DIR`).",
+)
+_config_option = click.option(
+    "--config", "config", type=click.Path(dir_okay=False), help="Config file (instead of --dir)."
+)
 
 
 def _settings(directory: str | None, config: str | None) -> Settings:
@@ -56,8 +61,15 @@ def run_server(settings: Settings, host: str, port: int, *, on_started: Any = No
     logs.setup(settings.log_level)
     instance = Instance(settings)
     instance.start()
-    config = uvicorn.Config(instance.app, host=host, port=port, log_config=None,
-                            access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        instance.app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     if on_started is not None:
         original = server.startup
@@ -90,8 +102,13 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
 
 
 @main.command()
-@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
-              help="Where the instance lives (created if missing, reused if present).")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where the instance lives (created if missing, reused if present).",
+)
 @click.option("--port", type=int, default=None, help="SCIM port (default 8000 or the config's).")
 @click.option("--haproxy-port", type=int, default=None, help="HAProxy port (default 8080).")
 @click.option("--no-haproxy", is_flag=True, help="Run the SCIM service alone.")
@@ -123,7 +140,9 @@ def token() -> None:
 @_dir_option
 @_config_option
 @click.option("--expires-in", default=None, help="Lifetime, e.g. 90d, 12h (default: none).")
-def token_create(name: str, directory: str | None, config: str | None, expires_in: str | None) -> None:
+def token_create(
+    name: str, directory: str | None, config: str | None, expires_in: str | None
+) -> None:
     """Create a token and print its secret once.
 
     \b
@@ -156,9 +175,16 @@ def token_list(directory: str | None, config: str | None, as_json: bool) -> None
         return
     click.echo(f"{'NAME':<20} {'CREATED':<28} {'EXPIRES':<28} {'LAST USED':<28} STATE")
     for r in rows:
-        state = "revoked" if r.revoked else (f"rotating (old secret until {r.rotating_until})"
-                                             if r.rotating_until else "active")
-        click.echo(f"{r.name:<20} {r.created:<28} {r.expires or '-':<28} {r.last_used or '-':<28} {state}")
+        state = (
+            "revoked"
+            if r.revoked
+            else (
+                f"rotating (old secret until {r.rotating_until})" if r.rotating_until else "active"
+            )
+        )
+        click.echo(
+            f"{r.name:<20} {r.created:<28} {r.expires or '-':<28} {r.last_used or '-':<28} {state}"
+        )
 
 
 @token.command("revoke")
@@ -183,11 +209,13 @@ def token_revoke(name: str, directory: str | None, config: str | None) -> None:
 @click.argument("name")
 @_dir_option
 @_config_option
-@click.option("--overlap", default="24h", show_default=True,
-              help="How long the old secret keeps working.")
+@click.option(
+    "--overlap", default="24h", show_default=True, help="How long the old secret keeps working."
+)
 @click.option("--expires-in", default=None, help="New lifetime for the token.")
-def token_rotate(name: str, directory: str | None, config: str | None, overlap: str,
-                 expires_in: str | None) -> None:
+def token_rotate(
+    name: str, directory: str | None, config: str | None, overlap: str, expires_in: str | None
+) -> None:
     """Issue a new secret; the old one works for --overlap, then stops.
 
     \b
@@ -195,8 +223,12 @@ def token_rotate(name: str, directory: str | None, config: str | None, overlap: 
       scimgate token rotate okta --dir ./demo --overlap 1h
     """
     try:
-        secret = tokens.rotate(_db(_settings(directory, config)), name, tokens.parse_duration(overlap),
-                               tokens.parse_duration(expires_in) if expires_in else None)
+        secret = tokens.rotate(
+            _db(_settings(directory, config)),
+            name,
+            tokens.parse_duration(overlap),
+            tokens.parse_duration(expires_in) if expires_in else None,
+        )
     except tokens.TokenError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(secret)

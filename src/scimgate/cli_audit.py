@@ -55,8 +55,11 @@ def register_audit(main: click.Group) -> None:
         if result.ok:
             click.echo(f"audit chain OK: {result.events} events, head {head}")
             return
-        click.echo(f"audit chain BROKEN at event {result.broken_seq}: {result.reason} "
-                   f"({result.events} events verified before it)", err=True)
+        click.echo(
+            f"audit chain BROKEN at event {result.broken_seq}: {result.reason} "
+            f"({result.events} events verified before it)",
+            err=True,
+        )
         sys.exit(1)
 
     @audit.command("export")
@@ -64,10 +67,12 @@ def register_audit(main: click.Group) -> None:
     @_config_option
     @click.option("--since", default=None, help="ISO 8601 time (inclusive).")
     @click.option("--until", default=None, help="ISO 8601 time (inclusive).")
-    @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
-                  show_default=True)
-    def audit_export(directory: str | None, config: str | None, since: str | None,
-                     until: str | None, fmt: str) -> None:
+    @click.option(
+        "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+    )
+    def audit_export(
+        directory: str | None, config: str | None, since: str | None, until: str | None, fmt: str
+    ) -> None:
         """Export events (with their hashes, so the export can be re-verified).
 
         \b
@@ -78,16 +83,33 @@ def register_audit(main: click.Group) -> None:
 
         db = _db(_settings(directory, config))
         out = sys.stdout
-        cols = ["seq", "ts", "kind", "actor", "client", "user_agent", "request_id",
-                "resource_type", "resource_id", "operation", "detail", "prev_hash", "hash"]
+        cols = [
+            "seq",
+            "ts",
+            "kind",
+            "actor",
+            "client",
+            "user_agent",
+            "request_id",
+            "resource_type",
+            "resource_id",
+            "operation",
+            "detail",
+            "prev_hash",
+            "hash",
+        ]
         writer = csv.writer(out) if fmt == "csv" else None
         if writer:
             writer.writerow(cols)
         with db.read() as conn:
             for ev in iter_events(conn, since=_iso(since), until=_iso(until)):
                 if writer:
-                    writer.writerow([json.dumps(ev[c], ensure_ascii=False) if c == "detail" else ev[c]
-                                     for c in cols])
+                    writer.writerow(
+                        [
+                            json.dumps(ev[c], ensure_ascii=False) if c == "detail" else ev[c]
+                            for c in cols
+                        ]
+                    )
                 else:
                     out.write(json.dumps(ev, ensure_ascii=False, default=str) + "\n")
 
@@ -118,8 +140,9 @@ def register_audit(main: click.Group) -> None:
         for line in story["timeline"]:
             click.echo(f"  {line['ts']}  {line['what']}")
             for e in line.get("enforced", []):
-                click.echo(f"      enforced on {e['target']} at {e['applied']}"
-                           f" (+{e['after_ms']:.1f} ms)")
+                click.echo(
+                    f"      enforced on {e['target']} at {e['applied']} (+{e['after_ms']:.1f} ms)"
+                )
             if line.get("unconfirmed"):
                 click.echo(f"      NOT CONFIRMED by: {', '.join(line['unconfirmed'])}")
 
@@ -130,10 +153,15 @@ def register_audit(main: click.Group) -> None:
     @report.command("access")
     @_dir_option
     @_config_option
-    @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md",
-                  show_default=True)
-    @click.option("--at", "at", default=None,
-                  help="ISO 8601 time: the access at that moment, rebuilt from the audit trail.")
+    @click.option(
+        "--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True
+    )
+    @click.option(
+        "--at",
+        "at",
+        default=None,
+        help="ISO 8601 time: the access at that moment, rebuilt from the audit trail.",
+    )
     def report_access(directory: str | None, config: str | None, fmt: str, at: str | None) -> None:
         """For every route, who can reach it and through which group.
 
@@ -153,6 +181,6 @@ def register_audit(main: click.Group) -> None:
         policy = load_policy(settings.policy_file)
         db = _db(settings)
         with db.read() as conn:
-            state: Any = (replay(iter_events(conn), until=_iso(at)) if at else current_state(conn))
+            state: Any = replay(iter_events(conn), until=_iso(at)) if at else current_state(conn)
         buf = io.StringIO(render(access_rows(state, policy), fmt))
         click.echo(buf.getvalue(), nl=False)

@@ -90,7 +90,9 @@ def _resolve(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def load_settings(*, directory: str | Path | None = None, config: str | Path | None = None) -> Settings:
+def load_settings(
+    *, directory: str | Path | None = None, config: str | Path | None = None
+) -> Settings:
     """Settings of the instance in ``directory`` or from ``config``; env overrides last."""
     if config is not None:
         path = Path(config)
@@ -111,8 +113,12 @@ def load_settings(*, directory: str | Path | None = None, config: str | Path | N
         data = loaded
     elif config is not None:
         raise ConfigError(f"{path}: no such config file")
-    known = set(Settings.__dataclass_fields__) - {"base_dir", "targets", "policy_file",
-                                                   "hmac_secret_file"}
+    known = set(Settings.__dataclass_fields__) - {
+        "base_dir",
+        "targets",
+        "policy_file",
+        "hmac_secret_file",
+    }
     unknown = set(data) - known - {"targets", "policy_file", "hmac_secret_file"}
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")

@@ -27,15 +27,17 @@ class Instance:
         self.enforcement: PolicyEnforcement | None = None
         if settings.policy_file is not None:
             secret_file = settings.hmac_secret_file or (settings.base_dir / "hmac.key")
-            self.enforcement = PolicyEnforcement(load_policy(settings.policy_file),
-                                                 load_or_create_secret(secret_file))
+            self.enforcement = PolicyEnforcement(
+                load_policy(settings.policy_file), load_or_create_secret(secret_file)
+            )
         self.sync: Any = None
         if with_sync and settings.targets:
             from scimgate.sync.engine import SyncEngine
 
             self.sync = SyncEngine.from_settings(settings, self.db, self.metrics)
         self.service = ScimService(
-            self.db, enforcement=self.enforcement,
+            self.db,
+            enforcement=self.enforcement,
             on_commit=self.sync.notify if self.sync is not None else None,
         )
         self.api = Api(settings, self.service, self.metrics, self.sync)

@@ -54,7 +54,9 @@ def check_if_match(if_match: str | None, version: int) -> None:
         return
     current = rs.etag(version)
     if not any(t == current or t == current[2:] for t in tags):
-        raise errors.PreconditionFailed(f"If-Match {if_match} does not match the current version {current}")
+        raise errors.PreconditionFailed(
+            f"If-Match {if_match} does not match the current version {current}"
+        )
 
 
 def _rtype(name: str) -> ResourceType:
@@ -85,12 +87,21 @@ class ScimService:
 
     # --- reads ---------------------------------------------------------------------------
 
-    def get(self, rtype_name: str, rid: str, base_url: str, *, include_members: bool = True) -> dict[str, Any]:
+    def get(
+        self, rtype_name: str, rid: str, base_url: str, *, include_members: bool = True
+    ) -> dict[str, Any]:
         with self.db.read() as conn:
             return self._load(conn, rtype_name, rid, base_url, include_members=include_members)
 
-    def _load(self, conn: Connection, rtype_name: str, rid: str, base_url: str, *,
-              include_members: bool = True) -> dict[str, Any]:
+    def _load(
+        self,
+        conn: Connection,
+        rtype_name: str,
+        rid: str,
+        base_url: str,
+        *,
+        include_members: bool = True,
+    ) -> dict[str, Any]:
         if rtype_name == "User":
             row = rs.get_user(conn, rid)
             return rs.user_resource(row, base_url, rs.groups_of_users(conn, [rid])[rid])
@@ -141,7 +152,9 @@ class ScimService:
 
     # --- writes --------------------------------------------------------------------------
 
-    def _refresh(self, conn: Connection, user_ids: Sequence[str], base_url: str) -> list[outbox.MapChange]:
+    def _refresh(
+        self, conn: Connection, user_ids: Sequence[str], base_url: str
+    ) -> list[outbox.MapChange]:
         if self.enforcement is None or not user_ids:
             return []
         return outbox.refresh_users(conn, user_ids, self.enforcement.entries, base_url)
@@ -171,17 +184,31 @@ class ScimService:
                 added = rs.add_members(conn, grow.id, member_ids)
                 changes = (
                     self._refresh(conn, added, base_url)
-                    if self._group_matters((grow.display_name, grow.external_id)) else []
+                    if self._group_matters((grow.display_name, grow.external_id))
+                    else []
                 )
                 out = rs.group_resource(grow, base_url, rs.member_rows(conn, [grow.id])[grow.id])
                 rid = grow.id
-            audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
-                         operation="create", detail={"resource": _audit_view(out),
-                                                     **_change_detail(changes)})
+            audit.append(
+                conn,
+                "scim.write",
+                actor,
+                resource_type=rtype.name,
+                resource_id=rid,
+                operation="create",
+                detail={"resource": _audit_view(out), **_change_detail(changes)},
+            )
         return self._committed(WriteResult(out, changes))
 
-    def replace(self, rtype_name: str, rid: str, body: Any, actor: audit.Actor, base_url: str,
-                if_match: str | None = None) -> WriteResult:
+    def replace(
+        self,
+        rtype_name: str,
+        rid: str,
+        body: Any,
+        actor: audit.Actor,
+        base_url: str,
+        if_match: str | None = None,
+    ) -> WriteResult:
         rtype = _rtype(rtype_name)
         resource = normalise(body, rtype, mode="replace")
         if isinstance(body, dict) and body.get("id") not in (None, rid):
@@ -208,17 +235,40 @@ class ScimService:
                 after_g = (grow.display_name, grow.external_id)
                 affected: list[str] = []
                 if self._group_matters(before_g, after_g):
-                    affected = rs.all_member_ids(conn, rid) + removed if before_g != after_g else added + removed
+                    affected = (
+                        rs.all_member_ids(conn, rid) + removed
+                        if before_g != after_g
+                        else added + removed
+                    )
                 changes = self._refresh(conn, affected, base_url)
                 out = rs.group_resource(grow, base_url, rs.member_rows(conn, [rid])[rid])
-                detail = {"changed": diff(before, out), "members_added": added,
-                          "members_removed": removed}
-            audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
-                         operation="replace", detail={**detail, **_change_detail(changes)})
+                detail = {
+                    "changed": diff(before, out),
+                    "members_added": added,
+                    "members_removed": removed,
+                }
+            audit.append(
+                conn,
+                "scim.write",
+                actor,
+                resource_type=rtype.name,
+                resource_id=rid,
+                operation="replace",
+                detail={**detail, **_change_detail(changes)},
+            )
         return self._committed(WriteResult(out, changes))
 
-    def patch(self, rtype_name: str, rid: str, body: Any, actor: audit.Actor, base_url: str,
-              if_match: str | None = None, *, want_members: bool = False) -> WriteResult:
+    def patch(
+        self,
+        rtype_name: str,
+        rid: str,
+        body: Any,
+        actor: audit.Actor,
+        base_url: str,
+        if_match: str | None = None,
+        *,
+        want_members: bool = False,
+    ) -> WriteResult:
         rtype = _rtype(rtype_name)
         with self.db.write() as conn:
             if rtype is USER_TYPE:
@@ -244,18 +294,33 @@ class ScimService:
                 after_g = (grow.display_name, grow.external_id)
                 affected: list[str] = []
                 if self._group_matters(before_g, after_g):
-                    affected = (rs.all_member_ids(conn, rid) + removed
-                                if before_g != after_g else added + removed)
+                    affected = (
+                        rs.all_member_ids(conn, rid) + removed
+                        if before_g != after_g
+                        else added + removed
+                    )
                 changes = self._refresh(conn, affected, base_url)
                 members = rs.member_rows(conn, [rid])[rid] if want_members else None
                 out = rs.group_resource(grow, base_url, members)
-                detail = {"changed": diff(before, out), "members_added": added,
-                          "members_removed": removed}
-            audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
-                         operation="patch", detail={**detail, **_change_detail(changes)})
+                detail = {
+                    "changed": diff(before, out),
+                    "members_added": added,
+                    "members_removed": removed,
+                }
+            audit.append(
+                conn,
+                "scim.write",
+                actor,
+                resource_type=rtype.name,
+                resource_id=rid,
+                operation="patch",
+                detail={**detail, **_change_detail(changes)},
+            )
         return self._committed(WriteResult(out, changes))
 
-    def _apply_member_ops(self, conn: Connection, gid: str, result: PatchResult) -> tuple[list[str], list[str]]:
+    def _apply_member_ops(
+        self, conn: Connection, gid: str, result: PatchResult
+    ) -> tuple[list[str], list[str]]:
         """Membership changes of a group PATCH, as row inserts/deletes: O(members changed).
 
         The PATCH engine has already composed the operations in order into a net effect.
@@ -276,8 +341,14 @@ class ScimService:
             added += rs.add_members(conn, gid, [m.value for m in result.members_add])
         return list(dict.fromkeys(added)), [m for m in dict.fromkeys(removed) if m not in added]
 
-    def delete(self, rtype_name: str, rid: str, actor: audit.Actor, base_url: str,
-               if_match: str | None = None) -> WriteResult:
+    def delete(
+        self,
+        rtype_name: str,
+        rid: str,
+        actor: audit.Actor,
+        base_url: str,
+        if_match: str | None = None,
+    ) -> WriteResult:
         rtype = _rtype(rtype_name)
         with self.db.write() as conn:
             if rtype is USER_TYPE:
@@ -285,16 +356,29 @@ class ScimService:
                 check_if_match(if_match, row.version)
                 group_ids = rs.delete_user(conn, rid)
                 changes = self._refresh(conn, [rid], base_url)
-                detail: dict[str, Any] = {"userName": row.user_name, "removed_from_groups": group_ids}
+                detail: dict[str, Any] = {
+                    "userName": row.user_name,
+                    "removed_from_groups": group_ids,
+                }
             else:
                 grow = rs.get_group(conn, rid)
                 check_if_match(if_match, grow.version)
                 members = rs.delete_group(conn, rid)
-                changes = (self._refresh(conn, members, base_url)
-                           if self._group_matters((grow.display_name, grow.external_id)) else [])
+                changes = (
+                    self._refresh(conn, members, base_url)
+                    if self._group_matters((grow.display_name, grow.external_id))
+                    else []
+                )
                 detail = {"displayName": grow.display_name, "members": len(members)}
-            audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
-                         operation="delete", detail={**detail, **_change_detail(changes)})
+            audit.append(
+                conn,
+                "scim.write",
+                actor,
+                resource_type=rtype.name,
+                resource_id=rid,
+                operation="delete",
+                detail={**detail, **_change_detail(changes)},
+            )
         return self._committed(WriteResult(None, changes))
 
 
@@ -329,8 +413,15 @@ def _audit_view(resource: dict[str, Any]) -> dict[str, Any]:
 def _change_detail(changes: list[outbox.MapChange]) -> dict[str, Any]:
     if not changes:
         return {}
-    return {"map_changes": [
-        {"seq": c.seq, "key": c.identity_key, "value": c.value, "user_id": c.user_id,
-         "deprovision": c.deprovision}
-        for c in changes
-    ]}
+    return {
+        "map_changes": [
+            {
+                "seq": c.seq,
+                "key": c.identity_key,
+                "value": c.value,
+                "user_id": c.user_id,
+                "deprovision": c.deprovision,
+            }
+            for c in changes
+        ]
+    }

@@ -39,7 +39,9 @@ def parse_duration(text: str) -> timedelta:
     if not m:
         raise TokenError(f"bad duration {text!r}: use e.g. 90d, 12h, 30m")
     n, unit = int(m.group(1)), m.group(2)
-    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
+    return timedelta(
+        **{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n}
+    )
 
 
 def hash_secret(secret: str) -> str:
@@ -73,17 +75,28 @@ def create(db: Database, name: str, expires_in: timedelta | None = None) -> str:
     with db.write() as conn:
         if conn.execute(sa.select(T.c.id).where(T.c.name == name)).first() is not None:
             raise TokenError(f"a token named {name!r} exists (revoke or rotate it)")
-        conn.execute(T.insert().values(
-            name=name, secret_hash=hash_secret(secret), created=_iso(now),
-            expires=_iso(now + expires_in) if expires_in else None,
-        ))
-        audit.append(conn, "token.created", detail={"name": name,
-                                                    "expires": _iso(now + expires_in) if expires_in else None})
+        conn.execute(
+            T.insert().values(
+                name=name,
+                secret_hash=hash_secret(secret),
+                created=_iso(now),
+                expires=_iso(now + expires_in) if expires_in else None,
+            )
+        )
+        audit.append(
+            conn,
+            "token.created",
+            detail={"name": name, "expires": _iso(now + expires_in) if expires_in else None},
+        )
     return secret
 
 
-def rotate(db: Database, name: str, overlap: timedelta = timedelta(hours=24),
-           expires_in: timedelta | None = None) -> str:
+def rotate(
+    db: Database,
+    name: str,
+    overlap: timedelta = timedelta(hours=24),
+    expires_in: timedelta | None = None,
+) -> str:
     """New secret for ``name``; the old one keeps working for ``overlap``, then stops."""
     secret = PREFIX + secrets.token_urlsafe(32)
     now = datetime.now(UTC)
@@ -91,19 +104,29 @@ def rotate(db: Database, name: str, overlap: timedelta = timedelta(hours=24),
         row = conn.execute(sa.select(T).where(T.c.name == name, T.c.revoked.is_(None))).first()
         if row is None:
             raise TokenError(f"no active token named {name!r}")
-        values = {"secret_hash": hash_secret(secret), "previous_hash": row.secret_hash,
-                  "previous_expires": _iso(now + overlap)}
+        values = {
+            "secret_hash": hash_secret(secret),
+            "previous_hash": row.secret_hash,
+            "previous_expires": _iso(now + overlap),
+        }
         if expires_in is not None:
             values["expires"] = _iso(now + expires_in)
         conn.execute(T.update().where(T.c.id == row.id).values(**values))
-        audit.append(conn, "token.rotated", detail={"name": name, "old_secret_valid_until": _iso(now + overlap)})
+        audit.append(
+            conn,
+            "token.rotated",
+            detail={"name": name, "old_secret_valid_until": _iso(now + overlap)},
+        )
     return secret
 
 
 def revoke(db: Database, name: str) -> None:
     with db.write() as conn:
-        res = conn.execute(T.update().where(T.c.name == name, T.c.revoked.is_(None))
-                           .values(revoked=now_iso(), previous_hash=None, previous_expires=None))
+        res = conn.execute(
+            T.update()
+            .where(T.c.name == name, T.c.revoked.is_(None))
+            .values(revoked=now_iso(), previous_hash=None, previous_expires=None)
+        )
         if res.rowcount == 0:
             raise TokenError(f"no active token named {name!r}")
         audit.append(conn, "token.revoked", detail={"name": name})
@@ -114,8 +137,14 @@ def list_tokens(db: Database) -> list[TokenInfo]:
         rows = conn.execute(sa.select(T).order_by(T.c.name)).all()
     now = now_iso()
     return [
-        TokenInfo(r.name, r.created, r.expires, r.last_used, r.revoked,
-                  r.previous_expires if r.previous_expires and r.previous_expires > now else None)
+        TokenInfo(
+            r.name,
+            r.created,
+            r.expires,
+            r.last_used,
+            r.revoked,
+            r.previous_expires if r.previous_expires and r.previous_expires > now else None,
+        )
         for r in rows
     ]
 
@@ -162,6 +191,7 @@ def touch(db: Database, name: str, last_used: str | None) -> None:
 def expiries(db: Database) -> dict[str, float]:
     """name → expiry as a Unix timestamp (for metrics)."""
     with db.read() as conn:
-        rows = conn.execute(sa.select(T.c.name, T.c.expires).where(T.c.revoked.is_(None),
-                                                                   T.c.expires.is_not(None))).all()
+        rows = conn.execute(
+            sa.select(T.c.name, T.c.expires).where(T.c.revoked.is_(None), T.c.expires.is_not(None))
+        ).all()
     return {n: _parse_iso(e).timestamp() for n, e in rows}

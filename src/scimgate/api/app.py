@@ -12,9 +12,10 @@ from typing import Any, Protocol
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from scimgate import tokens
 from scimgate.api import http
 from scimgate.api.metrics import Metrics
 from scimgate.audit import log as audit
@@ -24,7 +25,6 @@ from scimgate.scim import discovery, errors
 from scimgate.scim.resource import project
 from scimgate.scim.schema import RESOURCE_TYPES, SEARCH_REQUEST_SCHEMA
 from scimgate.service import ScimService, WriteResult
-from scimgate import tokens
 
 log = logging.getLogger("scimgate.api")
 
@@ -52,9 +52,12 @@ class Api:
 
     def _actor(self, request: Request, token_name: str | None) -> audit.Actor:
         client = request.client.host if request.client else None
-        return audit.Actor(token=token_name, client=client,
-                           user_agent=request.headers.get("user-agent"),
-                           request_id=request.state.request_id)
+        return audit.Actor(
+            token=token_name,
+            client=client,
+            user_agent=request.headers.get("user-agent"),
+            request_id=request.state.request_id,
+        )
 
     def _authenticate(self, request: Request) -> audit.Actor:
         header = request.headers.get("authorization", "")
@@ -64,30 +67,39 @@ class Api:
             verdict = tokens.authenticate(conn, secret)
             last_used = None
             if verdict.reason == "ok":
-                last_used = conn.execute(
-                    tokens.T.select().where(tokens.T.c.name == verdict.name)
-                ).first().last_used
+                last_used = (
+                    conn.execute(tokens.T.select().where(tokens.T.c.name == verdict.name))
+                    .first()
+                    .last_used
+                )
         actor = self._actor(request, verdict.name)
         if verdict.reason != "ok":
             kind = "token.expired_use" if verdict.reason == "expired" else "auth.failed"
             with self.db.write() as conn:
-                audit.append(conn, kind, actor, detail={"reason": verdict.reason,
-                                                        "path": request.url.path})
+                audit.append(
+                    conn, kind, actor, detail={"reason": verdict.reason, "path": request.url.path}
+                )
             self.metrics.auth_failures.labels(verdict.reason).inc()
             raise errors.Unauthorized(
-                "missing bearer token" if verdict.reason == "missing"
+                "missing bearer token"
+                if verdict.reason == "missing"
                 else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}"
             )
         assert verdict.name is not None
         tokens.touch(self.db, verdict.name, last_used)
         return actor
 
-    async def call(self, request: Request, endpoint: str,
-                   work: Callable[[audit.Actor], Response | WriteResultResponse]) -> Response:
+    async def call(
+        self,
+        request: Request,
+        endpoint: str,
+        work: Callable[[audit.Actor], Response | WriteResultResponse],
+    ) -> Response:
         started = time.perf_counter()
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         status = 500
         try:
+
             def run() -> Response | WriteResultResponse:
                 return work(self._authenticate(request))
 
@@ -105,9 +117,16 @@ class Api:
         response.headers["X-Request-ID"] = request.state.request_id
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(endpoint, request.method, status, elapsed)
-        log.info("scim request", extra={"request_id": request.state.request_id,
-                                        "method": request.method, "path": request.url.path,
-                                        "status": status, "ms": round(elapsed * 1000, 2)})
+        log.info(
+            "scim request",
+            extra={
+                "request_id": request.state.request_id,
+                "method": request.method,
+                "path": request.url.path,
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+            },
+        )
         return response
 
     async def _read_your_writes(self, result: WriteResult) -> None:
@@ -116,8 +135,10 @@ class Api:
         ok = await self.sync.wait_confirmed(result.last_seq, self.settings.read_your_writes_timeout)
         if not ok:
             self.metrics.ryw_timeouts.inc()
-            log.warning("read-your-writes timeout: change %s not yet confirmed by every target",
-                        result.last_seq)
+            log.warning(
+                "read-your-writes timeout: change %s not yet confirmed by every target",
+                result.last_seq,
+            )
 
 
 @dataclass
@@ -128,17 +149,23 @@ class WriteResultResponse:
     result: WriteResult
 
 
-def _projection(q: dict[str, str], body: dict[str, Any] | None = None) -> tuple[list[str] | None, list[str] | None]:
+def _projection(
+    q: dict[str, str], body: dict[str, Any] | None = None
+) -> tuple[list[str] | None, list[str] | None]:
     if body is not None:
         attrs = body.get("attributes")
         excl = body.get("excludedAttributes")
-        return (attrs if isinstance(attrs, list) else http.csv_param(attrs),
-                excl if isinstance(excl, list) else http.csv_param(excl))
+        return (
+            attrs if isinstance(attrs, list) else http.csv_param(attrs),
+            excl if isinstance(excl, list) else http.csv_param(excl),
+        )
     return http.csv_param(q.get("attributes")), http.csv_param(q.get("excludedattributes"))
 
 
 def _wants_members(attrs: list[str] | None, excluded: list[str] | None) -> bool:
-    if excluded and any(a.lower().endswith("members") or a.lower().startswith("members") for a in excluded):
+    if excluded and any(
+        a.lower().endswith("members") or a.lower().startswith("members") for a in excluded
+    ):
         return False
     if attrs is not None:
         return any(a.lower().split(":")[-1].startswith("members") for a in attrs)
@@ -151,8 +178,13 @@ def build_app(api: Api) -> Starlette:
     def rtype_of(request: Request) -> str:
         return str(request.scope["route_rtype"])
 
-    def list_or_search(request: Request, rtype: str, params: dict[str, Any],
-                       attrs: list[str] | None, excluded: list[str] | None) -> Response:
+    def list_or_search(
+        request: Request,
+        rtype: str,
+        params: dict[str, Any],
+        attrs: list[str] | None,
+        excluded: list[str] | None,
+    ) -> Response:
         start = http.int_param(params.get("startindex"), "startIndex", 1)
         count = http.int_param(params.get("count"), "count", s.default_count)
         count = max(0, min(count, s.max_results))
@@ -170,20 +202,28 @@ def build_app(api: Api) -> Starlette:
         for name in rtypes:
             # Root search (RFC 7644 §3.4.3) pages across the resource types in turn.
             n, page = api.service.search(
-                name, base, filter_text=filt, sort_by=params.get("sortby"),
-                sort_order=sort_order, start_index=max(offset - total, 0) + 1,
+                name,
+                base,
+                filter_text=filt,
+                sort_by=params.get("sortby"),
+                sort_order=sort_order,
+                start_index=max(offset - total, 0) + 1,
                 count=max(count - len(found), 0),
                 include_members=_wants_members(attrs, excluded),
             )
             total += n
             found.extend(project(r, RESOURCE_TYPES[name], attrs, excluded) for r in page)
-        return http.scim_response(discovery.list_response(found, total=total, start_index=max(start, 1)))
+        return http.scim_response(
+            discovery.list_response(found, total=total, start_index=max(start, 1))
+        )
 
     async def list_resources(request: Request) -> Response:
         rtype = rtype_of(request)
         q = http.query(request)
         attrs, excluded = _projection(q)
-        return await api.call(request, f"/{rtype}s", lambda actor: list_or_search(request, rtype, q, attrs, excluded))
+        return await api.call(
+            request, f"/{rtype}s", lambda actor: list_or_search(request, rtype, q, attrs, excluded)
+        )
 
     async def search(request: Request) -> Response:
         rtype = request.scope.get("route_rtype", "*")
@@ -192,13 +232,23 @@ def build_app(api: Api) -> Starlette:
         except errors.ScimError as exc:
             return http.error_response(exc)
         if not isinstance(body, dict):
-            return http.error_response(errors.InvalidSyntax("a SearchRequest must be a JSON object"))
+            return http.error_response(
+                errors.InvalidSyntax("a SearchRequest must be a JSON object")
+            )
         schemas = body.get("schemas")
-        if schemas is not None and SEARCH_REQUEST_SCHEMA not in (schemas if isinstance(schemas, list) else []):
-            return http.error_response(errors.InvalidSyntax(f"schemas must contain {SEARCH_REQUEST_SCHEMA}"))
+        if schemas is not None and SEARCH_REQUEST_SCHEMA not in (
+            schemas if isinstance(schemas, list) else []
+        ):
+            return http.error_response(
+                errors.InvalidSyntax(f"schemas must contain {SEARCH_REQUEST_SCHEMA}")
+            )
         params = {k.lower(): v for k, v in body.items()}
         attrs, excluded = _projection({}, body)
-        return await api.call(request, "/.search", lambda actor: list_or_search(request, rtype, params, attrs, excluded))
+        return await api.call(
+            request,
+            "/.search",
+            lambda actor: list_or_search(request, rtype, params, attrs, excluded),
+        )
 
     async def create(request: Request) -> Response:
         rtype = rtype_of(request)
@@ -214,9 +264,14 @@ def build_app(api: Api) -> Starlette:
             assert result.resource is not None
             res = result.resource
             api.metrics.writes.labels(rtype, "create").inc()
-            return WriteResultResponse(http.scim_response(
-                project(res, RESOURCE_TYPES[rtype], attrs, excluded), 201,
-                {"Location": res["meta"]["location"], "ETag": res["meta"]["version"]}), result)
+            return WriteResultResponse(
+                http.scim_response(
+                    project(res, RESOURCE_TYPES[rtype], attrs, excluded),
+                    201,
+                    {"Location": res["meta"]["location"], "ETag": res["meta"]["version"]},
+                ),
+                result,
+            )
 
         return await api.call(request, f"/{rtype}s", work)
 
@@ -228,12 +283,17 @@ def build_app(api: Api) -> Starlette:
         if_none_match = request.headers.get("if-none-match")
 
         def work(actor: audit.Actor) -> Response:
-            res = api.service.get(rtype, rid, http.base_url(request),
-                                  include_members=_wants_members(attrs, excluded))
+            res = api.service.get(
+                rtype, rid, http.base_url(request), include_members=_wants_members(attrs, excluded)
+            )
             tag = res["meta"]["version"]
-            if if_none_match and (if_none_match.strip() == "*" or tag in [t.strip() for t in if_none_match.split(",")]):
+            if if_none_match and (
+                if_none_match.strip() == "*" or tag in [t.strip() for t in if_none_match.split(",")]
+            ):
                 return Response(status_code=304, headers={"ETag": tag})
-            return http.scim_response(project(res, RESOURCE_TYPES[rtype], attrs, excluded), 200, {"ETag": tag})
+            return http.scim_response(
+                project(res, RESOURCE_TYPES[rtype], attrs, excluded), 200, {"ETag": tag}
+            )
 
         return await api.call(request, f"/{rtype}s/{{id}}", work)
 
@@ -262,20 +322,31 @@ def build_app(api: Api) -> Starlette:
                 result = api.service.replace(rtype, rid, body, actor, base, if_match)
                 api.metrics.writes.labels(rtype, "replace").inc()
             else:
-                want_members = rtype == "Group" and attrs is not None and _wants_members(attrs, excluded)
-                result = api.service.patch(rtype, rid, body, actor, base, if_match,
-                                           want_members=want_members)
+                want_members = (
+                    rtype == "Group" and attrs is not None and _wants_members(attrs, excluded)
+                )
+                result = api.service.patch(
+                    rtype, rid, body, actor, base, if_match, want_members=want_members
+                )
                 api.metrics.writes.labels(rtype, "patch").inc()
                 if rtype == "Group" and attrs is None:
                     # Group PATCH answers 204 (RFC 7644 §3.5.2): returning every member of a
                     # large group after a one-member change is what makes peers O(n).
                     res = result.resource or {}
                     return WriteResultResponse(
-                        Response(status_code=204, headers={"ETag": res.get("meta", {}).get("version", "")}),
-                        result)
+                        Response(
+                            status_code=204,
+                            headers={"ETag": res.get("meta", {}).get("version", "")},
+                        ),
+                        result,
+                    )
             res = result.resource or {}
-            return WriteResultResponse(http.scim_response(
-                project(res, rt, attrs, excluded), 200, {"ETag": res["meta"]["version"]}), result)
+            return WriteResultResponse(
+                http.scim_response(
+                    project(res, rt, attrs, excluded), 200, {"ETag": res["meta"]["version"]}
+                ),
+                result,
+            )
 
         return await api.call(request, f"/{rtype}s/{{id}}", work)
 
@@ -283,24 +354,40 @@ def build_app(api: Api) -> Starlette:
         try:
             body = await http.read_json(request, s.bulk_max_payload_bytes)
         except errors.PayloadTooLarge:
-            return http.error_response(errors.PayloadTooLarge(
-                f"bulk request over maxPayloadSize ({s.bulk_max_payload_bytes} bytes)"))
+            return http.error_response(
+                errors.PayloadTooLarge(
+                    f"bulk request over maxPayloadSize ({s.bulk_max_payload_bytes} bytes)"
+                )
+            )
         except errors.ScimError as exc:
             return http.error_response(exc)
 
         def work(actor: audit.Actor) -> WriteResultResponse:
-            response, results = run_bulk(api.service, body, actor, http.base_url(request),
-                                         max_operations=s.bulk_max_operations)
+            response, results = run_bulk(
+                api.service,
+                body,
+                actor,
+                http.base_url(request),
+                max_operations=s.bulk_max_operations,
+            )
             merged = WriteResult(None, [c for r in results for c in r.changes])
             return WriteResultResponse(http.scim_response(response, 200), merged)
 
         return await api.call(request, "/Bulk", work)
 
     async def spc(request: Request) -> Response:
-        return await api.call(request, "/ServiceProviderConfig", lambda actor: http.scim_response(
-            discovery.service_provider_config(http.base_url(request), max_operations=s.bulk_max_operations,
-                                              max_payload=s.bulk_max_payload_bytes,
-                                              max_results=s.max_results)))
+        return await api.call(
+            request,
+            "/ServiceProviderConfig",
+            lambda actor: http.scim_response(
+                discovery.service_provider_config(
+                    http.base_url(request),
+                    max_operations=s.bulk_max_operations,
+                    max_payload=s.bulk_max_payload_bytes,
+                    max_results=s.max_results,
+                )
+            ),
+        )
 
     async def resource_types(request: Request) -> Response:
         rid = request.path_params.get("id")
@@ -308,7 +395,9 @@ def build_app(api: Api) -> Starlette:
         def work(actor: audit.Actor) -> Response:
             base = http.base_url(request)
             if rid is None:
-                return http.scim_response(discovery.list_response(discovery.all_resource_types(base)))
+                return http.scim_response(
+                    discovery.list_response(discovery.all_resource_types(base))
+                )
             if rid not in RESOURCE_TYPES:
                 raise errors.NotFound(f"ResourceType {rid} not found")
             return http.scim_response(discovery.resource_type(rid, base))
@@ -331,12 +420,16 @@ def build_app(api: Api) -> Starlette:
 
     async def me(request: Request) -> Response:
         def work(actor: audit.Actor) -> Response:
-            raise errors.NotImplementedScim("/Me is not supported: SCIM clients here are IdPs, not end users")
+            raise errors.NotImplementedScim(
+                "/Me is not supported: SCIM clients here are IdPs, not end users"
+            )
 
         return await api.call(request, "/Me", work)
 
     async def not_allowed(request: Request) -> Response:
-        return http.error_response(errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        return http.error_response(
+            errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -359,17 +452,22 @@ def build_app(api: Api) -> Starlette:
             return ok, detail
 
         ok, detail = await run_in_threadpool(check)
-        return JSONResponse({"status": "ready" if ok else "unready", **detail}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "unready", **detail}, status_code=200 if ok else 503
+        )
 
     async def metrics(request: Request) -> Response:
         body, ctype = await run_in_threadpool(api.metrics.render)
         return Response(body, media_type=ctype)
 
     def scim_routes(rtype: str, plural: str) -> list[Route]:
-        def tagged(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        def tagged(
+            endpoint: Callable[[Request], Awaitable[Response]],
+        ) -> Callable[[Request], Awaitable[Response]]:
             async def wrapper(request: Request) -> Response:
                 request.scope["route_rtype"] = rtype
                 return await endpoint(request)
+
             return wrapper
 
         base = f"/scim/v2/{plural}"
@@ -403,9 +501,10 @@ def build_app(api: Api) -> Starlette:
         return http.error_response(errors.NotFound(f"no such endpoint: {request.url.path}"))
 
     async def on_405(request: Request, exc: Exception) -> Response:
-        return http.error_response(errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        return http.error_response(
+            errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        )
 
     app = Starlette(routes=routes, exception_handlers={404: on_404, 405: on_405})
     app.state.api = api
     return app
-

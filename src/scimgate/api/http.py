@@ -16,8 +16,7 @@ _ACCEPTED_TYPES = ("application/scim+json", "application/json")
 
 def scim_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(payload, status_code=status, headers=headers,
-                    media_type=SCIM_CONTENT_TYPE)
+    return Response(payload, status_code=status, headers=headers, media_type=SCIM_CONTENT_TYPE)
 
 
 def error_response(exc: errors.ScimError) -> Response:

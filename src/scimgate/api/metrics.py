@@ -14,34 +14,63 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("scimgate_scim_requests_total", "SCIM requests",
-                                ["endpoint", "method", "status"], registry=r)
-        self.latency = Histogram("scimgate_scim_request_seconds", "SCIM request latency",
-                                 ["endpoint", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.writes = Counter("scimgate_scim_writes_total", "SCIM writes",
-                              ["resource", "operation"], registry=r)
-        self.auth_failures = Counter("scimgate_auth_failures_total", "Failed authentications",
-                                     ["reason"], registry=r)
-        self.ryw_timeouts = Counter("scimgate_read_your_writes_timeouts_total",
-                                    "Writes answered before every target confirmed", registry=r)
-        self.propagation = Histogram("scimgate_propagation_seconds",
-                                     "Commit to confirmed-in-HAProxy latency", ["target"],
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.target_up = Gauge("scimgate_target_up", "Target reachable (1) or not (0)",
-                               ["target"], registry=r)
-        self.target_lag = Gauge("scimgate_target_lag_changes", "Changes not yet applied",
-                                ["target"], registry=r)
-        self.drift_repairs = Counter("scimgate_drift_repairs_total", "Drift found and repaired",
-                                     ["target"], registry=r)
-        self.resyncs = Counter("scimgate_resyncs_total", "Full atomic resyncs", ["target", "reason"],
-                               registry=r)
-        self.unconfirmed = Gauge("scimgate_unconfirmed_deprovisions",
-                                 "Deprovisions not confirmed by every target within the threshold",
-                                 registry=r)
-        self.token_expiry = Gauge("scimgate_token_expiry_timestamp_seconds",
-                                  "When each SCIM token expires", ["token"], registry=r)
-        self.audit_events = Gauge("scimgate_audit_chain_length", "Audit events in the chain",
-                                  registry=r)
+        self.requests = Counter(
+            "scimgate_scim_requests_total",
+            "SCIM requests",
+            ["endpoint", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "scimgate_scim_request_seconds",
+            "SCIM request latency",
+            ["endpoint", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.writes = Counter(
+            "scimgate_scim_writes_total", "SCIM writes", ["resource", "operation"], registry=r
+        )
+        self.auth_failures = Counter(
+            "scimgate_auth_failures_total", "Failed authentications", ["reason"], registry=r
+        )
+        self.ryw_timeouts = Counter(
+            "scimgate_read_your_writes_timeouts_total",
+            "Writes answered before every target confirmed",
+            registry=r,
+        )
+        self.propagation = Histogram(
+            "scimgate_propagation_seconds",
+            "Commit to confirmed-in-HAProxy latency",
+            ["target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.target_up = Gauge(
+            "scimgate_target_up", "Target reachable (1) or not (0)", ["target"], registry=r
+        )
+        self.target_lag = Gauge(
+            "scimgate_target_lag_changes", "Changes not yet applied", ["target"], registry=r
+        )
+        self.drift_repairs = Counter(
+            "scimgate_drift_repairs_total", "Drift found and repaired", ["target"], registry=r
+        )
+        self.resyncs = Counter(
+            "scimgate_resyncs_total", "Full atomic resyncs", ["target", "reason"], registry=r
+        )
+        self.unconfirmed = Gauge(
+            "scimgate_unconfirmed_deprovisions",
+            "Deprovisions not confirmed by every target within the threshold",
+            registry=r,
+        )
+        self.token_expiry = Gauge(
+            "scimgate_token_expiry_timestamp_seconds",
+            "When each SCIM token expires",
+            ["token"],
+            registry=r,
+        )
+        self.audit_events = Gauge(
+            "scimgate_audit_chain_length", "Audit events in the chain", registry=r
+        )
         self._collectors: list[Callable[[], None]] = []
 
     def on_render(self, fn: Callable[[], None]) -> None:

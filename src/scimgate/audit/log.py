@@ -32,7 +32,9 @@ SYSTEM = Actor(token="scimgate")
 def redact(value: Any) -> Any:
     """Drop secrets (passwords, tokens) from anything about to be audited."""
     if isinstance(value, dict):
-        return {k: ("[redacted]" if k.lower() in SECRET_KEYS else redact(v)) for k, v in value.items()}
+        return {
+            k: ("[redacted]" if k.lower() in SECRET_KEYS else redact(v)) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
@@ -56,7 +58,9 @@ def append(
 ) -> int:
     """Append one event in the caller's (write) transaction; returns its seq."""
     head = conn.execute(
-        sa.select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(tables.audit_head.c.id == 1)
+        sa.select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(
+            tables.audit_head.c.id == 1
+        )
     ).one()
     event = {
         "seq": head.seq + 1,
@@ -75,15 +79,16 @@ def append(
     event["hash"] = event_hash(head.hash, event)
     conn.execute(tables.audit_events.insert().values(**event))
     conn.execute(
-        tables.audit_head.update().where(tables.audit_head.c.id == 1).values(
-            seq=event["seq"], hash=event["hash"]
-        )
+        tables.audit_head.update()
+        .where(tables.audit_head.c.id == 1)
+        .values(seq=event["seq"], hash=event["hash"])
     )
     return int(event["seq"])
 
 
-def iter_events(conn: Connection, *, since: str | None = None, until: str | None = None,
-                batch: int = 5000) -> Iterator[dict[str, Any]]:
+def iter_events(
+    conn: Connection, *, since: str | None = None, until: str | None = None, batch: int = 5000
+) -> Iterator[dict[str, Any]]:
     t = tables.audit_events
     last = 0
     while True:
@@ -119,16 +124,25 @@ def verify(conn: Connection) -> VerifyResult:
         bad = first_broken(window, prev) if ev["seq"] == expected else 0
         if bad is not None:
             reason = "missing or reordered event" if ev["seq"] != expected else "hash mismatch"
-            return VerifyResult(False, count, broken_seq=expected if ev["seq"] != expected else ev["seq"],
-                                reason=reason)
+            return VerifyResult(
+                False,
+                count,
+                broken_seq=expected if ev["seq"] != expected else ev["seq"],
+                reason=reason,
+            )
         prev = ev["hash"]
         expected += 1
         count += 1
     head = conn.execute(sa.select(tables.audit_head)).mappings().first()
     if head is not None and (head["seq"] != count or head["hash"] != prev):
-        return VerifyResult(False, count, broken_seq=count + 1 if head["seq"] > count else count,
-                            reason="events after the last one present were deleted"
-                            if head["seq"] > count else "head does not match the last event")
+        return VerifyResult(
+            False,
+            count,
+            broken_seq=count + 1 if head["seq"] > count else count,
+            reason="events after the last one present were deleted"
+            if head["seq"] > count
+            else "head does not match the last event",
+        )
     return VerifyResult(True, count)
 
 
@@ -139,9 +153,11 @@ def current_state(conn: Connection) -> Any:
     state = DirectoryState()
     u, g, m = tables.users, tables.groups, tables.members
     for r in conn.execute(sa.select(u.c.id, u.c.user_name, u.c.active, u.c.attrs)):
-        state.users[r.id] = UserState(r.user_name, bool(r.active), _emails((r.attrs or {}).get("emails")))
-    for r in conn.execute(sa.select(g.c.id, g.c.display_name, g.c.external_id)):
-        state.groups[r.id] = GroupState(r.display_name, r.external_id)
+        state.users[r.id] = UserState(
+            r.user_name, bool(r.active), _emails((r.attrs or {}).get("emails"))
+        )
+    for gid, name, ext in conn.execute(sa.select(g.c.id, g.c.display_name, g.c.external_id)):
+        state.groups[gid] = GroupState(name, ext)
     for gid, mid in conn.execute(sa.select(m.c.group_id, m.c.member_id)):
         state.groups[gid].members.add(mid)
     return state

@@ -53,8 +53,9 @@ def apply_event(state: DirectoryState, ev: dict[str, Any]) -> None:
     if ev.get("resource_type") == "User":
         if op == "create":
             res = detail.get("resource", {})
-            state.users[rid] = UserState(res.get("userName", ""), _bool(res.get("active", True)),
-                                         _emails(res.get("emails")))
+            state.users[rid] = UserState(
+                res.get("userName", ""), _bool(res.get("active", True)), _emails(res.get("emails"))
+            )
         elif op in ("replace", "patch") and rid in state.users:
             user = state.users[rid]
             changed = detail.get("changed", {})
@@ -71,8 +72,9 @@ def apply_event(state: DirectoryState, ev: dict[str, Any]) -> None:
     elif ev.get("resource_type") == "Group":
         if op == "create":
             res = detail.get("resource", {})
-            state.groups[rid] = GroupState(res.get("displayName", ""), res.get("externalId"),
-                                           set(res.get("members") or []))
+            state.groups[rid] = GroupState(
+                res.get("displayName", ""), res.get("externalId"), set(res.get("members") or [])
+            )
         elif op in ("replace", "patch") and rid in state.groups:
             group = state.groups[rid]
             changed = detail.get("changed", {})

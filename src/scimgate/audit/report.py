@@ -34,11 +34,21 @@ def access_rows(state: DirectoryState, policy: Policy) -> list[AccessRow]:
             for group in state.groups_of(uid):
                 for slug in route.allow_groups:
                     pg = policy.groups.get(slug)
-                    if pg and (group.display_name in pg.idp_groups or group.external_id in pg.idp_groups):
+                    if pg and (
+                        group.display_name in pg.idp_groups or group.external_id in pg.idp_groups
+                    ):
                         via.append(f"{group.display_name} → {slug}")
             if via:
-                rows.append(AccessRow(route.name, route.from_.path_prefix, uid, user.user_name,
-                                      "; ".join(sorted(set(via))), scopes))
+                rows.append(
+                    AccessRow(
+                        route.name,
+                        route.from_.path_prefix,
+                        uid,
+                        user.user_name,
+                        "; ".join(sorted(set(via))),
+                        scopes,
+                    )
+                )
     return rows
 
 
@@ -50,9 +60,13 @@ def render(rows: list[AccessRow], fmt: str) -> str:
         writer = csv.writer(buf)
         writer.writerow(["route", "path_prefix", "user_id", "user_name", "via", "requires_scopes"])
         for r in rows:
-            writer.writerow([r.route, r.path_prefix, r.user_id, r.user_name, r.via, r.requires_scopes])
+            writer.writerow(
+                [r.route, r.path_prefix, r.user_id, r.user_name, r.via, r.requires_scopes]
+            )
         return buf.getvalue()
     lines = ["| route | path | user | via | scopes |", "|---|---|---|---|---|"]
-    lines += [f"| {r.route} | `{r.path_prefix}` | {r.user_name} | {r.via} | {r.requires_scopes or '-'} |"
-              for r in rows]
+    lines += [
+        f"| {r.route} | `{r.path_prefix}` | {r.user_name} | {r.via} | {r.requires_scopes or '-'} |"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"

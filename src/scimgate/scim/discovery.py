@@ -13,8 +13,9 @@ from scimgate.scim.schema import (
 )
 
 
-def service_provider_config(base_url: str, *, max_operations: int, max_payload: int,
-                            max_results: int) -> dict[str, Any]:
+def service_provider_config(
+    base_url: str, *, max_operations: int, max_payload: int, max_results: int
+) -> dict[str, Any]:
     return {
         "schemas": [SPC_SCHEMA],
         "documentationUri": "https://github.com/scimgate/scimgate/blob/main/docs/README.md",
@@ -33,8 +34,10 @@ def service_provider_config(base_url: str, *, max_operations: int, max_payload: 
                 "primary": True,
             }
         ],
-        "meta": {"resourceType": "ServiceProviderConfig",
-                 "location": f"{base_url}/ServiceProviderConfig"},
+        "meta": {
+            "resourceType": "ServiceProviderConfig",
+            "location": f"{base_url}/ServiceProviderConfig",
+        },
     }
 
 
@@ -59,8 +62,9 @@ def schema(schema_id: str, base_url: str) -> dict[str, Any] | None:
     return None
 
 
-def list_response(resources: list[dict[str, Any]], *, total: int | None = None,
-                  start_index: int = 1) -> dict[str, Any]:
+def list_response(
+    resources: list[dict[str, Any]], *, total: int | None = None, start_index: int = 1
+) -> dict[str, Any]:
     return {
         "schemas": [LIST_RESPONSE_SCHEMA],
         "totalResults": len(resources) if total is None else total,

@@ -113,8 +113,14 @@ class ResourceType:
         return None
 
 
-def _multi(name: str, *, types: tuple[str, ...] = (), value_type: str = "string",
-           extra: tuple[Attribute, ...] = (), description: str = "") -> Attribute:
+def _multi(
+    name: str,
+    *,
+    types: tuple[str, ...] = (),
+    value_type: str = "string",
+    extra: tuple[Attribute, ...] = (),
+    description: str = "",
+) -> Attribute:
     """A standard multi-valued complex attribute (RFC 7643 §2.4): value/display/type/primary."""
     return Attribute(
         name,
@@ -131,7 +137,9 @@ def _multi(name: str, *, types: tuple[str, ...] = (), value_type: str = "string"
     )
 
 
-_ID = Attribute("id", case_exact=True, mutability="readOnly", returned="always", uniqueness="server")
+_ID = Attribute(
+    "id", case_exact=True, mutability="readOnly", returned="always", uniqueness="server"
+)
 _EXTERNAL_ID = Attribute("externalId", case_exact=True)
 _META = Attribute(
     "meta",
@@ -141,8 +149,13 @@ _META = Attribute(
         Attribute("resourceType", case_exact=True, mutability="readOnly"),
         Attribute("created", type="dateTime", mutability="readOnly"),
         Attribute("lastModified", type="dateTime", mutability="readOnly"),
-        Attribute("location", type="reference", case_exact=True, mutability="readOnly",
-                  reference_types=("uri",)),
+        Attribute(
+            "location",
+            type="reference",
+            case_exact=True,
+            mutability="readOnly",
+            reference_types=("uri",),
+        ),
         Attribute("version", case_exact=True, mutability="readOnly"),
     ),
 )
@@ -201,8 +214,12 @@ USER = Schema(
             mutability="readOnly",
             sub_attributes=(
                 Attribute("value", mutability="readOnly"),
-                Attribute("$ref", type="reference", mutability="readOnly",
-                          reference_types=("User", "Group")),
+                Attribute(
+                    "$ref",
+                    type="reference",
+                    mutability="readOnly",
+                    reference_types=("User", "Group"),
+                ),
                 Attribute("display", mutability="readOnly"),
                 Attribute("type", mutability="readOnly", canonical_values=("direct", "indirect")),
             ),
@@ -247,8 +264,12 @@ GROUP = Schema(
             multi_valued=True,
             sub_attributes=(
                 Attribute("value", case_exact=True, mutability="immutable"),
-                Attribute("$ref", type="reference", mutability="immutable",
-                          reference_types=("User", "Group")),
+                Attribute(
+                    "$ref",
+                    type="reference",
+                    mutability="immutable",
+                    reference_types=("User", "Group"),
+                ),
                 Attribute("display", mutability="immutable"),
                 Attribute("type", mutability="immutable", canonical_values=("User", "Group")),
             ),

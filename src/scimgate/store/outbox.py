@@ -43,14 +43,18 @@ def _append_changes(conn: Connection, changes: list[dict[str, Any]]) -> list[Map
     out: list[MapChange] = []
     now = now_iso()
     for ch in changes:
-        seq = conn.execute(C.insert().values(**ch, created=now)).inserted_primary_key[0]
-        out.append(MapChange(int(seq), ch["identity_key"], ch["value"], ch["user_id"],
-                             ch["deprovision"]))
+        pk = conn.execute(C.insert().values(**ch, created=now)).inserted_primary_key
+        assert pk is not None
+        seq = pk[0]
+        out.append(
+            MapChange(int(seq), ch["identity_key"], ch["value"], ch["user_id"], ch["deprovision"])
+        )
     return out
 
 
-def refresh_users(conn: Connection, user_ids: Iterable[str], entries_fn: EntriesFn,
-                  base_url: str = "") -> list[MapChange]:
+def refresh_users(
+    conn: Connection, user_ids: Iterable[str], entries_fn: EntriesFn, base_url: str = ""
+) -> list[MapChange]:
     """Recompute the desired entries of these users and log every key that changed."""
     changes: list[dict[str, Any]] = []
     for user_id in dict.fromkeys(user_ids):
@@ -60,13 +64,17 @@ def refresh_users(conn: Connection, user_ids: Iterable[str], entries_fn: Entries
             user = resources.user_resource(resources._user(row), base_url)
             desired = entries_fn(user, resources.idp_groups_of_user(conn, user_id))
         current = {
-            k: v for k, v in conn.execute(sa.select(E.c.identity_key, E.c.value).where(E.c.user_id == user_id))
+            k: v
+            for k, v in conn.execute(
+                sa.select(E.c.identity_key, E.c.value).where(E.c.user_id == user_id)
+            )
         }
-        for key, old in current.items():
+        for key in current:
             if key not in desired:
                 conn.execute(E.delete().where(E.c.identity_key == key))
-                changes.append({"identity_key": key, "value": None, "user_id": user_id,
-                                "deprovision": True})
+                changes.append(
+                    {"identity_key": key, "value": None, "user_id": user_id, "deprovision": True}
+                )
         for key, value in desired.items():
             old = current.get(key)
             if old == value:
@@ -81,17 +89,30 @@ def refresh_users(conn: Connection, user_ids: Iterable[str], entries_fn: Entries
                 conn.execute(E.insert().values(identity_key=key, value=value, user_id=user_id))
             else:
                 conn.execute(E.update().where(E.c.identity_key == key).values(value=value))
-            changes.append({"identity_key": key, "value": value, "user_id": user_id,
-                            "deprovision": is_deprovision(old, value)})
+            changes.append(
+                {
+                    "identity_key": key,
+                    "value": value,
+                    "user_id": user_id,
+                    "deprovision": is_deprovision(old, value),
+                }
+            )
     return _append_changes(conn, changes)
 
 
 def rebuild_all(conn: Connection, entries_fn: EntriesFn, batch: int = 2000) -> list[MapChange]:
     """Recompute every user's entries (after a policy change); log only the differences."""
-    user_ids = [r[0] for r in conn.execute(sa.select(tables.users.c.id).order_by(tables.users.c.id))]
-    stale = [r[0] for r in conn.execute(
-        sa.select(E.c.user_id).distinct().where(E.c.user_id.not_in(sa.select(tables.users.c.id)))
-    )]
+    user_ids = [
+        r[0] for r in conn.execute(sa.select(tables.users.c.id).order_by(tables.users.c.id))
+    ]
+    stale = [
+        r[0]
+        for r in conn.execute(
+            sa.select(E.c.user_id)
+            .distinct()
+            .where(E.c.user_id.not_in(sa.select(tables.users.c.id)))
+        )
+    ]
     out: list[MapChange] = []
     for i in range(0, len(user_ids), batch):
         out.extend(refresh_users(conn, user_ids[i : i + batch], entries_fn))

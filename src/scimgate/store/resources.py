@@ -72,13 +72,15 @@ class GroupRow:
 
 
 def _user(r: Any) -> UserRow:
-    return UserRow(r.id, r.user_name, bool(r.active), dict(r.attrs), r.version, r.created,
-                   r.last_modified)
+    return UserRow(
+        r.id, r.user_name, bool(r.active), dict(r.attrs), r.version, r.created, r.last_modified
+    )
 
 
 def _group(r: Any) -> GroupRow:
-    return GroupRow(r.id, r.display_name, r.external_id, dict(r.attrs), r.version, r.created,
-                    r.last_modified)
+    return GroupRow(
+        r.id, r.display_name, r.external_id, dict(r.attrs), r.version, r.created, r.last_modified
+    )
 
 
 # --- users -------------------------------------------------------------------------------
@@ -107,8 +109,13 @@ def _unique_user_name(conn: Connection, user_name: str, exclude_id: str | None) 
 def insert_user(conn: Connection, resource: dict[str, Any]) -> UserRow:
     _unique_user_name(conn, resource["userName"], None)
     now = now_iso()
-    values = {"id": new_id(), **_user_values(resource), "version": 1, "created": now,
-              "last_modified": now}
+    values = {
+        "id": new_id(),
+        **_user_values(resource),
+        "version": 1,
+        "created": now,
+        "last_modified": now,
+    }
     # Writers are serialised (Database.write), so the check above cannot race.
     conn.execute(U.insert().values(**values))
     return get_user(conn, values["id"])
@@ -124,16 +131,18 @@ def get_user(conn: Connection, user_id: str) -> UserRow:
 def update_user(conn: Connection, row: UserRow, resource: dict[str, Any]) -> UserRow:
     _unique_user_name(conn, resource["userName"], row.id)
     conn.execute(
-        U.update().where(U.c.id == row.id).values(
-            **_user_values(resource), version=row.version + 1, last_modified=now_iso()
-        )
+        U.update()
+        .where(U.c.id == row.id)
+        .values(**_user_values(resource), version=row.version + 1, last_modified=now_iso())
     )
     return get_user(conn, row.id)
 
 
 def delete_user(conn: Connection, user_id: str) -> list[str]:
     """Delete a user and its memberships in every group at once; returns those group ids."""
-    group_ids = [r[0] for r in conn.execute(sa.select(M.c.group_id).where(M.c.member_id == user_id))]
+    group_ids = [
+        r[0] for r in conn.execute(sa.select(M.c.group_id).where(M.c.member_id == user_id))
+    ]
     conn.execute(M.delete().where(M.c.member_id == user_id))
     if group_ids:
         touch_groups(conn, group_ids)
@@ -141,7 +150,9 @@ def delete_user(conn: Connection, user_id: str) -> list[str]:
     return group_ids
 
 
-def user_resource(row: UserRow, base_url: str, groups: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+def user_resource(
+    row: UserRow, base_url: str, groups: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
     schemas = [USER_SCHEMA]
     if ENTERPRISE_USER_SCHEMA in row.attrs:
         schemas.append(ENTERPRISE_USER_SCHEMA)
@@ -212,8 +223,13 @@ def _group_values(resource: dict[str, Any]) -> dict[str, Any]:
 def insert_group(conn: Connection, resource: dict[str, Any]) -> GroupRow:
     _unique_display_name(conn, resource["displayName"], None)
     now = now_iso()
-    values = {"id": new_id(), **_group_values(resource), "version": 1, "created": now,
-              "last_modified": now}
+    values = {
+        "id": new_id(),
+        **_group_values(resource),
+        "version": 1,
+        "created": now,
+        "last_modified": now,
+    }
     conn.execute(G.insert().values(**values))
     return get_group(conn, values["id"])
 
@@ -239,7 +255,9 @@ def touch_groups(conn: Connection, group_ids: Iterable[str]) -> None:
     ids = list(group_ids)
     if ids:
         conn.execute(
-            G.update().where(G.c.id.in_(ids)).values(version=G.c.version + 1, last_modified=now_iso())
+            G.update()
+            .where(G.c.id.in_(ids))
+            .values(version=G.c.version + 1, last_modified=now_iso())
         )
 
 
@@ -274,8 +292,9 @@ def member_rows(conn: Connection, group_ids: Sequence[str]) -> dict[str, list[di
     return out
 
 
-def group_resource(row: GroupRow, base_url: str,
-                   members: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+def group_resource(
+    row: GroupRow, base_url: str, members: Sequence[dict[str, Any]] | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"schemas": [GROUP_SCHEMA], "id": row.id, **row.attrs}
     out["displayName"] = row.display_name
     if members:
@@ -314,7 +333,9 @@ def add_members(conn: Connection, group_id: str, member_ids: Sequence[str]) -> l
     types = existing_member_types(conn, unique)
     unknown = [i for i in unique if i not in types]
     if unknown:
-        raise errors.InvalidValue(f"members reference unknown resource(s): {', '.join(unknown[:5])}")
+        raise errors.InvalidValue(
+            f"members reference unknown resource(s): {', '.join(unknown[:5])}"
+        )
     if group_id in types:
         raise errors.InvalidValue("a group cannot be a member of itself")
     already = {
@@ -324,7 +345,9 @@ def add_members(conn: Connection, group_id: str, member_ids: Sequence[str]) -> l
         )
     }
     new = [i for i in unique if i not in already]
-    _insert_ignore(conn, M, [{"group_id": group_id, "member_id": i, "member_type": types[i]} for i in new])
+    _insert_ignore(
+        conn, M, [{"group_id": group_id, "member_id": i, "member_type": types[i]} for i in new]
+    )
     return new
 
 
@@ -372,14 +395,16 @@ def count_and_page(
     return total, list(conn.execute(q))
 
 
-def page_users(conn: Connection, where: Any, order: Sequence[Any], offset: int,
-               limit: int) -> tuple[int, list[UserRow]]:
+def page_users(
+    conn: Connection, where: Any, order: Sequence[Any], offset: int, limit: int
+) -> tuple[int, list[UserRow]]:
     total, rows = count_and_page(conn, U, where, order, offset, limit)
     return total, [_user(r) for r in rows]
 
 
-def page_groups(conn: Connection, where: Any, order: Sequence[Any], offset: int,
-                limit: int) -> tuple[int, list[GroupRow]]:
+def page_groups(
+    conn: Connection, where: Any, order: Sequence[Any], offset: int, limit: int
+) -> tuple[int, list[GroupRow]]:
     total, rows = count_and_page(conn, G, where, order, offset, limit)
     return total, [_group(r) for r in rows]
 
@@ -435,7 +460,9 @@ def member_ids_matching(conn: Connection, group_id: str, node: Any) -> list[str]
 
     q = (
         sa.select(M.c.member_id)
-        .select_from(M.outerjoin(U, U.c.id == M.c.member_id).outerjoin(ug, ug.c.id == M.c.member_id))
+        .select_from(
+            M.outerjoin(U, U.c.id == M.c.member_id).outerjoin(ug, ug.c.id == M.c.member_id)
+        )
         .where(M.c.group_id == group_id, compile_node(node))
     )
     return [r[0] for r in conn.execute(q)]

@@ -64,8 +64,9 @@ groups = Table(
 members = Table(
     "scim_members",
     metadata,
-    Column("group_id", String(36), ForeignKey("scim_groups.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column(
+        "group_id", String(36), ForeignKey("scim_groups.id", ondelete="CASCADE"), primary_key=True
+    ),
     Column("member_id", String(36), primary_key=True),
     Column("member_type", String(8), nullable=False, default="User"),
     Index("ix_scim_members_member", "member_id", "group_id"),
