@@ -1,0 +1,183 @@
+"""User lifecycle and bearer tokens over real HTTP: soft delete, delete cascades to groups,
+token rotation/revocation/expiry through the CLI, and the audit actor of every write."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from tests.fixtures.server import ScimServer, scimgate_cmd
+
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def new_user(scim: httpx.Client, **extra: Any) -> dict[str, Any]:
+    r = scim.post("/Users", json={"schemas": [USER], "userName": f"l-{tag()}", **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_deactivated_user_stays_readable(scim: httpx.Client) -> None:
+    u = new_user(scim, active=True)
+    r = scim.patch(
+        f"/Users/{u['id']}",
+        json={
+            "schemas": [PATCH],
+            "Operations": [{"op": "replace", "path": "active", "value": False}],
+        },
+    )
+    assert r.status_code == 200 and r.json()["active"] is False
+    got = scim.get(f"/Users/{u['id']}")
+    assert got.status_code == 200 and got.json()["active"] is False
+    res = scim.get("/Users", params={"filter": f'userName eq "{u["userName"]}"'}).json()
+    assert res["totalResults"] == 1 and res["Resources"][0]["active"] is False
+    res = scim.get(
+        "/Users", params={"filter": f'userName eq "{u["userName"]}" and active eq false'}
+    )
+    assert res.json()["totalResults"] == 1
+    # reactivation
+    r = scim.patch(
+        f"/Users/{u['id']}", json={"Operations": [{"op": "replace", "value": {"active": True}}]}
+    )
+    assert r.json()["active"] is True
+
+
+def test_delete_user_removes_it_from_every_group(scim: httpx.Client) -> None:
+    u, keep = new_user(scim), new_user(scim)
+    gids = []
+    for _ in range(3):
+        r = scim.post(
+            "/Groups",
+            json={
+                "displayName": f"lg-{tag()}",
+                "members": [{"value": u["id"]}, {"value": keep["id"]}],
+            },
+        )
+        assert r.status_code == 201
+        gids.append(r.json())
+    assert scim.delete(f"/Users/{u['id']}").status_code == 204
+    for g in gids:
+        now = scim.get(f"/Groups/{g['id']}").json()
+        assert [m["value"] for m in now["members"]] == [keep["id"]]
+        assert now["meta"]["version"] != g["meta"]["version"]  # the group changed
+        res = scim.get("/Groups", params={"filter": f'members.value eq "{u["id"]}"'}).json()
+        assert res["totalResults"] == 0
+    # deleting a group removes it from the user's groups
+    assert scim.delete(f"/Groups/{gids[0]['id']}").status_code == 204
+    assert {x["value"] for x in scim.get(f"/Users/{keep['id']}").json()["groups"]} == {
+        g["id"] for g in gids[1:]
+    }
+
+
+def test_group_patch_touching_members_answers_204(scim: httpx.Client) -> None:
+    u = new_user(scim)
+    g = scim.post("/Groups", json={"displayName": f"lg-{tag()}"}).json()
+    for ops in (
+        [{"op": "add", "path": "members", "value": [{"value": u["id"]}]}],
+        [{"op": "remove", "path": f'members[value eq "{u["id"]}"]'}],
+        [{"op": "replace", "path": "members", "value": [{"value": u["id"]}]}],
+        [{"op": "remove", "path": "members"}],
+    ):
+        r = scim.patch(f"/Groups/{g['id']}", json={"schemas": [PATCH], "Operations": ops})
+        assert r.status_code == 204 and r.content == b"", r.text
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+def cli(server: ScimServer, *args: str) -> str:
+    out = subprocess.run(
+        scimgate_cmd(*args, "--dir", str(server.directory)),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def status(server: ScimServer, secret: str) -> int:
+    with httpx.Client(base_url=server.base_url, timeout=10) as c:
+        r = c.get("/Users", params={"count": 0}, headers={"Authorization": f"Bearer {secret}"})
+        if r.status_code == 401:
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert r.json()["schemas"] == [ERROR]
+        return r.status_code
+
+
+def test_token_rotate_revoke_expire(scim_server: ScimServer) -> None:
+    name = f"idp-{tag()}"
+    old = cli(scim_server, "token", "create", name)
+    assert old and status(scim_server, old) == 200
+    new = cli(scim_server, "token", "rotate", name, "--overlap", "2s")
+    assert new != old
+    assert status(scim_server, new) == 200
+    assert status(scim_server, old) == 200  # overlap
+    listed = cli(scim_server, "token", "list")
+    assert name in listed and old not in listed and new not in listed
+    time.sleep(2.5)
+    assert status(scim_server, old) == 401
+    assert status(scim_server, new) == 200
+    cli(scim_server, "token", "revoke", name)
+    assert status(scim_server, new) == 401
+
+    short = f"short-{tag()}"
+    secret = cli(scim_server, "token", "create", short, "--expires-in", "1s")
+    time.sleep(1.2)
+    assert status(scim_server, secret) == 401
+
+
+def test_writes_record_the_token_name(scim_server: ScimServer) -> None:
+    name = f"writer-{tag()}"
+    secret = cli(scim_server, "token", "create", name)
+    with httpx.Client(
+        base_url=scim_server.base_url,
+        timeout=10,
+        headers={"Authorization": f"Bearer {secret}", "User-Agent": "Audit-Test/1.0"},
+    ) as c:
+        u = c.post("/Users", json={"userName": f"aud-{tag()}"}).json()
+        assert (
+            c.patch(
+                f"/Users/{u['id']}",
+                json={"Operations": [{"op": "replace", "path": "title", "value": "x"}]},
+            ).status_code
+            == 200
+        )
+        assert c.put(f"/Users/{u['id']}", json={"userName": u["userName"]}).status_code == 200
+        g = c.post(
+            "/Groups", json={"displayName": f"aud-{tag()}", "members": [{"value": u["id"]}]}
+        ).json()
+        assert c.delete(f"/Groups/{g['id']}").status_code == 204
+        assert c.delete(f"/Users/{u['id']}").status_code == 204
+    engine = sa.create_engine(scim_server.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT actor, operation, resource_id, user_agent FROM audit_events "
+                    "WHERE kind = 'scim.write' AND resource_id IN (:u, :g) ORDER BY seq"
+                ),
+                {"u": u["id"], "g": g["id"]},
+            ).all()
+    finally:
+        engine.dispose()
+    assert [r.operation for r in rows] == [
+        "create",
+        "patch",
+        "replace",
+        "create",
+        "delete",
+        "delete",
+    ]
+    assert {r.actor for r in rows} == {name}
+    assert {r.user_agent for r in rows} == {"Audit-Test/1.0"}
