@@ -271,6 +271,10 @@ def test_fragment_passes_haproxy_check(tmp_path: Path, keys: dict[str, str]) -> 
         "frontend existing\n    bind 127.0.0.1:1\n"
         + "".join(f"    {line}\n" for line in fragment.splitlines())
         + "backend be_app\n    server s1 127.0.0.1:9\n"
+        # the verified-token cache's backend, as the fragment's notes ask for it
+        + "backend scimgate_jwt_cache\n    "
+        + fragment.split("#     backend scimgate_jwt_cache\n#         ", 1)[1].split("\n", 1)[0]
+        + "\n"
     )
     cfg = tmp_path / "f.cfg"
     cfg.write_text(wrapped)

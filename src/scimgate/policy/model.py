@@ -162,6 +162,18 @@ class _Model(BaseModel):
 # Identity
 
 
+class JwtVerifiedCache(_Model):
+    """A cache of verified tokens: a stick table keyed by SHA-256 of the WHOLE bearer token.
+
+    An entry is created only after ``jwt_verify`` accepted those exact bytes, and a hit skips
+    only the signature check: alg/exp/nbf/iss/aud and the identity claim are still checked on
+    every request, so a cached token still expires at its ``exp``."""
+
+    enabled: bool = True
+    ttl_seconds: int = Field(default=300, ge=1, le=3600)
+    size: int = Field(default=1_000_000, ge=1, le=10_000_000)
+
+
 class JwtSource(_Model):
     """Bearer JWT: signature checked by ``jwt_verify`` with a pinned algorithm; exp/nbf/iss/aud
     checked in config (``jwt_verify`` checks only the signature)."""
@@ -174,6 +186,7 @@ class JwtSource(_Model):
     claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "email"
     scope_claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "scope"
     leeway_seconds: int = Field(default=30, ge=0, le=600)
+    verified_cache: JwtVerifiedCache = Field(default_factory=JwtVerifiedCache)
 
     @model_validator(mode="after")
     def _key_matches_algorithm(self) -> JwtSource:

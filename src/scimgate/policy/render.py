@@ -61,6 +61,12 @@ V_DECISION = "txn.scimgate_decision"
 V_SCOPES = "txn.scimgate_scopes"
 V_HMAC = "proc.scimgate_hmac"
 
+# The verified-token cache: a stick table in its own backend (a frontend holds one table at
+# most, and the fragment's host frontend may already have one), filled through stick counter
+# sc2 (the last one 2.6 has; the fragment notes reserve it).
+JWT_CACHE_TABLE = "scimgate_jwt_cache"
+JWT_CACHE_SC = 2
+
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
@@ -130,7 +136,11 @@ def _jwt_rules(policy: Policy, check_files: bool) -> list[str]:
             _check_public_key(key)
     leeway = jwt.leeway_seconds
     bearer = "var(txn.scimgate_bearer)"
-    return [
+    claims_ok = (
+        "scimgate_jwt_alg_ok scimgate_jwt_exp_ok !scimgate_jwt_nbf_bad "
+        "scimgate_jwt_iss_ok scimgate_jwt_aud_ok"
+    )
+    out = [
         f"# identity: JWT bearer. The algorithm is pinned to the literal {alg} (never the",
         "# token's own 'alg': alg-confusion); jwt_verify checks only the signature, so",
         f"# exp / nbf / iss / aud are checked here (leeway {leeway} s). Signature check runs last.",
@@ -147,10 +157,46 @@ def _jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"acl scimgate_jwt_iss_ok var(txn.scimgate_jwt_iss) -m str '{jwt.issuer}'",
         f"acl scimgate_jwt_aud_ok var(txn.scimgate_jwt_aud) -m str '{jwt.audience}'",
         f'acl scimgate_jwt_sig_ok {bearer},jwt_verify("{alg}","{key}") -m int 1',
-        f"http-request set-var({V_IDENTITY}) {bearer},jwt_payload_query('$.{jwt.claim}') "
-        "if scimgate_jwt_alg_ok scimgate_jwt_exp_ok !scimgate_jwt_nbf_bad "
-        "scimgate_jwt_iss_ok scimgate_jwt_aud_ok scimgate_jwt_sig_ok",
     ]
+    identity = f"http-request set-var({V_IDENTITY}) {bearer},jwt_payload_query('$.{jwt.claim}')"
+    if not jwt.verified_cache.enabled:
+        return [*out, f"{identity} if {claims_ok} scimgate_jwt_sig_ok"]
+    sc = JWT_CACHE_SC
+    store = "{ var(txn.scimgate_jwt_store) -m bool }"
+    return [
+        *out,
+        "# verified-token cache: key = SHA-256 of the WHOLE bearer token (the bytes jwt_verify",
+        "# checks), computed only once the claim checks pass. An entry (gpt0=1) is created only",
+        "# after jwt_verify accepted those exact bytes; a hit skips only the signature check (the",
+        f"# claim checks above run on every request). Entries live {jwt.verified_cache.ttl_seconds} s"
+        " after verification.",
+        f"http-request set-var(txn.scimgate_jwt_digest) {bearer},sha2(256) if {claims_ok}",
+        "http-request set-var(txn.scimgate_jwt_cached) "
+        f"var(txn.scimgate_jwt_digest),table_gpt0({JWT_CACHE_TABLE})",
+        "acl scimgate_jwt_cached var(txn.scimgate_jwt_cached) -m int eq 1",
+        "http-request set-var(txn.scimgate_jwt_verified) bool(1) "
+        "if { var(txn.scimgate_jwt_digest) -m found } !scimgate_jwt_cached scimgate_jwt_sig_ok",
+        "acl scimgate_jwt_verified var(txn.scimgate_jwt_verified) -m bool",
+        f"# store: only a freshly verified token, and only if sc{sc} is free (so sc-set-gpt0 can",
+        f"# only ever mark the entry this request just tracked in {JWT_CACHE_TABLE})",
+        "http-request set-var(txn.scimgate_jwt_store) bool(1) "
+        f"if scimgate_jwt_verified !{{ sc_tracked({sc}) }}",
+        f"http-request track-sc{sc} var(txn.scimgate_jwt_digest) table {JWT_CACHE_TABLE} "
+        f"if {store}",
+        f"http-request sc-set-gpt0({sc}) 1 if {store}",
+        f"{identity} if {claims_ok} scimgate_jwt_cached || {claims_ok} scimgate_jwt_verified",
+    ]
+
+
+def _jwt_cache_table(policy: Policy) -> str | None:
+    """The cache's ``stick-table`` line, or None when there is no verified-token cache."""
+    jwt = policy.identity.jwt
+    if policy.identity.source != "jwt" or jwt is None or not jwt.verified_cache.enabled:
+        return None
+    cache = jwt.verified_cache
+    return (
+        f"stick-table type binary len 32 size {cache.size} expire {cache.ttl_seconds}s store gpt0"
+    )
 
 
 def _header_rules(policy: Policy) -> list[str]:
@@ -380,6 +426,7 @@ def render_config(
     )
     hmac_line = f"set-var {V_HMAC} str({hmac_secret_b64})"
     backends = _backends(policy)
+    cache_table = _jwt_cache_table(policy)
 
     if mode == "fragment":
         notes = [
@@ -392,6 +439,13 @@ def render_config(
         if backends:
             notes.append("# Needed backends (this fragment routes to them with use_backend):")
             notes += [f"#     {name}: {', '.join(servers)}" for name, servers in backends.items()]
+        if cache_table is not None:
+            notes += [
+                "# Needed: the verified-token cache's backend (and no other track-sc"
+                f"{JWT_CACHE_SC} in this frontend):",
+                f"#     backend {JWT_CACHE_TABLE}",
+                f"#         {cache_table}",
+            ]
         return "\n".join([*notes, "", *rules]) + "\n"
 
     _require(bool(BIND_RE.fullmatch(bind)), f"invalid bind address {bind!r} (expected ip:port)")
@@ -451,4 +505,11 @@ def render_config(
     for name, servers in backends.items():
         out += ["", f"backend {name}"]
         out += [f"    server s{i + 1} {server}" for i, server in enumerate(servers)]
+    if cache_table is not None:
+        out += [
+            "",
+            "# verified tokens (SHA-256 of the whole token -> gpt0=1); never shared with peers",
+            f"backend {JWT_CACHE_TABLE}",
+            f"    {cache_table}",
+        ]
     return "\n".join(out) + "\n"
