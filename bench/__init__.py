@@ -1,0 +1,1 @@
+"""scimgate benchmarks: `python -m bench.run [--quick]` (see docs/benchmarks.md)."""
