@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001  (the report uses typographic × and – on purpose)
+# ruff: noqa: RUF001  (typographic multiplication signs and dashes in the report are on purpose)
 """Targets, charts and docs/benchmarks.md, all generated from latest.json.
 
     python -m bench.report [bench/results/latest.json]   # regenerate without re-running
