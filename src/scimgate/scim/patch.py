@@ -316,7 +316,7 @@ class _Engine:
         for key, raw in value.items():
             if not isinstance(key, str):  # pragma: no cover - JSON keys are strings
                 raise InvalidValue("attribute names must be strings")
-            if scope is None and key.lower() == "schemas":
+            if key.lower() == "schemas":  # also inside an extension object (scim2-models sends it)
                 continue  # informational; recomputed from the data
             ext = self.rtype.extension(key) if scope is None else None
             if ext is not None:
