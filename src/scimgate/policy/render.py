@@ -357,6 +357,12 @@ def _frontend_rules(
             f"http-after-response set-header X-Scimgate-Route %[var({V_ROUTE})]",
             f"http-after-response set-header X-Scimgate-Decision %[var({V_DECISION})]",
         ]
+        if _jwt_cache_table(policy) is not None:
+            # 1 / 0 = cache hit / miss; Verified = 1 only when jwt_verify ran and accepted
+            out += [
+                "http-after-response set-header X-Scimgate-Jwt-Cached %[var(txn.scimgate_jwt_cached)]",
+                "http-after-response set-header X-Scimgate-Jwt-Verified %[var(txn.scimgate_jwt_verified)]",
+            ]
     for route in policy.routes:
         is_route = _acl_name("route", route.name)
         if route.to.return_ is not None:
