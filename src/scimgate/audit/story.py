@@ -100,7 +100,10 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
                     user_name = res.get("userName", user_name)
                     what.append(f"created as {user_name} (active={res.get('active', True)})")
                 elif op in ("patch", "replace"):
-                    what += _describe_user_change(detail.get("changed", {}))
+                    changed = detail.get("changed", {})
+                    what += _describe_user_change(changed)
+                    if "userName" in changed:  # the story is headed by the latest name
+                        user_name = changed["userName"][1]
                 elif op == "delete":
                     what.append(
                         f"deleted (removed from {len(detail.get('removed_from_groups', []))} group(s))"
