@@ -256,7 +256,7 @@ def test_story_follows_renames_and_email_changes(policy_server: ScimServer) -> N
         d = policy_server.directory
         for identity in (old, new, mail1, mail2, uid):
             s = story(d, identity)
-            assert s["user_id"] == uid, identity
+            assert (s["user_id"], s["user_name"]) == (uid, new), identity
             assert [line["what"] for line in s["timeline"]] == [
                 f"created as {old} (active=True)",
                 f"emails changed; userName {old} → {new}",
