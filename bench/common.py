@@ -33,6 +33,7 @@ def log(msg: str) -> None:
 
 # --- environment -------------------------------------------------------------------------
 
+
 def _cmd(args: list[str]) -> str:
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -41,7 +42,9 @@ def _cmd(args: list[str]) -> str:
 
 
 def haproxy_bin() -> str | None:
-    return shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    return shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
 
 
 def environment() -> dict[str, Any]:
@@ -100,6 +103,7 @@ def environment() -> dict[str, Any]:
 
 # --- /proc -------------------------------------------------------------------------------
 
+
 def _children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -110,7 +114,7 @@ def _children_map() -> dict[int, list[int]]:
                 s = f.read()
         except OSError:
             continue
-        ppid = int(s[s.rindex(")") + 2:].split()[1])
+        ppid = int(s[s.rindex(")") + 2 :].split()[1])
         kids.setdefault(ppid, []).append(int(d))
     return kids
 
@@ -134,7 +138,7 @@ def cpu_seconds(pid: int) -> float:
                 s = f.read()
         except OSError:
             continue
-        fields = s[s.rindex(")") + 2:].split()
+        fields = s[s.rindex(")") + 2 :].split()
         # fields[0] is state (field 3); utime=14, stime=15, cutime=16, cstime=17 (1-based)
         total += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return total / CLK_TCK
@@ -162,6 +166,7 @@ def self_cpu() -> float:
 
 # --- statistics ---------------------------------------------------------------------------
 
+
 def pct(values: Iterable[float], q: float) -> float | None:
     xs = sorted(values)
     if not xs:
@@ -183,6 +188,7 @@ def r3(x: float | None, n: int = 3) -> float | None:
 
 
 # --- processes ----------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -241,9 +247,11 @@ class Server:
         return sum(cpu_seconds(p) for p in self.extra_pids)
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}",
-                "Content-Type": "application/scim+json",
-                "Accept": "application/scim+json"}
+        return {
+            "Authorization": f"Bearer {self.token}",
+            "Content-Type": "application/scim+json",
+            "Accept": "application/scim+json",
+        }
 
     def stop(self) -> None:
         if self.stop_fn is not None:
@@ -255,15 +263,25 @@ def start_peer(workdir: Path) -> Server:
     port = free_port()
     token = os.urandom(16).hex()
     logf = open(workdir / "peer.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "bench.peer_server", "--port", str(port),
-                             "--token", token], cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.peer_server", "--port", str(port), "--token", token],
+        cwd=ROOT,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+    )
     wait_http(f"http://127.0.0.1:{port}/v2/ServiceProviderConfig", proc)
-    return Server("scim2-server", "127.0.0.1", port, "/v2", token, proc.pid,
-                  stop_fn=lambda: stop_proc(proc))
+    return Server(
+        "scim2-server", "127.0.0.1", port, "/v2", token, proc.pid, stop_fn=lambda: stop_proc(proc)
+    )
 
 
-def start_scimgate(workdir: Path, database_url: str, name: str, extra_pids: list[int] | None = None,
-                   extra_yaml: str = "") -> Server:
+def start_scimgate(
+    workdir: Path,
+    database_url: str,
+    name: str,
+    extra_pids: list[int] | None = None,
+    extra_yaml: str = "",
+) -> Server:
     sys.path.insert(0, str(ROOT))
     from tests.fixtures.server import start_server
 
@@ -273,8 +291,16 @@ def start_scimgate(workdir: Path, database_url: str, name: str, extra_pids: list
     from urllib.parse import urlsplit
 
     u = urlsplit(srv.base_url)
-    return Server(name, u.hostname or "127.0.0.1", int(u.port or 0), u.path, srv.token,
-                  srv.proc.pid, extra_pids=extra_pids or [], stop_fn=srv.stop)
+    return Server(
+        name,
+        u.hostname or "127.0.0.1",
+        int(u.port or 0),
+        u.path,
+        srv.token,
+        srv.proc.pid,
+        extra_pids=extra_pids or [],
+        stop_fn=srv.stop,
+    )
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -53,7 +53,9 @@ class LoadResult:
             "max_ms": _r(max(ms) if ms else None),
             "server_cpu_ms_per_op": _r(self.server_cpu * 1000 / ok) if ok else None,
             "db_cpu_ms_per_op": _r(self.server_extra_cpu * 1000 / ok) if ok else None,
-            "total_server_cpu_ms_per_op": _r((self.server_cpu + self.server_extra_cpu) * 1000 / ok) if ok else None,
+            "total_server_cpu_ms_per_op": _r((self.server_cpu + self.server_extra_cpu) * 1000 / ok)
+            if ok
+            else None,
             "client_cpu_ms_per_op": _r(self.client_cpu * 1000 / ok) if ok else None,
             "client_cpu_util": round(self.client_cpu / self.wall, 3) if self.wall > 0 else None,
         }
@@ -70,8 +72,13 @@ class Conn:
         self.host, self.port, self.headers, self.timeout = host, port, headers, timeout
         self.c: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         h = self.headers if headers is None else {**self.headers, **headers}
         for attempt in (0, 1):
             if self.c is None:
@@ -97,10 +104,19 @@ class Conn:
             self.c = None
 
 
-def run_load(host: str, port: int, headers: dict[str, str], reqs: Sequence[Req], concurrency: int,
-             *, time_limit: float, server_cpu: Callable[[], float],
-             extra_cpu: Callable[[], float] = lambda: 0.0,
-             bodies: list[bytes | None] | None = None, warm_path: str | None = None) -> LoadResult:
+def run_load(
+    host: str,
+    port: int,
+    headers: dict[str, str],
+    reqs: Sequence[Req],
+    concurrency: int,
+    *,
+    time_limit: float,
+    server_cpu: Callable[[], float],
+    extra_cpu: Callable[[], float] = lambda: 0.0,
+    bodies: list[bytes | None] | None = None,
+    warm_path: str | None = None,
+) -> LoadResult:
     """Send every request in `reqs` (each exactly once, in order of pickup) with
     `concurrency` workers; stop early at `time_limit` seconds. With `bodies` (a list as
     long as `reqs`), successful response bodies are stored at their request's index."""
@@ -160,6 +176,14 @@ def run_load(host: str, port: int, headers: dict[str, str], reqs: Sequence[Req],
     for c in conns:
         c.close()
     all_lat = [x for xs in lat for x in xs]
-    return LoadResult(ops=nxt[0], errors=len(errs), wall=wall, latencies=all_lat,
-                      client_cpu=c1 - c0, server_cpu=s1 - s0, server_extra_cpu=x1 - x0,
-                      error_samples=errs[:5], timed_out=timed_out[0])
+    return LoadResult(
+        ops=nxt[0],
+        errors=len(errs),
+        wall=wall,
+        latencies=all_lat,
+        client_cpu=c1 - c0,
+        server_cpu=s1 - s0,
+        server_extra_cpu=x1 - x0,
+        error_samples=errs[:5],
+        timed_out=timed_out[0],
+    )

@@ -54,8 +54,14 @@ def main() -> None:
     p.add_argument("--token", required=True)
     a = p.parse_args()
     # Same uvicorn settings as `scimgate serve` (cli.run_server): auto loop/http, no access log.
-    uvicorn.run(build_app(a.token), host="127.0.0.1", port=a.port, log_config=None,
-                access_log=False, lifespan="off")
+    uvicorn.run(
+        build_app(a.token),
+        host="127.0.0.1",
+        port=a.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 # ruff: noqa: RUF001  (typographic multiplication signs and dashes in the report are on purpose)
 """Targets, charts and docs/benchmarks.md, all generated from latest.json.
 
-    python -m bench.report [bench/results/latest.json]   # regenerate without re-running
+python -m bench.report [bench/results/latest.json]   # regenerate without re-running
 """
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ from typing import Any
 
 from bench.common import RESULTS, ROOT
 
-SCIM_OPS = ["create", "lookup", "deactivate", "replace", "group_add100", "group_remove1", "list_page"]
+SCIM_OPS = [
+    "create",
+    "lookup",
+    "deactivate",
+    "replace",
+    "group_add100",
+    "group_remove1",
+    "list_page",
+]
 OP_LABEL = {
     "create": "create user",
     "lookup": "lookup `userName eq`",
@@ -48,6 +56,7 @@ def _ratio(x: Any) -> str:
 
 # --- targets --------------------------------------------------------------------------------
 
+
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     s = result.get("sections", {})
     out: list[dict[str, Any]] = []
@@ -66,43 +75,77 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                     if v is not None and (be not in worst or v > worst[be][0]):
                         worst[be] = (v, f"{op} c={conc}")
         for be, (v, where) in worst.items():
-            add(f"server CPU/op create, lookup, PATCH vs peer ({be})", "≤ 0.33× scim2-server",
-                f"worst {v:.2f}× ({where})", v <= 1 / 3)
+            add(
+                f"server CPU/op create, lookup, PATCH vs peer ({be})",
+                "≤ 0.33× scim2-server",
+                f"worst {v:.2f}× ({where})",
+                v <= 1 / 3,
+            )
         for be in BACKENDS:
             vals = []
             for conc, ops in scim["servers"].get(be, {}).items():
                 mine = (ops.get("group_remove1") or {}).get("total_server_cpu_ms_per_op")
-                theirs = (scim["servers"].get(PEER, {}).get(conc, {}).get("group_remove1") or {}).get(
-                    "total_server_cpu_ms_per_op")
+                theirs = (
+                    scim["servers"].get(PEER, {}).get(conc, {}).get("group_remove1") or {}
+                ).get("total_server_cpu_ms_per_op")
                 if mine and theirs:
                     vals.append((theirs / mine, conc))
             if vals:
                 v, conc = min(vals)
                 gs = scim.get("sizes", {}).get("group_size")
-                add(f"remove 1 member from a {gs:,}-member group vs peer ({be})", "≥ 100× cheaper (CPU/op)",
-                    f"worst {v:.0f}× cheaper (c={conc})", v >= 100 if gs == 2000 else None,
-                    "" if gs == 2000 else "quick run: small group, not comparable")
+                add(
+                    f"remove 1 member from a {gs:,}-member group vs peer ({be})",
+                    "≥ 100× cheaper (CPU/op)",
+                    f"worst {v:.0f}× cheaper (c={conc})",
+                    v >= 100 if gs == 2000 else None,
+                    "" if gs == 2000 else "quick run: small group, not comparable",
+                )
     gsc = s.get("group_scaling")
     if gsc:
         for be, r in gsc.get("backends", {}).items():
             v = max(r.get("ratio_add") or 0, r.get("ratio_remove") or 0)
-            add(f"group scaling {gsc['big']:,} vs {gsc['small']} members ({be})", "≤ 2 (ratio of medians)",
-                f"add {r.get('ratio_add'):.2f}, remove {r.get('ratio_remove'):.2f}", v <= 2 if gsc["big"] >= 100_000 else None,
-                "" if gsc["big"] >= 100_000 else "quick run: smaller group")
+            add(
+                f"group scaling {gsc['big']:,} vs {gsc['small']} members ({be})",
+                "≤ 2 (ratio of medians)",
+                f"add {r.get('ratio_add'):.2f}, remove {r.get('ratio_remove'):.2f}",
+                v <= 2 if gsc["big"] >= 100_000 else None,
+                "" if gsc["big"] >= 100_000 else "quick run: smaller group",
+            )
     prop = s.get("propagation")
     if prop:
-        runs = [r for r in prop.get("runs", []) if r["identities"] == 1_000_000 and not r["ryw"] and r["targets"] == 1]
+        runs = [
+            r
+            for r in prop.get("runs", [])
+            if r["identities"] == 1_000_000 and not r["ryw"] and r["targets"] == 1
+        ]
         if runs:
             v = runs[0]["p99_ms"]
-            add("propagation p99 at 1M identities, no read-your-writes", "≤ 5 ms", f"{v:.2f} ms", v <= 5)
+            add(
+                "propagation p99 at 1M identities, no read-your-writes",
+                "≤ 5 ms",
+                f"{v:.2f} ms",
+                v <= 5,
+            )
         else:
-            add("propagation p99 at 1M identities, no read-your-writes", "≤ 5 ms", None, None, "not measured in this run")
+            add(
+                "propagation p99 at 1M identities, no read-your-writes",
+                "≤ 5 ms",
+                None,
+                None,
+                "not measured in this run",
+            )
         st = [r for r in prop.get("stall", []) if r["identities"] == 1_000_000]
         if st:
             v = st[0]["max_ms"]
             add("longest request stall during updates at 1M", "≤ 10 ms", f"{v:.1f} ms", v <= 10)
         else:
-            add("longest request stall during updates at 1M", "≤ 10 ms", None, None, "not measured in this run")
+            add(
+                "longest request stall during updates at 1M",
+                "≤ 10 ms",
+                None,
+                None,
+                "not measured in this run",
+            )
     rs = s.get("resync")
     if rs:
         runs = [r for r in rs.get("runs", []) if r["identities"] == 1_000_000]
@@ -117,20 +160,29 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if jw:
             w = min(jw, key=lambda r: r.get("ratio") or 0)
             v = w.get("ratio")
-            add("JWT (RS256) + lookup vs no check", "≥ 0.6×",
-                f"{v:.2f}× at {w['identities']:,} identities" if v else None, None if v is None else v >= 0.6)
+            add(
+                "JWT (RS256) + lookup vs no check",
+                "≥ 0.6×",
+                f"{v:.2f}× at {w['identities']:,} identities" if v else None,
+                None if v is None else v >= 0.6,
+            )
     fp = s.get("footprint")
     if fp:
         v = fp.get("rss_mb")
-        add(f"scimgate RSS with {fp['users']:,} users, {fp['groups']:,} groups", "≤ 200 MB at 100k users",
-            f"{v:.0f} MB", v <= 200 if fp["users"] >= 100_000 else None,
-            "" if fp["users"] >= 100_000 else "quick run: fewer users")
+        add(
+            f"scimgate RSS with {fp['users']:,} users, {fp['groups']:,} groups",
+            "≤ 200 MB at 100k users",
+            f"{v:.0f} MB",
+            v <= 200 if fp["users"] >= 100_000 else None,
+            "" if fp["users"] >= 100_000 else "quick run: fewer users",
+        )
     for name, why in result.get("skipped", {}).items():
         add(f"section {name}", "—", None, None, f"skipped: {why}")
     return out
 
 
 # --- charts -----------------------------------------------------------------------------------
+
 
 def _plt() -> Any:
     import matplotlib
@@ -144,12 +196,16 @@ def _plt() -> Any:
 def _footer(fig: Any, result: dict[str, Any]) -> None:
     env = result.get("env", {})
     m, v = env.get("machine", {}), env.get("versions", {})
-    fig.text(0.005, 0.005,
-             f"{m.get('cores')}× {m.get('cpu_model')} | Python {v.get('python')} | "
-             f"{(v.get('haproxy') or '').replace('HAProxy version ', 'HAProxy ')[:24]} | "
-             f"scim2-server {v.get('scim2_server')} | scimgate {str(env.get('commit'))[:10]} | "
-             f"{result.get('mode')} run {result.get('generated')}",
-             fontsize=6, color="#555")
+    fig.text(
+        0.005,
+        0.005,
+        f"{m.get('cores')}× {m.get('cpu_model')} | Python {v.get('python')} | "
+        f"{(v.get('haproxy') or '').replace('HAProxy version ', 'HAProxy ')[:24]} | "
+        f"scim2-server {v.get('scim2_server')} | scimgate {str(env.get('commit'))[:10]} | "
+        f"{result.get('mode')} run {result.get('generated')}",
+        fontsize=6,
+        color="#555",
+    )
 
 
 def charts(result: dict[str, Any], out: Path) -> dict[str, str]:
@@ -161,24 +217,40 @@ def charts(result: dict[str, Any], out: Path) -> dict[str, str]:
         servers = scim["servers"]
         names = [n for n in [PEER, *BACKENDS] if n in servers]
         levels = list(servers[names[0]].keys())
-        for metric, fname, ylabel in (("total_server_cpu_ms_per_op", "scim_cpu.png", "server CPU ms per op (log)"),
-                                      ("ops_per_s", "scim_throughput.png", "ops/s (log)")):
+        for metric, fname, ylabel in (
+            ("total_server_cpu_ms_per_op", "scim_cpu.png", "server CPU ms per op (log)"),
+            ("ops_per_s", "scim_throughput.png", "ops/s (log)"),
+        ):
             fig, axes = plt.subplots(1, len(levels), figsize=(5.2 * len(levels), 4.6), sharey=True)
             axes = axes if len(levels) > 1 else [axes]
             for ax, conc in zip(axes, levels, strict=True):
                 width = 0.8 / len(names)
                 for i, n in enumerate(names):
-                    vals = [(servers[n].get(conc, {}).get(op) or {}).get(metric) or 0 for op in SCIM_OPS]
+                    vals = [
+                        (servers[n].get(conc, {}).get(op) or {}).get(metric) or 0 for op in SCIM_OPS
+                    ]
                     ax.bar([x + i * width for x in range(len(SCIM_OPS))], vals, width, label=n)
                 ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(SCIM_OPS))])
-                ax.set_xticklabels([OP_LABEL[o].replace("`", "") for o in SCIM_OPS], rotation=35, ha="right", fontsize=7)
+                ax.set_xticklabels(
+                    [OP_LABEL[o].replace("`", "") for o in SCIM_OPS],
+                    rotation=35,
+                    ha="right",
+                    fontsize=7,
+                )
                 ax.set_yscale("log")
                 ax.set_title(f"concurrency {conc}")
                 ax.grid(axis="y", alpha=0.3)
             axes[0].set_ylabel(ylabel)
             axes[0].legend(fontsize=7)
-            fig.suptitle("SCIM operations: " + ("server CPU per op (scimgate on PostgreSQL includes PostgreSQL's CPU)"
-                                                if metric != "ops_per_s" else "throughput"), fontsize=10)
+            fig.suptitle(
+                "SCIM operations: "
+                + (
+                    "server CPU per op (scimgate on PostgreSQL includes PostgreSQL's CPU)"
+                    if metric != "ops_per_s"
+                    else "throughput"
+                ),
+                fontsize=10,
+            )
             fig.tight_layout(rect=(0, 0.03, 1, 1))
             _footer(fig, result)
             fig.savefig(out / fname, dpi=110)
@@ -209,10 +281,26 @@ def charts(result: dict[str, Any], out: Path) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(7, 3.8))
         runs = prop["runs"]
         x = range(len(runs))
-        for k, off, c in (("p50_ms", -0.25, "#4c72b0"), ("p99_ms", 0, "#dd8452"), ("max_ms", 0.25, "#c44e52")):
-            ax.bar([i + off for i in x], [r[k] for r in runs], 0.25, label=k.replace("_ms", ""), color=c)
+        for k, off, c in (
+            ("p50_ms", -0.25, "#4c72b0"),
+            ("p99_ms", 0, "#dd8452"),
+            ("max_ms", 0.25, "#c44e52"),
+        ):
+            ax.bar(
+                [i + off for i in x],
+                [r[k] for r in runs],
+                0.25,
+                label=k.replace("_ms", ""),
+                color=c,
+            )
         ax.set_xticks(list(x))
-        ax.set_xticklabels([f"{r['identities']:,}\n{'RYW' if r['ryw'] else 'no RYW'}, {r['targets']} tgt" for r in runs], fontsize=6)
+        ax.set_xticklabels(
+            [
+                f"{r['identities']:,}\n{'RYW' if r['ryw'] else 'no RYW'}, {r['targets']} tgt"
+                for r in runs
+            ],
+            fontsize=6,
+        )
         ax.set_yscale("log")
         ax.set_ylabel("deactivation response → first 403, ms (log)")
         ax.axhline(5, color="gray", ls="--", lw=0.8)
@@ -233,8 +321,16 @@ def charts(result: dict[str, Any], out: Path) -> dict[str, str]:
         ax[0].set_ylabel("seconds")
         ax[0].set_title("resync time", fontsize=9)
         w = 0.27
-        for i, (k, c) in enumerate((("rss_before_mb", "#8c8c8c"), ("rss_peak_mb", "#c44e52"), ("rss_after_mb", "#dd8452"))):
-            ax[1].bar([j + (i - 1) * w for j in range(len(runs))], [r.get(k) or 0 for r in runs], w, label=k[4:-3], color=c)
+        for i, (k, c) in enumerate(
+            (("rss_before_mb", "#8c8c8c"), ("rss_peak_mb", "#c44e52"), ("rss_after_mb", "#dd8452"))
+        ):
+            ax[1].bar(
+                [j + (i - 1) * w for j in range(len(runs))],
+                [r.get(k) or 0 for r in runs],
+                w,
+                label=k[4:-3],
+                color=c,
+            )
         ax[1].set_xticks(range(len(runs)))
         ax[1].set_xticklabels(lab)
         ax[1].set_ylabel("HAProxy RSS MB")
@@ -264,6 +360,7 @@ def charts(result: dict[str, Any], out: Path) -> dict[str, str]:
 
 # --- markdown ---------------------------------------------------------------------------------
 
+
 def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> str:
     env = result.get("env", {})
     m, v = env.get("machine", {}), env.get("versions", {})
@@ -272,20 +369,30 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
     a = L.append
     a("# scimgate benchmarks")
     a("")
-    a(f"Generated by `python -m bench.run{' --quick' if result.get('mode') == 'quick' else ''}` from "
-      f"`bench/results/latest.json` on {result.get('generated')} ({result.get('mode')} run, "
-      f"{result.get('duration_s')} s). Do not edit by hand: `python -m bench.report` regenerates it.")
+    a(
+        f"Generated by `python -m bench.run{' --quick' if result.get('mode') == 'quick' else ''}` from "
+        f"`bench/results/latest.json` on {result.get('generated')} ({result.get('mode')} run, "
+        f"{result.get('duration_s')} s). Do not edit by hand: `python -m bench.report` regenerates it."
+    )
     a("")
     a("## Machine and versions")
     a("")
     a("| item | value |")
     a("| --- | --- |")
-    a(f"| machine | {m.get('cores')} cores, {m.get('cpu_model')}, {m.get('mem_gb')} GB RAM, kernel {m.get('kernel')} |")
-    a(f"| load average at start | {m.get('loadavg_at_start')} (the box is shared; see per-section load averages) |")
+    a(
+        f"| machine | {m.get('cores')} cores, {m.get('cpu_model')}, {m.get('mem_gb')} GB RAM, kernel {m.get('kernel')} |"
+    )
+    a(
+        f"| load average at start | {m.get('loadavg_at_start')} (the box is shared; see per-section load averages) |"
+    )
     a(f"| Python | {v.get('python')} |")
     a(f"| HAProxy | {v.get('haproxy')} |")
-    a(f"| scimgate | {v.get('scimgate')} at commit `{env.get('commit')}`{' (worktree had uncommitted changes)' if v.get('scimgate_worktree_dirty') else ''} |")
-    a(f"| peer | scim2-server {v.get('scim2_server')} (scim2-models {v.get('scim2_models')}), ASGI app + AsyncInMemoryStorage under uvicorn {v.get('uvicorn')} |")
+    a(
+        f"| scimgate | {v.get('scimgate')} at commit `{env.get('commit')}`{' (worktree had uncommitted changes)' if v.get('scimgate_worktree_dirty') else ''} |"
+    )
+    a(
+        f"| peer | scim2-server {v.get('scim2_server')} (scim2-models {v.get('scim2_models')}), ASGI app + AsyncInMemoryStorage under uvicorn {v.get('uvicorn')} |"
+    )
     a(f"| PostgreSQL | {v.get('postgresql')} (throwaway cluster, unix socket, fsync=off) |")
     a(f"| SQLAlchemy / wrk | {v.get('sqlalchemy')} / {v.get('wrk')} |")
     a("")
@@ -295,28 +402,35 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
     a("| --- | --- | --- | --- |")
     for t in result.get("targets", []):
         st = "met" if t["met"] is True else ("**missed**" if t["met"] is False else "n/a")
-        a(f"| {t['name']} | {t['target']} | {t['value'] or '–'} | {st}{' — ' + t['note'] if t['note'] else ''} |")
+        a(
+            f"| {t['name']} | {t['target']} | {t['value'] or '–'} | {st}{' — ' + t['note'] if t['note'] else ''} |"
+        )
     if result.get("failures"):
         a("")
-        a("**Harness failures in this run:** " + "; ".join(f"{k}: {v}" for k, v in result["failures"].items()))
+        a(
+            "**Harness failures in this run:** "
+            + "; ".join(f"{k}: {v}" for k, v in result["failures"].items())
+        )
     scim = s.get("scim")
     if scim:
         sz = scim["sizes"]
         a("")
         a("## 1. SCIM cost and throughput")
         a("")
-        a(f"scimgate (`scimgate serve`, product defaults: SQLite WAL synchronous=NORMAL as in the test fixture, "
-          f"INFO request logs, audit chain) on SQLite and on PostgreSQL, against scim2-server {v.get('scim2_server')} "
-          "in the same run, one server at a time. Load: closed loop, one keep-alive HTTP/1.1 connection per "
-          "worker thread (http.client). Each request is sent once; every run is bounded by a request count "
-          f"and {sz['time_limit']} s. Sizes: {sz['ops']} creates/lookups/PATCHes/PUTs per level, "
-          f"{sz['group_ops']} add-100 PATCHes (each on a fresh empty group), {sz['remove_ops']} removals from a "
-          f"{sz['group_size']:,}-member group, {sz['list_ops']} pages. "
-          "Server CPU = utime+stime of the server's process tree from /proc before/after, divided by successful ops; "
-          "for scimgate on PostgreSQL the PostgreSQL cluster's CPU is added (column *CPU/op*; the serve process alone is in "
-          "latest.json as `server_cpu_ms_per_op`). *client CPU* is the load generator's own CPU per op "
-          "(its share of a core in parentheses): it stays well below one core, so it is not the bottleneck. "
-          "Ratios are scimgate ÷ scim2-server (CPU and latency: lower is better; ops/s: higher is better).")
+        a(
+            f"scimgate (`scimgate serve`, product defaults: SQLite WAL synchronous=NORMAL as in the test fixture, "
+            f"INFO request logs, audit chain) on SQLite and on PostgreSQL, against scim2-server {v.get('scim2_server')} "
+            "in the same run, one server at a time. Load: closed loop, one keep-alive HTTP/1.1 connection per "
+            "worker thread (http.client). Each request is sent once; every run is bounded by a request count "
+            f"and {sz['time_limit']} s. Sizes: {sz['ops']} creates/lookups/PATCHes/PUTs per level, "
+            f"{sz['group_ops']} add-100 PATCHes (each on a fresh empty group), {sz['remove_ops']} removals from a "
+            f"{sz['group_size']:,}-member group, {sz['list_ops']} pages. "
+            "Server CPU = utime+stime of the server's process tree from /proc before/after, divided by successful ops; "
+            "for scimgate on PostgreSQL the PostgreSQL cluster's CPU is added (column *CPU/op*; the serve process alone is in "
+            "latest.json as `server_cpu_ms_per_op`). *client CPU* is the load generator's own CPU per op "
+            "(its share of a core in parentheses): it stays well below one core, so it is not the bottleneck. "
+            "Ratios are scimgate ÷ scim2-server (CPU and latency: lower is better; ops/s: higher is better)."
+        )
         a("")
         if "scim_cpu" in files:
             a(f"![SCIM CPU per op]({img_prefix}{files['scim_cpu']})")
@@ -326,37 +440,53 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
         for conc in scim["servers"].get(PEER, next(iter(scim["servers"].values()))):
             a(f"### concurrency {conc}")
             a("")
-            a("| operation | server | ops/s | p50 ms | p95 ms | p99 ms | CPU/op ms | client CPU/op ms | ratio ops/s | ratio p50 | ratio p99 | ratio CPU/op |")
+            a(
+                "| operation | server | ops/s | p50 ms | p95 ms | p99 ms | CPU/op ms | client CPU/op ms | ratio ops/s | ratio p50 | ratio p99 | ratio CPU/op |"
+            )
             a("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             for op in SCIM_OPS:
                 for n in [PEER, *BACKENDS]:
                     r = scim["servers"].get(n, {}).get(conc, {}).get(op)
                     if not r:
                         continue
-                    rr = scim.get("ratios", {}).get(n, {}).get(conc, {}).get(op, {}) if n != PEER else {}
+                    rr = (
+                        scim.get("ratios", {}).get(n, {}).get(conc, {}).get(op, {})
+                        if n != PEER
+                        else {}
+                    )
                     err = f" ({r['errors']} err)" if r.get("errors") else ""
-                    a(f"| {OP_LABEL[op]} | {n}{err} | {_f(r['ops_per_s'])} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} | "
-                      f"{_f(r['p99_ms'])} | {_f(r['total_server_cpu_ms_per_op'])} | {_f(r['client_cpu_ms_per_op'])} ({_f(r['client_cpu_util'])}) | "
-                      f"{_ratio(rr.get('ops_per_s'))} | {_ratio(rr.get('p50_ms'))} | {_ratio(rr.get('p99_ms'))} | "
-                      f"{_ratio(rr.get('total_server_cpu_ms_per_op'))} |")
+                    a(
+                        f"| {OP_LABEL[op]} | {n}{err} | {_f(r['ops_per_s'])} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} | "
+                        f"{_f(r['p99_ms'])} | {_f(r['total_server_cpu_ms_per_op'])} | {_f(r['client_cpu_ms_per_op'])} ({_f(r['client_cpu_util'])}) | "
+                        f"{_ratio(rr.get('ops_per_s'))} | {_ratio(rr.get('p50_ms'))} | {_ratio(rr.get('p99_ms'))} | "
+                        f"{_ratio(rr.get('total_server_cpu_ms_per_op'))} |"
+                    )
             a("")
-        a(f"Load average during the section: {scim.get('loadavg')}; section time {scim.get('seconds')} s.")
+        a(
+            f"Load average during the section: {scim.get('loadavg')}; section time {scim.get('seconds')} s."
+        )
     gsc = s.get("group_scaling")
     if gsc:
         a("")
         a("## 2. Group scaling")
         a("")
-        a(f"One-member PATCH add and remove (`members[value eq …]`) on a {gsc['big']:,}-member group vs a "
-          f"{gsc['small']}-member group, {gsc['ops']} ops each at concurrency 1. The big group's users and "
-          "memberships are bulk-inserted into `scim_users`/`scim_members` in setup (SQLAlchemy Core).")
+        a(
+            f"One-member PATCH add and remove (`members[value eq …]`) on a {gsc['big']:,}-member group vs a "
+            f"{gsc['small']}-member group, {gsc['ops']} ops each at concurrency 1. The big group's users and "
+            "memberships are bulk-inserted into `scim_users`/`scim_members` in setup (SQLAlchemy Core)."
+        )
         a("")
-        a("| backend | op | small p50 ms | big p50 ms | ratio of medians | small CPU/op ms | big CPU/op ms |")
+        a(
+            "| backend | op | small p50 ms | big p50 ms | ratio of medians | small CPU/op ms | big CPU/op ms |"
+        )
         a("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for be, r in gsc["backends"].items():
             for kind in ("add", "remove"):
-                a(f"| {be} | {kind} | {_f(r['small'][kind]['p50_ms'])} | {_f(r['big'][kind]['p50_ms'])} | "
-                  f"{_ratio(r['ratio_' + kind])} | {_f(r['small'][kind]['total_server_cpu_ms_per_op'])} | "
-                  f"{_f(r['big'][kind]['total_server_cpu_ms_per_op'])} |")
+                a(
+                    f"| {be} | {kind} | {_f(r['small'][kind]['p50_ms'])} | {_f(r['big'][kind]['p50_ms'])} | "
+                    f"{_ratio(r['ratio_' + kind])} | {_f(r['small'][kind]['total_server_cpu_ms_per_op'])} | "
+                    f"{_f(r['big'][kind]['total_server_cpu_ms_per_op'])} |"
+                )
         if "group_scaling" in files:
             a("")
             a(f"![group scaling]({img_prefix}{files['group_scaling']})")
@@ -367,19 +497,27 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
         a("")
         a(prop.get("method", ""))
         a("")
-        a("| identities | read-your-writes | targets | users | p50 ms | p99 ms | max ms | SCIM PATCH p50 ms |")
+        a(
+            "| identities | read-your-writes | targets | users | p50 ms | p99 ms | max ms | SCIM PATCH p50 ms |"
+        )
         a("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in prop.get("runs", []):
-            a(f"| {r['identities']:,} | {'yes' if r['ryw'] else 'no'} | {r['targets']} | {r['n']} | {_f(r['p50_ms'])} | "
-              f"{_f(r['p99_ms'])} | {_f(r['max_ms'])} | {_f(r.get('patch_p50_ms'))} |")
+            a(
+                f"| {r['identities']:,} | {'yes' if r['ryw'] else 'no'} | {r['targets']} | {r['n']} | {_f(r['p50_ms'])} | "
+                f"{_f(r['p99_ms'])} | {_f(r['max_ms'])} | {_f(r.get('patch_p50_ms'))} |"
+            )
         if prop.get("stall"):
             a("")
-            a("Longest request stall (probe: one keep-alive GET every ~1 ms during a burst of deactivations):")
+            a(
+                "Longest request stall (probe: one keep-alive GET every ~1 ms during a burst of deactivations):"
+            )
             a("")
             a("| identities | updates | probe requests | p99 ms | max ms | idle max ms |")
             a("| ---: | ---: | ---: | ---: | ---: | ---: |")
             for r in prop["stall"]:
-                a(f"| {r['identities']:,} | {r['updates']} | {r['probes']} | {_f(r['p99_ms'])} | {_f(r['max_ms'])} | {_f(r.get('idle_max_ms'))} |")
+                a(
+                    f"| {r['identities']:,} | {r['updates']} | {r['probes']} | {_f(r['p99_ms'])} | {_f(r['max_ms'])} | {_f(r.get('idle_max_ms'))} |"
+                )
         if "propagation" in files:
             a("")
             a(f"![propagation]({img_prefix}{files['propagation']})")
@@ -390,11 +528,15 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
         a("")
         a(rsy.get("method", ""))
         a("")
-        a("| identities | shards | seconds | HAProxy RSS before MB | peak MB | after MB | entries verified |")
+        a(
+            "| identities | shards | seconds | HAProxy RSS before MB | peak MB | after MB | entries verified |"
+        )
         a("| ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for r in rsy["runs"]:
-            a(f"| {r['identities']:,} | {r.get('shards')} | {_f(r['seconds'])} | {_f(r['rss_before_mb'])} | "
-              f"{_f(r.get('rss_peak_mb'))} | {_f(r['rss_after_mb'])} | {r.get('verified')} |")
+            a(
+                f"| {r['identities']:,} | {r.get('shards')} | {_f(r['seconds'])} | {_f(r['rss_before_mb'])} | "
+                f"{_f(r.get('rss_peak_mb'))} | {_f(r['rss_after_mb'])} | {r.get('verified')} |"
+            )
         if "resync" in files:
             a("")
             a(f"![resync]({img_prefix}{files['resync']})")
@@ -408,7 +550,9 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
         a("| frontend | identities | requests/s | ratio to no check | non-2xx |")
         a("| --- | ---: | ---: | ---: | ---: |")
         for r in rp["runs"]:
-            a(f"| {r['label']} | {_f(r.get('identities'))} | {_f(r['rps'])} | {_ratio(r.get('ratio'))} | {_f(r.get('non2xx'))} |")
+            a(
+                f"| {r['label']} | {_f(r.get('identities'))} | {_f(r['rps'])} | {_ratio(r.get('ratio'))} | {_f(r.get('non2xx'))} |"
+            )
         if "request_path" in files:
             a("")
             a(f"![request path]({img_prefix}{files['request_path']})")
@@ -421,7 +565,9 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
         a("")
         a("| users | groups | memberships | VmRSS idle MB | VmRSS after traffic MB | VmHWM MB |")
         a("| ---: | ---: | ---: | ---: | ---: | ---: |")
-        a(f"| {fp['users']:,} | {fp['groups']:,} | {fp.get('memberships', 0):,} | {_f(fp.get('rss_idle_mb'))} | {_f(fp['rss_mb'])} | {_f(fp.get('hwm_mb'))} |")
+        a(
+            f"| {fp['users']:,} | {fp['groups']:,} | {fp.get('memberships', 0):,} | {_f(fp.get('rss_idle_mb'))} | {_f(fp['rss_mb'])} | {_f(fp.get('hwm_mb'))} |"
+        )
     if result.get("notes"):
         a("")
         a("## Notes")
@@ -432,16 +578,22 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
     a("## Reproduce")
     a("")
     a("```")
-    a("make bench          # full run, ≤ 15 min on 2 cores: bench/results/latest.json, PNGs, docs/benchmarks.md")
+    a(
+        "make bench          # full run, ≤ 15 min on 2 cores: bench/results/latest.json, PNGs, docs/benchmarks.md"
+    )
     a("make bench-quick    # CI smoke run, ≤ 2 min: bench/results/quick/ (never asserts timings)")
     a("# or by hand:")
     a(".venv/bin/pip install -e '.[bench]'")
-    a(".venv/bin/python -m bench.run [--quick] [--only scim,group_scaling,resync,request_path,propagation,footprint]")
+    a(
+        ".venv/bin/python -m bench.run [--quick] [--only scim,group_scaling,resync,request_path,propagation,footprint]"
+    )
     a(".venv/bin/python -m bench.report   # re-render this page from latest.json")
     a("```")
     a("")
-    a("Needs haproxy (2.6 from Debian 12), wrk and PostgreSQL 15 binaries (`make system-deps`). Everything binds "
-      "to 127.0.0.1 or unix sockets; every load loop is bounded by a count and a deadline.")
+    a(
+        "Needs haproxy (2.6 from Debian 12), wrk and PostgreSQL 15 binaries (`make system-deps`). Everything binds "
+        "to 127.0.0.1 or unix sockets; every load loop is bounded by a count and a deadline."
+    )
     a("")
     return "\n".join(L)
 
@@ -460,6 +612,8 @@ if __name__ == "__main__":
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "latest.json"
     res = json.loads(path.read_text())
     res["targets"] = targets(res)
-    doc = ROOT / "docs" / "benchmarks.md" if path.parent == RESULTS else path.parent / "benchmarks.md"
+    doc = (
+        ROOT / "docs" / "benchmarks.md" if path.parent == RESULTS else path.parent / "benchmarks.md"
+    )
     write_all(res, path.parent, doc)
     print(f"wrote {doc}")

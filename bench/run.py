@@ -25,18 +25,36 @@ if str(ROOT) not in sys.path:  # `from tests.fixtures...` in the sections
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
-        "scim": {"concurrency": [1, 8, 32], "ops": 300, "group_ops": 60, "remove_ops": 40,
-                 "list_ops": 60, "group_size": 2000, "time_limit": 12},
+        "scim": {
+            "concurrency": [1, 8, 32],
+            "ops": 300,
+            "group_ops": 60,
+            "remove_ops": 40,
+            "list_ops": 60,
+            "group_size": 2000,
+            "time_limit": 12,
+        },
         "group_scaling": {"big": 100_000, "small": 10, "ops": 200},
-        "propagation": {"sizes": [1_000, 100_000, 1_000_000], "users": 1000, "ryw_users": 200,
-                        "stall_updates": 200},
+        "propagation": {
+            "sizes": [1_000, 100_000, 1_000_000],
+            "users": 1000,
+            "ryw_users": 200,
+            "stall_updates": 200,
+        },
         "resync": {"sizes": [10_000, 100_000, 1_000_000]},
         "request_path": {"sizes": [100_000, 1_000_000], "duration": 5, "jwts": 2000},
         "footprint": {"users": 100_000, "groups": 1000},
     },
     "quick": {
-        "scim": {"concurrency": [1, 8], "ops": 40, "group_ops": 10, "remove_ops": 8,
-                 "list_ops": 15, "group_size": 200, "time_limit": 4},
+        "scim": {
+            "concurrency": [1, 8],
+            "ops": 40,
+            "group_ops": 10,
+            "remove_ops": 8,
+            "list_ops": 15,
+            "group_size": 200,
+            "time_limit": 4,
+        },
         "group_scaling": {"big": 5_000, "small": 10, "ops": 30},
         "propagation": {"sizes": [1_000], "users": 50, "ryw_users": 20, "stall_updates": 30},
         "resync": {"sizes": [10_000]},
@@ -58,14 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run")
     ap.add_argument("--quick", action="store_true", help="small sizes (CI; about 2 minutes)")
     ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
-    ap.add_argument("--out", default=None, help="results directory (default bench/results, "
-                                                 "quick: bench/results/quick)")
-    ap.add_argument("--merge", action="store_true",
-                    help="keep the other sections of an existing latest.json (with --only)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results directory (default bench/results, quick: bench/results/quick)",
+    )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other sections of an existing latest.json (with --only)",
+    )
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     out = Path(args.out) if args.out else (RESULTS / "quick" if args.quick else RESULTS)
-    doc = ROOT / "docs" / "benchmarks.md" if mode == "full" and not args.out else out / "benchmarks.md"
+    doc = (
+        ROOT / "docs" / "benchmarks.md"
+        if mode == "full" and not args.out
+        else out / "benchmarks.md"
+    )
     only = [s for s in args.only.split(",") if s] or SECTIONS
     unknown = set(only) - set(SECTIONS)
     if unknown:
@@ -77,11 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         result = json.loads((out / "latest.json").read_text())
-    result.update({
-        "generated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "mode": mode,
-        "env": environment(),
-    })
+    result.update(
+        {
+            "generated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "mode": mode,
+            "env": environment(),
+        }
+    )
     result.setdefault("sections", {})
     result.setdefault("skipped", {})
     failures: dict[str, str] = {}

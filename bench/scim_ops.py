@@ -30,7 +30,7 @@ PATCHOP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 OPS = ["create", "lookup", "deactivate", "replace", "group_add100", "group_remove1", "list_page"]
 OP_LABEL = {
     "create": "create user",
-    "lookup": 'lookup userName eq',
+    "lookup": "lookup userName eq",
     "deactivate": "PATCH deactivate",
     "replace": "PUT replace",
     "group_add100": "add 100 members",
@@ -42,16 +42,18 @@ BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 
 def user_body(name: str, *, active: bool = True, title: str = "Engineer") -> bytes:
     given, family = name.split(".", 1) if "." in name else (name, "Bench")
-    return json.dumps({
-        "schemas": [USER],
-        "userName": f"{name}@example.com",
-        "externalId": f"ext-{name}",
-        "name": {"givenName": given, "familyName": family},
-        "displayName": f"{given} {family}",
-        "title": title,
-        "active": active,
-        "emails": [{"value": f"{name}@example.com", "type": "work", "primary": True}],
-    }).encode()
+    return json.dumps(
+        {
+            "schemas": [USER],
+            "userName": f"{name}@example.com",
+            "externalId": f"ext-{name}",
+            "name": {"givenName": given, "familyName": family},
+            "displayName": f"{given} {family}",
+            "title": title,
+            "active": active,
+            "emails": [{"value": f"{name}@example.com", "type": "work", "primary": True}],
+        }
+    ).encode()
 
 
 def patch(ops: list[dict[str, Any]]) -> bytes:
@@ -70,10 +72,20 @@ class Client:
 
     def many(self, reqs: list[Req], conc: int = 8, limit: float = 300) -> list[Any]:
         bodies: list[bytes | None] = [None] * len(reqs)
-        res = run_load(self.srv.host, self.srv.port, self.srv.headers(), reqs, conc,
-                       time_limit=limit, server_cpu=lambda: 0.0, bodies=bodies)
+        res = run_load(
+            self.srv.host,
+            self.srv.port,
+            self.srv.headers(),
+            reqs,
+            conc,
+            time_limit=limit,
+            server_cpu=lambda: 0.0,
+            bodies=bodies,
+        )
         if res.errors or res.timed_out:
-            raise HarnessError(f"{self.srv.name} setup failed: {res.error_samples[:2]} timed_out={res.timed_out}")
+            raise HarnessError(
+                f"{self.srv.name} setup failed: {res.error_samples[:2]} timed_out={res.timed_out}"
+            )
         return [json.loads(b) if b else None for b in bodies]
 
     def users(self, names: list[str]) -> list[str]:
@@ -81,9 +93,20 @@ class Client:
         p = self.srv.prefix
         reqs = []
         for i in range(0, len(names), 100):
-            ops = [{"method": "POST", "path": "/Users", "bulkId": f"b{j}",
-                    "data": json.loads(user_body(n))} for j, n in enumerate(names[i:i + 100])]
-            reqs.append(Req("POST", f"{p}/Bulk", json.dumps({"schemas": [BULK], "Operations": ops}).encode()))
+            ops = [
+                {
+                    "method": "POST",
+                    "path": "/Users",
+                    "bulkId": f"b{j}",
+                    "data": json.loads(user_body(n)),
+                }
+                for j, n in enumerate(names[i : i + 100])
+            ]
+            reqs.append(
+                Req(
+                    "POST", f"{p}/Bulk", json.dumps({"schemas": [BULK], "Operations": ops}).encode()
+                )
+            )
         ids = []
         for out in self.many(reqs, conc=2):
             for op in out["Operations"]:
@@ -94,26 +117,58 @@ class Client:
 
     def groups(self, names: list[str]) -> list[str]:
         p = self.srv.prefix
-        out = self.many([Req("POST", f"{p}/Groups", json.dumps({"schemas": [GROUP], "displayName": n}).encode(),
-                             (201,)) for n in names])
+        out = self.many(
+            [
+                Req(
+                    "POST",
+                    f"{p}/Groups",
+                    json.dumps({"schemas": [GROUP], "displayName": n}).encode(),
+                    (201,),
+                )
+                for n in names
+            ]
+        )
         return [o["id"] for o in out]
 
     def fill_group(self, gid: str, member_ids: list[str]) -> None:
         p = self.srv.prefix
-        reqs = [Req("PATCH", f"{p}/Groups/{gid}",
-                    patch([{"op": "add", "path": "members",
-                            "value": [{"value": m} for m in member_ids[i:i + 100]]}]), (200, 204))
-                for i in range(0, len(member_ids), 100)]
+        reqs = [
+            Req(
+                "PATCH",
+                f"{p}/Groups/{gid}",
+                patch(
+                    [
+                        {
+                            "op": "add",
+                            "path": "members",
+                            "value": [{"value": m} for m in member_ids[i : i + 100]],
+                        }
+                    ]
+                ),
+                (200, 204),
+            )
+            for i in range(0, len(member_ids), 100)
+        ]
         self.many(reqs, conc=1)
 
 
 def measure(srv: Server, reqs: list[Req], conc: int, limit: float) -> dict[str, Any]:
-    res: LoadResult = run_load(srv.host, srv.port, srv.headers(), reqs, conc, time_limit=limit,
-                               server_cpu=srv.cpu, extra_cpu=srv.extra_cpu,
-                               warm_path=f"{srv.prefix}/ServiceProviderConfig")
+    res: LoadResult = run_load(
+        srv.host,
+        srv.port,
+        srv.headers(),
+        reqs,
+        conc,
+        time_limit=limit,
+        server_cpu=srv.cpu,
+        extra_cpu=srv.extra_cpu,
+        warm_path=f"{srv.prefix}/ServiceProviderConfig",
+    )
     out = res.summary()
     if out["ok"] == 0 or out["errors"] > max(2, 0.02 * out["ops"]):
-        raise HarnessError(f"{srv.name}: {out['errors']} errors of {out['ops']}: {out['error_samples']}")
+        raise HarnessError(
+            f"{srv.name}: {out['errors']} errors of {out['ops']}: {out['error_samples']}"
+        )
     return out
 
 
@@ -136,38 +191,94 @@ def bench_server(srv: Server, sizes: dict[str, Any], tag: str) -> dict[str, Any]
         cli.fill_group(big, pool)
         names = [f"u{conc}x{i:05d}.{tag}" for i in range(n)]
         bodies: list[bytes | None] = [None] * n
-        res["create"] = r = run_load(srv.host, srv.port, srv.headers(),
-                                     [Req("POST", f"{p}/Users", user_body(nm), (201,)) for nm in names],
-                                     conc, time_limit=limit, server_cpu=srv.cpu, extra_cpu=srv.extra_cpu,
-                                     bodies=bodies, warm_path=f"{p}/ServiceProviderConfig").summary()
+        res["create"] = r = run_load(
+            srv.host,
+            srv.port,
+            srv.headers(),
+            [Req("POST", f"{p}/Users", user_body(nm), (201,)) for nm in names],
+            conc,
+            time_limit=limit,
+            server_cpu=srv.cpu,
+            extra_cpu=srv.extra_cpu,
+            bodies=bodies,
+            warm_path=f"{p}/ServiceProviderConfig",
+        ).summary()
         if r["ok"] == 0 or r["errors"] > max(2, 0.02 * r["ops"]):
             raise HarnessError(f"{srv.name} create: {r['error_samples']}")
         ids = [json.loads(b)["id"] for b in bodies if b]
         created = [nm for nm, b in zip(names, bodies, strict=True) if b]
         look = created[:]
         rnd.shuffle(look)
-        res["lookup"] = measure(srv, [Req("GET", f"{p}/Users?filter=" + q(f'userName eq "{nm}@example.com"'))
-                                      for nm in look], conc, limit)
-        res["deactivate"] = measure(srv, [Req("PATCH", f"{p}/Users/{i}",
-                                              patch([{"op": "replace", "path": "active", "value": False}]), (200, 204))
-                                          for i in ids], conc, limit)
-        res["replace"] = measure(srv, [Req("PUT", f"{p}/Users/{i}", user_body(nm, title="Manager"))
-                                       for i, nm in zip(ids, created, strict=True)], conc, limit)
+        res["lookup"] = measure(
+            srv,
+            [
+                Req("GET", f"{p}/Users?filter=" + q(f'userName eq "{nm}@example.com"'))
+                for nm in look
+            ],
+            conc,
+            limit,
+        )
+        res["deactivate"] = measure(
+            srv,
+            [
+                Req(
+                    "PATCH",
+                    f"{p}/Users/{i}",
+                    patch([{"op": "replace", "path": "active", "value": False}]),
+                    (200, 204),
+                )
+                for i in ids
+            ],
+            conc,
+            limit,
+        )
+        res["replace"] = measure(
+            srv,
+            [
+                Req("PUT", f"{p}/Users/{i}", user_body(nm, title="Manager"))
+                for i, nm in zip(ids, created, strict=True)
+            ],
+            conc,
+            limit,
+        )
         hundred = pool[:100]
-        add_body = patch([{"op": "add", "path": "members", "value": [{"value": m} for m in hundred]}])
-        res["group_add100"] = measure(srv, [Req("PATCH", f"{p}/Groups/{g}", add_body, (200, 204))
-                                            for g in empties], conc, limit)
+        add_body = patch(
+            [{"op": "add", "path": "members", "value": [{"value": m} for m in hundred]}]
+        )
+        res["group_add100"] = measure(
+            srv,
+            [Req("PATCH", f"{p}/Groups/{g}", add_body, (200, 204)) for g in empties],
+            conc,
+            limit,
+        )
         victims = rnd.sample(pool, nr)
-        res["group_remove1"] = measure(srv, [Req("PATCH", f"{p}/Groups/{big}",
-                                                 patch([{"op": "remove", "path": f'members[value eq "{v}"]'}]),
-                                                 (200, 204)) for v in victims], conc, limit)
+        res["group_remove1"] = measure(
+            srv,
+            [
+                Req(
+                    "PATCH",
+                    f"{p}/Groups/{big}",
+                    patch([{"op": "remove", "path": f'members[value eq "{v}"]'}]),
+                    (200, 204),
+                )
+                for v in victims
+            ],
+            conc,
+            limit,
+        )
         total = group_size + len(ids) * (1 + list(sizes["concurrency"]).index(conc))
         starts = [rnd.randint(1, max(1, total - 100)) for _ in range(nl)]
-        res["list_page"] = measure(srv, [Req("GET", f"{p}/Users?startIndex={s}&count=100") for s in starts],
-                                   conc, limit)
+        res["list_page"] = measure(
+            srv, [Req("GET", f"{p}/Users?startIndex={s}&count=100") for s in starts], conc, limit
+        )
         out[str(conc)] = res
-        log(f"  {srv.name} c={conc}: " + ", ".join(
-            f"{k} {v['ops_per_s']}/s cpu {v['total_server_cpu_ms_per_op']}ms" for k, v in res.items()))
+        log(
+            f"  {srv.name} c={conc}: "
+            + ", ".join(
+                f"{k} {v['ops_per_s']}/s cpu {v['total_server_cpu_ms_per_op']}ms"
+                for k, v in res.items()
+            )
+        )
     return out
 
 
@@ -194,7 +305,9 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
     try:
         assert pg.proc is not None
         d = Path(tempfile.mkdtemp(prefix="sg-pg-", dir=workdir))
-        srv = start_scimgate(d, pg.create_database(), "scimgate-postgresql", extra_pids=[pg.proc.pid])
+        srv = start_scimgate(
+            d, pg.create_database(), "scimgate-postgresql", extra_pids=[pg.proc.pid]
+        )
         try:
             results["servers"]["scimgate-postgresql"] = bench_server(srv, sizes, "g")
         finally:
@@ -205,7 +318,14 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return results
 
 
-METRICS = ["ops_per_s", "p50_ms", "p95_ms", "p99_ms", "server_cpu_ms_per_op", "total_server_cpu_ms_per_op"]
+METRICS = [
+    "ops_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "server_cpu_ms_per_op",
+    "total_server_cpu_ms_per_op",
+]
 
 
 def ratios(servers: dict[str, Any]) -> dict[str, Any]:
@@ -222,8 +342,9 @@ def ratios(servers: dict[str, Any]) -> dict[str, Any]:
                 if not pm:
                     continue
                 # The peer has no database process: its total CPU is its own CPU.
-                out[name][conc][op] = {k: (round(m[k] / pm[k], 4) if m.get(k) and pm.get(k) else None)
-                                       for k in METRICS}
+                out[name][conc][op] = {
+                    k: (round(m[k] / pm[k], 4) if m.get(k) and pm.get(k) else None) for k in METRICS
+                }
     return out
 
 
@@ -231,8 +352,15 @@ if __name__ == "__main__":  # a quick manual run
     import sys
 
     quick = "--quick" in sys.argv
-    sz = {"concurrency": [1, 8], "ops": 100, "group_ops": 20, "remove_ops": 40, "list_ops": 20,
-          "group_size": 2000, "time_limit": 10}
+    sz = {
+        "concurrency": [1, 8],
+        "ops": 100,
+        "group_ops": 20,
+        "remove_ops": 40,
+        "list_ops": 20,
+        "group_size": 2000,
+        "time_limit": 10,
+    }
     with tempfile.TemporaryDirectory() as t:
         r = run(sz, Path(t))
     print(json.dumps(r["ratios"], indent=1)[:3000])
