@@ -19,6 +19,10 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _unicode_lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(
@@ -39,6 +43,10 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # SQLite's built-in lower() folds ASCII only; caseExact=false filters and sorts
+            # (displayName eq "élodie") need the same Unicode folding Python applies to the
+            # values they are compared with (and PostgreSQL's lower() does).
+            dbapi_conn.create_function("lower", 1, _unicode_lower, deterministic=True)
             # pysqlite's own transaction handling is disabled so that we can BEGIN IMMEDIATE
             # for writes (take the write lock up front: no SQLITE_BUSY upgrade deadlocks).
             dbapi_conn.isolation_level = None
