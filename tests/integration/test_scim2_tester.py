@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 
 import httpx2
-import pytest
 from scim2_client.engines.httpx2 import SyncSCIMClient
 from scim2_tester import Status, check_server
 
@@ -70,23 +69,3 @@ def test_scim2_tester_compliance(scim_server: ScimServer) -> None:
     assert not unexpected, "\n".join(unexpected)
     # an exclusion that no longer fails must be removed from the list
     assert matched == set(EXPECTED_FAILURES), set(EXPECTED_FAILURES) - matched
-
-
-@pytest.mark.parametrize("tag", ["discovery", "crud:create", "crud:read", "misc"])
-def test_scim2_tester_tag_groups_pass_cleanly(scim_server: ScimServer, tag: str) -> None:
-    http = httpx2.Client(
-        base_url=scim_server.base_url,
-        timeout=30,
-        headers={"Authorization": f"Bearer {scim_server.token}"},
-    )
-    try:
-        results = check_server(SyncSCIMClient(http), include_tags={tag})
-    finally:
-        http.close()
-    assert results
-    bad = [
-        f"{r.status.name} {_label(r)}"
-        for r in results
-        if r.status not in (Status.SUCCESS, Status.COMPLIANT, Status.SKIPPED)
-    ]
-    assert not bad, "\n".join(bad)

@@ -375,3 +375,48 @@ def test_password_never_returned(scim: httpx.Client) -> None:
         assert "password" not in resp.text and "Hunter2" not in resp.text
     r = scim.get("/Users", params={"filter": 'password eq "Hunter2!x"'})
     assert r.status_code == 400 or r.json()["totalResults"] == 0
+
+
+def test_non_ascii_user_name_case_insensitive(scim: httpx.Client) -> None:
+    m = tag()
+    u = post(
+        scim, "/Users", {"userName": f"ÄNNE.Ørsted.{m}@Example.com", "displayName": f"ÉLODIE {m}"}
+    )
+    for filt in (
+        f'userName eq "änne.ørsted.{m}@example.com"',
+        f'userName sw "änne.ø"  and userName ew "{m}@example.com"',
+        f'displayName eq "élodie {m}"',
+        f'displayName co "LODIE {m}"',
+    ):
+        r = scim.get("/Users", params={"filter": filt})
+        assert [x["id"] for x in r.json()["Resources"]] == [u["id"]], filt
+    r = scim.post("/Users", json={"userName": f"änne.ørsted.{m}@example.com"})
+    assert r.status_code == 409
+
+
+def test_root_search_pages_across_types(scim: httpx.Client) -> None:
+    m = tag()
+    users = [post(scim, "/Users", {"userName": f"root-{m}-{i}"})["id"] for i in range(2)]
+    groups = [
+        post(scim, "/Groups", {"displayName": f"root-{m}-{i}", "externalId": f"x{m}"})["id"]
+        for i in range(2)
+    ]
+    filt = " or ".join(f'id eq "{i}"' for i in users + groups)
+    seen: list[str] = []
+    for start in (1, 3):
+        r = scim.post(
+            "/.search",
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                "filter": filt,
+                "startIndex": start,
+                "count": 2,
+            },
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["totalResults"] == 4 and body["itemsPerPage"] == 2
+        seen += [x["id"] for x in body["Resources"]]
+    assert sorted(seen) == sorted(users + groups)
+    r = scim.post("/.search", json={"filter": filt, "startIndex": 2, "count": 2})
+    assert [x["id"] for x in r.json()["Resources"]] == seen[1:3]
