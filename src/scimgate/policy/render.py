@@ -7,7 +7,9 @@ with ``haproxy -c`` and live requests on 2.6.12.
 
 Request pipeline (first failing step answers):
   1. ambiguous paths (encoded unreserved chars, ``//``, dot segments) -> 400
-  2. identity (JWT / trusted header / mTLS subject) missing or invalid -> 401
+  2. identity (JWT / trusted header / mTLS subject) missing or invalid -> 401; a JWT's
+     signature check is skipped when SHA-256 of the whole token is in the verified-token
+     cache (entries are only created after jwt_verify succeeded; claims are always checked)
   3. pseudonym key absent from the identities map (unknown or deprovisioned user) -> 403
   4. no route matches (routes in file order, first match wins) -> 403 (default deny)
   5. the route's groups or required scopes not held -> 403
