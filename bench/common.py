@@ -343,3 +343,31 @@ def stop_postgres(pg: Any) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             pg.proc.wait(5)
     pg.stop()
+
+
+def start_serve(directory: Path, settings: Any, name: str, timeout: float = 300) -> Server:
+    """`scimgate serve --dir DIR` on a Settings object we wrote (policy, targets, ...),
+    with a fresh token; waits for /healthz (the sync engine's startup resync may still run)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "scimgate.yaml").write_text(settings.to_yaml())
+    cmd = [sys.executable, "-m", "scimgate.cli"]
+    token = subprocess.run(
+        [*cmd, "token", "create", f"bench-{time.monotonic_ns()}", "--dir", str(directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    logf = open(directory / "server.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [*cmd, "serve", "--dir", str(directory)], stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    wait_http(f"http://127.0.0.1:{settings.port}/healthz", proc, timeout)
+    return Server(
+        name,
+        "127.0.0.1",
+        settings.port,
+        "/scim/v2",
+        token,
+        proc.pid,
+        stop_fn=lambda: stop_proc(proc),
+    )

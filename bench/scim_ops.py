@@ -295,25 +295,28 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
         srv.stop()
     from scimgate.config import default_sqlite_url
 
-    d = Path(tempfile.mkdtemp(prefix="sg-sqlite-", dir=workdir))
-    srv = start_scimgate(d, default_sqlite_url(d), "scimgate-sqlite")
-    try:
-        results["servers"]["scimgate-sqlite"] = bench_server(srv, sizes, "s")
-    finally:
-        srv.stop()
-    pg = start_postgres()
-    try:
-        assert pg.proc is not None
-        d = Path(tempfile.mkdtemp(prefix="sg-pg-", dir=workdir))
-        srv = start_scimgate(
-            d, pg.create_database(), "scimgate-postgresql", extra_pids=[pg.proc.pid]
-        )
+    backends = sizes.get("backends", ["sqlite", "postgresql"])
+    if "sqlite" in backends:
+        d = Path(tempfile.mkdtemp(prefix="sg-sqlite-", dir=workdir))
+        srv = start_scimgate(d, default_sqlite_url(d), "scimgate-sqlite")
         try:
-            results["servers"]["scimgate-postgresql"] = bench_server(srv, sizes, "g")
+            results["servers"]["scimgate-sqlite"] = bench_server(srv, sizes, "s")
         finally:
             srv.stop()
-    finally:
-        stop_postgres(pg)
+    if "postgresql" in backends:
+        pg = start_postgres()
+        try:
+            assert pg.proc is not None
+            d = Path(tempfile.mkdtemp(prefix="sg-pg-", dir=workdir))
+            srv = start_scimgate(
+                d, pg.create_database(), "scimgate-postgresql", extra_pids=[pg.proc.pid]
+            )
+            try:
+                results["servers"]["scimgate-postgresql"] = bench_server(srv, sizes, "g")
+            finally:
+                srv.stop()
+        finally:
+            stop_postgres(pg)
     results["ratios"] = ratios(results["servers"])
     return results
 
