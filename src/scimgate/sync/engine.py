@@ -606,7 +606,7 @@ class SyncEngine:
                 "sync: deprovision not confirmed in time",
                 extra={
                     "seq": seq,
-                    "created": created,
+                    "logged": created,
                     "targets": waiting,
                     "threshold_seconds": alert,
                     "age_seconds": round(state.age_seconds(created), 3),
