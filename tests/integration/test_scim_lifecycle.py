@@ -3,15 +3,16 @@ token rotation/revocation/expiry through the CLI, and the audit actor of every w
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from click.testing import CliRunner
 
-from tests.fixtures.server import ScimServer, scimgate_cmd
+from scimgate.cli import main
+from tests.fixtures.server import ScimServer
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -97,13 +98,11 @@ def test_group_patch_touching_members_answers_204(scim: httpx.Client) -> None:
 
 
 def cli(server: ScimServer, *args: str) -> str:
-    out = subprocess.run(
-        scimgate_cmd(*args, "--dir", str(server.directory)),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip()
+    """`scimgate token ...` through the real CLI entry point (in-process: no interpreter
+    start-up per call, the same code as `python -m scimgate.cli`)."""
+    result = CliRunner().invoke(main, [*args, "--dir", str(server.directory)])
+    assert result.exit_code == 0, result.output
+    return str(result.stdout).strip()
 
 
 def status(server: ScimServer, secret: str) -> int:
