@@ -76,15 +76,27 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
     for seq, target, when in conn.execute(sa.select(tables.confirmations)):
         applied.setdefault(int(seq), {})[target] = when
     events = list(iter_events(conn))
-    for ev in events:  # sync.applied events cover every applied change, not only deprovisions
+    # A change is enforced on a target by the sync.applied batch that covers its seq, or by
+    # a full resync whose snapshot includes it (confirmations only cover deprovisions).
+    batches: list[tuple[int, int, str, str]] = []
+    for ev in events:
+        d = ev["detail"] or {}
+        target, when = d.get("target"), d.get("applied") or ev["ts"]
+        if not isinstance(target, str):
+            continue
         if ev["kind"] == "sync.applied":
-            d = ev["detail"] or {}
-            lo, hi = d.get("seq_from"), d.get("seq_to")
-            if isinstance(lo, int) and isinstance(hi, int) and d.get("target"):
-                for seq in range(lo, hi + 1):
-                    applied.setdefault(seq, {}).setdefault(
-                        d["target"], d.get("applied") or ev["ts"]
-                    )
+            lo, hi = d.get("first_seq"), d.get("last_seq")
+            if isinstance(lo, int) and isinstance(hi, int):
+                batches.append((lo, hi, target, when))
+        elif ev["kind"] == "sync.resync" and isinstance(d.get("seq"), int):
+            batches.append((1, d["seq"], target, when))
+
+    def enforced_at(seq: int) -> dict[str, str]:
+        out = dict(applied.get(seq, {}))
+        for lo, hi, target, when in batches:
+            if lo <= seq <= hi and (target not in out or when < out[target]):
+                out[target] = when
+        return out
 
     state = DirectoryState()
     timeline: list[dict[str, Any]] = []
@@ -139,7 +151,7 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
             line["map_changes"] = changes
             enforced: dict[str, str] = {}
             for c in changes:
-                for target, when in applied.get(int(c["seq"]), {}).items():
+                for target, when in enforced_at(int(c["seq"])).items():
                     enforced[target] = max(enforced.get(target, when), when)
             line["enforced"] = [
                 {
