@@ -302,3 +302,76 @@ def test_no_policy_no_map_changes(scim_server: ScimServer) -> None:
     ]
     for line in timeline:
         assert set(line) == {"ts", "seq", "what", "actor"}
+
+
+def test_enforcement_times_from_sync_batches_and_resyncs(tmp_path: Path) -> None:
+    """What the sync engine records (its own record_applied / record_resync, on a real SQLite
+    store) is what `audit user` reports as enforced, per target; the rest is unconfirmed."""
+    from scimgate.audit.log import Actor
+    from scimgate.audit.story import user_story
+    from scimgate.enforcement import PolicyEnforcement
+    from scimgate.policy.model import load_policy
+    from scimgate.service import ScimService
+    from scimgate.store import migrate
+    from scimgate.store.db import Database
+    from scimgate.sync.state import record_applied, record_resync
+
+    write_policy(tmp_path)
+    db = Database(default_sqlite_url(tmp_path))
+    migrate.upgrade(db)
+    service = ScimService(
+        db, enforcement=PolicyEnforcement(load_policy(tmp_path / "policy.yaml"), b"k" * 32)
+    )
+    actor, base = Actor(token="okta"), "https://scim.example.com/scim/v2"
+
+    def create(name: str) -> int:
+        result = service.create("User", {"schemas": [USER], "userName": name}, actor, base)
+        assert len(result.changes) == 1
+        return result.changes[0].seq
+
+    a, b = create("a@example.com"), create("b@example.com")
+    for target in ("east", "west"):
+        record_resync(
+            db,
+            target,
+            reason="startup",
+            seq=0,
+            entries=0,
+            seconds=0.01,
+            shards=1,
+            applied="2000-01-01T00:00:00.000000Z",
+        )
+    record_applied(
+        db,
+        "east",
+        first_seq=a,
+        last_seq=b,
+        set_keys=["k"],
+        deleted_keys=[],
+        applied="2100-01-01T00:00:00.000001Z",
+        entries=2,
+    )
+    record_resync(
+        db,
+        "west",
+        reason="reload",
+        seq=a,
+        entries=1,
+        seconds=0.01,
+        shards=1,
+        applied="2100-01-01T00:00:00.000002Z",
+    )
+    try:
+        with db.read() as conn:
+            sa_, sb = user_story(conn, "a@example.com"), user_story(conn, "b@example.com")
+    finally:
+        db.dispose()
+    assert sa_ is not None and sb is not None
+    (line_a,), (line_b,) = sa_["timeline"], sb["timeline"]
+    assert [(e["target"], e["applied"]) for e in line_a["enforced"]] == [
+        ("east", "2100-01-01T00:00:00.000001Z"),
+        ("west", "2100-01-01T00:00:00.000002Z"),
+    ]
+    assert line_a["unconfirmed"] == [] and line_a["enforced"][0]["after_ms"] > 0
+    assert [e["target"] for e in line_b["enforced"]] == ["east"]
+    assert line_b["unconfirmed"] == ["west"]  # west's snapshot was taken before b's change
