@@ -49,7 +49,26 @@ class Keys:
         return h.hexdigest().upper()
 
     def jwt(self, ident: str, ttl: int = 3600) -> str:
+        """An RS256 token as `scimgate jwt mint` makes it (jwtmint.mint_jwt), signed with a
+        key object loaded once: parsing the PEM costs ~0.1 s per token (RSA key checks)."""
         from scimgate.policy.jwtmint import mint_jwt
+
+        key = self.__dict__.get("_rsa")
+        if key is None:
+            from cryptography.hazmat.primitives import serialization
+
+            key = self.__dict__["_rsa"] = serialization.load_pem_private_key(
+                self.private_pem.encode(), None
+            )
+        return mint_jwt(
+            key,
+            subject_claim="email",
+            identity=ident,
+            algorithm="RS256",  # type: ignore[arg-type]
+            audience="scimgate-demo",
+            issuer="https://idp.example.com/",
+            ttl_seconds=ttl,
+        )
 
         return mint_jwt(
             self.private_pem,
@@ -60,6 +79,28 @@ class Keys:
             issuer="https://idp.example.com/",
             ttl_seconds=ttl,
         )
+
+
+HEADER_IDENTITY = """identity:
+  source: header
+  header:
+    name: X-User
+    trusted_sources: [127.0.0.1/32]
+  key_attributes: [userName, emails]
+"""
+
+
+def header_policy(keys: Keys) -> Any:
+    """The demo policy with identity from a trusted header instead of a JWT."""
+    import re
+
+    from scimgate.policy.model import load_policy
+
+    text = (keys.base / "policy.yaml").read_text()
+    text = re.sub(r"(?m)^identity:\n(?:  .*\n)+", HEADER_IDENTITY, text)
+    path = keys.base / "policy-header.yaml"
+    path.write_text(text)
+    return load_policy(path)
 
 
 def make_keys(base: Path) -> Keys:
@@ -139,6 +180,7 @@ def start_proxy(
     entries: dict[str, str] | None = None,
     *,
     extra: tuple[str, ...] = (),
+    policy: Any = None,
 ) -> Proxy:
     """Render the product config for keys.policy into d, write the map files, start HAProxy."""
     from scimgate.demo import write_map_files
@@ -150,7 +192,7 @@ def start_proxy(
     map_dir = d / "maps"
     write_map_files(map_dir, entries or {}, SHARDS)
     text = render_config(
-        keys.policy,
+        policy if policy is not None else keys.policy,
         mode="full",
         map_dir=str(map_dir),
         shards=SHARDS,

@@ -568,6 +568,10 @@ def markdown(result: dict[str, Any], files: dict[str, str], img_prefix: str) -> 
         a(
             f"| {fp['users']:,} | {fp['groups']:,} | {fp.get('memberships', 0):,} | {_f(fp.get('rss_idle_mb'))} | {_f(fp['rss_mb'])} | {_f(fp.get('hwm_mb'))} |"
         )
+    analysis = ROOT / "bench" / "analysis.md"
+    if analysis.exists() and result.get("mode") == "full":
+        a("")
+        a(analysis.read_text().strip())
     if result.get("notes"):
         a("")
         a("## Notes")

@@ -27,12 +27,12 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "scim": {
             "concurrency": [1, 8, 32],
-            "ops": 300,
-            "group_ops": 60,
-            "remove_ops": 40,
-            "list_ops": 60,
+            "ops": 150,
+            "group_ops": 30,
+            "remove_ops": 30,
+            "list_ops": 30,
             "group_size": 2000,
-            "time_limit": 12,
+            "time_limit": 8,
         },
         "group_scaling": {"big": 100_000, "small": 10, "ops": 200},
         "propagation": {
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             "env": environment(),
         }
     )
+    if not args.merge:
+        result["sections"] = {}
+        result["skipped"] = {}
     result.setdefault("sections", {})
     result.setdefault("skipped", {})
     failures: dict[str, str] = {}
@@ -141,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                 failures[name] = f"{kind}: {exc}"
                 result["sections"].pop(name, None)
             log(f"section {name} done in {time.monotonic() - t0:.0f}s")
+            # Save after every section: a later crash or kill keeps what was measured.
+            result["failures"] = failures
+            write_json(out / "latest.json", result)
     result["failures"] = failures
     result["duration_s"] = round(time.monotonic() - started, 1)
     from bench import report
