@@ -37,6 +37,11 @@ class SyncWaiter(Protocol):
     def ready(self) -> tuple[bool, dict[str, Any]]: ...
 
 
+def _bearer(request: Request) -> str:
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
 @dataclass
 class Api:
     settings: Settings
@@ -60,9 +65,7 @@ class Api:
         )
 
     def _authenticate(self, request: Request) -> audit.Actor:
-        header = request.headers.get("authorization", "")
-        scheme, _, secret = header.partition(" ")
-        secret = secret.strip() if scheme.lower() == "bearer" else ""
+        secret = _bearer(request)
         with self.db.read() as conn:
             verdict = tokens.authenticate(conn, secret)
             last_used = None
@@ -93,17 +96,26 @@ class Api:
         self,
         request: Request,
         endpoint: str,
-        work: Callable[[audit.Actor], Response | WriteResultResponse],
+        work: Callable[[audit.Actor, Any], Response | WriteResultResponse],
+        *,
+        body_limit: int | None = None,
     ) -> Response:
+        """Authenticate, then read the body (an unauthenticated client never gets its body
+        parsed), then run the work in the thread pool; every outcome is counted and logged."""
         started = time.perf_counter()
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         status = 500
         try:
+            if body_limit is None:  # one thread hop: authenticate and work together
 
-            def run() -> Response | WriteResultResponse:
-                return work(self._authenticate(request))
+                def run() -> Response | WriteResultResponse:
+                    return work(self._authenticate(request), None)
 
-            out = await run_in_threadpool(run)
+                out = await run_in_threadpool(run)
+            else:
+                actor = await run_in_threadpool(self._authenticate, request)
+                body = await http.read_json(request, body_limit)
+                out = await run_in_threadpool(work, actor, body)
             if isinstance(out, WriteResultResponse):
                 await self._read_your_writes(out.result)
                 out = out.response
@@ -222,44 +234,34 @@ def build_app(api: Api) -> Starlette:
         q = http.query(request)
         attrs, excluded = _projection(q)
         return await api.call(
-            request, f"/{rtype}s", lambda actor: list_or_search(request, rtype, q, attrs, excluded)
+            request,
+            f"/{rtype}s",
+            lambda actor, _body: list_or_search(request, rtype, q, attrs, excluded),
         )
 
     async def search(request: Request) -> Response:
         rtype = request.scope.get("route_rtype", "*")
-        try:
-            body = await http.read_json(request, s.max_body_bytes)
-        except errors.ScimError as exc:
-            return http.error_response(exc)
-        if not isinstance(body, dict):
-            return http.error_response(
-                errors.InvalidSyntax("a SearchRequest must be a JSON object")
-            )
-        schemas = body.get("schemas")
-        if schemas is not None and SEARCH_REQUEST_SCHEMA not in (
-            schemas if isinstance(schemas, list) else []
-        ):
-            return http.error_response(
-                errors.InvalidSyntax(f"schemas must contain {SEARCH_REQUEST_SCHEMA}")
-            )
-        params = {k.lower(): v for k, v in body.items()}
-        attrs, excluded = _projection({}, body)
-        return await api.call(
-            request,
-            "/.search",
-            lambda actor: list_or_search(request, rtype, params, attrs, excluded),
-        )
+
+        def work(actor: audit.Actor, body: Any) -> Response:
+            if not isinstance(body, dict):
+                raise errors.InvalidSyntax("a SearchRequest must be a JSON object")
+            schemas = body.get("schemas")
+            if schemas is not None and SEARCH_REQUEST_SCHEMA not in (
+                schemas if isinstance(schemas, list) else []
+            ):
+                raise errors.InvalidSyntax(f"schemas must contain {SEARCH_REQUEST_SCHEMA}")
+            params = {k.lower(): v for k, v in body.items()}
+            attrs, excluded = _projection({}, body)
+            return list_or_search(request, rtype, params, attrs, excluded)
+
+        return await api.call(request, "/.search", work, body_limit=s.max_body_bytes)
 
     async def create(request: Request) -> Response:
         rtype = rtype_of(request)
-        try:
-            body = await http.read_json(request, s.max_body_bytes)
-        except errors.ScimError as exc:
-            return http.error_response(exc)
         q = http.query(request)
         attrs, excluded = _projection(q)
 
-        def work(actor: audit.Actor) -> WriteResultResponse:
+        def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
             result = api.service.create(rtype, body, actor, http.base_url(request))
             assert result.resource is not None
             res = result.resource
@@ -273,7 +275,7 @@ def build_app(api: Api) -> Starlette:
                 result,
             )
 
-        return await api.call(request, f"/{rtype}s", work)
+        return await api.call(request, f"/{rtype}s", work, body_limit=s.max_body_bytes)
 
     async def get_one(request: Request) -> Response:
         rtype = rtype_of(request)
@@ -282,7 +284,7 @@ def build_app(api: Api) -> Starlette:
         attrs, excluded = _projection(q)
         if_none_match = request.headers.get("if-none-match")
 
-        def work(actor: audit.Actor) -> Response:
+        def work(actor: audit.Actor, _body: Any) -> Response:
             res = api.service.get(
                 rtype, rid, http.base_url(request), include_members=_wants_members(attrs, excluded)
             )
@@ -301,17 +303,11 @@ def build_app(api: Api) -> Starlette:
         rtype = rtype_of(request)
         rid = request.path_params["id"]
         method = request.method
-        body: Any = None
-        if method in ("PUT", "PATCH"):
-            try:
-                body = await http.read_json(request, s.max_body_bytes)
-            except errors.ScimError as exc:
-                return http.error_response(exc)
         q = http.query(request)
         attrs, excluded = _projection(q)
         if_match = request.headers.get("if-match")
 
-        def work(actor: audit.Actor) -> WriteResultResponse:
+        def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
             base = http.base_url(request)
             rt = RESOURCE_TYPES[rtype]
             if method == "DELETE":
@@ -348,21 +344,11 @@ def build_app(api: Api) -> Starlette:
                 result,
             )
 
-        return await api.call(request, f"/{rtype}s/{{id}}", work)
+        limit = s.max_body_bytes if method in ("PUT", "PATCH") else None
+        return await api.call(request, f"/{rtype}s/{{id}}", work, body_limit=limit)
 
     async def bulk(request: Request) -> Response:
-        try:
-            body = await http.read_json(request, s.bulk_max_payload_bytes)
-        except errors.PayloadTooLarge:
-            return http.error_response(
-                errors.PayloadTooLarge(
-                    f"bulk request over maxPayloadSize ({s.bulk_max_payload_bytes} bytes)"
-                )
-            )
-        except errors.ScimError as exc:
-            return http.error_response(exc)
-
-        def work(actor: audit.Actor) -> WriteResultResponse:
+        def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
             response, results = run_bulk(
                 api.service,
                 body,
@@ -373,13 +359,14 @@ def build_app(api: Api) -> Starlette:
             merged = WriteResult(None, [c for r in results for c in r.changes])
             return WriteResultResponse(http.scim_response(response, 200), merged)
 
-        return await api.call(request, "/Bulk", work)
+        # Over maxPayloadSize: 413 (RFC 7644 §3.7.4), from the body reader.
+        return await api.call(request, "/Bulk", work, body_limit=s.bulk_max_payload_bytes)
 
     async def spc(request: Request) -> Response:
         return await api.call(
             request,
             "/ServiceProviderConfig",
-            lambda actor: http.scim_response(
+            lambda actor, _body: http.scim_response(
                 discovery.service_provider_config(
                     http.base_url(request),
                     max_operations=s.bulk_max_operations,
@@ -392,7 +379,7 @@ def build_app(api: Api) -> Starlette:
     async def resource_types(request: Request) -> Response:
         rid = request.path_params.get("id")
 
-        def work(actor: audit.Actor) -> Response:
+        def work(actor: audit.Actor, _body: Any) -> Response:
             base = http.base_url(request)
             if rid is None:
                 return http.scim_response(
@@ -407,7 +394,7 @@ def build_app(api: Api) -> Starlette:
     async def schemas(request: Request) -> Response:
         rid = request.path_params.get("id")
 
-        def work(actor: audit.Actor) -> Response:
+        def work(actor: audit.Actor, _body: Any) -> Response:
             base = http.base_url(request)
             if rid is None:
                 return http.scim_response(discovery.list_response(discovery.all_schemas(base)))
@@ -419,7 +406,7 @@ def build_app(api: Api) -> Starlette:
         return await api.call(request, "/Schemas", work)
 
     async def me(request: Request) -> Response:
-        def work(actor: audit.Actor) -> Response:
+        def work(actor: audit.Actor, _body: Any) -> Response:
             raise errors.NotImplementedScim(
                 "/Me is not supported: SCIM clients here are IdPs, not end users"
             )
