@@ -8,7 +8,6 @@ import time
 import uuid
 
 import httpx
-import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families

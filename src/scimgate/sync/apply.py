@@ -13,7 +13,6 @@ from scimgate.haproxy.runtime import (
     DEFAULT_VALIDATOR,
     EntryValidator,
     RuntimeClient,
-    UnsafeRuntimeArgument,
 )
 from scimgate.store.outbox import MapChange
 from scimgate.sync.layout import MapLayout
@@ -39,17 +38,16 @@ def valid_entries(
     """Split into (entries that may reach the wire, rejected keys). A value of None (a
     delete) needs only a valid key. A rejected entry is never sent: for a key that can
     never be in HAProxy that is exactly "absent", which HAProxy denies (fail closed)."""
+    # The allow-lists only (one regex each): the client re-validates every word it sends,
+    # including the final CLI-safe character check, so this is a filter, not the guard.
+    key_ok, value_ok = validator.key_re.fullmatch, validator.value_re.fullmatch
     ok: dict[str, str | None] = {}
     rejected: list[str] = []
     for key, value in entries.items():
-        try:
-            validator.key(key)
-            if value is not None:
-                validator.value(value)
-        except UnsafeRuntimeArgument:
+        if isinstance(key, str) and key_ok(key) and (value is None or value_ok(value)):
+            ok[key] = value
+        else:
             rejected.append(key)
-            continue
-        ok[key] = value
     return ok, rejected
 
 

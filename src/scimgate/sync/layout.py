@@ -55,8 +55,13 @@ class MapLayout:
     def split(self, entries: Mapping[str, str]) -> list[dict[str, str]]:
         """Entries per shard, in shard order (empty dicts for empty shards)."""
         out: list[dict[str, str]] = [{} for _ in range(self.shards)]
+        if self.shards == 1:
+            out[0].update(entries)
+            return out
+        shard_of("0" * 64, self.shards)  # validates the count once, not per key
+        width = 1 if self.shards == 16 else 2
         for key, value in entries.items():
-            out[shard_of(key, self.shards)][key] = value
+            out[int(key[:width], 16)][key] = value
         return out
 
     @classmethod
