@@ -232,6 +232,14 @@ class TargetFollower:
             # batch went to a process that loaded map files, not our runtime state.
             self._mark_dirty("restart")
             raise _ReadBackMismatch
+        if self._current_worker_pid() != self.worker_pid:
+            # A reload since our last probe: our connection still reaches the OLD worker
+            # (it stays alive for it), so this batch never reached the worker that serves
+            # new requests, which loaded map files that may lack it. Never confirm it: a
+            # resync on the new worker confirms it instead.
+            self._mark_dirty("reload")
+            self.client.reconnect()
+            raise _ReadBackMismatch
         if counts.total:
             state.record_drift(
                 self.engine.db, self.name, source="readback", missing=counts.missing,
@@ -295,11 +303,15 @@ class TargetFollower:
             master_command(RuntimeAddress.parse(self.target.master_api), "show proc", 2.0)
         )
 
+    def _current_worker_pid(self) -> int:
+        """The worker a NEW connection reaches (ours may still be an old one's)."""
+        with RuntimeClient(self.target.runtime_api, 2.0, cli_timeout=None) as probe:
+            return int(probe.show_info()["Pid"])
+
     def _probe(self) -> None:
         assert self.client is not None and self.layout is not None
         # A fresh connection reaches the current worker; ours may still be the old one.
-        with RuntimeClient(self.target.runtime_api, 2.0, cli_timeout=None) as probe:
-            pid = int(probe.show_info()["Pid"])
+        pid = self._current_worker_pid()
         reason = None
         if self.target.master_api:
             try:
