@@ -12,18 +12,33 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from scimgate.haproxy.runtime import DEFAULT_VALIDATOR, EntryValidator, UnsafeRuntimeArgument
+from scimgate.haproxy.runtime import (
+    DEFAULT_VALIDATOR,
+    EntryValidator,
+    PayloadBody,
+    UnsafeRuntimeArgument,
+    encode_payload,
+    keys_valid,
+)
 
 HEADER = "# written by scimgate; do not edit: changes are overwritten on the next sync\n"
+_HEADER_BYTES = HEADER.encode("ascii")
 
 
 def render_map(entries: Mapping[str, str], validator: EntryValidator = DEFAULT_VALIDATOR) -> bytes:
     """Map file content: validated, sorted by key (stable diffs), one ``key value`` per line."""
-    pairs = sorted(validator.entries(entries))
-    return (HEADER + "".join(f"{k} {v}\n" for k, v in pairs)).encode("ascii")
+    ordered = (
+        {k: entries[k] for k in sorted(entries)} if keys_valid(entries, validator) else entries
+    )
+    return render_body(encode_payload(ordered, validator))
+
+
+def render_body(body: PayloadBody) -> bytes:
+    """Map file content from an already validated body (its order: no sort, one join)."""
+    return _HEADER_BYTES + body.data
 
 
 def write_map_file(
@@ -33,26 +48,62 @@ def write_map_file(
     mode: int = 0o640,
 ) -> None:
     """Atomically replace ``path`` with the rendered entries (validated before any write)."""
-    target = Path(path)
-    data = render_map(entries, validator)
-    directory = target.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    write_map_files([(path, render_map(entries, validator))], mode, skip_unchanged=False)
+
+
+def write_map_files(
+    files: Sequence[tuple[str | os.PathLike[str], bytes]],
+    mode: int = 0o640,
+    *,
+    skip_unchanged: bool = True,
+) -> int:
+    """Atomically replace each path with its content (from :func:`render_map` /
+    :func:`render_body`); returns how many files were written.
+
+    Each file: one write to a temp file in the same directory, fsync, rename over the
+    target; then one fsync per directory (not per file). With ``skip_unchanged`` a file
+    whose current content is already exactly this is left alone (no write, no fsync)."""
+    todo: list[tuple[Path, bytes]] = []
+    for path, data in files:
+        target = Path(path)
+        if skip_unchanged and _same_content(target, data):
+            continue
+        todo.append((target, data))
+    written: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp_name, target)
+        for target, data in todo:
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+            )
+            written.append((tmp_name, target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
+        for tmp_name, target in written:
+            os.replace(tmp_name, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        for tmp_name, _ in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    for directory in {target.parent for _, target in written}:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return len(written)
+
+
+def _same_content(target: Path, data: bytes) -> bool:
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        if target.stat().st_size != len(data):
+            return False
+        return target.read_bytes() == data
+    except OSError:
+        return False
 
 
 def read_map_file(

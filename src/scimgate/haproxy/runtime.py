@@ -28,8 +28,9 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Literal, NewType
 
 # --------------------------------------------------------------------------- validation
@@ -128,6 +129,105 @@ class EntryValidator:
 
 
 DEFAULT_VALIDATOR = EntryValidator()
+
+# ---- bulk validation (resync of up to millions of entries): the same allow-lists as
+# EntryValidator.key/value + _safe_word, checked with C-speed passes instead of per-entry calls.
+
+_HEX_UPPER = b"0123456789ABCDEF"
+#: Every byte a payload body may contain: the CLI-safe word characters, the one space between
+#: key and value, and the LF that ends each line.
+_SAFE_BODY_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.,@+:/- \n"
+
+
+def keys_valid(keys: Collection[object], validator: EntryValidator = DEFAULT_VALIDATOR) -> bool:
+    """True if every key passes ``validator.key`` (allow-list and CLI-safe word), checked in
+    bulk. With the default ``[0-9A-F]{64}`` pattern: every key a str of length 64 whose
+    characters, joined, are all uppercase hex (one ``translate`` over all of them)."""
+    if not keys:
+        return True
+    if set(map(type, keys)) != {str}:
+        return False
+    strs: Collection[str] = keys  # type: ignore[assignment]
+    if validator.key_re is KEY_RE:
+        if set(map(len, strs)) != {64}:
+            return False
+        try:
+            joined = "".join(strs).encode("ascii")
+        except UnicodeEncodeError:
+            return False
+        return not joined.translate(None, _HEX_UPPER)
+    if not all(map(validator.key_re.fullmatch, strs)):
+        return False
+    if min(map(len, strs)) < 1 or max(map(len, strs)) > _MAX_WORD:
+        return False
+    return all(map(_SAFE_WORD_RE.fullmatch, strs))
+
+
+def values_valid(values: Iterable[object], validator: EntryValidator = DEFAULT_VALIDATOR) -> bool:
+    """True if every value passes ``validator.value``; each distinct value is checked once
+    (values are group sets: few distinct ones however many entries)."""
+    for value in set(values):
+        try:
+            validator.value(value)
+        except UnsafeRuntimeArgument:
+            return False
+    return True
+
+
+def _check_body(body: bytes, count: int) -> None:
+    """Defence in depth over a whole payload body, independent of how it was built: exactly
+    ``count`` lines, each ``<safe word> <safe word>\n``. Nothing outside the CLI-safe set
+    (so no ``;``, ``\\``, ``<``, ``#``, TAB, CR, NUL), exactly one space and one LF per line,
+    no empty word; so no empty line (which would end the payload and run the rest as
+    commands) and no line ending in ``<<``."""
+    if count == 0:
+        if body:
+            raise UnsafeRuntimeArgument("payload line outside the CLI-safe set")
+        return
+    if (
+        body.translate(None, _SAFE_BODY_BYTES)
+        or body.count(b"\n") != count
+        or body.count(b" ") != count
+        or not body.endswith(b"\n")
+        or body.startswith((b" ", b"\n"))
+        or b"\n " in body
+        or b" \n" in body
+    ):
+        raise UnsafeRuntimeArgument("payload line outside the CLI-safe set")
+
+
+@dataclass(frozen=True)
+class PayloadBody:
+    """Validated ``key value\n`` lines of one map (only :func:`encode_payload` makes one)."""
+
+    data: bytes
+    count: int
+    #: The allow-lists it passed: RuntimeClient.replace_maps accepts a body only if they are
+    #: its own (and re-checks the CLI-safe structure before sending it).
+    validator: EntryValidator = DEFAULT_VALIDATOR
+
+
+def encode_payload(
+    entries: Mapping[str, str], validator: EntryValidator = DEFAULT_VALIDATOR
+) -> PayloadBody:
+    """All entries as ``key value\n`` lines, in the mapping's order, after checking every key
+    and value against the allow-lists (all-or-nothing: one bad entry rejects the lot)."""
+    if not keys_valid(entries, validator):
+        # Name the culprit the way the per-entry check does.
+        for key in entries:
+            validator.key(key)
+        raise UnsafeRuntimeArgument("map key rejected")
+    if not values_valid(entries.values(), validator):
+        for value in entries.values():
+            validator.value(value)
+        raise UnsafeRuntimeArgument("map value rejected")
+    text = "".join(chain.from_iterable(zip(entries, repeat(" "), entries.values(), repeat("\n"))))
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise UnsafeRuntimeArgument("map entry outside ASCII") from None
+    _check_body(data, len(entries))
+    return PayloadBody(data, len(entries), validator)
 
 
 def _command(
@@ -360,6 +460,8 @@ def master_command(address: RuntimeAddress, command: str, timeout: float = 5.0) 
 MAX_PAYLOAD_BYTES = 16000
 
 _PROMPT = b"\n> "
+#: replace_maps stages about this many entries (old + new versions coexist) per round.
+REPLACE_GROUP_ENTRIES = 131_072
 _SMALL_WRITE = 32 * 1024
 _SEVERITY = re.compile(r"^\[(\d)\]: ?")
 _NOT_FOUND_SET = "entry not found."
@@ -412,6 +514,8 @@ class RuntimeClient:
         self._lock = threading.RLock()
         self.worker_pid: int | None = None
         self.connects = 0
+        #: Seconds per phase of the last replace_map(s) call (for benchmarks and logs).
+        self.last_replace_timings: dict[str, float] = {}
 
     # ---- connection management
 
@@ -766,37 +870,124 @@ class RuntimeClient:
         Incremental writes to this map must not run concurrently (they would be lost at
         commit); the client lock serialises writers that share this client.
         """
+        return self.replace_maps([(map_path, entries)], max_chunk_bytes=max_chunk_bytes)[0]
+
+    def replace_maps(
+        self,
+        maps: Sequence[tuple[str, Mapping[str, str] | PayloadBody]],
+        *,
+        max_chunk_bytes: int = MAX_PAYLOAD_BYTES,
+        group_entries: int = REPLACE_GROUP_ENTRIES,
+        before_commit: Callable[[], None] | None = None,
+    ) -> list[ReplaceResult]:
+        """:meth:`replace_map` for several maps, pipelined: maps are taken in groups of
+        about ``group_entries`` staged entries (bounding the memory that old and new
+        versions hold together); per group one round trip prepares every map, one streams
+        every payload chunk and reads the staged counts, one commits. Each map flips at its
+        own commit; a group commits only if all its maps staged exactly. Every entry of
+        every map is validated before anything is sent (a :class:`PayloadBody` from
+        :func:`encode_payload` was, with this client's validator). ``before_commit`` runs
+        once, before the first commit (e.g. to finish writing the map files).
+        """
         if not 64 <= max_chunk_bytes <= MAX_PAYLOAD_BYTES:
             raise ValueError(f"max_chunk_bytes must be within 64..{MAX_PAYLOAD_BYTES}")
-        path = self.validator.map_path(map_path)
-        pairs = self.validator.entries(entries)
+        timings = dict.fromkeys(("validate", "prepare", "chunk", "send", "commit"), 0.0)
+        self.last_replace_timings = timings
+        t = time.perf_counter()
+        bodies = [
+            (self.validator.map_path(path), self._payload_body(entries)) for path, entries in maps
+        ]
+        timings["validate"] = time.perf_counter() - t
+        groups: list[list[tuple[Word, PayloadBody]]] = []
+        size = 0
+        for item in bodies:
+            if not groups or (groups[-1] and size + item[1].count > group_entries):
+                groups.append([])
+                size = 0
+            groups[-1].append(item)
+            size += item[1].count
+        results: list[ReplaceResult] = []
+        pending_hook = before_commit
         with self._lock:
-            before = self.map_info(path).entry_cnt
-            reply = self._exchange([_Request(_command("prepare map", path))])[0]
-            _, msg = _message(reply)
-            m = re.fullmatch(r"New version created: (\d+)", msg)
-            if m is None:
-                raise RuntimeCommandError(f"prepare map {path}", reply)
-            version = int(m.group(1))
-            try:
-                chunks = build_payload_chunks(version, path, pairs, max_chunk_bytes)
-                reqs = [_Request(c, payload=True) for c in chunks]
-                replies = self._exchange(reqs) if reqs else []
-                for req, r in zip(reqs, replies, strict=True):
-                    if r.strip():
-                        raise RuntimeCommandError(req.label, r)
-                staged = self.map_info(path).entry_cnt - before
-                if staged != len(pairs):
+            for group in groups:
+                results += self._replace_group(group, max_chunk_bytes, timings, pending_hook)
+                pending_hook = None
+        return results
+
+    def _payload_body(self, entries: Mapping[str, str] | PayloadBody) -> PayloadBody:
+        if isinstance(entries, PayloadBody):
+            if entries.validator is not self.validator and entries.validator != self.validator:
+                raise UnsafeRuntimeArgument("payload body validated with other allow-lists")
+            return entries
+        return encode_payload(entries, self.validator)
+
+    def _replace_group(
+        self,
+        group: Sequence[tuple[Word, PayloadBody]],
+        max_chunk_bytes: int,
+        timings: dict[str, float],
+        before_commit: Callable[[], None] | None,
+    ) -> list[ReplaceResult]:
+        t = time.perf_counter()
+        reqs = [_Request(b"show map\n")]
+        reqs += [_Request(_command("prepare map", path)) for path, _ in group]
+        replies = self._exchange(reqs)
+        counts = {m.path: m.entry_cnt for m in _parse_map_list(replies[0])}
+        versions: list[int] = []
+        prepared: list[tuple[Word, int]] = []
+        try:
+            for (path, _), reply in zip(group, replies[1:], strict=True):
+                m = re.fullmatch(r"New version created: (\d+)", _message(reply)[1])
+                if m is None:
+                    raise RuntimeCommandError(f"prepare map {path}", reply)
+                versions.append(int(m.group(1)))
+                prepared.append((path, versions[-1]))
+            missing = [path for path, _ in group if path not in counts]
+            if missing:
+                raise RuntimeCommandError(
+                    "show map", replies[0], f"map {missing[0]} is not loaded by the running config"
+                )
+            timings["prepare"] += time.perf_counter() - t
+            t = time.perf_counter()
+            chunked = [
+                chunk_payload(version, path, body, max_chunk_bytes)
+                for (path, body), version in zip(group, versions, strict=True)
+            ]
+            payload = [_Request(c, payload=True) for chunks in chunked for c in chunks]
+            timings["chunk"] += time.perf_counter() - t
+            t = time.perf_counter()
+            replies = self._exchange([*payload, _Request(b"show map\n")])
+            for req, r in zip(payload, replies, strict=False):
+                if r.strip():
+                    raise RuntimeCommandError(req.label, r)
+            after = {m.path: m.entry_cnt for m in _parse_map_list(replies[-1])}
+            for (path, body), version in zip(group, versions, strict=True):
+                staged = after.get(path, 0) - counts[path]
+                if staged != body.count:
                     raise RuntimeCommandError(
                         f"add map @{version} {path}",
                         "",
-                        f"staged {staged} entries in version {version}, expected {len(pairs)}",
+                        f"staged {staged} entries in version {version}, expected {body.count}",
                     )
-            except BaseException:
+            timings["send"] += time.perf_counter() - t
+            if before_commit is not None:
+                before_commit()
+        except BaseException:
+            for path, version in prepared:
                 self._discard_version(path, version)
-                raise
-            self._expect_empty([_Request(_command("commit map", _version_word(version), path))])
-            return ReplaceResult(version, len(pairs), [len(c) for c in chunks])
+            raise
+        t = time.perf_counter()
+        self._expect_empty(
+            [
+                _Request(_command("commit map", _version_word(version), path))
+                for (path, _), version in zip(group, versions, strict=True)
+            ]
+        )
+        timings["commit"] += time.perf_counter() - t
+        return [
+            ReplaceResult(version, body.count, [len(c) for c in chunks])
+            for (_, body), version, chunks in zip(group, versions, chunked, strict=True)
+        ]
 
     def _discard_version(self, path: Word, version: int) -> None:
         # Best effort: the next prepare/commit purges an abandoned version anyway.
@@ -820,6 +1011,32 @@ class RuntimeClient:
             )
 
 
+def _payload_header(version: int, map_path: Word) -> bytes:
+    return (
+        " ".join(("add map", _version_word(version), _safe_word(map_path, "map path"), "<<")) + "\n"
+    ).encode("ascii")
+
+
+def chunk_payload(
+    version: int, map_path: Word, body: PayloadBody, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> list[bytes]:
+    """``add map @<ver> <map> <<`` requests over a validated body, cut at line ends, each
+    (header + lines + ending empty line) at most max_bytes."""
+    header = _payload_header(version, map_path)
+    data = body.data
+    _check_body(data, body.count)  # defence in depth: however the body was made
+    room = max_bytes - len(header) - 1  # the empty line that ends the payload
+    chunks: list[bytes] = []
+    pos, end_all = 0, len(data)
+    while pos < end_all:
+        end = end_all if end_all - pos <= room else data.rfind(b"\n", pos, pos + room) + 1
+        if end <= pos:
+            raise UnsafeRuntimeArgument("a single map entry does not fit in one payload request")
+        chunks.append(b"".join((header, data[pos:end], b"\n")))
+        pos = end
+    return chunks
+
+
 def build_payload_chunks(
     version: int,
     map_path: Word,
@@ -828,34 +1045,14 @@ def build_payload_chunks(
 ) -> list[bytes]:
     """``add map @<ver> <map> <<`` requests, each (header + lines + ending empty line)
     at most max_bytes. Lines are ``key value``; a key is never empty, so no line is."""
-    header = (
-        " ".join(("add map", _version_word(version), _safe_word(map_path, "map path"), "<<")) + "\n"
-    ).encode("ascii")
-    chunks: list[bytes] = []
-    lines: list[bytes] = []
-    size = len(header) + 1  # + the empty line that ends the payload
+    try:
+        data = "".join(f"{k} {v}\n" for k, v in pairs).encode("ascii")
+    except UnicodeEncodeError:
+        raise UnsafeRuntimeArgument("payload line outside the CLI-safe set") from None
+    return chunk_payload(version, map_path, PayloadBody(data, len(pairs)), max_bytes)
 
-    def close_chunk() -> None:
-        body = b"".join(lines)
-        # Defence in depth, one C-speed pass per chunk: every line is exactly
-        # "<safe word> <safe word>\n", so no empty line (which would end the payload early
-        # and run the rest as commands) and nothing the CLI would interpret.
-        if not _SAFE_PAYLOAD_RE.fullmatch(body):
-            raise UnsafeRuntimeArgument("payload line outside the CLI-safe set")
-        chunks.append(header + body + b"\n")
 
-    for key, value in pairs:
-        line = f"{key} {value}\n".encode("ascii", "replace")
-        if len(header) + len(line) + 1 > max_bytes:
-            raise UnsafeRuntimeArgument("a single map entry does not fit in one payload request")
-        if size + len(line) > max_bytes:
-            close_chunk()
-            lines, size = [], len(header) + 1
-        lines.append(line)
-        size += len(line)
-    if lines:
-        close_chunk()
-    return chunks
+_PLUS_PROMPTS = re.compile(rb"(?:\+ )*")
 
 
 def _take_replies(
@@ -871,8 +1068,8 @@ def _take_replies(
     n = len(requests)
     while len(replies) < n:
         if requests[len(replies)].payload:
-            while buf.startswith(b"+ ", pos):
-                pos += 2
+            m = _PLUS_PROMPTS.match(buf, pos)
+            pos = m.end() if m else pos
             if len(buf) - pos < 2:
                 break
             scan_from = max(scan_from, pos)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scimgate.haproxy.runtime import (
     DEFAULT_VALIDATOR,
     EntryValidator,
+    PayloadBody,
     RuntimeClient,
+    keys_valid,
+    values_valid,
 )
 from scimgate.store.outbox import MapChange
 from scimgate.sync.layout import MapLayout
@@ -38,8 +41,13 @@ def valid_entries(
     """Split into (entries that may reach the wire, rejected keys). A value of None (a
     delete) needs only a valid key. A rejected entry is never sent: for a key that can
     never be in HAProxy that is exactly "absent", which HAProxy denies (fail closed)."""
-    # The allow-lists only (one regex each): the client re-validates every word it sends,
-    # including the final CLI-safe character check, so this is a filter, not the guard.
+    # Fast path (a resync of 1M entries): everything valid, checked in bulk. The client
+    # re-validates every word it sends, so this is a filter, not the guard.
+    if keys_valid(entries, validator) and values_valid(
+        (v for v in set(entries.values()) if v is not None), validator
+    ):
+        return dict(entries), []
+    # The allow-lists only (one regex each), entry by entry, to find what to drop.
     key_ok, value_ok = validator.key_re.fullmatch, validator.value_re.fullmatch
     ok: dict[str, str | None] = {}
     rejected: list[str] = []
@@ -169,12 +177,23 @@ def compare_live(
 
 
 def replace_all(
-    client: RuntimeClient, layout: MapLayout, entries: Mapping[str, str]
+    client: RuntimeClient,
+    layout: MapLayout,
+    entries: Mapping[str, str],
+    *,
+    shards: Sequence[Mapping[str, str] | PayloadBody] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Sequence[int]:
     """Atomic per-shard replacement (prepare → chunked ``add @ver`` → commit). Returns the
     committed version of each shard. Each shard flips at its own commit; between two
-    commits a key moves from old to new state, never through "absent"."""
-    versions: list[int] = []
-    for path, shard_entries in zip(layout.paths, layout.split(entries), strict=True):
-        versions.append(client.replace_map(path, shard_entries).version)
-    return versions
+    commits a key moves from old to new state, never through "absent". ``shards`` is
+    ``layout.split(entries)`` (or those shards encoded with the client's validator) when
+    the caller has it already; ``before_commit`` runs once,
+    after every shard of the first group is staged and before its commit. Pipelined: a few
+    round trips per group of shards, not per shard."""
+    if shards is None:
+        shards = layout.split(entries)
+    results = client.replace_maps(
+        list(zip(layout.paths, shards, strict=True)), before_commit=before_commit
+    )
+    return [r.version for r in results]

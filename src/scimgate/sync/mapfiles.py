@@ -7,9 +7,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from scimgate.haproxy.mapfile import write_map_file
+from scimgate.haproxy.mapfile import render_body, write_map_files
+from scimgate.haproxy.runtime import PayloadBody, encode_payload
 from scimgate.sync.apply import valid_entries
 from scimgate.sync.layout import MapLayout
 from scimgate.sync.state import Snapshot
@@ -30,17 +32,26 @@ class MapFileWriter:
     def due(self, head: int) -> bool:
         return head > self.written_seq and time.monotonic() - self.last_write >= DEBOUNCE_SECONDS
 
-    def write(self, snapshot: Snapshot) -> bool:
+    def write(self, snapshot: Snapshot, bodies: Sequence[PayloadBody] | None = None) -> bool:
         """Write every shard's file from the snapshot unless newer files are already there.
-        Returns True if files were written."""
+        ``bodies`` (one validated body per shard, in shard order) saves re-encoding when the
+        caller has them. Files whose content is already exactly this are not rewritten
+        (a restarted engine whose files are current writes nothing). Returns True if the
+        files are now the snapshot's (written or found current), False if skipped as older."""
         with self._lock:
             if snapshot.seq <= self.written_seq and self._complete():
                 return False
             started = time.monotonic()
-            entries, rejected = valid_entries(snapshot.entries)
-            shards = self.layout.split({k: v for k, v in entries.items() if v is not None})
-            for path, shard_entries in zip(self.layout.paths, shards, strict=True):
-                write_map_file(path, shard_entries)
+            rejected: list[str] = []
+            if bodies is None:
+                entries, rejected = valid_entries(snapshot.entries)
+                shards = self.layout.split({k: v for k, v in entries.items() if v is not None})
+                bodies = [encode_payload(e) for e in shards]
+            if len(bodies) != self.layout.shards:
+                raise ValueError(f"{len(bodies)} bodies for {self.layout.shards} shards")
+            written = write_map_files(
+                [(p, render_body(b)) for p, b in zip(self.layout.paths, bodies, strict=True)]
+            )
             self.written_seq = snapshot.seq
             self.last_write = time.monotonic()
             log.debug(
@@ -48,7 +59,8 @@ class MapFileWriter:
                 extra={
                     "map_dir": self.layout.map_dir,
                     "seq": snapshot.seq,
-                    "entries": len(entries),
+                    "entries": sum(b.count for b in bodies),
+                    "files_written": written,
                     "rejected": len(rejected),
                     "seconds": round(self.last_write - started, 4),
                 },

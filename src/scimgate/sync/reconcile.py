@@ -6,11 +6,13 @@ same way (cursor, confirmations, ``sync.resync`` / ``sync.drift`` audit events).
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scimgate.api.metrics import Metrics
-from scimgate.haproxy.runtime import RuntimeClient
+from scimgate.haproxy.runtime import RuntimeClient, encode_payload
 from scimgate.store.db import Database, now_iso
 from scimgate.sync import state
 from scimgate.sync.apply import DriftCounts, compare_live, replace_all, valid_entries
@@ -39,7 +41,8 @@ def full_resync(
     metrics: Metrics | None = None,
 ) -> ResyncResult:
     """Replace every shard with the desired state of one consistent snapshot; the map
-    files (if this target has a writer) are written from it first; cursor = its seq."""
+    files (if this target has a writer) are written from it while the payloads stream and
+    are finished (or found already current) before the first commit; cursor = its seq."""
     started = time.monotonic()
     snapshot = state.read_snapshot(db)
     entries, rejected = valid_entries(snapshot.entries, client.validator)
@@ -48,11 +51,24 @@ def full_resync(
             "sync: desired entries outside the allow-lists were not sent",
             extra={"target": target, "rejected": len(rejected), "rejected_keys": rejected[:20]},
         )
+    live = _present(entries)
+    shards = layout.split(live)
+    # Validated once, with the client's allow-lists; the same bytes go to the map files
+    # and (re-checked for CLI safety) to HAProxy.
+    bodies = [encode_payload(shard, client.validator) for shard in shards]
+    hook = None
+    writing: _Background | None = None
     if writer is not None:
-        # Before the runtime commit: a reload racing this resync must not load older state.
-        writer.write(snapshot)
-    live = {k: v for k, v in entries.items() if v is not None}
-    versions = list(replace_all(client, layout, live))
+        # The files are written while the payloads stream, and finished before the first
+        # runtime commit: a reload racing this resync must not load older state.
+        files = bodies if writer.layout == layout else None
+        writing = _Background(lambda: writer.write(snapshot, files))
+        hook = writing.result
+    try:
+        versions = list(replace_all(client, layout, live, shards=bodies, before_commit=hook))
+    finally:
+        if writing is not None:
+            writing.join()
     seconds = time.monotonic() - started
     state.record_resync(
         db,
@@ -78,6 +94,37 @@ def full_resync(
         },
     )
     return ResyncResult(snapshot.seq, len(live), seconds, versions)
+
+
+def _present(entries: dict[str, str | None]) -> dict[str, str]:
+    """The entries that are not deletes (a snapshot has none: no copy then)."""
+    if None not in entries.values():
+        return entries  # type: ignore[return-value]
+    return {k: v for k, v in entries.items() if v is not None}
+
+
+class _Background:
+    """Run fn in a thread; result() waits and re-raises its exception."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._error: BaseException | None = None
+        self._fn = fn
+        self._thread = threading.Thread(target=self._run, name="sync-mapfiles", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:  # handed to the caller
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def drift_check(

@@ -54,7 +54,31 @@ def snapshot_read(db: Database) -> Iterator[Connection]:
 def read_snapshot(db: Database) -> Snapshot:
     with snapshot_read(db) as conn:
         seq = head_seq(conn)
-        return Snapshot(seq, desired_entries(conn))
+        return Snapshot(seq, _desired_entries_fast(conn))
+
+
+def _desired_entries_fast(conn: Connection) -> dict[str, str]:
+    """``outbox.desired_entries`` without a SQLAlchemy Row per entry (1M rows: ~1 µs each
+    saved): the driver's own cursor, in the same transaction, rows straight into a dict."""
+    try:
+        dbapi = conn.connection.dbapi_connection
+    except AttributeError:
+        dbapi = None
+    if dbapi is None:
+        return desired_entries(conn)
+    cur = dbapi.cursor()
+    try:
+        cur.execute(_ENTRIES_SQL)
+        return dict(cur.fetchall())
+    finally:
+        cur.close()
+
+
+# Fixed table and column names, no parameters: the same statement on every dialect.
+_ENTRIES_SQL = (
+    f"SELECT {tables.map_entries.c.identity_key.name}, {tables.map_entries.c.value.name} "
+    f"FROM {tables.map_entries.name}"
+)
 
 
 @dataclass(frozen=True)
