@@ -172,6 +172,33 @@ def test_reload_through_master_cli_new_worker_is_current(
     report("reload -> live maps == desired", time.monotonic() - t0)
 
 
+@pytest.mark.xfail(
+    reason="known gap: map files are written debounced (DEBOUNCE_SECONDS), not before a change "
+    "is confirmed as ARCHITECTURE.md asks; a reload right after an acknowledged deactivation "
+    "loads files without it and the new worker allows the user until the engine's probe "
+    "(PROBE_INTERVAL) resyncs it: measured 0.3-1.1 s",
+    strict=False,  # a housekeeping tick between the ack and the reload can close the gap
+)
+def test_change_acknowledged_just_before_a_reload_is_enforced_by_the_new_worker(
+    stack: UpStack,
+) -> None:
+    if not Path(stack.info["master_api"].removeprefix("unix:")).exists():
+        pytest.skip("no HAProxy running (previous test failed)")
+    name = unique("frank")
+    with stack.scim() as scim:
+        uid = created(st.create_user(scim, name))
+    token = st.Minter(stack)(name)
+    st.wait_until(lambda: st.map_files(stack) != st.desired(stack), 10)
+    with stack.scim() as scim:
+        ok(st.set_active(scim, uid, False))  # acknowledged: enforced from now on
+    st.haproxy_for(stack).reload(timeout=10)
+    try:
+        with httpx.Client(base_url=stack.info["haproxy_url"], timeout=10) as web:
+            assert st.access(web, token) == 403, "acknowledged deactivation undone by a reload"
+    finally:
+        st.wait_converged(stack, 20)
+
+
 # ---------------------------------------------------------------------------------------------
 # Target down during 1,000 SCIM changes
 
