@@ -138,7 +138,15 @@ def _stall(
     stop = threading.Event()
     samples: list[tuple[float, float]] = []
 
+    failed: list[str] = []
+
     def probe() -> None:
+        try:
+            _probe()
+        except Exception as exc:  # reported by the main thread
+            failed.append(repr(exc))
+
+    def _probe() -> None:
         c = Conn("127.0.0.1", proxy.port, {"Authorization": f"Bearer {tok}"})
         end = time.monotonic() + 120  # bounded even if the burst hangs
         while not stop.is_set() and time.monotonic() < end:
@@ -169,6 +177,8 @@ def _stall(
     time.sleep(1.0)  # the engine may still be applying the tail of the burst
     stop.set()
     th.join(10)
+    if failed:
+        raise HarnessError(f"stall probe failed: {failed[0]}")
     idle = [ms for t, ms in samples if t < t_burst]
     busy = [ms for t, ms in samples if t >= t_burst]
     return {
@@ -201,7 +211,10 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
         d.mkdir()
         from scimgate.config import default_sqlite_url
 
-        hap.preload(default_sqlite_url(d), min(m, n), keys=keys, filler_entries=max(0, n - m))
+        # Every measured user must exist: at the smallest size the identity count is raised
+        # to the number of users the runs need (reported as the actual count).
+        n = max(n, m)
+        hap.preload(default_sqlite_url(d), m, keys=keys, filler_entries=n - m)
         entries = hap.synthetic_entries(keys, n)
         proxies = [hap.start_proxy(d / "h0", keys, entries)]
         try:
@@ -216,7 +229,7 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
                         resyncs.append({"identities": n, "startup_resync_seconds": rs})
                     users = list(plan[cfg])
                     r = _measure(
-                        srv, proxies, keys, users, time.monotonic() + (90 if n >= 1_000_000 else 60)
+                        srv, proxies, keys, users, time.monotonic() + sizes.get("deadline", 60)
                     )
                     r.update(identities=n, ryw=cfg == "ryw", targets=len(proxies))
                     runs.append(r)

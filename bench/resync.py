@@ -67,8 +67,8 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return {
         "runs": runs,
         "method": (
-            "The sync engine's `replace_all` (RuntimeClient.replace_map per shard: `prepare map`, "
-            "chunked `add map @ver <<` payloads of ≤ 16 kB, staged-count check, `commit map`) on "
+            "The sync engine's `replace_all` (per shard: `prepare map`, chunked `add map @ver <<` "
+            "payloads of ≤ 16 kB, staged-count check, `commit map`) on "
             f"{hap.SHARDS} shards of the product's rendered HAProxy config, one persistent Runtime API "
             "connection. *seconds* is a resync over maps that already hold the same N entries (old and new "
             "versions coexist until each commit); the first load into empty maps is in latest.json "

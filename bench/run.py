@@ -27,19 +27,20 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "scim": {
             "concurrency": [1, 8, 32],
-            "ops": 150,
+            "ops": 100,
             "group_ops": 30,
             "remove_ops": 30,
             "list_ops": 30,
             "group_size": 2000,
-            "time_limit": 8,
+            "time_limit": 6,
         },
         "group_scaling": {"big": 100_000, "small": 10, "ops": 200},
         "propagation": {
             "sizes": [1_000, 100_000, 1_000_000],
             "users": 1000,
-            "ryw_users": 200,
+            "ryw_users": 150,
             "stall_updates": 200,
+            "deadline": 35,  # seconds of measured deactivations per configuration
         },
         "resync": {"sizes": [10_000, 100_000, 1_000_000]},
         "request_path": {"sizes": [100_000, 1_000_000], "duration": 5, "jwts": 2000},
