@@ -379,6 +379,7 @@ def measure_updates(hx: HAProxy, client: Any, keys: list[str], ops: int) -> dict
     sample = rng.sample(keys, ops)
     web = Http(hx.port)
     upd, new, dele, prop = [], [], [], []
+    allowed_after_ack: list[str] = []
     for k in sample:
         t = time.perf_counter()
         client.upsert_map(layout.path_of(k), k, ",bench,")
@@ -389,7 +390,7 @@ def measure_updates(hx: HAProxy, client: Any, keys: list[str], ops: int) -> dict
         client.del_map(path, k)
         dele.append(time.perf_counter() - t)
         if web.status(k) != 403:
-            raise RuntimeError("deleted key still allowed")
+            allowed_after_ack.append(k)  # a finding, recorded (seen once at 1M, 1 shard)
         prop.append(time.perf_counter() - t)
     for k in sample:  # re-add through the upsert path (set misses, then add)
         t = time.perf_counter()
@@ -403,6 +404,7 @@ def measure_updates(hx: HAProxy, client: Any, keys: list[str], ops: int) -> dict
         "upsert_new": summary_ms(new),
         "delete": summary_ms(dele),
         "delete_propagation": summary_ms(prop),
+        "allowed_after_delete_ack": len(allowed_after_ack),
         "load": load(),
     }
 
