@@ -47,20 +47,28 @@ SIZES: dict[str, dict[str, Any]] = {
         "footprint": {"users": 100_000, "groups": 1000},
     },
     "quick": {
+        # quick: scimgate on SQLite only (the PostgreSQL paths run in the full bench)
         "scim": {
             "concurrency": [1, 8],
-            "ops": 40,
-            "group_ops": 10,
-            "remove_ops": 8,
-            "list_ops": 15,
+            "ops": 20,
+            "group_ops": 5,
+            "remove_ops": 5,
+            "list_ops": 8,
             "group_size": 200,
-            "time_limit": 4,
+            "time_limit": 3,
+            "backends": ["sqlite"],
         },
-        "group_scaling": {"big": 5_000, "small": 10, "ops": 30},
-        "propagation": {"sizes": [1_000], "users": 50, "ryw_users": 20, "stall_updates": 30},
+        "group_scaling": {"big": 5_000, "small": 10, "ops": 15, "backends": ["sqlite"]},
+        "propagation": {
+            "sizes": [1_000],
+            "users": 30,
+            "ryw_users": 10,
+            "stall_updates": 20,
+            "deadline": 10,
+        },
         "resync": {"sizes": [10_000]},
-        "request_path": {"sizes": [10_000], "duration": 2, "jwts": 200},
-        "footprint": {"users": 5_000, "groups": 50},
+        "request_path": {"sizes": [10_000], "duration": 1, "jwts": 100},
+        "footprint": {"users": 3_000, "groups": 30},
     },
 }
 
