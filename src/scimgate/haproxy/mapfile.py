@@ -56,13 +56,16 @@ def write_map_files(
     mode: int = 0o640,
     *,
     skip_unchanged: bool = True,
+    fsync: bool = True,
 ) -> int:
     """Atomically replace each path with its content (from :func:`render_map` /
     :func:`render_body`); returns how many files were written.
 
     Each file: one write to a temp file in the same directory, fsync, rename over the
     target; then one fsync per directory (not per file). With ``skip_unchanged`` a file
-    whose current content is already exactly this is left alone (no write, no fsync)."""
+    whose current content is already exactly this is left alone (no write, no fsync).
+    ``fsync=False`` keeps the atomic rename but skips the syncs (crash-durability is then
+    the caller's business)."""
     todo: list[tuple[Path, bytes]] = []
     for path, data in files:
         target = Path(path)
@@ -80,7 +83,8 @@ def write_map_files(
                 f.write(data)
                 f.flush()
                 os.fchmod(f.fileno(), mode)
-                os.fsync(f.fileno())
+                if fsync:
+                    os.fsync(f.fileno())
         for tmp_name, target in written:
             os.replace(tmp_name, target)
     except BaseException:
@@ -88,7 +92,7 @@ def write_map_files(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
         raise
-    for directory in {target.parent for _, target in written}:
+    for directory in {target.parent for _, target in written} if fsync else ():
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)

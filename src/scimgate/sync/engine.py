@@ -217,6 +217,14 @@ class TargetFollower:
     def _apply(self, batch: Sequence[state.TimedChange]) -> None:
         assert self.client is not None and self.layout is not None
         coalesced = coalesce(tc.change for tc in batch)
+        if self.target.map_dir and any(tc.change.deprovision for tc in batch):
+            # Files first, then runtime: a reload racing this batch must load files that
+            # already lack the revoked access (ARCHITECTURE.md: "write map files before
+            # committing at runtime"). Grants may lag in files (debounced): over-denial
+            # until the post-reload resync is safe, over-grant is not.
+            self.engine._writer_for(self.target.map_dir, self.layout).write_shards_of(
+                self.engine.db, [tc.change.identity_key for tc in batch if tc.change.deprovision]
+            )
         try:
             result = apply_batch(self.client, self.layout, coalesced)
             expected: dict[str, str | None] = {

@@ -7,14 +7,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from scimgate.haproxy.mapfile import render_body, write_map_files
 from scimgate.haproxy.runtime import PayloadBody, encode_payload
+from scimgate.policy.compiler import shard_of
+from scimgate.store.db import Database
 from scimgate.sync.apply import valid_entries
 from scimgate.sync.layout import MapLayout
-from scimgate.sync.state import Snapshot
+from scimgate.sync.state import Snapshot, read_shard_entries
 
 log = logging.getLogger("scimgate.sync")
 
@@ -66,6 +68,28 @@ class MapFileWriter:
                 },
             )
             return True
+
+    def write_shards_of(self, db: Database, keys: Iterable[str]) -> int:
+        """Write, now, the files of the shards holding these keys, from the desired state in
+        the store (which already includes the batch being applied).
+
+        Called before a batch that deprovisions reaches HAProxy, so that a reload or restart
+        racing the batch loads files without the revoked access (the debounced writer alone
+        would leave files up to DEBOUNCE_SECONDS behind: an acknowledged deactivation undone
+        on the new worker). No fsync: a reload reads the page cache; after a host crash
+        everything restarts and the start-up resync makes HAProxy exact. Returns files
+        written."""
+        shards = sorted({shard_of(k, self.layout.shards) for k in keys})
+        if not shards:
+            return 0
+        with self._lock:
+            files: list[tuple[str, bytes]] = []
+            for shard in shards:
+                entries = read_shard_entries(db, shard, self.layout.shards)
+                valid, _rejected = valid_entries(entries)
+                body = encode_payload({k: v for k, v in valid.items() if v is not None})
+                files.append((self.layout.paths[shard], render_body(body)))
+            return write_map_files(files, fsync=False)
 
     def _complete(self) -> bool:
         return all(Path(p).exists() for p in self.layout.paths)

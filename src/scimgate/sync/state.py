@@ -81,6 +81,25 @@ _ENTRIES_SQL = (
 )
 
 
+def read_shard_entries(db: Database, shard: int, shards: int) -> dict[str, str]:
+    """Desired entries of one shard: keys are uppercase hex, so a shard is a key range
+    (its 1 or 2 leading digits) and the primary-key index serves it."""
+    E = tables.map_entries
+    with db.read() as conn:
+        if shards == 1:
+            rows = conn.execute(sa.select(E.c.identity_key, E.c.value))
+        else:
+            width = 1 if shards == 16 else 2
+            low = f"{shard:0{width}X}"
+            high = low[:-1] + chr(ord(low[-1]) + 1)
+            rows = conn.execute(
+                sa.select(E.c.identity_key, E.c.value).where(
+                    E.c.identity_key >= low, E.c.identity_key < high
+                )
+            )
+        return {k: v for k, v in rows}
+
+
 @dataclass(frozen=True)
 class TimedChange:
     change: MapChange
