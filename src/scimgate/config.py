@@ -79,6 +79,33 @@ class Settings:
         return yaml.safe_dump(data, sort_keys=False)
 
 
+_FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _typed(path: Path, key: str, value: Any) -> Any:
+    """Check a setting's type against the Settings field (ints are fine where floats go)."""
+    wanted = _FIELD_TYPES.get(str(Settings.__dataclass_fields__[key].type))
+    if wanted is None:
+        return value
+    if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if wanted is int and isinstance(value, bool):
+        raise ConfigError(f"{path}: {key} must be an integer, not {value!r}")
+    if not isinstance(value, wanted):
+        raise ConfigError(f"{path}: {key} must be of type {wanted.__name__}, not {value!r}")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for logs and stack.json."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
 def default_sqlite_url(base_dir: Path) -> str:
     return f"sqlite:///{(base_dir / 'scimgate.db').resolve()}"
 
@@ -123,6 +150,8 @@ def load_settings(
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
     kwargs = {k: v for k, v in data.items() if k in known and v is not None}
+    for key, value in kwargs.items():
+        kwargs[key] = _typed(path, key, value)
     settings = Settings(
         base_dir=base,
         **{"database_url": default_sqlite_url(base), **kwargs},

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from scimgate import tokens
-from scimgate.config import CONFIG_NAME, Settings, default_sqlite_url, load_settings
+from scimgate.config import (
+    CONFIG_NAME,
+    Settings,
+    default_sqlite_url,
+    load_settings,
+    redact_url,
+)
 from scimgate.store import migrate
 from scimgate.store.db import Database
 
@@ -50,7 +56,10 @@ def ensure_config(directory: Path, port: int | None) -> Settings:
     if not cfg.exists():
         settings = Settings(
             base_dir=directory.resolve(),
-            database_url=default_sqlite_url(directory.resolve()),
+            # The database `up` was started on (env or SQLite in DIR) is the one later
+            # commands on this DIR must use, with or without the variable set.
+            database_url=os.environ.get("SCIMGATE_DATABASE_URL")
+            or default_sqlite_url(directory.resolve()),
             port=port or 8000,
             read_your_writes=True,
         )
@@ -112,7 +121,7 @@ def bring_up(
         "token": secret,
         "token_file": str(directory / "token"),
         "pids": {"scimgate": os.getpid()},
-        "database_url": settings.database_url,
+        "database_url": redact_url(settings.database_url),
     }
     haproxy = None
 

@@ -73,16 +73,24 @@ def create(db: Database, name: str, expires_in: timedelta | None = None) -> str:
     secret = PREFIX + secrets.token_urlsafe(32)
     now = datetime.now(UTC)
     with db.write() as conn:
-        if conn.execute(sa.select(T.c.id).where(T.c.name == name)).first() is not None:
-            raise TokenError(f"a token named {name!r} exists (revoke or rotate it)")
-        conn.execute(
-            T.insert().values(
-                name=name,
-                secret_hash=hash_secret(secret),
-                created=_iso(now),
-                expires=_iso(now + expires_in) if expires_in else None,
-            )
-        )
+        existing = conn.execute(sa.select(T.c.id, T.c.revoked).where(T.c.name == name)).first()
+        if existing is not None and existing.revoked is None:
+            raise TokenError(f"an active token named {name!r} exists (rotate or revoke it)")
+        values = {
+            "name": name,
+            "secret_hash": hash_secret(secret),
+            "created": _iso(now),
+            "expires": _iso(now + expires_in) if expires_in else None,
+            "last_used": None,
+            "revoked": None,
+            "previous_hash": None,
+            "previous_expires": None,
+        }
+        if existing is not None:
+            # A revoked name can be issued again; its history stays in the audit trail.
+            conn.execute(T.update().where(T.c.id == existing.id).values(**values))
+        else:
+            conn.execute(T.insert().values(**values))
         audit.append(
             conn,
             "token.created",

@@ -117,7 +117,7 @@ class Api:
                 body = await http.read_json(request, body_limit)
                 out = await run_in_threadpool(work, actor, body)
             if isinstance(out, WriteResultResponse):
-                await self._read_your_writes(out.result)
+                await self._read_your_writes(out.result, request.state.request_id)
                 out = out.response
             response = out
         except errors.ScimError as exc:
@@ -141,15 +141,19 @@ class Api:
         )
         return response
 
-    async def _read_your_writes(self, result: WriteResult) -> None:
+    async def _read_your_writes(self, result: WriteResult, request_id: str) -> None:
         if not (self.settings.read_your_writes and self.sync and result.changes):
             return
         ok = await self.sync.wait_confirmed(result.last_seq, self.settings.read_your_writes_timeout)
         if not ok:
             self.metrics.ryw_timeouts.inc()
             log.warning(
-                "read-your-writes timeout: change %s not yet confirmed by every target",
-                result.last_seq,
+                "read-your-writes timeout: change not yet confirmed by every target",
+                extra={
+                    "request_id": request_id,
+                    "seq": result.last_seq,
+                    "timeout_s": self.settings.read_your_writes_timeout,
+                },
             )
 
 

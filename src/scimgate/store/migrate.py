@@ -26,3 +26,15 @@ def upgrade(db: Database) -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         ensure_head(conn)
+    _private_sqlite_files(db)
+
+
+def _private_sqlite_files(db: Database) -> None:
+    """The SQLite file holds token hashes and the directory: owner-only, like the config."""
+    database = db.engine.url.database
+    if db.dialect != "sqlite" or not database or database == ":memory:":
+        return
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(database + suffix)
+        if path.exists():
+            path.chmod(0o600)

@@ -1,0 +1,33 @@
+"""Settings loading: types are checked, unknown keys refused, secrets kept out of URLs."""
+
+from pathlib import Path
+
+import pytest
+
+from scimgate.config import ConfigError, load_settings, redact_url
+
+
+def test_wrong_type_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "scimgate.yaml").write_text("deprovision_alert_seconds: ten\n")
+    with pytest.raises(ConfigError, match="deprovision_alert_seconds must be of type float"):
+        load_settings(directory=tmp_path)
+
+
+def test_int_accepted_where_float_goes_and_bool_is_not_an_int(tmp_path: Path) -> None:
+    (tmp_path / "scimgate.yaml").write_text("read_your_writes_timeout: 3\n")
+    assert load_settings(directory=tmp_path).read_your_writes_timeout == 3.0
+    (tmp_path / "scimgate.yaml").write_text("port: true\n")
+    with pytest.raises(ConfigError, match="port must be an integer"):
+        load_settings(directory=tmp_path)
+
+
+def test_unknown_key_refused(tmp_path: Path) -> None:
+    (tmp_path / "scimgate.yaml").write_text("colour: blue\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings(directory=tmp_path)
+
+
+def test_redact_url_hides_the_password() -> None:
+    out = redact_url("postgresql+psycopg://scimgate:s3cr3t@db.internal/scimgate")
+    assert "s3cr3t" not in out
+    assert out == "postgresql+psycopg://scimgate:***@db.internal/scimgate"
