@@ -41,7 +41,10 @@ class MapFileWriter:
         (a restarted engine whose files are current writes nothing). Returns True if the
         files are now the snapshot's (written or found current), False if skipped as older."""
         with self._lock:
-            if snapshot.seq <= self.written_seq and self._complete():
+            # Strictly older only: at an equal seq the files are rewritten where they differ
+            # (skip_unchanged), which repairs files changed behind our back (a resync after
+            # a restart must leave files that a further restart loads correctly).
+            if snapshot.seq < self.written_seq and self._complete():
                 return False
             started = time.monotonic()
             rejected: list[str] = []
@@ -68,6 +71,12 @@ class MapFileWriter:
                 },
             )
             return True
+
+    def mark_written(self, seq: int) -> None:
+        """Files now hold at least the desired state at ``seq`` (after an incremental write)."""
+        with self._lock:
+            self.written_seq = max(self.written_seq, seq)
+            self.last_write = time.monotonic()
 
     def write_shards_of(self, db: Database, keys: Iterable[str]) -> int:
         """Write, now, the files of the shards holding these keys, from the desired state in

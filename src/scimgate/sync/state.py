@@ -81,6 +81,25 @@ _ENTRIES_SQL = (
 )
 
 
+#: Beyond this many changed keys an incremental map-file write is no cheaper than a full one.
+INCREMENTAL_LIMIT = 50_000
+
+
+def keys_changed_between(db: Database, after: int, upto: int) -> list[str] | None:
+    """Distinct keys changed in (after, upto] of the change log; None when there are more
+    than INCREMENTAL_LIMIT (the caller then rewrites everything)."""
+    C = tables.change_log
+    with db.read() as conn:
+        rows = conn.execute(
+            sa.select(C.c.identity_key)
+            .where(C.c.seq > after, C.c.seq <= upto)
+            .limit(INCREMENTAL_LIMIT + 1)
+        ).all()
+    if len(rows) > INCREMENTAL_LIMIT:
+        return None
+    return list({r[0] for r in rows})
+
+
 def read_shard_entries(db: Database, shard: int, shards: int) -> dict[str, str]:
     """Desired entries of one shard: keys are uppercase hex, so a shard is a key range
     (its 1 or 2 leading digits) and the primary-key index serves it."""
@@ -92,10 +111,11 @@ def read_shard_entries(db: Database, shard: int, shards: int) -> dict[str, str]:
             width = 1 if shards == 16 else 2
             low = f"{shard:0{width}X}"
             high = low[:-1] + chr(ord(low[-1]) + 1)
+            key: Any = E.c.identity_key
+            if conn.dialect.name == "postgresql":
+                key = key.collate("C")  # byte order, whatever the database's locale
             rows = conn.execute(
-                sa.select(E.c.identity_key, E.c.value).where(
-                    E.c.identity_key >= low, E.c.identity_key < high
-                )
+                sa.select(E.c.identity_key, E.c.value).where(key >= low, key < high)
             )
         return {k: v for k, v in rows}
 
