@@ -161,6 +161,7 @@ def list_tokens(db: Database) -> list[TokenInfo]:
 class Verdict:
     name: str | None
     reason: str  # "ok", "missing", "unknown", "expired", "revoked"
+    last_used: str | None = None
 
 
 def authenticate(conn: Connection, secret: str | None) -> Verdict:
@@ -179,10 +180,10 @@ def authenticate(conn: Connection, secret: str | None) -> Verdict:
     if hmac.compare_digest(row.secret_hash, digest):
         if row.expires and row.expires <= now:
             return Verdict(row.name, "expired")
-        return Verdict(row.name, "ok")
+        return Verdict(row.name, "ok", row.last_used)
     if row.previous_hash and hmac.compare_digest(row.previous_hash, digest):
         if row.previous_expires and row.previous_expires > now:
-            return Verdict(row.name, "ok")
+            return Verdict(row.name, "ok", row.last_used)
         return Verdict(row.name, "expired")
     return Verdict(None, "unknown")
 

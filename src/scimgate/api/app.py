@@ -68,13 +68,6 @@ class Api:
         secret = _bearer(request)
         with self.db.read() as conn:
             verdict = tokens.authenticate(conn, secret)
-            last_used = None
-            if verdict.reason == "ok":
-                last_used = (
-                    conn.execute(tokens.T.select().where(tokens.T.c.name == verdict.name))
-                    .first()
-                    .last_used
-                )
         actor = self._actor(request, verdict.name)
         if verdict.reason != "ok":
             kind = "token.expired_use" if verdict.reason == "expired" else "auth.failed"
@@ -89,7 +82,7 @@ class Api:
                 else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}"
             )
         assert verdict.name is not None
-        tokens.touch(self.db, verdict.name, last_used)
+        tokens.touch(self.db, verdict.name, verdict.last_used)
         return actor
 
     async def call(

@@ -83,6 +83,16 @@ def _group(r: Any) -> GroupRow:
     )
 
 
+def _user_from(v: dict[str, Any]) -> UserRow:
+    return UserRow(v["id"], v["user_name"], bool(v["active"]), dict(v["attrs"]), v["version"],
+                   v["created"], v["last_modified"])  # fmt: skip
+
+
+def _group_from(v: dict[str, Any]) -> GroupRow:
+    return GroupRow(v["id"], v["display_name"], v["external_id"], dict(v["attrs"]),
+                    v["version"], v["created"], v["last_modified"])  # fmt: skip
+
+
 # --- users -------------------------------------------------------------------------------
 
 
@@ -118,7 +128,7 @@ def insert_user(conn: Connection, resource: dict[str, Any]) -> UserRow:
     }
     # Writers are serialised (Database.write), so the check above cannot race.
     conn.execute(U.insert().values(**values))
-    return get_user(conn, values["id"])
+    return _user_from(values)
 
 
 def get_user(conn: Connection, user_id: str) -> UserRow:
@@ -130,12 +140,10 @@ def get_user(conn: Connection, user_id: str) -> UserRow:
 
 def update_user(conn: Connection, row: UserRow, resource: dict[str, Any]) -> UserRow:
     _unique_user_name(conn, resource["userName"], row.id)
-    conn.execute(
-        U.update()
-        .where(U.c.id == row.id)
-        .values(**_user_values(resource), version=row.version + 1, last_modified=now_iso())
-    )
-    return get_user(conn, row.id)
+    values = {**_user_values(resource), "version": row.version + 1, "last_modified": now_iso()}
+    conn.execute(U.update().where(U.c.id == row.id).values(**values))
+    # What we just wrote, not a re-read: one statement less per write.
+    return _user_from({"id": row.id, "created": row.created, **values})
 
 
 def delete_user(conn: Connection, user_id: str) -> list[str]:
@@ -231,7 +239,7 @@ def insert_group(conn: Connection, resource: dict[str, Any]) -> GroupRow:
         "last_modified": now,
     }
     conn.execute(G.insert().values(**values))
-    return get_group(conn, values["id"])
+    return _group_from(values)
 
 
 def get_group(conn: Connection, group_id: str) -> GroupRow:
@@ -248,7 +256,16 @@ def update_group(conn: Connection, row: GroupRow, resource: dict[str, Any] | Non
         _unique_display_name(conn, resource["displayName"], row.id)
         values.update(_group_values(resource))
     conn.execute(G.update().where(G.c.id == row.id).values(**values))
-    return get_group(conn, row.id)
+    return _group_from(
+        {
+            "id": row.id,
+            "display_name": row.display_name,
+            "external_id": row.external_id,
+            "attrs": row.attrs,
+            "created": row.created,
+            **values,
+        }
+    )
 
 
 def touch_groups(conn: Connection, group_ids: Iterable[str]) -> None:
