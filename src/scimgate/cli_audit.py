@@ -29,7 +29,10 @@ def _iso(text: str | None) -> str | None:
 
 
 def register_audit(main: click.Group) -> None:
-    from scimgate.cli import _config_option, _db, _dir_option, _settings
+    from scimgate.cli_common import config_option as _config_option
+    from scimgate.cli_common import database_of as _db
+    from scimgate.cli_common import dir_option as _dir_option
+    from scimgate.cli_common import settings_of as _settings
 
     @main.group()
     def audit() -> None:

@@ -9,33 +9,13 @@ from typing import Any
 
 import click
 
-from scimgate.config import ConfigError, Settings, TargetConfig, load_settings
+from scimgate.cli_common import config_option as _config_option
+from scimgate.cli_common import database_of as _db
+from scimgate.cli_common import dir_option as _dir_option
+from scimgate.cli_common import settings_of as _settings
+from scimgate.config import TargetConfig
 from scimgate.haproxy.runtime import HAProxyRuntimeError, RuntimeClient, parse_version
 from scimgate.sync.layout import LayoutError, MapLayout, resolve_layout
-
-_dir_option = click.option(
-    "--dir", "directory", type=click.Path(file_okay=False),
-    help="Instance directory (made by `scimgate up --dir DIR`).",
-)  # fmt: skip
-_config_option = click.option(
-    "--config", "config", type=click.Path(dir_okay=False), help="Config file (instead of --dir)."
-)
-
-
-def _settings(directory: str | None, config: str | None) -> Settings:
-    try:
-        return load_settings(directory=directory, config=config)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _db(settings: Settings) -> Any:
-    from scimgate.store import migrate
-    from scimgate.store.db import Database
-
-    db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    migrate.upgrade(db)
-    return db
 
 
 def probe_target(target: TargetConfig) -> dict[str, Any]:

@@ -217,14 +217,6 @@ class TargetFollower:
     def _apply(self, batch: Sequence[state.TimedChange]) -> None:
         assert self.client is not None and self.layout is not None
         coalesced = coalesce(tc.change for tc in batch)
-        if self.target.map_dir and any(tc.change.deprovision for tc in batch):
-            # Files first, then runtime: a reload racing this batch must load files that
-            # already lack the revoked access (ARCHITECTURE.md: "write map files before
-            # committing at runtime"). Grants may lag in files (debounced): over-denial
-            # until the post-reload resync is safe, over-grant is not.
-            self.engine._writer_for(self.target.map_dir, self.layout).write_shards_of(
-                self.engine.db, [tc.change.identity_key for tc in batch if tc.change.deprovision]
-            )
         try:
             result = apply_batch(self.client, self.layout, coalesced)
             expected: dict[str, str | None] = {
@@ -235,6 +227,16 @@ class TargetFollower:
             # Fail closed: a partly applied batch is unknown state; never blindly resend.
             self._mark_dirty("apply_error")
             raise exc
+        if self.target.map_dir and any(tc.change.deprovision for tc in batch):
+            # Files before confirmation: the live worker already denies (applied above, the
+            # fast path); a reload racing this batch must still load files that lack the
+            # revoked access, and the worker check below runs after this write, so a reload
+            # in between is caught and resynced before anything is confirmed. Grants may lag
+            # in files (debounced): over-denial until the post-reload resync is safe,
+            # over-grant is not.
+            self.engine._writer_for(self.target.map_dir, self.layout).write_shards_of(
+                self.engine.db, [tc.change.identity_key for tc in batch if tc.change.deprovision]
+            )
         if self.client.worker_pid != self.worker_pid:
             # The client reconnected transparently to another worker (restart): this
             # batch went to a process that loaded map files, not our runtime state.
