@@ -15,6 +15,7 @@ system-deps:
 	[ -x /usr/lib/postgresql/15/bin/postgres ] || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v pg_isready >/dev/null || need="$$need postgresql-client"; \
 	command -v wrk >/dev/null || need="$$need wrk"; \
+	command -v curl >/dev/null || need="$$need curl"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -159,6 +159,23 @@ class ScimService:
             return []
         return outbox.refresh_users(conn, user_ids, self.enforcement.entries, base_url)
 
+    def _refresh_group(
+        self,
+        conn: Connection,
+        gid: str,
+        before: tuple[str | None, str | None],
+        after: tuple[str | None, str | None],
+        added: list[str],
+        removed: list[str],
+        base_url: str,
+    ) -> list[outbox.MapChange]:
+        """Map changes of a group write: only the members that changed, unless the group's
+        name or externalId changed (then every member: the policy maps groups by those)."""
+        if not self._group_matters(before, after):
+            return []
+        affected = rs.all_member_ids(conn, gid) + removed if before != after else added + removed
+        return self._refresh(conn, affected, base_url)
+
     def _group_matters(self, *groups: tuple[str | None, str | None]) -> bool:
         if self.enforcement is None:
             return False
@@ -233,14 +250,9 @@ class ScimService:
                 added = rs.add_members(conn, rid, [m for m in wanted if m not in set(current)])
                 grow = rs.update_group(conn, grow, resource)
                 after_g = (grow.display_name, grow.external_id)
-                affected: list[str] = []
-                if self._group_matters(before_g, after_g):
-                    affected = (
-                        rs.all_member_ids(conn, rid) + removed
-                        if before_g != after_g
-                        else added + removed
-                    )
-                changes = self._refresh(conn, affected, base_url)
+                changes = self._refresh_group(
+                    conn, rid, before_g, after_g, added, removed, base_url
+                )
                 out = rs.group_resource(grow, base_url, rs.member_rows(conn, [rid])[rid])
                 detail = {
                     "changed": diff(before, out),
@@ -292,14 +304,9 @@ class ScimService:
                 if result.changed or added or removed:
                     grow = rs.update_group(conn, grow, result.resource if result.changed else None)
                 after_g = (grow.display_name, grow.external_id)
-                affected: list[str] = []
-                if self._group_matters(before_g, after_g):
-                    affected = (
-                        rs.all_member_ids(conn, rid) + removed
-                        if before_g != after_g
-                        else added + removed
-                    )
-                changes = self._refresh(conn, affected, base_url)
+                changes = self._refresh_group(
+                    conn, rid, before_g, after_g, added, removed, base_url
+                )
                 members = rs.member_rows(conn, [rid])[rid] if want_members else None
                 out = rs.group_resource(grow, base_url, members)
                 detail = {
