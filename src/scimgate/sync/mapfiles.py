@@ -16,7 +16,7 @@ from scimgate.policy.compiler import shard_of
 from scimgate.store.db import Database
 from scimgate.sync.apply import valid_entries
 from scimgate.sync.layout import MapLayout
-from scimgate.sync.state import Snapshot, read_shard_entries
+from scimgate.sync.state import Snapshot, read_entries_of, read_shard_entries
 
 log = logging.getLogger("scimgate.sync")
 
@@ -79,25 +79,47 @@ class MapFileWriter:
             self.last_write = time.monotonic()
 
     def write_shards_of(self, db: Database, keys: Iterable[str]) -> int:
-        """Write, now, the files of the shards holding these keys, from the desired state in
-        the store (which already includes the batch being applied).
+        """Bring, now, the files of the shards holding these keys up to the desired state of
+        these keys in the store (which already includes the batch being applied).
 
-        Called before a batch that deprovisions reaches HAProxy, so that a reload or restart
+        Called before a batch that deprovisions is confirmed, so that a reload or restart
         racing the batch loads files without the revoked access (the debounced writer alone
         would leave files up to DEBOUNCE_SECONDS behind: an acknowledged deactivation undone
-        on the new worker). No fsync: a reload reads the page cache; after a host crash
+        on the new worker). Cost is O(shard file) of byte work plus O(keys) indexed reads:
+        each touched file is patched (lines of these keys dropped, their current entries
+        appended), not rebuilt from the store, which at 1M identities in 16 shards was
+        ~0.5 s per batch. No fsync: a reload reads the page cache; after a host crash
         everything restarts and the start-up resync makes HAProxy exact. Returns files
         written."""
-        shards = sorted({shard_of(k, self.layout.shards) for k in keys})
-        if not shards:
+        by_shard: dict[int, set[str]] = {}
+        for key in keys:
+            by_shard.setdefault(shard_of(key, self.layout.shards), set()).add(key)
+        if not by_shard:
             return 0
         with self._lock:
+            current = read_entries_of(db, [k for ks in by_shard.values() for k in ks])
+            valid, _rejected = valid_entries(current)
             files: list[tuple[str, bytes]] = []
-            for shard in shards:
-                entries = read_shard_entries(db, shard, self.layout.shards)
-                valid, _rejected = valid_entries(entries)
-                body = encode_payload({k: v for k, v in valid.items() if v is not None})
-                files.append((self.layout.paths[shard], render_body(body)))
+            for shard, shard_keys in sorted(by_shard.items()):
+                path = Path(self.layout.paths[shard])
+                if not path.exists():
+                    entries = read_shard_entries(db, shard, self.layout.shards)
+                    ok, _ = valid_entries(entries)
+                    body = encode_payload({k: v for k, v in ok.items() if v is not None})
+                    files.append((str(path), render_body(body)))
+                    continue
+                drop = {k.encode("ascii") for k in shard_keys}
+                kept = [
+                    line
+                    for line in path.read_bytes().splitlines(keepends=True)
+                    if line.split(b" ", 1)[0] not in drop
+                ]
+                if kept and not kept[-1].endswith(b"\n"):
+                    kept[-1] += b"\n"
+                add = encode_payload(
+                    {k: v for k, v in valid.items() if k in shard_keys and v is not None}
+                )
+                files.append((str(path), b"".join(kept) + add.data))
             return write_map_files(files, fsync=False)
 
     def _complete(self) -> bool:

@@ -100,6 +100,20 @@ def keys_changed_between(db: Database, after: int, upto: int) -> list[str] | Non
     return list({r[0] for r in rows})
 
 
+def read_entries_of(db: Database, keys: Sequence[str]) -> dict[str, str | None]:
+    """Current desired value of each key (None when it has no entry)."""
+    E = tables.map_entries
+    out: dict[str, str | None] = dict.fromkeys(keys)
+    with db.read() as conn:
+        for i in range(0, len(keys), 500):
+            chunk = list(keys[i : i + 500])
+            for k, v in conn.execute(
+                sa.select(E.c.identity_key, E.c.value).where(E.c.identity_key.in_(chunk))
+            ):
+                out[k] = v
+    return out
+
+
 def read_shard_entries(db: Database, shard: int, shards: int) -> dict[str, str]:
     """Desired entries of one shard: keys are uppercase hex, so a shard is a key range
     (its 1 or 2 leading digits) and the primary-key index serves it."""
