@@ -206,15 +206,7 @@ class ScimService:
                 )
                 out = rs.group_resource(grow, base_url, rs.member_rows(conn, [grow.id])[grow.id])
                 rid = grow.id
-            audit.append(
-                conn,
-                "scim.write",
-                actor,
-                resource_type=rtype.name,
-                resource_id=rid,
-                operation="create",
-                detail={"resource": _audit_view(out), **_change_detail(changes)},
-            )
+            _audit_write(conn, actor, rtype, rid, "create", {"resource": _audit_view(out)}, changes)
         return self._committed(WriteResult(out, changes))
 
     def replace(
@@ -259,15 +251,7 @@ class ScimService:
                     "members_added": added,
                     "members_removed": removed,
                 }
-            audit.append(
-                conn,
-                "scim.write",
-                actor,
-                resource_type=rtype.name,
-                resource_id=rid,
-                operation="replace",
-                detail={**detail, **_change_detail(changes)},
-            )
+            _audit_write(conn, actor, rtype, rid, "replace", detail, changes)
         return self._committed(WriteResult(out, changes))
 
     def patch(
@@ -314,15 +298,7 @@ class ScimService:
                     "members_added": added,
                     "members_removed": removed,
                 }
-            audit.append(
-                conn,
-                "scim.write",
-                actor,
-                resource_type=rtype.name,
-                resource_id=rid,
-                operation="patch",
-                detail={**detail, **_change_detail(changes)},
-            )
+            _audit_write(conn, actor, rtype, rid, "patch", detail, changes)
         return self._committed(WriteResult(out, changes))
 
     def _apply_member_ops(
@@ -377,15 +353,7 @@ class ScimService:
                     else []
                 )
                 detail = {"displayName": grow.display_name, "members": len(members)}
-            audit.append(
-                conn,
-                "scim.write",
-                actor,
-                resource_type=rtype.name,
-                resource_id=rid,
-                operation="delete",
-                detail={**detail, **_change_detail(changes)},
-            )
+            _audit_write(conn, actor, rtype, rid, "delete", detail, changes)
         return self._committed(WriteResult(None, changes))
 
 
@@ -415,6 +383,20 @@ def _audit_view(resource: dict[str, Any]) -> dict[str, Any]:
     if "members" in out:
         out["members"] = [m["value"] for m in out["members"]]
     return out
+
+
+def _audit_write(
+    conn: Connection,
+    actor: audit.Actor,
+    rtype: ResourceType,
+    rid: str,
+    operation: str,
+    detail: dict[str, Any],
+    changes: list[outbox.MapChange],
+) -> None:
+    """The audit event of a SCIM write, in its transaction, with the map changes it caused."""
+    audit.append(conn, "scim.write", actor, resource_type=rtype.name, resource_id=rid,
+                 operation=operation, detail={**detail, **_change_detail(changes)})  # fmt: skip
 
 
 def _change_detail(changes: list[outbox.MapChange]) -> dict[str, Any]:
