@@ -332,8 +332,12 @@ def test_sigkill_and_restart_restores_state(
         proc.start()
         wait_until(lambda: live_state(proc) == desired(sqlite_db))
         assert http_status(proc, key(7)) == 200
-        reasons = [e["reason"] for e in audit_events(sqlite_db, "sync.resync")]
-        assert reasons[-1] in ("restart", "reconnect")
+        # The resync's audit event is written after its commit reached HAProxy, so the live
+        # state can match a moment before the event exists: wait for it rather than race it.
+        wait_until(
+            lambda: [e["reason"] for e in audit_events(sqlite_db, "sync.resync")][-1]
+            in ("restart", "reconnect")
+        )
 
 
 def test_reload_through_master_cli(
