@@ -146,21 +146,22 @@ class Proxy:
 def lookup_frontend(name: str, port: int, map_dir: Path) -> str:
     """A header-identity frontend: the same shard selection and map lookup the product
     renders, with the pseudonym key taken from X-Key (the pure lookup cost)."""
-    from scimgate.policy.compiler import map_file_names
+    from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_names
 
     lines = [
         f"frontend {name}",
         f"    bind 127.0.0.1:{port}",
         "    http-request set-var(txn.k) req.fhdr(x-key)",
+        f"    http-request set-var(txn.g) var(txn.k),map({map_dir}/{OVERLAY_MAP_NAME})",
     ]
     for shard, fname in enumerate(map_file_names(SHARDS)):
         first = "0123456789ABCDEF"[shard]
         lines.append(
             f"    http-request set-var(txn.g) var(txn.k),map({map_dir}/{fname}) "
-            f"if {{ var(txn.k) -m beg {first} }}"
+            f"if {{ var(txn.k) -m beg {first} }} !{{ var(txn.g) -m found }}"
         )
     lines += [
-        "    http-request deny deny_status 403 unless { var(txn.g) -m found }",
+        "    http-request deny deny_status 403 unless { var(txn.g) -m beg , }",
         "    http-request return status 200 content-type text/plain string ok",
         "",
     ]

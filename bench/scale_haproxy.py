@@ -119,28 +119,33 @@ def make_store(d: Path, keys: list[str]) -> Any:
 
 
 def lookup_rules(map_dir: Path, shards: int) -> list[str]:
-    """The identity lookup exactly as policy/render.py renders it."""
-    from scimgate.policy.compiler import map_file_name
+    """The identity lookup exactly as policy/render.py renders it (overlay first)."""
+    from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_name
 
+    overlay = f"http-request set-var({V_GROUPS}) var({V_KEY}),map({map_dir}/{OVERLAY_MAP_NAME})"
+    guard = f"!{{ var({V_GROUPS}) -m found }}"
     if shards == 1:
-        return [f"http-request set-var({V_GROUPS}) var({V_KEY}),map({map_dir}/identities.map)"]
+        return [
+            overlay,
+            f"http-request set-var({V_GROUPS}) var({V_KEY}),map({map_dir}/identities.map) if {guard}",
+        ]
     width = 1 if shards == 16 else 2
-    return [
+    return [overlay] + [
         f"http-request set-var({V_GROUPS}) var({V_KEY}),map({map_dir}/{map_file_name(s, shards)}) "
-        f"if {{ var({V_KEY}) -m beg {s:0{width}X} }}"
+        f"if {{ var({V_KEY}) -m beg {s:0{width}X} }} {guard}"
         for s in range(shards)
     ]
 
 
 class HAProxy:
     def __init__(self, d: Path, shards: int) -> None:
-        from scimgate.policy.compiler import map_file_names
+        from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_names
 
         self.dir, self.shards = d, shards
         d.mkdir(parents=True, exist_ok=True)
         self.map_dir = d / "maps"
         self.map_dir.mkdir(exist_ok=True)
-        for name in map_file_names(shards):
+        for name in [*map_file_names(shards), OVERLAY_MAP_NAME]:
             (self.map_dir / name).write_text("")
         self.port, self.plain_port = free_port(), free_port()
         self.admin = d / "admin.sock"

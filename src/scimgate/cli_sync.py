@@ -34,6 +34,9 @@ def probe_target(target: TargetConfig) -> dict[str, Any]:
                     map_dir=layout.map_dir,
                     live_entries=sum(counts.get(p, 0) for p in layout.paths),
                 )
+                if layout.overlay is not None:
+                    # changes the shards have not taken yet (live = shards + these)
+                    out["overlay_entries"] = counts.get(layout.overlay, 0)
             else:
                 out["probe_error"] = "no identities map layout loaded"
     except (HAProxyRuntimeError, OSError, ValueError) as exc:

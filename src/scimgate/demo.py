@@ -35,7 +35,7 @@ from scimgate.config import CONFIG_NAME, Settings, TargetConfig
 from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.haproxy.mapfile import write_map_file
 from scimgate.haproxy.process import HAProxyProcess, binary_version, check_config, find_haproxy
-from scimgate.policy.compiler import map_file_names, shard_of
+from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_names, shard_of
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from scimgate.policy.model import Policy, load_policy
 from scimgate.policy.render import render_config
@@ -252,6 +252,9 @@ def write_map_files(map_dir: Path, entries: Mapping[str, str], shards: int) -> l
     for name, part in zip(map_file_names(shards), per_shard, strict=True):
         write_map_file(map_dir / name, part)
         paths.append(map_dir / name)
+    # The overlay starts empty: the shards hold everything.
+    write_map_file(map_dir / OVERLAY_MAP_NAME, {})
+    paths.append(map_dir / OVERLAY_MAP_NAME)
     return paths
 
 

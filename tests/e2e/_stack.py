@@ -27,6 +27,7 @@ from scimgate.haproxy.runtime import (
     master_command,
     parse_show_proc,
 )
+from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
 from scimgate.store import outbox
 from scimgate.store.db import Database
 from scimgate.sync.layout import MapLayout
@@ -50,13 +51,27 @@ def write_config(directory: Path, **settings: Any) -> None:
 
 
 def layout(up: UpStack, map_dir: str | None = None) -> MapLayout:
-    return MapLayout(map_dir or up.info["map_dir"], int(up.info["map_shards"]))
+    """The instance's map layout: its shards and (rendered configs load one) the overlay."""
+    return MapLayout(map_dir or up.info["map_dir"], int(up.info["map_shards"])).with_overlay()
+
+
+def _apply_overlay(shards: list[dict[str, str]], overlay: dict[str, str], lay: MapLayout) -> None:
+    for key, value in overlay.items():
+        shard = shards[shard_of(key, lay.shards)]
+        if value == OVERLAY_TOMBSTONE:
+            shard.pop(key, None)
+        else:
+            shard[key] = value
 
 
 def live_shards(runtime_api: str, lay: MapLayout, timeout: float = 5.0) -> list[dict[str, str]]:
-    """Every identities shard as HAProxy holds it (``show map``), in shard order."""
+    """Every identities shard as a request sees it, in shard order: the overlay's entries
+    (read first, as a request does) over the shard's (``show map``)."""
     with RuntimeClient(runtime_api, timeout, cli_timeout=None) as client:
-        return [client.show_map(path) for path in lay.paths]
+        overlay = client.show_map(lay.overlay) if lay.overlay else {}
+        shards = [client.show_map(path) for path in lay.paths]
+    _apply_overlay(shards, overlay, lay)
+    return shards
 
 
 def live_entries(runtime_api: str, lay: MapLayout) -> dict[str, str]:
@@ -64,6 +79,13 @@ def live_entries(runtime_api: str, lay: MapLayout) -> dict[str, str]:
     for shard in live_shards(runtime_api, lay):
         out.update(shard)
     return out
+
+
+def raw_overlay(runtime_api: str, lay: MapLayout) -> dict[str, str]:
+    """The overlay map's own entries (tombstones included)."""
+    assert lay.overlay is not None
+    with RuntimeClient(runtime_api, 5.0, cli_timeout=None) as client:
+        return client.show_map(lay.overlay)
 
 
 def desired(up: UpStack) -> dict[str, str]:
@@ -97,13 +119,20 @@ def mismatch(up: UpStack, runtime_api: str | None = None, map_dir: str | None = 
 
 def map_files(up: UpStack) -> dict[str, str]:
     """The identities map files on disk (what a reloaded or restarted HAProxy loads)."""
-    out: dict[str, str] = {}
-    for path in layout(up).paths:
+    lay = layout(up)
+
+    def read(path: str) -> dict[str, str]:
+        out: dict[str, str] = {}
         for line in Path(path).read_text().splitlines():
             if line and not line.startswith("#"):
                 key, _, value = line.partition(" ")
                 out[key] = value
-    return out
+        return out
+
+    shards = [read(path) for path in lay.paths]
+    assert lay.overlay is not None
+    _apply_overlay(shards, read(lay.overlay), lay)  # a reload loads the overlay file too
+    return {k: v for shard in shards for k, v in shard.items()}
 
 
 def wait_until(check: Callable[[], T], timeout: float, interval: float = 0.1) -> tuple[T, float]:

@@ -114,8 +114,9 @@ def test_haproxy_sigkill_and_restart_restores_state(
         ok(add_member(scim, groups["Admins"], carol_id))
     # Restart with the same command line as `up`, but with EMPTY map files: whatever HAProxy
     # holds afterwards is the engine's doing, not a lucky file on disk.
-    for path in st.layout(stack).paths:
-        Path(path).write_text("")
+    lay = st.layout(stack)
+    for path in [*lay.paths, lay.overlay]:
+        Path(str(path)).write_text("")
     proc = st.haproxy_for(stack)
     restarted.append(proc)  # kept running for the next test; stopped by PID at module end
     t0 = time.monotonic()

@@ -109,7 +109,11 @@ def check_haproxy(stack: UpStack, control: dict[str, str]) -> None:
         assert int(info["Pid"]) > 0
         maps = {m.path for m in client.list_maps()}
     # only our identities maps are loaded: nothing was created by an injected command
-    assert maps == set(st.layout(stack).paths)
+    lay = st.layout(stack)
+    assert maps == {*lay.paths, lay.overlay}
+    # the overlay holds only our keys and values (or the tombstone)
+    for key, value in st.raw_overlay(stack.info["runtime_api"], lay).items():
+        assert st.KEY_RE.fullmatch(key) and st.VALUE_RE.fullmatch(value), (key, value)
     live = st.live_entries(stack.info["runtime_api"], st.layout(stack))
     for key, value in live.items():
         assert st.KEY_RE.fullmatch(key), repr(key)

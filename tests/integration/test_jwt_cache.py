@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from scimgate.policy import (
+    OVERLAY_MAP_NAME,
     Policy,
     PolicyError,
     entries_for_user,
@@ -148,6 +149,7 @@ def _write_map(map_dir: Path, policy: Policy) -> None:
         for k, v in entries_for_user(user, [], policy, SECRET).items()
     ]
     (map_dir / map_file_names(1)[0]).write_text("".join(lines))
+    (map_dir / OVERLAY_MAP_NAME).write_text("")
 
 
 @pytest.fixture

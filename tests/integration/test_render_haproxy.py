@@ -23,7 +23,10 @@ from typing import Any
 
 import pytest
 
+from scimgate.haproxy.runtime import RuntimeClient
 from scimgate.policy import (
+    OVERLAY_MAP_NAME,
+    OVERLAY_TOMBSTONE,
     Policy,
     entries_for_user,
     identity_key,
@@ -147,6 +150,7 @@ def _write_maps(
             lines[names[shard_of(key, shards)]].append(f"{key} {value}\n")
     for name, content in lines.items():
         (map_dir / name).write_text("".join(content))
+    (map_dir / OVERLAY_MAP_NAME).write_text("")
 
 
 @pytest.fixture
@@ -475,6 +479,32 @@ def test_sharded_layout(
         assert hx2.get("/", _bearer(_token(keys)))[0] == 403
     finally:
         hx2.stop()
+
+
+@pytest.mark.parametrize("shards", [1, 16])
+def test_overlay_entry_wins_over_the_shard(
+    start: Callable[..., LocalHAProxy], keys: dict[str, str], tmp_path: Path, shards: int
+) -> None:
+    """The engine's fast path, as HAProxy sees it: an overlay entry overrides the shard's
+    (a tombstone denies a user the shard still allows; a new value grants at once)."""
+    policy = _jwt_policy(keys)
+    hx = start(policy, shards=shards, users=[(ALICE, []), (BOB, ADMINS)])
+    alice, bob = _token(keys), _token(keys, "bob@example.com")
+    assert hx.get("/", _bearer(alice))[0] == 200 and hx.get("/admin", _bearer(bob))[0] == 200
+    overlay = str(tmp_path / "maps" / OVERLAY_MAP_NAME)
+    alice_key = identity_key("alice@example.com", SECRET)
+    bob_key = identity_key("bob@example.com", SECRET)
+    with RuntimeClient(f"unix:{tmp_path / 'admin.sock'}", 5.0) as client:
+        client.add_map(overlay, alice_key, OVERLAY_TOMBSTONE)
+        assert hx.get("/", _bearer(alice))[0] == 403  # deprovisioned: unknown identity
+        client.add_map(overlay, bob_key, ",")
+        assert hx.get("/admin", _bearer(bob))[0] == 403  # lost the group
+        assert hx.get("/", _bearer(bob))[0] == 200
+        client.set_map(overlay, alice_key, ",admins,")
+        assert hx.get("/admin", _bearer(alice))[0] == 200
+        client.del_map(overlay, alice_key)
+        client.del_map(overlay, bob_key)
+    assert hx.get("/admin", _bearer(alice))[0] == 403 and hx.get("/admin", _bearer(bob))[0] == 200
 
 
 # --- header source -------------------------------------------------------------------------

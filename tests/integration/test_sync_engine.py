@@ -23,11 +23,13 @@ import sqlalchemy as sa
 from scimgate.api.metrics import Metrics
 from scimgate.config import Settings, TargetConfig
 from scimgate.haproxy.runtime import RuntimeClient
-from scimgate.policy.compiler import map_file_names
+from scimgate.policy.compiler import OVERLAY_MAP_NAME, OVERLAY_TOMBSTONE, map_file_names
 from scimgate.store import migrate, tables
 from scimgate.store.db import Database, now_iso
 from scimgate.store.outbox import MapChange, desired_entries
 from scimgate.sync import SyncEngine, choose_shards, status_from_db
+from scimgate.sync import engine as engine_mod
+from scimgate.sync.engine import TargetFollower
 from scimgate.sync.layout import MapLayout
 from tests.fixtures.haproxy import RUNTIME_GLOBAL, RunningHAProxy
 
@@ -37,17 +39,23 @@ SHARDS = 16
 LAYOUT_NAMES = map_file_names(SHARDS)
 
 
-def haproxy_config() -> str:
+def haproxy_config(overlay: bool = True) -> str:
+    """As rendered configs do: the overlay first, its shard only where it has no entry."""
+    guard = " !{ var(txn.groups) -m found }" if overlay else ""
     rules = [
         f"    http-request set-var(txn.groups) req.fhdr(x-key),map($dir/{name}) "
-        f"if {{ req.fhdr(x-key) -m beg {shard:X} }}"
+        f"if {{ req.fhdr(x-key) -m beg {shard:X} }}{guard}"
         for shard, name in enumerate(LAYOUT_NAMES)
     ]
+    if overlay:
+        rules.insert(
+            0, f"    http-request set-var(txn.groups) req.fhdr(x-key),map($dir/{OVERLAY_MAP_NAME})"
+        )
     return (
         RUNTIME_GLOBAL
         + "\nfrontend fe\n    bind 127.0.0.1:$port0\n"
         + "\n".join(rules)
-        + "\n    http-request deny deny_status 403 unless { var(txn.groups) -m found }\n"
+        + "\n    http-request deny deny_status 403 unless { var(txn.groups) -m beg , }\n"
         + "    http-request return status 200 content-type text/plain string ok\n"
     )
 
@@ -60,8 +68,9 @@ def key(i: int | str) -> str:
 def start_haproxy(
     haproxy_factory: Callable[..., RunningHAProxy],
 ) -> Callable[[], RunningHAProxy]:
-    def start() -> RunningHAProxy:
-        return haproxy_factory(haproxy_config(), files={n: "" for n in LAYOUT_NAMES})
+    def start(overlay: bool = True) -> RunningHAProxy:
+        files = {n: "" for n in [*LAYOUT_NAMES, *([OVERLAY_MAP_NAME] if overlay else [])]}
+        return haproxy_factory(haproxy_config(overlay), files=files)
 
     return start
 
@@ -128,12 +137,33 @@ def put(db: Database, entries: dict[str, str | None]) -> list[MapChange]:
     return out
 
 
-def live_state(proc: RunningHAProxy) -> dict[str, str]:
+def shard_state(proc: RunningHAProxy) -> dict[str, str]:
+    """What the shards hold."""
     with proc.client() as client:
         out: dict[str, str] = {}
         for name in LAYOUT_NAMES:
             out.update(client.show_map(str(proc.workdir / name)))
         return out
+
+
+def overlay_state(proc: RunningHAProxy) -> dict[str, str]:
+    with proc.client() as client:
+        if not (proc.workdir / OVERLAY_MAP_NAME).exists():
+            return {}
+        return client.show_map(str(proc.workdir / OVERLAY_MAP_NAME))
+
+
+def live_state(proc: RunningHAProxy) -> dict[str, str]:
+    """What a request sees: the overlay (tombstone: absent), else the shards. Read in a
+    request's order (overlay first): an entry gone from the overlay since is in its shard."""
+    overlay = overlay_state(proc)
+    out = shard_state(proc)
+    for k, v in overlay.items():
+        if v == OVERLAY_TOMBSTONE:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
 
 
 def desired(db: Database) -> dict[str, str]:
@@ -199,7 +229,10 @@ def _convergence(db: Database, proc: RunningHAProxy) -> None:
         changes += put(db, {key(f"new{i}"): "," for i in range(50)})
         changes += put(db, {key("new1"): ",ops,"})
         converge(db, engine, changes)
-        assert live_state(proc) == desired(db)
+        assert live_state(proc) == desired(db)  # at confirmation (through the overlay)
+        # The shards follow behind the overlay, which empties as they do.
+        wait_until(lambda: engine.status()[0]["pending_shard_updates"] == 0)
+        assert shard_state(proc) == desired(db) and overlay_state(proc) == {}
         status = engine.status()[0]
         assert status["reachable"] and status["lag"] == 0 and status["healthy"]
         assert status["entries"] == len(desired(db))
@@ -335,8 +368,10 @@ def test_sigkill_and_restart_restores_state(
         # The resync's audit event is written after its commit reached HAProxy, so the live
         # state can match a moment before the event exists: wait for it rather than race it.
         wait_until(
-            lambda: [e["reason"] for e in audit_events(sqlite_db, "sync.resync")][-1]
-            in ("restart", "reconnect")
+            lambda: (
+                [e["reason"] for e in audit_events(sqlite_db, "sync.resync")][-1]
+                in ("restart", "reconnect")
+            )
         )
 
 
@@ -368,6 +403,7 @@ def test_drift_is_detected_audited_and_repaired(
     proc = start_haproxy()
     with running_engine(sqlite_db, [target(proc, "t1")], drift_check_interval=0.3) as engine:
         converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(100)}))
+        wait_until(lambda: not engine.followers[0].pending)  # the shards hold it all
         victim = key(5)
         layout = engine.followers[0].layout
         assert layout is not None
@@ -383,3 +419,116 @@ def test_drift_is_detected_audited_and_repaired(
         with sqlite_db.read() as conn:
             row = conn.execute(sa.select(tables.targets)).one()
         assert row.last_drift_check is not None
+
+
+def _no_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hold the shards back (the follower's drain step does nothing) to look at the overlay."""
+    monkeypatch.setattr(TargetFollower, "_drain", lambda self: None)
+
+
+def test_changes_go_through_the_overlay_then_the_shards(
+    sqlite_db: Database,
+    start_haproxy: Callable[[], RunningHAProxy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proc = start_haproxy()
+    with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
+        converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(200)}))
+        wait_until(lambda: not engine.followers[0].pending)
+        _no_drain(monkeypatch)
+        changes = put(sqlite_db, {key(1): None, key(2): ",ops,", key("n"): ","})
+        converge(sqlite_db, engine, changes)
+        # Confirmed: in the overlay (tombstone for the deprovision), not yet in the shards.
+        assert overlay_state(proc) == {key(1): OVERLAY_TOMBSTONE, key(2): ",ops,", key("n"): ","}
+        assert shard_state(proc)[key(1)] == ",eng," and key("n") not in shard_state(proc)
+        assert http_status(proc, key(1)) == 403
+        assert http_status(proc, key("n")) == 200
+        assert live_state(proc) == desired(sqlite_db)
+        # The files a reload would load deny it already (the overlay file on top of shard
+        # files that may lag by the debounce).
+        assert key(1) not in _file_state(proc)
+        # A key changed again while in the overlay is updated there (set, no duplicate).
+        converge(sqlite_db, engine, put(sqlite_db, {key(1): ",eng,"}))
+        assert overlay_state(proc)[key(1)] == ",eng," and http_status(proc, key(1)) == 200
+        status = engine.status()[0]
+        assert status["overlay_entries"] == 3 and status["pending_shard_updates"] == 3
+        # Grants reach the files too, debounced.
+        wait_until(lambda: _file_state(proc) == desired(sqlite_db))
+        # Drain: the shards catch up and the overlay empties.
+        monkeypatch.undo()
+        engine.followers[0].wake.set()
+        wait_until(lambda: overlay_state(proc) == {})
+        assert shard_state(proc) == desired(sqlite_db) == live_state(proc)
+        assert engine.status()[0]["entries"] == len(desired(sqlite_db))
+
+
+def _file_state(proc: RunningHAProxy) -> dict[str, str]:
+    """What a reload would load: the shard files, overridden by the overlay file."""
+
+    def read(name: str) -> dict[str, str]:
+        path = proc.workdir / name
+        lines = path.read_text().splitlines() if path.exists() else []
+        return dict(line.split(" ", 1) for line in lines if line and not line.startswith("#"))
+
+    out: dict[str, str] = {}
+    for name in LAYOUT_NAMES:
+        out.update(read(name))
+    for k, v in read(OVERLAY_MAP_NAME).items():
+        if v == OVERLAY_TOMBSTONE:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def test_files_never_grant_a_confirmed_deprovision(
+    sqlite_db: Database, start_haproxy: Callable[[], RunningHAProxy]
+) -> None:
+    """During a burst of deactivations (the shard files debounced behind), after each
+    confirmation the files a reload would load deny every confirmed deprovision."""
+    proc = start_haproxy()
+    with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
+        converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(300)}))
+        for i in range(0, 60, 3):
+            converge(sqlite_db, engine, put(sqlite_db, {key(i): None, key(i + 1): ",x,"}))
+            files = _file_state(proc)
+            assert all(key(j) not in files for j in range(0, i + 1, 3))
+            assert files.get(key(i + 1)) in (",eng,", ",x,")  # a grant may lag in files
+
+
+def test_batch_too_big_for_the_overlay_goes_to_the_shards(
+    sqlite_db: Database,
+    start_haproxy: Callable[[], RunningHAProxy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proc = start_haproxy()
+    with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
+        converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(100)}))
+        wait_until(lambda: not engine.followers[0].pending)
+        _no_drain(monkeypatch)
+        converge(sqlite_db, engine, put(sqlite_db, {key(1): None, key(2): ",ops,"}))
+        assert set(overlay_state(proc)) == {key(1), key(2)}
+        monkeypatch.setattr(engine_mod, "OVERLAY_LIMIT", 10)
+        # 30 changes > the limit: straight to the shards; the overlay's older entries for
+        # these keys are retired (else they would hide the newer shard values).
+        big = put(sqlite_db, {key(i): ",big," for i in range(1, 31)})
+        converge(sqlite_db, engine, big)
+        assert overlay_state(proc) == {}
+        assert engine.followers[0].pending == {}
+        assert live_state(proc) == shard_state(proc) == desired(sqlite_db)
+        assert http_status(proc, key(1)) == 200
+
+
+def test_config_without_overlay_updates_the_shards(
+    sqlite_db: Database, haproxy_factory: Callable[..., RunningHAProxy]
+) -> None:
+    """Configs rendered before the overlay existed: updates go straight to the shards."""
+    proc = haproxy_factory(haproxy_config(overlay=False), files={n: "" for n in LAYOUT_NAMES})
+    with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
+        converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(50)}))
+        changes = put(sqlite_db, {key(3): None, key(4): ",ops,"})
+        converge(sqlite_db, engine, changes)
+        layout = engine.followers[0].layout
+        assert layout is not None and layout.overlay is None
+        assert shard_state(proc) == desired(sqlite_db)
+        assert http_status(proc, key(3)) == 403

@@ -51,6 +51,12 @@ class Metrics:
         self.target_lag = Gauge(
             "scimgate_target_lag_changes", "Changes not yet applied", ["target"], registry=r
         )
+        self.overlay_entries = Gauge(
+            "scimgate_target_overlay_entries",
+            "Keys in the target's overlay map (changes its shards have not taken yet)",
+            ["target"],
+            registry=r,
+        )
         self.drift_repairs = Counter(
             "scimgate_drift_repairs_total", "Drift found and repaired", ["target"], registry=r
         )

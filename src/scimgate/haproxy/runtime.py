@@ -37,8 +37,9 @@ from typing import Literal, NewType
 
 #: Our keys: HMAC-SHA256 of the normalised identity, uppercase hex.
 KEY_RE = re.compile(r"[0-9A-F]{64}")
-#: Our values: comma-wrapped policy-group slugs; ``,`` for an active user in no group.
-VALUE_RE = re.compile(r",(?:[a-z0-9_-]+,)*")
+#: Our values: comma-wrapped policy-group slugs; ``,`` for an active user in no group; ``-``
+#: (the overlay map's tombstone: "no entry", denied like an absent key).
+VALUE_RE = re.compile(r"-|,(?:[a-z0-9_-]+,)*")
 #: Map identifiers as written in the config: absolute file paths, no funny characters.
 MAP_PATH_RE = re.compile(r"/[A-Za-z0-9_./-]+")
 

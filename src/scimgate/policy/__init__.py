@@ -12,6 +12,8 @@ never talks to HAProxy, never writes map files and never touches the store.
 """
 
 from scimgate.policy.compiler import (
+    OVERLAY_MAP_NAME,
+    OVERLAY_TOMBSTONE,
     entries_for_user,
     identity_key,
     identity_values,
@@ -31,6 +33,8 @@ from scimgate.policy.model import (
 from scimgate.policy.render import RenderError, render_config
 
 __all__ = [
+    "OVERLAY_MAP_NAME",
+    "OVERLAY_TOMBSTONE",
     "Policy",
     "PolicyError",
     "PolicyProblem",

@@ -143,6 +143,15 @@ def map_file_name(shard: int, shards: int) -> str:
     return f"identities-{shard:0{width}x}.map"
 
 
+#: The small map looked up after the shard (its entry, when present, wins): the sync engine
+#: puts every change here first, because ``add``/``set``/``del map`` on 2.6 walk the whole
+#: map and this one stays small; the big shards are brought up to date behind it.
+OVERLAY_MAP_NAME = "identities-recent.map"
+#: An overlay value meaning "no entry" (a deprovisioned key whose shard still has one);
+#: never a policy value (those are comma-wrapped), so HAProxy's ``-m beg ,`` rejects it.
+OVERLAY_TOMBSTONE = "-"
+
+
 def map_file_names(shards: int) -> list[str]:
     """Every map file name of a layout, in shard order."""
     _check_shards(shards)

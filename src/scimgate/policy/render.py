@@ -28,7 +28,12 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from scimgate.policy.compiler import VALID_SHARD_COUNTS, map_file_name
+from scimgate.policy.compiler import (
+    OVERLAY_MAP_NAME,
+    OVERLAY_TOMBSTONE,
+    VALID_SHARD_COUNTS,
+    map_file_name,
+)
 from scimgate.policy.model import (
     ANY_GROUP,
     FILE_PATH_RE,
@@ -298,19 +303,31 @@ def _frontend_rules(
         "# --- scimgate: pseudonym key -> policy groups (absent = unknown or deprovisioned) ---",
         f"http-request set-var({V_KEY}) var({V_IDENTITY}),lower,hmac(sha256,{V_HMAC}),hex",
     ]
+    # The overlay first, and a shard only where it has no entry. This order is what makes
+    # the engine's "shard first, then remove the overlay entry" safe for a request that
+    # runs between the two: it sees the overlay's entry or, once gone, the updated shard.
+    overlay = f"{map_dir}/{OVERLAY_MAP_NAME}"
+    out += [
+        "# the overlay: recent changes, ahead of the shards (an entry wins; the tombstone",
+        f"# '{OVERLAY_TOMBSTONE}' means deprovisioned); small, so updates there never stall",
+        f"http-request set-var({V_GROUPS}) var({V_KEY}),map({overlay})",
+    ]
     if shards == 1:
         path = f"{map_dir}/{map_file_name(0, 1)}"
-        out.append(f"http-request set-var({V_GROUPS}) var({V_KEY}),map({path})")
+        out.append(
+            f"http-request set-var({V_GROUPS}) var({V_KEY}),map({path}) "
+            f"if !{{ var({V_GROUPS}) -m found }}"
+        )
     else:
         width = 1 if shards == 16 else 2
         for shard in range(shards):
             path = f"{map_dir}/{map_file_name(shard, shards)}"
             out.append(
                 f"http-request set-var({V_GROUPS}) var({V_KEY}),map({path}) "
-                f"if {{ var({V_KEY}) -m beg {shard:0{width}X} }}"
+                f"if {{ var({V_KEY}) -m beg {shard:0{width}X} }} !{{ var({V_GROUPS}) -m found }}"
             )
     out += [
-        f"acl scimgate_known var({V_GROUPS}) -m found",
+        f"acl scimgate_known var({V_GROUPS}) -m beg ,",
         *_deny(403, "unknown_identity", "!scimgate_known"),
     ]
 
@@ -405,8 +422,8 @@ def render_config(
 ) -> str:
     """The HAProxy configuration enforcing ``policy``.
 
-    ``map_dir`` holds the identities map file(s) (``map_file_names(shards)``; they must exist
-    when HAProxy starts). ``hmac_secret_b64`` is the pseudonym secret, base64 (>= 16 bytes);
+    ``map_dir`` holds the identities map file(s) (``map_file_names(shards)`` and the overlay
+    ``OVERLAY_MAP_NAME``; they must exist when HAProxy starts). ``hmac_secret_b64`` is the pseudonym secret, base64 (>= 16 bytes);
     it is written into the config, so keep the file mode 0600. ``master_socket`` turns on
     master-worker mode (HAProxy 2.6 binds the master CLI only from the command line:
     ``-S <master_socket>,mode,600``). ``log_target`` is the ``log`` address and options

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scimgate.haproxy.runtime import (
@@ -17,6 +17,7 @@ from scimgate.haproxy.runtime import (
     keys_valid,
     values_valid,
 )
+from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
 from scimgate.store.outbox import MapChange
 from scimgate.sync.layout import MapLayout
 
@@ -72,7 +73,14 @@ def apply_batch(
     client: RuntimeClient, layout: MapLayout, coalesced: Mapping[str, MapChange]
 ) -> BatchResult:
     """Upserts (``set``, ``add`` on ``entry not found.``) and deletes, pipelined per shard."""
-    wanted, rejected = valid_entries({k: c.value for k, c in coalesced.items()}, client.validator)
+    return apply_values(client, layout, {k: c.value for k, c in coalesced.items()})
+
+
+def apply_values(
+    client: RuntimeClient, layout: MapLayout, values: Mapping[str, str | None]
+) -> BatchResult:
+    """:func:`apply_batch` for key → value (None: delete) straight into the shards."""
+    wanted, rejected = valid_entries(values, client.validator)
     if rejected:
         log.error(
             "sync: change-log keys or values outside the allow-lists were not sent",
@@ -99,6 +107,41 @@ def apply_batch(
         removed=removed,
         rejected=rejected,
     )
+
+
+def overlay_value(value: str | None) -> str:
+    """What the overlay holds for a desired value (None: the tombstone)."""
+    return OVERLAY_TOMBSTONE if value is None else value
+
+
+def apply_overlay(
+    client: RuntimeClient, path: str, values: Mapping[str, str | None], present: Collection[str]
+) -> list[str]:
+    """Put key → value (None: the tombstone) into the overlay map: ``set`` for keys it
+    holds (``present``), ``add`` for the others. Both walk only the overlay (small), so this
+    is the fast path whatever the shards hold. Returns the keys rejected by the allow-lists
+    (not sent). A wrong ``present`` cannot go unnoticed: an ``add`` of a held key makes a
+    duplicate that ``get map`` reads back as the older value (a mismatch, then a resync)."""
+    wanted, rejected = valid_entries(
+        {k: overlay_value(v) for k, v in values.items()}, client.validator
+    )
+    held = {k: v for k, v in wanted.items() if k in present and v is not None}
+    new = {k: v for k, v in wanted.items() if k not in present and v is not None}
+    if held:
+        result = client.upsert_many(path, held)  # adds any that were missing after all
+        if result.added:
+            log.warning("sync: overlay entries were missing", extra={"added": result.added})
+    if new:
+        client.add_many(path, new)
+    return rejected
+
+
+def read_back_overlay(
+    client: RuntimeClient, path: str, expected: Mapping[str, str | None]
+) -> DriftCounts:
+    """:func:`read_back` of the overlay: each key must hold its value or the tombstone."""
+    want = {k: overlay_value(v) for k, v in expected.items()}
+    return _read_back_paths(client, lambda _k: path, want)
 
 
 @dataclass(frozen=True)
@@ -142,12 +185,17 @@ def read_back(
     ``get map`` runs the lookup HAProxy's requests run; our maps are exact-string
     (``map()``), so "found" means "this key is there", and the value is what a request sees
     (the first of any duplicates)."""
+    return _read_back_paths(client, layout.path_of, expected)
+
+
+def _read_back_paths(
+    client: RuntimeClient, path_of: Callable[[str], str], expected: Mapping[str, str | None]
+) -> DriftCounts:
     keys = list(expected)
     if not keys:
         return DriftCounts()
     commands = [
-        f"get map {client.validator.map_path(layout.path_of(k))} {client.validator.key(k)}"
-        for k in keys
+        f"get map {client.validator.map_path(path_of(k))} {client.validator.key(k)}" for k in keys
     ]
     actual: dict[str, str | None] = {}
     for key, reply in zip(keys, client.pipeline(commands), strict=True):
@@ -170,8 +218,21 @@ def compare_live(
 ) -> DriftCounts:
     """Drift between HAProxy's maps and the desired entries, shard by shard (a key in the
     wrong shard is never looked up there: it counts as extra there and missing in its own)."""
-    total = DriftCounts()
-    for want, have in zip(layout.split(desired), live_entries(client, layout), strict=True):
+    live = live_entries(client, layout)
+    odd = 0
+    if layout.overlay is not None:
+        # What a request sees: the overlay's entry wins over its shard's.
+        for key, value in client.show_map(layout.overlay).items():
+            if not DEFAULT_VALIDATOR.key_re.fullmatch(key):
+                odd += 1  # never looked up: not ours
+                continue
+            shard = live[shard_of(key, layout.shards)]
+            if value == OVERLAY_TOMBSTONE:
+                shard.pop(key, None)
+            else:
+                shard[key] = value
+    total = DriftCounts(extra=odd)
+    for want, have in zip(layout.split(desired), live, strict=True):
         total = total + diff(want, have)
     return total
 

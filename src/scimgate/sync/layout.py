@@ -10,9 +10,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from scimgate.policy.compiler import VALID_SHARD_COUNTS, map_file_names, shard_of
+from scimgate.policy.compiler import (
+    OVERLAY_MAP_NAME,
+    VALID_SHARD_COUNTS,
+    map_file_names,
+    shard_of,
+)
 
 #: HAProxy >= 2.9 indexes map entries (set/del are tree operations); 2.6-2.8 walk the whole
 #: entry list on every set/del (~50-66 ms at 1M entries, research/haproxy-limits.md §2b).
@@ -40,10 +45,17 @@ class LayoutError(Exception):
 
 @dataclass(frozen=True)
 class MapLayout:
-    """``map_dir`` + shard count → the identities map paths, in shard order."""
+    """``map_dir`` + shard count → the identities map paths, in shard order; ``overlay``,
+    the overlay map's path when the target's config loads one (configs rendered before it
+    existed do not: updates then go straight to the shards). Two layouts of the same files
+    are equal whether or not an overlay was discovered yet."""
 
     map_dir: str
     shards: int
+    overlay: str | None = field(default=None, compare=False)
+
+    def with_overlay(self) -> MapLayout:
+        return MapLayout(self.map_dir, self.shards, f"{self.map_dir}/{OVERLAY_MAP_NAME}")
 
     @property
     def paths(self) -> list[str]:
@@ -87,6 +99,7 @@ class MapLayout:
     def discover(cls, loaded_paths: Iterable[str], map_dir: str | None = None) -> MapLayout | None:
         """The complete layout among the maps HAProxy has loaded (``show map``), in
         ``map_dir`` if given; the largest complete one if several; None if there is none."""
+        loaded_paths = list(loaded_paths)
         by_dir: dict[str, set[str]] = {}
         for path in loaded_paths:
             directory, name = os.path.split(path)
@@ -95,10 +108,16 @@ class MapLayout:
         if map_dir is not None:
             wanted = map_dir.rstrip("/") or "/"
             by_dir = {d: n for d, n in by_dir.items() if d == wanted}
+        overlays = {os.path.split(p) for p in loaded_paths if p.endswith("/" + OVERLAY_MAP_NAME)}
         for shards in sorted(VALID_SHARD_COUNTS, reverse=True):
             for directory, names in sorted(by_dir.items()):
                 if set(map_file_names(shards)) <= names:
-                    return cls(directory, shards)
+                    layout = cls(directory, shards)
+                    return (
+                        layout.with_overlay()
+                        if (directory, OVERLAY_MAP_NAME) in overlays
+                        else layout
+                    )
         return None
 
 

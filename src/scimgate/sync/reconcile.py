@@ -69,6 +69,11 @@ def full_resync(
     finally:
         if writing is not None:
             writing.join()
+    if layout.overlay is not None:
+        # Last, once every shard holds the snapshot: the overlay's entries are changes the
+        # snapshot includes (never newer), so until this clear they show at most an older,
+        # already confirmed value, and after it the shards alone are exact.
+        client.clear_map(layout.overlay)
     seconds = time.monotonic() - started
     state.record_resync(
         db,
