@@ -30,7 +30,9 @@ pytestmark = pytest.mark.haproxy
 
 
 def test_resync_then_status(tmp_path: Path, haproxy_factory: Callable[..., RunningHAProxy]) -> None:
-    proc = haproxy_factory(haproxy_config(), files={n: "" for n in [*LAYOUT_NAMES, OVERLAY_MAP_NAME]})
+    proc = haproxy_factory(
+        haproxy_config(), files={n: "" for n in [*LAYOUT_NAMES, OVERLAY_MAP_NAME]}
+    )
     url = f"sqlite:///{tmp_path / 'scimgate.db'}"
     t = target(proc, "edge1")
     (tmp_path / "scimgate.yaml").write_text(
