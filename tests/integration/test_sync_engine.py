@@ -236,8 +236,8 @@ def _convergence(db: Database, proc: RunningHAProxy) -> None:
         status = engine.status()[0]
         assert status["reachable"] and status["lag"] == 0 and status["healthy"]
         assert status["entries"] == len(desired(db))
-        applied = audit_events(db, "sync.applied")
-        assert applied and applied[-1]["last_seq"] == changes[-1].seq
+        # The durable record follows the confirmation (waiters are released first).
+        wait_until(lambda: audit_events(db, "sync.applied")[-1]["last_seq"] == changes[-1].seq)
         assert audit_events(db, "sync.resync")[0]["reason"] == "startup"
     # The store alone tells the same story (what `scimgate status` shows from elsewhere).
     settings = Settings(base_dir=Path("/x"), database_url=db.url, targets=[target(proc, "t1")])
@@ -271,9 +271,12 @@ def test_deprovision_denies_next_request(
         converge(sqlite_db, engine, changes)
         assert http_status(proc, alice) == 403
         assert http_status(proc, bob) == 200
-        with sqlite_db.read() as conn:
-            rows = conn.execute(sa.select(tables.confirmations)).all()
-        assert [(r.seq, r.target) for r in rows] == [(changes[0].seq, "t1")]
+
+        def confirmations() -> list[tuple[int, str]]:
+            with sqlite_db.read() as conn:
+                return [(r.seq, r.target) for r in conn.execute(sa.select(tables.confirmations))]
+
+        wait_until(lambda: confirmations() == [(changes[0].seq, "t1")])
         assert engine.status()[0]["unconfirmed_deprovisions"] == 0
 
 

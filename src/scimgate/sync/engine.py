@@ -223,9 +223,11 @@ class TargetFollower:
     def _follow(self) -> None:
         assert self.client is not None and self.layout is not None
         while not self.engine.stopping.is_set():
-            with self.engine.db.read() as conn:
-                batch = state.changes_after(conn, self.cursor, BATCH)
-                head = head_seq(conn) if len(batch) == BATCH else None
+            batch = state.read_changes(self.engine.db, self.cursor, BATCH)
+            head = None
+            if len(batch) == BATCH:
+                with self.engine.db.read() as conn:
+                    head = head_seq(conn)
             if not batch:
                 self.caught_up_at = time.monotonic()
                 self.engine._update_lag(self)
@@ -309,6 +311,12 @@ class TargetFollower:
         applied = now_iso()
         if self.entries is not None:
             self.entries += result.added - result.removed
+        # Confirmed: HAProxy holds it, read back, files safe, same worker. Waiters (read-your-
+        # writes) are released now; the durable record (a write transaction with an fsync)
+        # follows. If that record is lost (a crash in between), the restart resyncs and
+        # records the resync instead; the change itself is in HAProxy either way.
+        self._became_reachable()
+        self._advance(batch[-1].change.seq)
         state.record_applied(
             self.engine.db,
             self.name,
@@ -325,8 +333,6 @@ class TargetFollower:
             seconds = max(0.0, (applied_at - state.parse_ts(tc.created)).total_seconds())
             histogram.observe(seconds)
             self.recent_latencies.append(seconds)
-        self._became_reachable()
-        self._advance(batch[-1].change.seq)
         if result.deleted_keys and self.old_workers:
             self._revoke_on_old_workers(result.deleted_keys)
 

