@@ -147,17 +147,23 @@ def _jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         "scimgate_jwt_alg_ok scimgate_jwt_exp_ok !scimgate_jwt_nbf_bad "
         "scimgate_jwt_iss_ok scimgate_jwt_aud_ok"
     )
-    out = [
+    identity = f"http-request set-var({V_IDENTITY}) {bearer},jwt_payload_query('$.{jwt.claim}')"
+    head = [
         f"# identity: JWT bearer. The algorithm is pinned to the literal {alg} (never the",
         "# token's own 'alg': alg-confusion); jwt_verify checks only the signature, so",
         f"# exp / nbf / iss / aud are checked here (leeway {leeway} s). Signature check runs last.",
         "http-request set-var(txn.scimgate_bearer) http_auth_bearer",
-        f"http-request set-var(txn.scimgate_jwt_alg) {bearer},jwt_header_query('$.alg')",
         "http-request set-var(txn.scimgate_now) date",
-        f"http-request set-var(txn.scimgate_jwt_exp) {bearer},jwt_payload_query('$.exp','int')",
-        f"http-request set-var(txn.scimgate_jwt_nbf) {bearer},jwt_payload_query('$.nbf','int')",
-        f"http-request set-var(txn.scimgate_jwt_iss) {bearer},jwt_payload_query('$.iss')",
-        f"http-request set-var(txn.scimgate_jwt_aud) {bearer},jwt_payload_query('$.aud')",
+    ]
+    cached = jwt.verified_cache.enabled
+    # With the cache, the claims are decoded only on a miss (a hit re-checks exp, from the entry).
+    unless_cached = " if !scimgate_jwt_cached" if cached else ""
+    checks = [
+        f"http-request set-var(txn.scimgate_jwt_alg) {bearer},jwt_header_query('$.alg'){unless_cached}",
+        f"http-request set-var(txn.scimgate_jwt_exp) {bearer},jwt_payload_query('$.exp','int'){unless_cached}",
+        f"http-request set-var(txn.scimgate_jwt_nbf) {bearer},jwt_payload_query('$.nbf','int'){unless_cached}",
+        f"http-request set-var(txn.scimgate_jwt_iss) {bearer},jwt_payload_query('$.iss'){unless_cached}",
+        f"http-request set-var(txn.scimgate_jwt_aud) {bearer},jwt_payload_query('$.aud'){unless_cached}",
         f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {alg}",
         f"acl scimgate_jwt_exp_ok var(txn.scimgate_jwt_exp),add({leeway}),sub(txn.scimgate_now) -m int gt 0",
         f"acl scimgate_jwt_nbf_bad var(txn.scimgate_jwt_nbf),sub(txn.scimgate_now) -m int gt {leeway}",
@@ -165,24 +171,27 @@ def _jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"acl scimgate_jwt_aud_ok var(txn.scimgate_jwt_aud) -m str '{jwt.audience}'",
         f'acl scimgate_jwt_sig_ok {bearer},jwt_verify("{alg}","{key}") -m int 1',
     ]
-    identity = f"http-request set-var({V_IDENTITY}) {bearer},jwt_payload_query('$.{jwt.claim}')"
-    if not jwt.verified_cache.enabled:
-        return [*out, f"{identity} if {claims_ok} scimgate_jwt_sig_ok"]
+    if not cached:
+        return [*head, *checks, f"{identity} if {claims_ok} scimgate_jwt_sig_ok"]
     sc = JWT_CACHE_SC
     store = "{ var(txn.scimgate_jwt_store) -m bool }"
     return [
-        *out,
-        "# verified-token cache: key = SHA-256 of the WHOLE bearer token (the bytes jwt_verify",
-        "# checks), computed only once the claim checks pass. An entry (gpt0=1) is created only",
-        "# after jwt_verify accepted those exact bytes; a hit skips only the signature check (the",
-        f"# claim checks above run on every request). Entries live {jwt.verified_cache.ttl_seconds} s"
-        " after verification.",
-        f"http-request set-var(txn.scimgate_jwt_digest) {bearer},sha2(256) if {claims_ok}",
-        "http-request set-var(txn.scimgate_jwt_cached) "
+        *head,
+        "# verified-token cache, looked up first: key = SHA-256 of the WHOLE bearer token (the",
+        "# bytes jwt_verify checks); gpt0 = the token's exp. An entry is created only after",
+        "# jwt_verify and every claim check accepted those exact bytes. A hit skips the signature",
+        "# and the claim decodes (the same bytes carry the same alg, iss, aud and nbf, and a",
+        "# config change restarts the table) but still re-checks exp, from the entry, on every",
+        f"# request. Entries live {jwt.verified_cache.ttl_seconds} s after verification.",
+        f"http-request set-var(txn.scimgate_jwt_digest) {bearer},sha2(256)",
+        "http-request set-var(txn.scimgate_jwt_cached_exp) "
         f"var(txn.scimgate_jwt_digest),table_gpt0({JWT_CACHE_TABLE})",
-        "acl scimgate_jwt_cached var(txn.scimgate_jwt_cached) -m int eq 1",
+        "acl scimgate_jwt_cached var(txn.scimgate_jwt_cached_exp),"
+        f"add({leeway}),sub(txn.scimgate_now) -m int gt 0",
+        "http-request set-var(txn.scimgate_jwt_cached) bool(1) if scimgate_jwt_cached",
+        *checks,
         "http-request set-var(txn.scimgate_jwt_verified) bool(1) "
-        "if { var(txn.scimgate_jwt_digest) -m found } !scimgate_jwt_cached scimgate_jwt_sig_ok",
+        f"if !scimgate_jwt_cached {claims_ok} scimgate_jwt_sig_ok",
         "acl scimgate_jwt_verified var(txn.scimgate_jwt_verified) -m bool",
         f"# store: only a freshly verified token, and only if sc{sc} is free (so sc-set-gpt0 can",
         f"# only ever mark the entry this request just tracked in {JWT_CACHE_TABLE})",
@@ -190,8 +199,8 @@ def _jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"if scimgate_jwt_verified !{{ sc_tracked({sc}) }}",
         f"http-request track-sc{sc} var(txn.scimgate_jwt_digest) table {JWT_CACHE_TABLE} "
         f"if {store}",
-        f"http-request sc-set-gpt0({sc}) 1 if {store}",
-        f"{identity} if {claims_ok} scimgate_jwt_cached || {claims_ok} scimgate_jwt_verified",
+        f"http-request sc-set-gpt0({sc}) var(txn.scimgate_jwt_exp) if {store}",
+        f"{identity} if scimgate_jwt_cached || scimgate_jwt_verified",
     ]
 
 
@@ -533,7 +542,7 @@ def render_config(
     if cache_table is not None:
         out += [
             "",
-            "# verified tokens (SHA-256 of the whole token -> gpt0=1); never shared with peers",
+            "# verified tokens (SHA-256 of the whole token -> gpt0 = its exp); never shared with peers",
             f"backend {JWT_CACHE_TABLE}",
             f"    {cache_table}",
         ]
