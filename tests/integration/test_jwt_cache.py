@@ -279,7 +279,8 @@ def test_disabled_cache_renders_the_old_rules(keys: dict[str, str]) -> None:
         return [
             line
             for line in lines
-            if line.strip() and not line.lstrip().startswith("#")
+            if line.strip()
+            and not line.lstrip().startswith("#")
             and not any(w in line for w in cache_words)
             and "stick-table" not in line
         ]

@@ -29,7 +29,7 @@ from scimgate.store.db import Database, now_iso
 from scimgate.store.outbox import MapChange, desired_entries
 from scimgate.sync import SyncEngine, choose_shards, status_from_db
 from scimgate.sync import engine as engine_mod
-from scimgate.sync.engine import TargetFollower
+from scimgate.sync.engine import _Drainer
 from scimgate.sync.layout import MapLayout
 from tests.fixtures.haproxy import RUNTIME_GLOBAL, RunningHAProxy
 
@@ -385,7 +385,9 @@ def test_reload_through_master_cli(
     with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
         converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(300)}))
         # The map files follow (debounced): a reload loads near-current state.
-        wait_until(lambda: engine._writers[str(proc.workdir)].written_seq >= engine._head)
+        writer = engine._writers[str(proc.workdir)]
+        # (shard files, or shard files + the overlay file written after them)
+        wait_until(lambda: max(writer.written_seq, writer.overlay_seq) >= engine._head)
         before = proc.master_procs().worker_pids
         procs = proc.reload()
         assert procs.worker_pids != before
@@ -425,8 +427,8 @@ def test_drift_is_detected_audited_and_repaired(
 
 
 def _no_drain(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hold the shards back (the follower's drain step does nothing) to look at the overlay."""
-    monkeypatch.setattr(TargetFollower, "_drain", lambda self: None)
+    """Hold the shards back (the drainer finds nothing to do) to look at the overlay."""
+    monkeypatch.setattr(_Drainer, "_step", lambda self: False)
 
 
 def test_changes_go_through_the_overlay_then_the_shards(
@@ -459,7 +461,7 @@ def test_changes_go_through_the_overlay_then_the_shards(
         wait_until(lambda: _file_state(proc) == desired(sqlite_db))
         # Drain: the shards catch up and the overlay empties.
         monkeypatch.undo()
-        engine.followers[0].wake.set()
+        engine.followers[0].drainer.wake.set()
         wait_until(lambda: overlay_state(proc) == {})
         assert shard_state(proc) == desired(sqlite_db) == live_state(proc)
         assert engine.status()[0]["entries"] == len(desired(sqlite_db))

@@ -14,6 +14,7 @@ from scimgate.haproxy.mapfile import render_body, write_map_files
 from scimgate.haproxy.runtime import PayloadBody, encode_payload
 from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
 from scimgate.store.db import Database
+from scimgate.store.outbox import head_seq
 from scimgate.sync.apply import valid_entries
 from scimgate.sync.layout import MapLayout
 from scimgate.sync.state import (
@@ -27,6 +28,11 @@ log = logging.getLogger("scimgate.sync")
 
 #: At most one write of a directory's files per this many seconds while changes flow.
 DEBOUNCE_SECONDS = 1.0
+#: With an overlay file, the shard files (MBs each at 1M identities; patching them holds the
+#: GIL against the followers) are rewritten this rarely, or once the overlay file holds more
+#: than OVERLAY_FILE_MAX_KEYS keys: until then the overlay file carries every change.
+SHARD_FILES_DEBOUNCE_SECONDS = 10.0
+OVERLAY_FILE_MAX_KEYS = 2000
 
 
 class MapFileWriter:
@@ -41,8 +47,14 @@ class MapFileWriter:
         self.layout = layout
         self.db = db
         self.written_seq = -1
-        self.last_write = 0.0  # monotonic
+        self.last_write = 0.0  # monotonic, of the shard files
+        self.overlay_seq = -1  # head when the overlay file was last written
+        self.overlay_keys = 0
         self._lock = threading.Lock()
+
+    @property
+    def _with_overlay_file(self) -> bool:
+        return self.layout.overlay is not None and self.db is not None
 
     def write_overlay(self) -> bool:
         """Rewrite the overlay file from the store now (no-op without an overlay or a db, or
@@ -54,6 +66,8 @@ class MapFileWriter:
         overlay, db = self.layout.overlay, self.db
         if overlay is None or db is None or self.written_seq < 0:
             return False
+        with db.read() as conn:
+            head = head_seq(conn)
         keys = keys_changed_between(db, self.written_seq, 2**62)
         if keys is None:
             # A backlog beyond the incremental limit: the shard files are rewritten next
@@ -65,10 +79,21 @@ class MapFileWriter:
         )
         body = encode_payload({k: v for k, v in valid.items() if v is not None})
         write_map_files([(overlay, render_body(body))], fsync=False)
+        self.overlay_seq, self.overlay_keys = head, body.count
         return True
 
     def due(self, head: int) -> bool:
-        return head > self.written_seq and time.monotonic() - self.last_write >= DEBOUNCE_SECONDS
+        """Time to bring the shard files up to ``head``."""
+        if head <= self.written_seq:
+            return False
+        age = time.monotonic() - self.last_write
+        if self._with_overlay_file and self.written_seq >= 0:
+            return age >= SHARD_FILES_DEBOUNCE_SECONDS or self.overlay_keys > OVERLAY_FILE_MAX_KEYS
+        return age >= DEBOUNCE_SECONDS
+
+    def overlay_due(self, head: int) -> bool:
+        """The overlay file lags ``head`` (grants: deprovisions write it before confirming)."""
+        return self._with_overlay_file and self.written_seq >= 0 and head > self.overlay_seq
 
     def write(self, snapshot: Snapshot, bodies: Sequence[PayloadBody] | None = None) -> bool:
         """Write every shard's file from the snapshot unless newer files are already there.
