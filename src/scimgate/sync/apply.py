@@ -109,6 +109,25 @@ def apply_values(
     )
 
 
+def replace_behind_overlay(
+    client: RuntimeClient, layout: MapLayout, key: str, value: str | None
+) -> BatchResult:
+    """One key into its shard as ``del`` then (unless None) ``add``: on 2.6 ``set map`` walks
+    the shard and rewrites every index (~10 ms at 62k entries, measured) where ``del`` walks
+    it once (~4 ms) and ``add`` does not walk (~0.06 ms). Only while the overlay holds the
+    key: requests look there first, so the moment between the two is never seen (this is
+    why the live path upserts with set-then-add instead)."""
+    _ok, rejected = valid_entries({key: value}, client.validator)
+    if rejected:
+        return BatchResult([], [], 0, 0, rejected)
+    path = layout.path_of(key)
+    removed = client.delete_many(path, [key])
+    if value is None:
+        return BatchResult([], [key], 0, removed)
+    client.add_many(path, {key: value})
+    return BatchResult([key], [], 1, removed)
+
+
 def overlay_value(value: str | None) -> str:
     """What the overlay holds for a desired value (None: the tombstone)."""
     return OVERLAY_TOMBSTONE if value is None else value

@@ -46,6 +46,7 @@ from scimgate.sync.apply import (
     overlay_value,
     read_back,
     read_back_overlay,
+    replace_behind_overlay,
 )
 from scimgate.sync.layout import LayoutError, MapLayout, choose_shards, resolve_layout
 from scimgate.sync.mapfiles import MapFileWriter
@@ -556,10 +557,14 @@ class _Drainer:
                     return False
                 key = next(iter(f.pending))
                 value = f.pending[key]
+                covered = key in f.overlay  # and stays so: only this step removes it
             client = self._connected(pid)
             if client is None:
                 return False
-            result = apply_values(client, layout, {key: value})
+            if covered:
+                result = replace_behind_overlay(client, layout, key, value)
+            else:
+                result = apply_values(client, layout, {key: value})
             with f.state_lock:
                 if f.overlay.get(key) == overlay_value(value):
                     client.delete_many(layout.overlay, [key])
