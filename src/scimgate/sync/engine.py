@@ -14,10 +14,11 @@ import asyncio
 import collections
 import contextlib
 import logging
+import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -324,12 +325,15 @@ class TargetFollower:
         if self.entries is not None:
             self.entries += result.added - result.removed
         # Confirmed: HAProxy holds it, read back, files safe, same worker. Waiters (read-your-
-        # writes) are released now; the durable record (a write transaction with an fsync)
-        # follows. If that record is lost (a crash in between), the restart resyncs and
-        # records the resync instead; the change itself is in HAProxy either way.
+        # writes) are released now; the durable record (a write transaction with an fsync,
+        # which also waits for SCIM writes' lock) is written by the engine's recorder thread,
+        # in order, so that the follower is back on the change log at once. If a record is
+        # lost (a crash in between), the restart resyncs and records the resync instead; the
+        # change itself is in HAProxy either way.
         self._became_reachable()
         self._advance(batch[-1].change.seq)
-        state.record_applied(
+        self.engine._record(
+            state.record_applied,
             self.engine.db,
             self.name,
             first_seq=batch[0].change.seq,
@@ -595,6 +599,13 @@ class SyncEngine:
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="sync-housekeeping", daemon=True
         )
+        self._records: queue.Queue[
+            tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]] | None
+        ]
+        self._records = queue.Queue()
+        self._recorder = threading.Thread(
+            target=self._record_loop, name="sync-recorder", daemon=True
+        )
         self._started = False
 
     @classmethod
@@ -626,6 +637,7 @@ class SyncEngine:
             f.thread.start()
             f.drainer.thread.start()
         self._housekeeper.start()
+        self._recorder.start()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -638,6 +650,9 @@ class SyncEngine:
         for thread in [*threads, self._housekeeper]:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        self._records.put(None)  # after the followers: every confirmed batch is recorded first
+        if self._recorder.is_alive():
+            self._recorder.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
             for _seq, loop, fut in self._waiters:
                 loop.call_soon_threadsafe(_resolve, fut, False)
@@ -745,6 +760,34 @@ class SyncEngine:
 
     def _update_lag(self, f: TargetFollower) -> None:
         self.metrics.target_lag.labels(f.name).set(max(0, self._head - f.cursor))
+
+    # ---- the recorder: durable records of applied batches, off the followers' path
+
+    def _record(self, fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        if self._recorder.is_alive():
+            self._records.put((fn, args, kwargs))
+        else:
+            fn(*args, **kwargs)  # not started (or stopped): record in the caller's thread
+
+    def _record_loop(self) -> None:
+        while True:
+            item = self._records.get()
+            if item is None:
+                return
+            fn, args, kwargs = item
+            for attempt in range(5):
+                try:
+                    fn(*args, **kwargs)
+                    break
+                except SQLAlchemyError as exc:
+                    log.warning(
+                        "sync: could not record an applied batch",
+                        extra={"attempt": attempt + 1, "error": str(exc)},
+                    )
+                    time.sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt))
+                except Exception:
+                    log.exception("sync: recorder error")
+                    break
 
     # ---- map files
 
