@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -11,12 +11,37 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from scimgate.store import tables
-
 
 def now_iso() -> str:
     """Fixed-width UTC timestamp; sorts and compares correctly as text."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def raw(conn: Connection) -> Any:
+    """The DBAPI connection (sqlite3 or psycopg) under ``conn``, in ``conn``'s transaction.
+
+    Hot-path statements run on it directly: building, cache-keying and compiling a
+    SQLAlchemy Core construct costs more CPU than SQLite spends executing it.
+    """
+    return conn.connection.driver_connection
+
+
+class Sql:
+    """One hot-path statement as text with ``?`` placeholders (no ``%`` in the text), run on
+    the DBAPI connection. PostgreSQL (psycopg) gets ``%s`` placeholders and prepares the
+    statement itself after a few executions."""
+
+    __slots__ = ("postgresql", "sqlite")
+
+    def __init__(self, sqlite: str, postgresql: str | None = None) -> None:
+        assert "%" not in sqlite and "%" not in (postgresql or "")
+        self.sqlite = sqlite
+        self.postgresql = (postgresql or sqlite).replace("?", "%s")
+
+    def run(self, conn: Connection, params: Sequence[Any] = ()) -> Any:
+        """Execute in ``conn``'s transaction; returns the DBAPI cursor."""
+        text = self.sqlite if conn.dialect.name == "sqlite" else self.postgresql
+        return raw(conn).execute(text, params)
 
 
 def _unicode_lower(value: Any) -> Any:
@@ -59,6 +84,11 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
 
 
+# conn.info key: the audit head (seq, hash) as locked by this write transaction (PostgreSQL).
+AUDIT_HEAD = "audit_head"
+_LOCK_AUDIT_HEAD = Sql("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+
+
 class Database:
     """The engine plus the one write discipline every operation follows."""
 
@@ -86,12 +116,14 @@ class Database:
                     conn.info.pop("write", None)
         else:
             with self.engine.begin() as conn:
-                conn.execute(
-                    sa.select(tables.audit_head.c.seq)
-                    .where(tables.audit_head.c.id == 1)
-                    .with_for_update()
-                )
-                yield conn
+                # The lock also reads the head, so the audit append needs no second read.
+                head = _LOCK_AUDIT_HEAD.run(conn).fetchone()
+                if head is not None:
+                    conn.info[AUDIT_HEAD] = (int(head[0]), head[1])
+                try:
+                    yield conn
+                finally:
+                    conn.info.pop(AUDIT_HEAD, None)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
