@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
@@ -48,6 +48,7 @@ class Api:
     service: ScimService
     metrics: Metrics
     sync: SyncWaiter | None = None
+    token_cache: tokens.TokenCache = field(default_factory=tokens.TokenCache)
 
     @property
     def db(self) -> Any:
@@ -67,7 +68,7 @@ class Api:
     def _authenticate(self, request: Request) -> audit.Actor:
         secret = _bearer(request)
         with self.db.read() as conn:
-            verdict = tokens.authenticate(conn, secret)
+            verdict = self.token_cache.authenticate(conn, secret)
         actor = self._actor(request, verdict.name)
         if verdict.reason != "ok":
             kind = "token.expired_use" if verdict.reason == "expired" else "auth.failed"
@@ -82,8 +83,13 @@ class Api:
                 else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}"
             )
         assert verdict.name is not None
-        tokens.touch(self.db, verdict.name, verdict.last_used)
+        tokens.touch(self.db, verdict.name, verdict.last_used, self.token_cache)
         return actor
+
+    def _recently_valid(self, request: Request) -> bool:
+        """The bearer token's cached row (at most TokenCache.ttl old) says it is valid."""
+        verdict = self.token_cache.lookup(_bearer(request))
+        return verdict is not None and verdict.reason == "ok"
 
     async def call(
         self,
@@ -99,16 +105,22 @@ class Api:
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         status = 500
         try:
-            if body_limit is None:  # one thread hop: authenticate and work together
-
-                def run() -> Response | WriteResultResponse:
-                    return work(self._authenticate(request), None)
-
-                out = await run_in_threadpool(run)
-            else:
-                actor = await run_in_threadpool(self._authenticate, request)
+            body = None
+            if body_limit is not None and self._recently_valid(request):
+                # The token row was valid moments ago (TokenCache): read the body without a
+                # thread hop of its own; the token is checked again, against the database,
+                # in the same hop as the work below.
                 body = await http.read_json(request, body_limit)
-                out = await run_in_threadpool(work, actor, body)
+            elif body_limit is not None:
+                await run_in_threadpool(self._authenticate, request)
+                body = await http.read_json(request, body_limit)
+
+            def run() -> Response | WriteResultResponse:
+                # Authenticate (one indexed read) and work in one thread hop: a revoked or
+                # expired token stops here, whatever the cache says.
+                return work(self._authenticate(request), body)
+
+            out = await run_in_threadpool(run)
             if isinstance(out, WriteResultResponse):
                 await self._read_your_writes(out.result, request.state.request_id)
                 out = out.response
