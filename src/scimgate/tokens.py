@@ -36,6 +36,10 @@ class TokenError(Exception):
     pass
 
 
+class TokenChanged(Exception):
+    """A cached token row no longer holds (revoked, expired, rotated away)."""
+
+
 def parse_duration(text: str) -> timedelta:
     """`90d`, `12h`, `30m`, `45s`, `2w`."""
     m = _DURATION_RE.match(text.strip())
@@ -215,13 +219,14 @@ def authenticate(conn: Connection, secret: str | None) -> Verdict:
 
 
 class TokenCache:
-    """Token rows by secret hash, each kept for ``ttl`` seconds.
+    """Token rows by secret hash, each kept for ``ttl`` seconds (0.5 s by default).
 
-    Used for one decision only: whether a request's body may be read before the thread hop
-    in which the request is authenticated against the database (again) and served. So
-    revocation, expiry and the end of a rotation overlap still take effect on the very next
-    request; at worst the body of a request whose token was revoked in the last ``ttl``
-    (0.5 s by default) seconds is parsed before the 401. Unknown secrets are never cached.
+    A cached valid row only saves work, it never grants access by itself: it lets the API
+    read a request body before its thread hop and check the token inside the work's own
+    first transaction instead of a transaction of its own. Revocation, expiry and the end
+    of a rotation overlap therefore take effect on the very next request; at worst the body
+    of a request whose token was revoked less than ``ttl`` ago is parsed before the 401.
+    Unknown secrets are never cached.
     """
 
     def __init__(self, ttl: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:

@@ -86,6 +86,37 @@ class Api:
         tokens.touch(self.db, verdict.name, verdict.last_used, self.token_cache)
         return actor
 
+    def _work_if_token_holds(
+        self,
+        request: Request,
+        work: Callable[[audit.Actor, Any], Response | WriteResultResponse],
+        body: Any,
+    ) -> Response | WriteResultResponse | None:
+        """The work, when the cached token row is valid and the database agrees, checked in
+        the work's first transaction (no transaction of its own). None: take the full path
+        (cache miss, a last_used write due, or the token changed: it decides and audits)."""
+        secret = _bearer(request)
+        verdict = self.token_cache.lookup(secret)
+        if verdict is None or verdict.reason != "ok" or tokens.touch_due(verdict.last_used):
+            return None
+
+        def check(conn: Any) -> None:
+            if self.token_cache.authenticate(conn, secret).reason != "ok":
+                raise tokens.TokenChanged
+
+        try:
+            with self.db.checked(check) as checked:
+                try:
+                    return work(self._actor(request, verdict.name), body)
+                finally:
+                    if not checked():
+                        # No transaction (discovery documents, or a request refused before
+                        # one): check in one of its own, before any answer leaves.
+                        with self.db.read():
+                            pass
+        except tokens.TokenChanged:
+            return None
+
     def _recently_valid(self, request: Request) -> bool:
         """The bearer token's cached row (at most TokenCache.ttl old) says it is valid."""
         verdict = self.token_cache.lookup(_bearer(request))
@@ -116,9 +147,11 @@ class Api:
                 body = await http.read_json(request, body_limit)
 
             def run() -> Response | WriteResultResponse:
-                # Authenticate (one indexed read) and work in one thread hop: a revoked or
-                # expired token stops here, whatever the cache says.
-                return work(self._authenticate(request), body)
+                # Authenticate and work in one thread hop. A revoked or expired token stops
+                # here, whatever the cache says: the work's own (first) transaction checks
+                # the token row before anything else; the full path reads it on its own.
+                out = self._work_if_token_holds(request, work, body)
+                return work(self._authenticate(request), body) if out is None else out
 
             out = await run_in_threadpool(run)
             if isinstance(out, WriteResultResponse):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +14,8 @@ from sqlalchemy.engine import Connection, Engine
 
 def now_iso() -> str:
     """Fixed-width UTC timestamp; sorts and compares correctly as text."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times cheaper than strftime; same text ("…T13:21:02.123456Z").
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def raw(conn: Connection) -> Any:
@@ -78,7 +79,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+            raw(conn).execute("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
     return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
@@ -98,6 +99,24 @@ class Database:
         self.dialect = self.engine.dialect.name
         # SQLite has one writer; serialising in-process avoids busy waits between our threads.
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        self._first_check = threading.local()
+
+    @contextmanager
+    def checked(self, check: Callable[[Connection], None]) -> Iterator[Callable[[], bool]]:
+        """Run ``check`` at the start of the first transaction this thread opens inside the
+        block (the request's token check, atomic with the work it guards; if it raises, the
+        transaction rolls back). Yields a function telling whether it has run."""
+        self._first_check.fn = check
+        try:
+            yield lambda: getattr(self._first_check, "fn", None) is None
+        finally:
+            self._first_check.fn = None
+
+    def _run_first_check(self, conn: Connection) -> None:
+        check = getattr(self._first_check, "fn", None)
+        if check is not None:
+            self._first_check.fn = None
+            check(conn)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -111,6 +130,7 @@ class Database:
                 conn.info["write"] = True
                 try:
                     with conn.begin():
+                        self._run_first_check(conn)
                         yield conn
                 finally:
                     conn.info.pop("write", None)
@@ -121,6 +141,7 @@ class Database:
                 if head is not None:
                     conn.info[AUDIT_HEAD] = (int(head[0]), head[1])
                 try:
+                    self._run_first_check(conn)
                     yield conn
                 finally:
                     conn.info.pop(AUDIT_HEAD, None)
@@ -128,6 +149,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():
+            self._run_first_check(conn)
             yield conn
 
     def dispose(self) -> None:
