@@ -368,6 +368,17 @@ class ScimService:
         return self._committed(WriteResult(None, changes))
 
 
+def is_user_name_lookup(filter_text: str | None, sort_by: str | None) -> bool:
+    """A Users query that ``ScimService.search`` answers with one indexed read: a
+    ``userName eq "…"`` filter (what IdPs send before every create), no sortBy."""
+    if not filter_text or sort_by:
+        return False
+    try:
+        return user_name_equality(parse_filter(filter_text), USER_TYPE) is not None
+    except errors.ScimError:
+        return False  # the search itself reports it
+
+
 def body_members(body: Any) -> list[dict[str, Any]]:
     """The members of a Group POST/PUT body (validated shape: objects with a string value)."""
     if not isinstance(body, dict):

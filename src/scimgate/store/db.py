@@ -49,13 +49,15 @@ def _unicode_lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+def make_engine(
+    url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 8, max_overflow: int = 8
+) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=8,
-            max_overflow=8,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         sync = sqlite_synchronous.upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -90,6 +92,31 @@ AUDIT_HEAD = "audit_head"
 _LOCK_AUDIT_HEAD = Sql("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
 
 
+def _is_file_database(url: str) -> bool:
+    database = sa.engine.make_url(url).database or ""
+    return database not in ("", ":memory:") and "mode=memory" not in url
+
+
+class FirstCheck:
+    """The context of :meth:`Database.checked`."""
+
+    __slots__ = ("check", "slot")
+
+    def __init__(self, slot: threading.local, check: Callable[[Connection], None]) -> None:
+        self.slot = slot
+        self.check = check
+
+    def __enter__(self) -> FirstCheck:
+        self.slot.fn = self.check
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.slot.fn = None
+
+    def ran(self) -> bool:
+        return getattr(self.slot, "fn", None) is None
+
+
 class Database:
     """The engine plus the one write discipline every operation follows."""
 
@@ -100,17 +127,37 @@ class Database:
         # SQLite has one writer; serialising in-process avoids busy waits between our threads.
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._first_check = threading.local()
+        # SQLite only: short reads may run on the event loop's thread (``inline``), on
+        # connections of their own so that they never wait for a worker thread's connection.
+        # A WAL reader does not wait for the writer, so such a read does not block the loop.
+        self._inline = threading.local()
+        self._inline_engine = (
+            make_engine(url, sqlite_synchronous=sqlite_synchronous, pool_size=1, max_overflow=2)
+            if self.dialect == "sqlite" and _is_file_database(url)
+            else None
+        )
+
+    @property
+    def inline_reads(self) -> bool:
+        """Whether short reads may run on the calling (event loop) thread."""
+        return self._inline_engine is not None
 
     @contextmanager
-    def checked(self, check: Callable[[Connection], None]) -> Iterator[Callable[[], bool]]:
+    def inline(self) -> Iterator[None]:
+        """Reads opened by this thread inside the block use the inline connections."""
+        if self._inline_engine is None:
+            raise RuntimeError("inline reads are for SQLite only")
+        self._inline.on = True
+        try:
+            yield
+        finally:
+            self._inline.on = False
+
+    def checked(self, check: Callable[[Connection], None]) -> FirstCheck:
         """Run ``check`` at the start of the first transaction this thread opens inside the
         block (the request's token check, atomic with the work it guards; if it raises, the
-        transaction rolls back). Yields a function telling whether it has run."""
-        self._first_check.fn = check
-        try:
-            yield lambda: getattr(self._first_check, "fn", None) is None
-        finally:
-            self._first_check.fn = None
+        transaction rolls back). ``.ran()`` tells whether it has run."""
+        return FirstCheck(self._first_check, check)
 
     def _run_first_check(self, conn: Connection) -> None:
         check = getattr(self._first_check, "fn", None)
@@ -125,6 +172,8 @@ class Database:
         Writers are serialised (SQLite: BEGIN IMMEDIATE; PostgreSQL: a row lock on the audit
         head taken first), which gives the audit chain and the change log their commit order.
         """
+        if getattr(self._inline, "on", False):
+            raise RuntimeError("writes never run inline (on the event loop)")
         if self._write_lock is not None:
             with self._write_lock, self.engine.connect() as conn:
                 conn.info["write"] = True
@@ -148,9 +197,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        inline = self._inline_engine is not None and getattr(self._inline, "on", False)
+        engine = self._inline_engine if inline and self._inline_engine else self.engine
+        with engine.connect() as conn, conn.begin():
             self._run_first_check(conn)
             yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._inline_engine is not None:
+            self._inline_engine.dispose()
