@@ -133,10 +133,9 @@ class ScimService:
             # What IdPs send before every create: one indexed statement, no count query.
             with self.db.read() as conn:
                 found = rs.users_by_user_name(conn, user_name)
-                offset = max(start_index, 1) - 1
-                page = found[offset : offset + max(count, 0)]
-                groups = rs.groups_of_users(conn, [r.id for r in page])
-            return len(found), [rs.user_resource(r, base_url, groups[r.id]) for r in page]
+            offset = max(start_index, 1) - 1
+            page = found[offset : offset + max(count, 0)]
+            return len(found), [rs.user_resource(r, base_url, groups) for r, groups in page]
         dialect = self.db.dialect
         where = compile_filter(node, rtype, dialect) if node is not None else None
         order: list[Any] = []

@@ -161,6 +161,12 @@ def test_user_name_lookup_pages_like_any_filter(scim: httpx.Client, people: dict
     assert r["totalResults"] == 1 and r.get("Resources", []) == []
     r = scim.get("/Users", params={"filter": f'userName eq "{upper}"', "count": 0}).json()
     assert r["totalResults"] == 1 and r.get("Resources", []) == []
+    u = post(scim, "/Users", {"schemas": [USER], "userName": f"Lk-{tag()}"})
+    for n in range(2):
+        post(scim, "/Groups", {"displayName": f"lk-{n}-{tag()}", "members": [{"value": u["id"]}]})
+    r = scim.get("/Users", params={"filter": f'userName eq "{u["userName"].lower()}"'}).json()
+    [found] = r["Resources"]
+    assert found == scim.get(f"/Users/{u['id']}").json() and len(found["groups"]) == 2
     r = scim.get("/Users", params={"filter": 'userName eq "nobody-at-all"'}).json()
     assert r["totalResults"] == 0
     r = scim.get("/Groups", params={"filter": f'displayName eq "{upper}"'}).json()

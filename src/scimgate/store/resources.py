@@ -115,7 +115,13 @@ _USER_WITH_GROUPS = Sql(
     "LEFT JOIN scim_groups g ON g.id = m.group_id "
     "WHERE u.id = ? ORDER BY g.display_name"
 )
-_USERS_BY_NAME = Sql(f"SELECT {_USER_COLUMNS} FROM scim_users WHERE user_name_lower = ?")
+_USERS_BY_NAME_WITH_GROUPS = Sql(
+    "SELECT u.id, u.user_name, u.active, u.attrs, u.version, u.created, u.last_modified, "
+    "g.id, g.display_name FROM scim_users u "
+    "LEFT JOIN scim_members m ON m.member_id = u.id "
+    "LEFT JOIN scim_groups g ON g.id = m.group_id "
+    "WHERE u.user_name_lower = ? ORDER BY u.id, g.display_name"
+)
 _USER_NAME_TAKEN = Sql("SELECT id FROM scim_users WHERE user_name_lower = ? AND id <> ?")
 _INSERT_USER = Sql(
     "INSERT INTO scim_users (id, user_name, user_name_lower, external_id, active, "
@@ -175,9 +181,18 @@ def get_user_with_groups(conn: Connection, user_id: str) -> tuple[UserRow, list[
     return _user_raw(rows[0]), [(r[7], r[8]) for r in rows if r[7] is not None]
 
 
-def users_by_user_name(conn: Connection, user_name: str) -> list[UserRow]:
-    """The user whose userName equals ``user_name`` case-insensitively (RFC 7643 §4.1.1)."""
-    return [_user_raw(r) for r in _USERS_BY_NAME.run(conn, (user_name.lower(),))]
+def users_by_user_name(
+    conn: Connection, user_name: str
+) -> list[tuple[UserRow, list[tuple[str, str]]]]:
+    """The user whose userName equals ``user_name`` case-insensitively (RFC 7643 §4.1.1),
+    with its direct groups [(group id, displayName)], in one statement."""
+    out: dict[str, tuple[UserRow, list[tuple[str, str]]]] = {}
+    for r in _USERS_BY_NAME_WITH_GROUPS.run(conn, (user_name.lower(),)):
+        if r[0] not in out:
+            out[r[0]] = (_user_raw(r), [])
+        if r[7] is not None:
+            out[r[0]][1].append((r[7], r[8]))
+    return list(out.values())
 
 
 def update_user(conn: Connection, row: UserRow, resource: dict[str, Any]) -> UserRow:
