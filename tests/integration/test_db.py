@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from scimgate.store import db as db_module
 from scimgate.store import migrate
 from scimgate.store.db import Database, _is_file_database
 
@@ -49,3 +51,24 @@ def test_first_check_runs_once_in_the_first_transaction_and_rolls_it_back(db: Da
         with db.read() as conn:  # not checked again
             assert conn.exec_driver_sql("SELECT seq FROM audit_head").scalar_one() == 0
     assert len(seen) == 1
+
+
+def test_a_connection_killed_while_idle_is_replaced_at_checkout(
+    pg_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: connections idle longer than PING_IDLE_AFTER are pinged at checkout (the
+    others are not: a ping per transaction is a round trip per transaction)."""
+    url = pg_server.create_database()
+    database = Database(url)
+    migrate.upgrade(database)
+    with database.read() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    killer = sa.create_engine(url)
+    with killer.connect() as other:
+        assert other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)}, 5000)").scalar()
+        other.commit()
+    killer.dispose()
+    monkeypatch.setattr(db_module, "PING_IDLE_AFTER", 0.0)
+    with database.read() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+    database.dispose()

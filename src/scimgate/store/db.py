@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -84,7 +85,33 @@ def make_engine(
             raw(conn).execute("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
-    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    engine = sa.create_engine(url, pool_size=16, max_overflow=16)
+
+    # Pre-ping, but only connections idle for a while: a ping is a round trip (a statement
+    # for PostgreSQL to run) on every checkout otherwise, i.e. on every transaction. A
+    # connection used within the last PING_IDLE_AFTER seconds is taken as alive; a server
+    # restart in that window costs the requests that hit it (SQLAlchemy then invalidates
+    # the pool's connections at the first disconnect error).
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception:
+            alive = False
+        if not alive:
+            raise sa.exc.DisconnectionError("connection lost while idle")  # pool retries
+
+    return engine
+
+
+PING_IDLE_AFTER = 5.0  # seconds
 
 
 # conn.info key: the audit head (seq, hash) as locked by this write transaction (PostgreSQL).
