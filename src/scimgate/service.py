@@ -24,7 +24,7 @@ from scimgate.scim.schema import GROUP_TYPE, RESOURCE_TYPES, USER_TYPE, Resource
 from scimgate.store import outbox
 from scimgate.store import resources as rs
 from scimgate.store.db import Database
-from scimgate.store.filter_sql import compile_filter, sort_key
+from scimgate.store.filter_sql import compile_filter, sort_key, user_name_equality
 
 
 class Enforcement(Protocol):
@@ -103,8 +103,8 @@ class ScimService:
         include_members: bool = True,
     ) -> dict[str, Any]:
         if rtype_name == "User":
-            row = rs.get_user(conn, rid)
-            return rs.user_resource(row, base_url, rs.groups_of_users(conn, [rid])[rid])
+            row, groups = rs.get_user_with_groups(conn, rid)
+            return rs.user_resource(row, base_url, groups)
         grow = rs.get_group(conn, rid)
         members = rs.member_rows(conn, [rid])[rid] if include_members else None
         return rs.group_resource(grow, base_url, members)
@@ -128,6 +128,14 @@ class ScimService:
     ) -> tuple[int, list[dict[str, Any]]]:
         rtype = _rtype(rtype_name)
         node: Node | None = parse_filter(filter_text) if filter_text else None
+        user_name = user_name_equality(node, rtype) if not sort_by else None
+        if user_name is not None:
+            # What IdPs send before every create: one indexed statement, no count query.
+            with self.db.read() as conn:
+                found = rs.users_by_user_name(conn, user_name)
+            offset = max(start_index, 1) - 1
+            page = found[offset : offset + max(count, 0)]
+            return len(found), [rs.user_resource(r, base_url, groups) for r, groups in page]
         dialect = self.db.dialect
         where = compile_filter(node, rtype, dialect) if node is not None else None
         order: list[Any] = []
@@ -224,12 +232,13 @@ class ScimService:
             raise errors.Mutability("id is immutable and does not match the URL")
         with self.db.write() as conn:
             if rtype is USER_TYPE:
-                row = rs.get_user(conn, rid)
+                row, groups = rs.get_user_with_groups(conn, rid)
                 check_if_match(if_match, row.version)
                 before = rs.user_resource(row, base_url)
                 row = rs.update_user(conn, row, resource)
                 changes = self._refresh(conn, [rid], base_url)
-                out = rs.user_resource(row, base_url, rs.groups_of_users(conn, [rid])[rid])
+                # A user write does not change memberships: the groups read above stand.
+                out = rs.user_resource(row, base_url, groups)
                 detail: dict[str, Any] = {"changed": diff(before, out)}
             else:
                 grow = rs.get_group(conn, rid)
@@ -268,7 +277,7 @@ class ScimService:
         rtype = _rtype(rtype_name)
         with self.db.write() as conn:
             if rtype is USER_TYPE:
-                row = rs.get_user(conn, rid)
+                row, groups = rs.get_user_with_groups(conn, rid)
                 check_if_match(if_match, row.version)
                 before = rs.user_resource(row, base_url)
                 result: PatchResult = apply_patch(_for_patch(before), body, rtype)
@@ -276,7 +285,8 @@ class ScimService:
                 if result.changed:
                     row = rs.update_user(conn, row, result.resource)
                     changes = self._refresh(conn, [rid], base_url)
-                out = rs.user_resource(row, base_url, rs.groups_of_users(conn, [rid])[rid])
+                # A user write does not change memberships: the groups read above stand.
+                out = rs.user_resource(row, base_url, groups)
                 detail: dict[str, Any] = {"changed": diff(before, out)}
             else:
                 grow = rs.get_group(conn, rid)
@@ -355,6 +365,17 @@ class ScimService:
                 detail = {"displayName": grow.display_name, "members": len(members)}
             _audit_write(conn, actor, rtype, rid, "delete", detail, changes)
         return self._committed(WriteResult(None, changes))
+
+
+def is_user_name_lookup(filter_text: str | None, sort_by: str | None) -> bool:
+    """A Users query that ``ScimService.search`` answers with one indexed read: a
+    ``userName eq "…"`` filter (what IdPs send before every create), no sortBy."""
+    if not filter_text or sort_by:
+        return False
+    try:
+        return user_name_equality(parse_filter(filter_text), USER_TYPE) is not None
+    except errors.ScimError:
+        return False  # the search itself reports it
 
 
 def body_members(body: Any) -> list[dict[str, Any]]:

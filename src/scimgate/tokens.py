@@ -11,6 +11,9 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from scimgate.audit import log as audit
 from scimgate.store import tables
-from scimgate.store.db import Database, now_iso
+from scimgate.store.db import Database, Sql, now_iso
 
 T = tables.tokens
 PREFIX = "sgt_"
@@ -31,6 +34,10 @@ LAST_USED_GRANULARITY = timedelta(seconds=60)
 
 class TokenError(Exception):
     pass
+
+
+class TokenChanged(Exception):
+    """A cached token row no longer holds (revoked, expired, rotated away)."""
 
 
 def parse_duration(text: str) -> timedelta:
@@ -164,17 +171,32 @@ class Verdict:
     last_used: str | None = None
 
 
-def authenticate(conn: Connection, secret: str | None) -> Verdict:
-    """Check a bearer secret against current and (during rotation) previous hashes."""
-    if not secret:
-        return Verdict(None, "missing")
-    digest = hash_secret(secret)
-    row = conn.execute(
-        sa.select(T).where(sa.or_(T.c.secret_hash == digest, T.c.previous_hash == digest))
-    ).first()
+@dataclass
+class _TokenRow:
+    name: str
+    secret_hash: str
+    expires: str | None
+    last_used: str | None
+    revoked: str | None
+    previous_hash: str | None
+    previous_expires: str | None
+
+
+_TOKEN_BY_HASH = Sql(
+    "SELECT name, secret_hash, expires, last_used, revoked, previous_hash, previous_expires "
+    "FROM api_tokens WHERE secret_hash = ? OR previous_hash = ?"
+)
+
+
+def _find(conn: Connection, digest: str) -> _TokenRow | None:
+    r = _TOKEN_BY_HASH.run(conn, (digest, digest)).fetchone()
+    return _TokenRow(*r) if r is not None else None
+
+
+def _judge(row: _TokenRow | None, digest: str, now: str) -> Verdict:
+    """The verdict on a token row for a presented secret's hash, at ``now``."""
     if row is None:
         return Verdict(None, "unknown")
-    now = now_iso()
     if row.revoked:
         return Verdict(row.name, "revoked")
     if hmac.compare_digest(row.secret_hash, digest):
@@ -188,13 +210,76 @@ def authenticate(conn: Connection, secret: str | None) -> Verdict:
     return Verdict(None, "unknown")
 
 
-def touch(db: Database, name: str, last_used: str | None) -> None:
+def authenticate(conn: Connection, secret: str | None) -> Verdict:
+    """Check a bearer secret against current and (during rotation) previous hashes."""
+    if not secret:
+        return Verdict(None, "missing")
+    digest = hash_secret(secret)
+    return _judge(_find(conn, digest), digest, now_iso())
+
+
+class TokenCache:
+    """Token rows by secret hash, each kept for ``ttl`` seconds (0.5 s by default).
+
+    A cached valid row only saves work, it never grants access by itself: it lets the API
+    read a request body before its thread hop and check the token inside the work's own
+    first transaction instead of a transaction of its own. Revocation, expiry and the end
+    of a rotation overlap therefore take effect on the very next request; at worst the body
+    of a request whose token was revoked less than ``ttl`` ago is parsed before the 401.
+    Unknown secrets are never cached.
+    """
+
+    def __init__(self, ttl: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._rows: dict[str, tuple[float, _TokenRow]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, secret: str | None) -> Verdict | None:
+        """The verdict from a fresh cached row, or None when the database must be asked."""
+        if not secret:
+            return Verdict(None, "missing")
+        digest = hash_secret(secret)
+        hit = self._rows.get(digest)
+        if hit is None or self.clock() - hit[0] >= self.ttl:
+            return None
+        return _judge(hit[1], digest, now_iso())
+
+    def authenticate(self, conn: Connection, secret: str | None) -> Verdict:
+        """Read the row (cache miss) and remember it."""
+        if not secret:
+            return Verdict(None, "missing")
+        digest = hash_secret(secret)
+        row = _find(conn, digest)
+        if row is not None:
+            with self._lock:
+                if len(self._rows) > 1024:  # a handful of IdP tokens in practice
+                    self._rows.clear()
+                self._rows[digest] = (self.clock(), row)
+        return _judge(row, digest, now_iso())
+
+    def touched(self, name: str, last_used: str) -> None:
+        """``touch`` wrote last_used: cached rows must not make it write again."""
+        with self._lock:
+            for _, row in self._rows.values():
+                if row.name == name:
+                    row.last_used = last_used
+
+
+def touch_due(last_used: str | None) -> bool:
+    """Whether ``touch`` would write (last_used older than LAST_USED_GRANULARITY)."""
+    return not last_used or datetime.now(UTC) - _parse_iso(last_used) >= LAST_USED_GRANULARITY
+
+
+def touch(db: Database, name: str, last_used: str | None, cache: TokenCache | None = None) -> None:
     """Record use, at most once per LAST_USED_GRANULARITY (not a write per request)."""
-    now = datetime.now(UTC)
-    if last_used and now - _parse_iso(last_used) < LAST_USED_GRANULARITY:
+    if not touch_due(last_used):
         return
+    now = _iso(datetime.now(UTC))
     with db.write() as conn:
-        conn.execute(T.update().where(T.c.name == name).values(last_used=_iso(now)))
+        conn.execute(T.update().where(T.c.name == name).values(last_used=now))
+    if cache is not None:
+        cache.touched(name, now)
 
 
 def expiries(db: Database) -> dict[str, float]:

@@ -180,3 +180,27 @@ def test_writes_record_the_token_name(scim_server: ScimServer) -> None:
     ]
     assert {r.actor for r in rows} == {name}
     assert {r.user_agent for r in rows} == {"Audit-Test/1.0"}
+
+
+def test_revoked_token_is_refused_at_once_even_while_cached(scim_server: ScimServer) -> None:
+    """The token cache (0.5 s) only saves work: the token row is read again in the
+    transaction of the work, so the request right after a revocation is refused and writes
+    nothing, and a bad body is not answered with anything but 401."""
+    name = f"cached-{tag()}"
+    secret = cli(scim_server, "token", "create", name)
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=scim_server.base_url, timeout=10, headers=headers) as c:
+        u = c.post("/Users", json={"schemas": [USER], "userName": f"c-{tag()}"}).json()
+        deactivate = {
+            "schemas": [PATCH],
+            "Operations": [{"op": "replace", "path": "active", "value": False}],
+        }
+        assert c.get(f"/Users/{u['id']}").status_code == 200  # the row is cached now
+        cli(scim_server, "token", "revoke", name)
+        r = c.patch(f"/Users/{u['id']}", json=deactivate)
+        assert r.status_code == 401, r.text
+        assert c.post("/Users", content=b"{not json", headers={
+            "Content-Type": "application/scim+json"}).status_code == 401  # fmt: skip
+        assert c.get("/Schemas").status_code == 401
+    with scim_server.client() as scim:
+        assert scim.get(f"/Users/{u['id']}").json()["active"] is True

@@ -149,6 +149,30 @@ def test_user_name_case_insensitive_external_id_case_exact(
     assert names(scim, people, f'externalId eq "EXT-{m}-B"') == []
 
 
+def test_user_name_lookup_pages_like_any_filter(scim: httpx.Client, people: dict[str, Any]) -> None:
+    """`userName eq` (the IdP's lookup) is answered by one indexed read; paging, the URN
+    form and the groups of the found user behave as for any other filter."""
+    alice = people["alice"]
+    upper = alice["userName"].upper()
+    r = scim.get("/Users", params={"filter": f'{USER}:userName eq "{upper}"'}).json()
+    assert r["totalResults"] == 1 and [x["id"] for x in r["Resources"]] == [alice["id"]]
+    assert r["Resources"][0] == scim.get(f"/Users/{alice['id']}").json()
+    r = scim.get("/Users", params={"filter": f'userName eq "{upper}"', "startIndex": 2}).json()
+    assert r["totalResults"] == 1 and r.get("Resources", []) == []
+    r = scim.get("/Users", params={"filter": f'userName eq "{upper}"', "count": 0}).json()
+    assert r["totalResults"] == 1 and r.get("Resources", []) == []
+    u = post(scim, "/Users", {"schemas": [USER], "userName": f"Lk-{tag()}"})
+    for n in range(2):
+        post(scim, "/Groups", {"displayName": f"lk-{n}-{tag()}", "members": [{"value": u["id"]}]})
+    r = scim.get("/Users", params={"filter": f'userName eq "{u["userName"].lower()}"'}).json()
+    [found] = r["Resources"]
+    assert found == scim.get(f"/Users/{u['id']}").json() and len(found["groups"]) == 2
+    r = scim.get("/Users", params={"filter": 'userName eq "nobody-at-all"'}).json()
+    assert r["totalResults"] == 0
+    r = scim.get("/Groups", params={"filter": f'displayName eq "{upper}"'}).json()
+    assert r["totalResults"] == 0
+
+
 def test_meta_last_modified(scim: httpx.Client, people: dict[str, Any]) -> None:
     stamp = people["alice"]["meta"]["lastModified"]
     assert names(scim, people, f'meta.lastModified gt "{stamp}"') == ["bob", "carol"]

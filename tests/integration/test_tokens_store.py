@@ -1,5 +1,6 @@
 """Token lifecycle against a real SQLite file: a revoked name can be issued again."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,51 @@ def test_revoked_name_can_be_issued_again_and_old_secret_stays_dead(db: Database
 
 def test_sqlite_file_is_owner_only(db: Database, tmp_path: Path) -> None:
     assert (tmp_path / "t.db").stat().st_mode & 0o777 == 0o600
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_cache_keeps_a_row_for_its_ttl_only_and_never_an_unknown_secret(
+    db: Database,
+) -> None:
+    clock = _Clock()
+    cache = tokens.TokenCache(ttl=0.5, clock=clock)
+    secret = tokens.create(db, "entra")
+    assert cache.lookup(secret) is None  # not read yet: the database must be asked
+    assert cache.lookup("") == tokens.Verdict(None, "missing")
+    with db.read() as conn:
+        assert cache.authenticate(conn, secret).reason == "ok"
+        assert cache.authenticate(conn, "sgt_unknown").reason == "unknown"
+    assert cache.lookup("sgt_unknown") is None
+    hit = cache.lookup(secret)
+    assert hit is not None and hit.reason == "ok" and hit.name == "entra"
+
+    # Revoked elsewhere (another process): the cached row may say "ok" for at most ttl,
+    # and a read of the row (what every request does in its work's transaction) does not.
+    tokens.revoke(db, "entra")
+    clock.now += 0.4
+    stale = cache.lookup(secret)
+    assert stale is not None and stale.reason == "ok"
+    with db.read() as conn:
+        assert cache.authenticate(conn, secret).reason == "revoked"
+    fresh = cache.lookup(secret)
+    assert fresh is not None and fresh.reason == "revoked"
+    clock.now += 0.5
+    assert cache.lookup(secret) is None
+
+
+def test_token_cache_applies_expiry_to_the_cached_row(db: Database) -> None:
+    clock = _Clock()
+    cache = tokens.TokenCache(ttl=60, clock=clock)
+    secret = tokens.create(db, "short", expires_in=tokens.parse_duration("1s"))
+    with db.read() as conn:
+        assert cache.authenticate(conn, secret).reason == "ok"
+    time.sleep(1.1)
+    hit = cache.lookup(secret)
+    assert hit is not None and hit.reason == "expired"

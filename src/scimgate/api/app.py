@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
@@ -24,7 +26,7 @@ from scimgate.config import Settings
 from scimgate.scim import discovery, errors
 from scimgate.scim.resource import project
 from scimgate.scim.schema import RESOURCE_TYPES, SEARCH_REQUEST_SCHEMA
-from scimgate.service import ScimService, WriteResult
+from scimgate.service import ScimService, WriteResult, is_user_name_lookup
 
 log = logging.getLogger("scimgate.api")
 
@@ -48,6 +50,11 @@ class Api:
     service: ScimService
     metrics: Metrics
     sync: SyncWaiter | None = None
+    token_cache: tokens.TokenCache = field(default_factory=tokens.TokenCache)
+    # The request work's threads (a plain executor: ~30 % less CPU per hop than anyio's).
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(40, thread_name_prefix="scimgate-api")
+    )
 
     @property
     def db(self) -> Any:
@@ -67,7 +74,7 @@ class Api:
     def _authenticate(self, request: Request) -> audit.Actor:
         secret = _bearer(request)
         with self.db.read() as conn:
-            verdict = tokens.authenticate(conn, secret)
+            verdict = self.token_cache.authenticate(conn, secret)
         actor = self._actor(request, verdict.name)
         if verdict.reason != "ok":
             kind = "token.expired_use" if verdict.reason == "expired" else "auth.failed"
@@ -82,8 +89,44 @@ class Api:
                 else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}"
             )
         assert verdict.name is not None
-        tokens.touch(self.db, verdict.name, verdict.last_used)
+        tokens.touch(self.db, verdict.name, verdict.last_used, self.token_cache)
         return actor
+
+    def _work_if_token_holds(
+        self,
+        request: Request,
+        work: Callable[[audit.Actor, Any], Response | WriteResultResponse],
+        body: Any,
+    ) -> Response | WriteResultResponse | None:
+        """The work, when the cached token row is valid and the database agrees, checked in
+        the work's first transaction (no transaction of its own). None: take the full path
+        (cache miss, a last_used write due, or the token changed: it decides and audits)."""
+        secret = _bearer(request)
+        verdict = self.token_cache.lookup(secret)
+        if verdict is None or verdict.reason != "ok" or tokens.touch_due(verdict.last_used):
+            return None
+
+        def check(conn: Any) -> None:
+            if self.token_cache.authenticate(conn, secret).reason != "ok":
+                raise tokens.TokenChanged
+
+        try:
+            with self.db.checked(check) as checked:
+                try:
+                    return work(self._actor(request, verdict.name), body)
+                finally:
+                    if not checked.ran():
+                        # No transaction (discovery documents, or a request refused before
+                        # one): check in one of its own, before any answer leaves.
+                        with self.db.read():
+                            pass
+        except tokens.TokenChanged:
+            return None
+
+    def _recently_valid(self, request: Request) -> bool:
+        """The bearer token's cached row (at most TokenCache.ttl old) says it is valid."""
+        verdict = self.token_cache.lookup(_bearer(request))
+        return verdict is not None and verdict.reason == "ok"
 
     async def call(
         self,
@@ -92,6 +135,7 @@ class Api:
         work: Callable[[audit.Actor, Any], Response | WriteResultResponse],
         *,
         body_limit: int | None = None,
+        inline: bool = False,
     ) -> Response:
         """Authenticate, then read the body (an unauthenticated client never gets its body
         parsed), then run the work in the thread pool; every outcome is counted and logged."""
@@ -99,16 +143,14 @@ class Api:
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         status = 500
         try:
-            if body_limit is None:  # one thread hop: authenticate and work together
-
-                def run() -> Response | WriteResultResponse:
-                    return work(self._authenticate(request), None)
-
-                out = await run_in_threadpool(run)
-            else:
-                actor = await run_in_threadpool(self._authenticate, request)
-                body = await http.read_json(request, body_limit)
-                out = await run_in_threadpool(work, actor, body)
+            out: Response | WriteResultResponse | None = None
+            if inline and self.db.inline_reads:
+                # A short read (one indexed lookup) on the loop itself: a thread hop costs
+                # more CPU (~0.1 ms) than the read. Only with a cached token row.
+                with self.db.inline():
+                    out = self._work_if_token_holds(request, work, None)
+            if out is None:
+                out = await self._in_thread(request, work, body_limit)
             if isinstance(out, WriteResultResponse):
                 await self._read_your_writes(out.result, request.state.request_id)
                 out = out.response
@@ -133,6 +175,32 @@ class Api:
             },
         )
         return response
+
+    async def _in_thread(
+        self,
+        request: Request,
+        work: Callable[[audit.Actor, Any], Response | WriteResultResponse],
+        body_limit: int | None,
+    ) -> Response | WriteResultResponse:
+        loop = asyncio.get_running_loop()
+        body = None
+        if body_limit is not None and self._recently_valid(request):
+            # The token row was valid moments ago (TokenCache): read the body without a
+            # thread hop of its own; the token is checked again, against the database, in
+            # the same hop as the work below.
+            body = await http.read_json(request, body_limit)
+        elif body_limit is not None:
+            await loop.run_in_executor(self.executor, self._authenticate, request)
+            body = await http.read_json(request, body_limit)
+
+        def run() -> Response | WriteResultResponse:
+            # Authenticate and work in one thread hop. A revoked or expired token stops here,
+            # whatever the cache says: the work's own (first) transaction checks the token
+            # row before anything else; the full path reads it on its own.
+            out = self._work_if_token_holds(request, work, body)
+            return work(self._authenticate(request), body) if out is None else out
+
+        return await loop.run_in_executor(self.executor, run)
 
     async def _read_your_writes(self, result: WriteResult, request_id: str) -> None:
         if not (self.settings.read_your_writes and self.sync and result.changes):
@@ -234,6 +302,7 @@ def build_app(api: Api) -> Starlette:
             request,
             f"/{rtype}s",
             lambda actor, _body: list_or_search(request, rtype, q, attrs, excluded),
+            inline=rtype == "User" and is_user_name_lookup(q.get("filter"), q.get("sortby")),
         )
 
     async def search(request: Request) -> Response:
@@ -294,7 +363,8 @@ def build_app(api: Api) -> Starlette:
                 project(res, RESOURCE_TYPES[rtype], attrs, excluded), 200, {"ETag": tag}
             )
 
-        return await api.call(request, f"/{rtype}s/{{id}}", work)
+        # One user is one indexed read; a group may have a million members.
+        return await api.call(request, f"/{rtype}s/{{id}}", work, inline=rtype == "User")
 
     async def write_one(request: Request) -> Response:
         rtype = rtype_of(request)

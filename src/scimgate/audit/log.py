@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from scimgate.audit.chain import GENESIS_HASH, event_hash, first_broken
 from scimgate.store import tables
-from scimgate.store.db import now_iso
+from scimgate.store.db import AUDIT_HEAD, Sql, now_iso
 
 SECRET_KEYS = frozenset({"password", "secret", "token"})
 
@@ -57,13 +58,13 @@ def append(
     ts: str | None = None,
 ) -> int:
     """Append one event in the caller's (write) transaction; returns its seq."""
-    head = conn.execute(
-        sa.select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(
-            tables.audit_head.c.id == 1
-        )
-    ).one()
+    head = conn.info.get(AUDIT_HEAD)  # PostgreSQL: read when the write locked it
+    if head is None:
+        row = _READ_HEAD.run(conn).fetchone()
+        head = (int(row[0]), row[1])
+    seq, prev_hash = head
     event = {
-        "seq": head.seq + 1,
+        "seq": seq + 1,
         "ts": ts or now_iso(),
         "kind": kind,
         "actor": actor.token,
@@ -75,15 +76,36 @@ def append(
         "operation": operation,
         "detail": redact(detail or {}),
     }
-    event["prev_hash"] = head.hash
-    event["hash"] = event_hash(head.hash, event)
-    conn.execute(tables.audit_events.insert().values(**event))
-    conn.execute(
-        tables.audit_head.update()
-        .where(tables.audit_head.c.id == 1)
-        .values(seq=event["seq"], hash=event["hash"])
-    )
+    event["prev_hash"] = prev_hash
+    event["hash"] = event_hash(prev_hash, event)
+    params = [event[c] for c in _EVENT_COLUMNS]
+    params[_EVENT_COLUMNS.index("detail")] = json.dumps(event["detail"])
+    if conn.dialect.name == "postgresql":
+        # One round trip: the event and the new head together.
+        _APPEND_PG.run(conn, [*params, event["seq"], event["hash"]])
+    else:
+        _INSERT_EVENT.run(conn, params)
+        _UPDATE_HEAD.run(conn, (event["seq"], event["hash"]))
+    if AUDIT_HEAD in conn.info:
+        conn.info[AUDIT_HEAD] = (event["seq"], event["hash"])
     return int(event["seq"])
+
+
+# Hot path (every SCIM write): plain SQL on the DBAPI connection (store.db.Sql).
+_EVENT_COLUMNS = ("seq", "ts", "kind", "actor", "client", "user_agent", "request_id",
+                  "resource_type", "resource_id", "operation", "detail", "prev_hash", "hash")  # fmt: skip
+_READ_HEAD = Sql("SELECT seq, hash FROM audit_head WHERE id = 1")
+_INSERT_EVENT = Sql(
+    f"INSERT INTO audit_events ({', '.join(_EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _EVENT_COLUMNS[:-3])}, ?, ?, ?)"
+)
+_UPDATE_HEAD = Sql("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
+_APPEND_PG = Sql(
+    "",
+    f"WITH event AS (INSERT INTO audit_events ({', '.join(_EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _EVENT_COLUMNS[:-3])}, CAST(? AS JSONB), ?, ?)) "
+    "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
+)
 
 
 def iter_events(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -11,25 +12,53 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from scimgate.store import tables
-
 
 def now_iso() -> str:
     """Fixed-width UTC timestamp; sorts and compares correctly as text."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times cheaper than strftime; same text ("…T13:21:02.123456Z").
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:26] + "Z"
+
+
+def raw(conn: Connection) -> Any:
+    """The DBAPI connection (sqlite3 or psycopg) under ``conn``, in ``conn``'s transaction.
+
+    Hot-path statements run on it directly: building, cache-keying and compiling a
+    SQLAlchemy Core construct costs more CPU than SQLite spends executing it.
+    """
+    return conn.connection.driver_connection
+
+
+class Sql:
+    """One hot-path statement as text with ``?`` placeholders (no ``%`` in the text), run on
+    the DBAPI connection. PostgreSQL (psycopg) gets ``%s`` placeholders and prepares the
+    statement itself after a few executions."""
+
+    __slots__ = ("postgresql", "sqlite")
+
+    def __init__(self, sqlite: str, postgresql: str | None = None) -> None:
+        assert "%" not in sqlite and "%" not in (postgresql or "")
+        self.sqlite = sqlite
+        self.postgresql = (postgresql or sqlite).replace("?", "%s")
+
+    def run(self, conn: Connection, params: Sequence[Any] = ()) -> Any:
+        """Execute in ``conn``'s transaction; returns the DBAPI cursor."""
+        text = self.sqlite if conn.dialect.name == "sqlite" else self.postgresql
+        return raw(conn).execute(text, params)
 
 
 def _unicode_lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+def make_engine(
+    url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 8, max_overflow: int = 8
+) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=8,
-            max_overflow=8,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         sync = sqlite_synchronous.upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -53,10 +82,66 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+            raw(conn).execute("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
-    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    engine = sa.create_engine(url, pool_size=16, max_overflow=16)
+
+    # Pre-ping, but only connections idle for a while: a ping is a round trip (a statement
+    # for PostgreSQL to run) on every checkout otherwise, i.e. on every transaction. A
+    # connection used within the last PING_IDLE_AFTER seconds is taken as alive; a server
+    # restart in that window costs the requests that hit it (SQLAlchemy then invalidates
+    # the pool's connections at the first disconnect error).
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception:
+            alive = False
+        if not alive:
+            raise sa.exc.DisconnectionError("connection lost while idle")  # pool retries
+
+    return engine
+
+
+PING_IDLE_AFTER = 5.0  # seconds
+
+
+# conn.info key: the audit head (seq, hash) as locked by this write transaction (PostgreSQL).
+AUDIT_HEAD = "audit_head"
+_LOCK_AUDIT_HEAD = Sql("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+
+
+def _is_file_database(url: str) -> bool:
+    database = sa.engine.make_url(url).database or ""
+    return database not in ("", ":memory:") and "mode=memory" not in url
+
+
+class FirstCheck:
+    """The context of :meth:`Database.checked`."""
+
+    __slots__ = ("check", "slot")
+
+    def __init__(self, slot: threading.local, check: Callable[[Connection], None]) -> None:
+        self.slot = slot
+        self.check = check
+
+    def __enter__(self) -> FirstCheck:
+        self.slot.fn = self.check
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.slot.fn = None
+
+    def ran(self) -> bool:
+        return getattr(self.slot, "fn", None) is None
 
 
 class Database:
@@ -68,6 +153,44 @@ class Database:
         self.dialect = self.engine.dialect.name
         # SQLite has one writer; serialising in-process avoids busy waits between our threads.
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        self._first_check = threading.local()
+        # SQLite only: short reads may run on the event loop's thread (``inline``), on
+        # connections of their own so that they never wait for a worker thread's connection.
+        # A WAL reader does not wait for the writer, so such a read does not block the loop.
+        self._inline = threading.local()
+        self._inline_engine = (
+            make_engine(url, sqlite_synchronous=sqlite_synchronous, pool_size=1, max_overflow=2)
+            if self.dialect == "sqlite" and _is_file_database(url)
+            else None
+        )
+
+    @property
+    def inline_reads(self) -> bool:
+        """Whether short reads may run on the calling (event loop) thread."""
+        return self._inline_engine is not None
+
+    @contextmanager
+    def inline(self) -> Iterator[None]:
+        """Reads opened by this thread inside the block use the inline connections."""
+        if self._inline_engine is None:
+            raise RuntimeError("inline reads are for SQLite only")
+        self._inline.on = True
+        try:
+            yield
+        finally:
+            self._inline.on = False
+
+    def checked(self, check: Callable[[Connection], None]) -> FirstCheck:
+        """Run ``check`` at the start of the first transaction this thread opens inside the
+        block (the request's token check, atomic with the work it guards; if it raises, the
+        transaction rolls back). ``.ran()`` tells whether it has run."""
+        return FirstCheck(self._first_check, check)
+
+    def _run_first_check(self, conn: Connection) -> None:
+        check = getattr(self._first_check, "fn", None)
+        if check is not None:
+            self._first_check.fn = None
+            check(conn)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -76,27 +199,38 @@ class Database:
         Writers are serialised (SQLite: BEGIN IMMEDIATE; PostgreSQL: a row lock on the audit
         head taken first), which gives the audit chain and the change log their commit order.
         """
+        if getattr(self._inline, "on", False):
+            raise RuntimeError("writes never run inline (on the event loop)")
         if self._write_lock is not None:
             with self._write_lock, self.engine.connect() as conn:
                 conn.info["write"] = True
                 try:
                     with conn.begin():
+                        self._run_first_check(conn)
                         yield conn
                 finally:
                     conn.info.pop("write", None)
         else:
             with self.engine.begin() as conn:
-                conn.execute(
-                    sa.select(tables.audit_head.c.seq)
-                    .where(tables.audit_head.c.id == 1)
-                    .with_for_update()
-                )
-                yield conn
+                # The lock also reads the head, so the audit append needs no second read.
+                head = _LOCK_AUDIT_HEAD.run(conn).fetchone()
+                if head is not None:
+                    conn.info[AUDIT_HEAD] = (int(head[0]), head[1])
+                try:
+                    self._run_first_check(conn)
+                    yield conn
+                finally:
+                    conn.info.pop(AUDIT_HEAD, None)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        inline = self._inline_engine is not None and getattr(self._inline, "on", False)
+        engine = self._inline_engine if inline and self._inline_engine else self.engine
+        with engine.connect() as conn, conn.begin():
+            self._run_first_check(conn)
             yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._inline_engine is not None:
+            self._inline_engine.dispose()

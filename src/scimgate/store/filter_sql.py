@@ -72,7 +72,14 @@ from scimgate.scim.filter import (
     ValuePath,
     normalize_datetime,
 )
-from scimgate.scim.schema import COMMON_ATTRIBUTES, Attribute, AttrRef, ResourceType, resolve
+from scimgate.scim.schema import (
+    COMMON_ATTRIBUTES,
+    USER_SCHEMA,
+    Attribute,
+    AttrRef,
+    ResourceType,
+    resolve,
+)
 from scimgate.store.tables import groups, members, users
 
 DIALECTS = ("sqlite", "postgresql")
@@ -681,6 +688,24 @@ def compile_filter(node: Node, rtype: ResourceType, dialect: str) -> ColumnEleme
     7644 §3.4.2.2 does not define raise InvalidFilter.
     """
     return _compile(node, _ResourceScope(_Resolver(rtype, dialect)))
+
+
+def user_name_equality(node: Node | None, rtype: ResourceType) -> str | None:
+    """The value of a ``userName eq "…"`` filter on Users (what IdPs send before every
+    create), else None. Such a filter is answered by one lookup on the case-folded
+    userName column, which is what :func:`compile_filter` compiles it to as well."""
+    if (
+        isinstance(node, Compare)
+        and node.op == "eq"
+        and isinstance(node.value, str)
+        and rtype.name == "User"
+        and node.path.lower() in _USER_NAME_PATHS
+    ):
+        return node.value
+    return None
+
+
+_USER_NAME_PATHS = ("username", USER_SCHEMA.lower() + ":username")
 
 
 # --------------------------------------------------------------------------- sortBy

@@ -3,6 +3,7 @@ canonical resources (``scimgate.scim.resource``) and compiled filters (``filter_
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Connection
 from scimgate.scim import errors
 from scimgate.scim.schema import ENTERPRISE_USER_SCHEMA, GROUP_SCHEMA, USER_SCHEMA
 from scimgate.store import tables
-from scimgate.store.db import now_iso
+from scimgate.store.db import Sql, now_iso
 
 U, G, M = tables.users, tables.groups, tables.members
 
@@ -83,11 +84,6 @@ def _group(r: Any) -> GroupRow:
     )
 
 
-def _user_from(v: dict[str, Any]) -> UserRow:
-    return UserRow(v["id"], v["user_name"], bool(v["active"]), dict(v["attrs"]), v["version"],
-                   v["created"], v["last_modified"])  # fmt: skip
-
-
 def _group_from(v: dict[str, Any]) -> GroupRow:
     return GroupRow(v["id"], v["display_name"], v["external_id"], dict(v["attrs"]),
                     v["version"], v["created"], v["last_modified"])  # fmt: skip
@@ -108,42 +104,108 @@ def _user_values(resource: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _unique_user_name(conn: Connection, user_name: str, exclude_id: str | None) -> None:
-    q = sa.select(U.c.id).where(U.c.user_name_lower == user_name.lower())
-    if exclude_id:
-        q = q.where(U.c.id != exclude_id)
-    if conn.execute(q).first() is not None:
-        raise errors.Uniqueness(f"userName {user_name!r} is already taken")
+# Hot paths (every IdP create, lookup, PATCH): plain SQL on the DBAPI connection
+# (store.db.Sql) instead of a Core construct built, cache-keyed and compiled per call.
+_USER_COLUMNS = "id, user_name, active, attrs, version, created, last_modified"
+_USER_BY_ID = Sql(f"SELECT {_USER_COLUMNS} FROM scim_users WHERE id = ?")
+_USER_WITH_GROUPS = Sql(
+    "SELECT u.id, u.user_name, u.active, u.attrs, u.version, u.created, u.last_modified, "
+    "g.id, g.display_name FROM scim_users u "
+    "LEFT JOIN scim_members m ON m.member_id = u.id "
+    "LEFT JOIN scim_groups g ON g.id = m.group_id "
+    "WHERE u.id = ? ORDER BY g.display_name"
+)
+_USERS_BY_NAME_WITH_GROUPS = Sql(
+    "SELECT u.id, u.user_name, u.active, u.attrs, u.version, u.created, u.last_modified, "
+    "g.id, g.display_name FROM scim_users u "
+    "LEFT JOIN scim_members m ON m.member_id = u.id "
+    "LEFT JOIN scim_groups g ON g.id = m.group_id "
+    "WHERE u.user_name_lower = ? ORDER BY u.id, g.display_name"
+)
+_USER_NAME_TAKEN = Sql("SELECT id FROM scim_users WHERE user_name_lower = ? AND id <> ?")
+_INSERT_USER = Sql(
+    "INSERT INTO scim_users (id, user_name, user_name_lower, external_id, active, "
+    "display_name, attrs, version, created, last_modified) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_name_lower) DO NOTHING",
+    "INSERT INTO scim_users (id, user_name, user_name_lower, external_id, active, "
+    "display_name, attrs, version, created, last_modified) "
+    "VALUES (?, ?, ?, ?, ?, ?, CAST(? AS JSONB), ?, ?, ?) ON CONFLICT (user_name_lower) DO NOTHING",
+)
+_UPDATE_USER = Sql(
+    "UPDATE scim_users SET user_name = ?, user_name_lower = ?, external_id = ?, active = ?, "
+    "display_name = ?, attrs = ?, version = ?, last_modified = ? WHERE id = ?",
+    "UPDATE scim_users SET user_name = ?, user_name_lower = ?, external_id = ?, active = ?, "
+    "display_name = ?, attrs = CAST(? AS JSONB), version = ?, last_modified = ? WHERE id = ?",
+)
+
+
+def _doc(value: Any) -> dict[str, Any]:
+    """A JSON column as read by the DBAPI: text on SQLite, already decoded on PostgreSQL."""
+    return json.loads(value) if isinstance(value, str | bytes) else dict(value)
+
+
+def _user_raw(r: Sequence[Any]) -> UserRow:
+    return UserRow(r[0], r[1], bool(r[2]), _doc(r[3]), r[4], r[5], r[6])
+
+
+def _taken(user_name: str) -> errors.Uniqueness:
+    return errors.Uniqueness(f"userName {user_name!r} is already taken")
 
 
 def insert_user(conn: Connection, resource: dict[str, Any]) -> UserRow:
-    _unique_user_name(conn, resource["userName"], None)
     now = now_iso()
-    values = {
-        "id": new_id(),
-        **_user_values(resource),
-        "version": 1,
-        "created": now,
-        "last_modified": now,
-    }
-    # Writers are serialised (Database.write), so the check above cannot race.
-    conn.execute(U.insert().values(**values))
-    return _user_from(values)
+    v = _user_values(resource)
+    uid = new_id()
+    # RFC 7643 §4.1.1 uniqueness: the unique index on user_name_lower decides, in the same
+    # statement (writers are serialised anyway, Database.write).
+    cur = _INSERT_USER.run(conn, (uid, v["user_name"], v["user_name_lower"], v["external_id"],
+                                  v["active"], v["display_name"], json.dumps(v["attrs"]),
+                                  1, now, now))  # fmt: skip
+    if cur.rowcount == 0:
+        raise _taken(resource["userName"])
+    return UserRow(uid, v["user_name"], v["active"], v["attrs"], 1, now, now)
 
 
 def get_user(conn: Connection, user_id: str) -> UserRow:
-    r = conn.execute(sa.select(U).where(U.c.id == user_id)).first()
+    r = _USER_BY_ID.run(conn, (user_id,)).fetchone()
     if r is None:
         raise errors.NotFound(f"User {user_id} not found")
-    return _user(r)
+    return _user_raw(r)
+
+
+def get_user_with_groups(conn: Connection, user_id: str) -> tuple[UserRow, list[tuple[str, str]]]:
+    """A user and its direct groups [(group id, displayName)], in one statement."""
+    rows = _USER_WITH_GROUPS.run(conn, (user_id,)).fetchall()
+    if not rows:
+        raise errors.NotFound(f"User {user_id} not found")
+    return _user_raw(rows[0]), [(r[7], r[8]) for r in rows if r[7] is not None]
+
+
+def users_by_user_name(
+    conn: Connection, user_name: str
+) -> list[tuple[UserRow, list[tuple[str, str]]]]:
+    """The user whose userName equals ``user_name`` case-insensitively (RFC 7643 §4.1.1),
+    with its direct groups [(group id, displayName)], in one statement."""
+    out: dict[str, tuple[UserRow, list[tuple[str, str]]]] = {}
+    for r in _USERS_BY_NAME_WITH_GROUPS.run(conn, (user_name.lower(),)):
+        if r[0] not in out:
+            out[r[0]] = (_user_raw(r), [])
+        if r[7] is not None:
+            out[r[0]][1].append((r[7], r[8]))
+    return list(out.values())
 
 
 def update_user(conn: Connection, row: UserRow, resource: dict[str, Any]) -> UserRow:
-    _unique_user_name(conn, resource["userName"], row.id)
-    values = {**_user_values(resource), "version": row.version + 1, "last_modified": now_iso()}
-    conn.execute(U.update().where(U.c.id == row.id).values(**values))
+    v = _user_values(resource)
+    if v["user_name_lower"] != row.user_name.lower() and (
+        _USER_NAME_TAKEN.run(conn, (v["user_name_lower"], row.id)).fetchone() is not None
+    ):
+        raise _taken(resource["userName"])
+    version, now = row.version + 1, now_iso()
+    _UPDATE_USER.run(conn, (v["user_name"], v["user_name_lower"], v["external_id"], v["active"],
+                            v["display_name"], json.dumps(v["attrs"]), version, now, row.id))  # fmt: skip
     # What we just wrote, not a re-read: one statement less per write.
-    return _user_from({"id": row.id, "created": row.created, **values})
+    return UserRow(row.id, v["user_name"], v["active"], v["attrs"], version, row.created, now)
 
 
 def delete_user(conn: Connection, user_id: str) -> list[str]:
@@ -187,13 +249,14 @@ def groups_of_users(conn: Connection, user_ids: Sequence[str]) -> dict[str, list
     out: dict[str, list[tuple[str, str]]] = {uid: [] for uid in user_ids}
     if not user_ids:
         return out
-    q = (
-        sa.select(M.c.member_id, G.c.id, G.c.display_name)
-        .select_from(M.join(G, G.c.id == M.c.group_id))
-        .where(M.c.member_id.in_(list(user_ids)))
-        .order_by(M.c.member_id, G.c.display_name)
+    ids = list(out)
+    q = Sql(
+        "SELECT m.member_id, g.id, g.display_name FROM scim_members m "
+        "JOIN scim_groups g ON g.id = m.group_id "
+        f"WHERE m.member_id IN ({', '.join('?' for _ in ids)}) "
+        "ORDER BY m.member_id, g.display_name"
     )
-    for member_id, gid, name in conn.execute(q):
+    for member_id, gid, name in q.run(conn, ids):
         out[member_id].append((gid, name))
     return out
 
