@@ -278,8 +278,8 @@ def payload_from_lines(
     if validator.key_re is KEY_RE and validator.value_re is VALUE_RE:
         if not _default_lines_valid(lines, data):
             raise UnsafeRuntimeArgument("payload line outside the allow-lists")
-        # The regex is stricter than _check_body's structure check, which chunk_payload
-        # still runs on every body before it is sent.
+        # Stricter than _check_body's structure check, which iter_payload_chunks still
+        # runs on every request before it is sent.
         return PayloadBody(data, len(lines), validator)
     for line in lines:
         key, sep, value = line.partition(b" ")
@@ -308,8 +308,8 @@ class PendingBodies(Sequence[PayloadBody]):
     """Payload bodies checked piece by piece (:func:`payload_from_lines` over slices of
     lines), in order, by whoever drives them: :meth:`step` does one slice (about a
     millisecond), for a sender to call while HAProxy parses what it was sent; asking for a
-    body (indexing, :meth:`wait`) finishes the work up to it. No thread of its own: a
-    regex holds the GIL for its whole run, so a checking thread would stall the sender.
+    body (indexing, :meth:`wait`) finishes the work up to it. No thread of its own: the
+    checks are long C calls that hold the GIL, so a checking thread would stall the sender.
 
     ``counts`` is known at once; a body that failed raises :class:`UnsafeRuntimeArgument`
     when asked for (no unchecked body is ever handed out). ``done`` is set once every body

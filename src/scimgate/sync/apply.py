@@ -68,10 +68,10 @@ def bucket_lines(
     blob: bytes, rows: int, shards: int, validator: EntryValidator = DEFAULT_VALIDATOR
 ) -> PendingBodies:
     """``rows`` entries as LF-terminated ``key value`` lines (any order) → one body per
-    shard (``shard_of``: the key's leading 1 or 2 hex digits), checked in the background.
+    shard (``shard_of``: the key's leading 1 or 2 hex digits), checked as they are used.
 
-    One split and one pass that buckets lines by prefix, then one regex per shard body
-    (:func:`payload_from_lines`). The line count must equal ``rows``: a key or value
+    One split and one pass that buckets lines by prefix, then C-level checks per shard
+    body (:func:`payload_from_lines`, stepped by the sender: ``PendingBodies``). The line count must equal ``rows``: a key or value
     holding an LF would read as an extra, valid-looking line. Raises
     :class:`UnsafeRuntimeArgument` on a count mismatch or a prefix that is not uppercase
     hex; a body failing its check raises when it is asked for."""

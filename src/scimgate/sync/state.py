@@ -122,8 +122,8 @@ _ENTRIES_SQL = (
 @dataclass(frozen=True)
 class ResyncPayloads:
     """The desired state as of change ``seq``, as one payload body per shard; the bodies
-    are validated in the background, in shard order (indexing ``bodies`` waits for that
-    one and raises :class:`UnsafeRuntimeArgument` if it failed)."""
+    are checked as they are asked for or stepped (asking for one that failed raises
+    :class:`UnsafeRuntimeArgument`)."""
 
     seq: int
     bodies: PendingBodies
@@ -147,16 +147,19 @@ def read_resync_payloads(
     (:func:`read_snapshot` + ``valid_entries``), which drops and logs the culprits.
 
     The database concatenates the lines (one C-level aggregate instead of 1M Python row
-    tuples); Python splits them once, buckets them by prefix and checks each shard's body
-    with one compiled regex (in a background thread, so the first shard can stream while
-    the others are checked). The line count must equal the row count, so a value carrying
-    an LF (which would read as an extra, valid-looking line) sends the whole read to the
-    per-entry path instead."""
+    tuples); Python splits them once and buckets them by prefix; each shard's body is then
+    checked in C-level passes while earlier ones stream (``PendingBodies``). The line
+    count must equal the row count, so a value carrying an LF (which would read as an
+    extra, valid-looking line) sends the whole read to the per-entry path instead."""
     if shards not in VALID_SHARD_COUNTS:
         raise ValueError(f"shards must be one of {VALID_SHARD_COUNTS}")
-    with snapshot_read(db) as conn:
-        seq = head_seq(conn)
-        got = _entry_lines(conn, db.dialect)
+    try:
+        with snapshot_read(db) as conn:
+            seq = head_seq(conn)
+            got = _entry_lines(conn, db.dialect)
+    except Exception:  # e.g. over SQLite's string length limit: the per-entry path copes
+        log.warning("sync: bulk read of the desired state failed", exc_info=True)
+        return None
     if got is None:
         return None
     rows, blob = got
@@ -168,7 +171,10 @@ def read_resync_payloads(
 
 
 def _entry_lines(conn: Connection, dialect: str) -> tuple[int, bytes] | None:
-    """(row count, every entry as ``key value`` LF-terminated lines, in no order)."""
+    """(row count, every entry as ``key value`` LF-terminated lines, in no order), with
+    the driver's own cursor in the caller's transaction; None for a dialect without it."""
+    if dialect not in ("sqlite", "postgresql"):
+        return None
     lf = "char(10)" if dialect == "sqlite" else "chr(10)"
     agg = "group_concat" if dialect == "sqlite" else "string_agg"
     E = tables.map_entries
@@ -181,15 +187,12 @@ def _entry_lines(conn: Connection, dialect: str) -> tuple[int, bytes] | None:
         dbapi = conn.connection.dbapi_connection
     except AttributeError:
         return None
-    if dbapi is None or dialect not in ("sqlite", "postgresql"):
+    if dbapi is None:
         return None
     cur = dbapi.cursor()
     try:
         cur.execute(sql)
         row = cur.fetchone()
-    except Exception:  # e.g. over SQLite's string length limit: the per-entry path copes
-        log.warning("sync: bulk read of the desired state failed", exc_info=True)
-        return None
     finally:
         cur.close()
     if row is None:
