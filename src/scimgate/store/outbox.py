@@ -3,7 +3,8 @@ transaction: a 2xx SCIM response means the HAProxy effect is durable and on its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,8 +117,8 @@ def rebuild_all(conn: Connection, entries_fn: EntriesFn, batch: int = 2000) -> l
         owner[key] = user_id
     groups_by_user = _idp_groups_by_user(conn)
     diff = _EntryDiff(owner)
-    for row in conn.execute(sa.select(tables.users).order_by(tables.users.c.id)):
-        user = resources.user_resource(resources._user(row), "")
+    for row in _user_rows(conn):
+        user = resources.user_resource(row, "")
         desired = entries_fn(user, groups_by_user.get(row.id, []))
         diff.refresh(row.id, current_by_user.pop(row.id, {}), desired)
     for user_id in sorted(current_by_user):  # entries whose user no longer exists
@@ -126,6 +127,38 @@ def rebuild_all(conn: Connection, entries_fn: EntriesFn, batch: int = 2000) -> l
 
 
 M, G = tables.members, tables.groups
+U = tables.users
+_USER_COLUMNS = (U.c.id, U.c.user_name, U.c.active, U.c.attrs, U.c.version, U.c.created,
+                 U.c.last_modified)  # fmt: skip
+
+
+def _user_rows(conn: Connection) -> Iterator[resources.UserRow]:
+    """Every user in id order, as ``resources._user`` would make it, read with the driver's
+    own cursor (no SQLAlchemy Row and type processing per user: a third of the time at
+    100k users); Core when the driver connection is not at hand."""
+    try:
+        dbapi = conn.connection.dbapi_connection
+    except AttributeError:
+        dbapi = None
+    if dbapi is None:
+        for r in conn.execute(sa.select(U).order_by(U.c.id)):
+            yield resources._user(r)
+        return
+    cur = dbapi.cursor()
+    try:
+        # Fixed names, no parameters.
+        cur.execute(
+            f"SELECT {', '.join(c.name for c in _USER_COLUMNS)} FROM {U.name} ORDER BY {U.c.id.name}"
+        )
+        while rows := cur.fetchmany(5000):
+            for uid, user_name, active, attrs, version, created, last_modified in rows:
+                # JSON text on SQLite; psycopg decodes JSONB itself.
+                doc = json.loads(attrs) if isinstance(attrs, str | bytes) else attrs
+                yield resources.UserRow(
+                    uid, user_name, bool(active), dict(doc), version, created, last_modified
+                )
+    finally:
+        cur.close()
 
 
 def _idp_groups_by_user(conn: Connection) -> dict[str, list[dict[str, Any]]]:
