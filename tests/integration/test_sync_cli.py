@@ -14,12 +14,11 @@ from scimgate.cli import main
 from scimgate.store.db import Database
 from tests.fixtures.haproxy import RunningHAProxy
 from tests.integration.test_sync_engine import (
-    LAYOUT_NAMES,
-    OVERLAY_MAP_NAME,
     audit_events,
     desired,
     haproxy_config,
     key,
+    layout_files,
     live_state,
     make_db,
     put,
@@ -30,9 +29,7 @@ pytestmark = pytest.mark.haproxy
 
 
 def test_resync_then_status(tmp_path: Path, haproxy_factory: Callable[..., RunningHAProxy]) -> None:
-    proc = haproxy_factory(
-        haproxy_config(), files={n: "" for n in [*LAYOUT_NAMES, OVERLAY_MAP_NAME]}
-    )
+    proc = haproxy_factory(haproxy_config(), files=layout_files())
     url = f"sqlite:///{tmp_path / 'scimgate.db'}"
     t = target(proc, "edge1")
     (tmp_path / "scimgate.yaml").write_text(

@@ -39,6 +39,11 @@ SHARDS = 16
 LAYOUT_NAMES = map_file_names(SHARDS)
 
 
+def layout_files(overlay: bool = True) -> dict[str, str]:
+    """Empty map files of the test layout (HAProxy refuses to start on a missing one)."""
+    return {n: "" for n in [*LAYOUT_NAMES, *([OVERLAY_MAP_NAME] if overlay else [])]}
+
+
 def haproxy_config(overlay: bool = True) -> str:
     """As rendered configs do: the overlay first, its shard only where it has no entry."""
     guard = " !{ var(txn.groups) -m found }" if overlay else ""
@@ -69,8 +74,7 @@ def start_haproxy(
     haproxy_factory: Callable[..., RunningHAProxy],
 ) -> Callable[[], RunningHAProxy]:
     def start(overlay: bool = True) -> RunningHAProxy:
-        files = {n: "" for n in [*LAYOUT_NAMES, *([OVERLAY_MAP_NAME] if overlay else [])]}
-        return haproxy_factory(haproxy_config(overlay), files=files)
+        return haproxy_factory(haproxy_config(overlay), files=layout_files(overlay))
 
     return start
 

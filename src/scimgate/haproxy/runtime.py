@@ -22,16 +22,19 @@ Facts this code relies on (HAProxy 2.6.12, measured: research/haproxy-limits.md)
 from __future__ import annotations
 
 import contextlib
+import itertools
+import operator
 import re
 import select
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from typing import Literal, NewType
+from typing import Any, Literal, NewType
 
 # --------------------------------------------------------------------------- validation
 
@@ -199,7 +202,8 @@ def _check_body(body: bytes, count: int) -> None:
 
 @dataclass(frozen=True)
 class PayloadBody:
-    """Validated ``key value\n`` lines of one map (only :func:`encode_payload` makes one)."""
+    """Validated ``key value\n`` lines of one map (only :func:`encode_payload` and
+    :func:`payload_from_lines` make one)."""
 
     data: bytes
     count: int
@@ -229,6 +233,165 @@ def encode_payload(
         raise UnsafeRuntimeArgument("map entry outside ASCII") from None
     _check_body(data, len(entries))
     return PayloadBody(data, len(entries), validator)
+
+
+#: VALUE_RE over bytes, for the distinct values of a bulk body.
+_VALUE_BYTES_RE = re.compile(VALUE_RE.pattern.encode("ascii"))
+_KEY_PREFIX = operator.itemgetter(slice(0, 64))
+_AFTER_KEY = operator.itemgetter(64)
+_VALUE_PART = operator.itemgetter(slice(65, None))
+
+
+def _default_lines_valid(lines: Sequence[bytes], data: bytes) -> bool:
+    """Every line is ``KEY_RE SP VALUE_RE`` (and a value fits a CLI word), checked with
+    C-level passes instead of a regex over every byte: each line has a space at offset
+    64 and there are as many spaces as lines (so exactly one each, there); the 64 bytes
+    before it, joined, are all uppercase hex; each *distinct* value after it (values are
+    group sets: few) fullmatches VALUE_RE; and ``data`` (the lines joined by LF) has one
+    LF per line, so no element hid a second line."""
+    if not lines:
+        return not data
+    try:
+        if set(map(_AFTER_KEY, lines)) != {0x20}:
+            return False
+    except IndexError:  # a line shorter than a key and its space
+        return False
+    if data.count(b" ") != len(lines) or data.count(b"\n") != len(lines):
+        return False
+    if b"".join(map(_KEY_PREFIX, lines)).translate(None, _HEX_UPPER):
+        return False
+    return all(
+        len(value) <= _MAX_WORD and _VALUE_BYTES_RE.fullmatch(value) is not None
+        for value in set(map(_VALUE_PART, lines))
+    )
+
+
+def payload_from_lines(
+    lines: Sequence[bytes], validator: EntryValidator = DEFAULT_VALIDATOR
+) -> PayloadBody:
+    """A body from ``key value`` lines (without their LF), after checking every line against
+    the allow-lists, all-or-nothing like :func:`encode_payload`.
+
+    With the default allow-lists the whole body is checked in a few C-level passes
+    (:func:`_default_lines_valid`) instead of a call per entry; other validators check each line's key and value with their own
+    patterns. An element holding an LF is refused (it would read as two lines)."""
+    data = b"\n".join(lines) + b"\n" if lines else b""
+    if validator.key_re is KEY_RE and validator.value_re is VALUE_RE:
+        if not _default_lines_valid(lines, data):
+            raise UnsafeRuntimeArgument("payload line outside the allow-lists")
+        # Stricter than _check_body's structure check, which iter_payload_chunks still
+        # runs on every request before it is sent.
+        return PayloadBody(data, len(lines), validator)
+    for line in lines:
+        key, sep, value = line.partition(b" ")
+        if not sep:
+            raise UnsafeRuntimeArgument("payload line without a value")
+        try:
+            validator.key(key.decode("ascii"))
+            validator.value(value.decode("ascii"))
+        except UnicodeDecodeError:
+            raise UnsafeRuntimeArgument("map entry outside ASCII") from None
+    _check_body(data, len(lines))
+    return PayloadBody(data, len(lines), validator)
+
+
+@dataclass(frozen=True)
+class DeferredBody:
+    """A payload body of known ``count`` that ``result()`` hands over once validated (it
+    raises :class:`UnsafeRuntimeArgument` instead if validation failed)."""
+
+    count: int
+    result: Callable[[], PayloadBody]
+    validator: EntryValidator = DEFAULT_VALIDATOR
+
+
+class PendingBodies(Sequence[PayloadBody]):
+    """Payload bodies checked piece by piece (:func:`payload_from_lines` over slices of
+    lines), in order, by whoever drives them: :meth:`step` does one slice (about a
+    millisecond), for a sender to call while HAProxy parses what it was sent; asking for a
+    body (indexing, :meth:`wait`) finishes the work up to it. No thread of its own: the
+    checks are long C calls that hold the GIL, so a checking thread would stall the sender.
+
+    ``counts`` is known at once; a body that failed raises :class:`UnsafeRuntimeArgument`
+    when asked for (no unchecked body is ever handed out). ``done`` is set once every body
+    is checked (passed or failed)."""
+
+    #: Lines per checked slice: ~35 kB of payload, a fraction of the time HAProxy takes
+    #: to parse one payload request (a sender notices a reply only between steps).
+    SLICE_LINES = 512
+
+    def __init__(
+        self, line_lists: Sequence[list[bytes]], validator: EntryValidator = DEFAULT_VALIDATOR
+    ) -> None:
+        self.counts = [len(lines) for lines in line_lists]
+        self.validator = validator
+        self.done = threading.Event()
+        self._lines: list[list[bytes] | None] = list(line_lists)
+        self._parts: list[bytes] = []  # checked slices of the current body
+        self._bodies: list[PayloadBody | BaseException | None] = [None] * len(line_lists)
+        self._next = 0  # the body being checked
+        self._pos = 0  # its next line
+        self._lock = threading.Lock()
+        if not line_lists:
+            self.done.set()
+
+    def step(self) -> bool:
+        """Check one slice; False once there is nothing left to check."""
+        with self._lock:
+            return self._step()
+
+    def _step(self) -> bool:
+        i = self._next
+        if i >= len(self._bodies):
+            return False
+        lines = self._lines[i]
+        assert lines is not None
+        end = self._pos + self.SLICE_LINES
+        finished: PayloadBody | BaseException | None = None
+        try:
+            self._parts.append(payload_from_lines(lines[self._pos : end], self.validator).data)
+            if end >= len(lines):
+                finished = PayloadBody(b"".join(self._parts), len(lines), self.validator)
+        except UnsafeRuntimeArgument as exc:  # handed to whoever asks for this body
+            finished = exc
+        self._pos = end
+        if finished is not None:
+            self._bodies[i] = finished
+            self._lines[i] = None
+            self._parts = []
+            self._next, self._pos = i + 1, 0
+            if self._next == len(self._bodies):
+                self.done.set()
+        return self._next < len(self._bodies)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def _get(self, i: int) -> PayloadBody:
+        with self._lock:
+            while self._bodies[i] is None:
+                self._step()
+        body = self._bodies[i]
+        if isinstance(body, BaseException):
+            raise UnsafeRuntimeArgument(f"payload body {i} failed validation") from body
+        assert body is not None
+        return body
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(len(self))[i]]
+        return self._get(range(len(self))[i])
+
+    def wait(self) -> list[PayloadBody]:
+        """Every body (raises if any failed)."""
+        return [self._get(i) for i in range(len(self))]
+
+    def deferred(self) -> list[DeferredBody]:
+        """One :class:`DeferredBody` per body, for :meth:`RuntimeClient.replace_maps`."""
+        return [
+            DeferredBody(count, lambda i=i: self._get(i), self.validator)  # type: ignore[misc]
+            for i, count in enumerate(self.counts)
+        ]
 
 
 def _command(
@@ -464,6 +627,13 @@ _PROMPT = b"\n> "
 #: replace_maps stages about this many entries (old + new versions coexist) per round.
 REPLACE_GROUP_ENTRIES = 131_072
 _SMALL_WRITE = 32 * 1024
+#: A streamed pipeline makes requests only while less than this many bytes wait to be sent.
+_STREAM_AHEAD = 1 << 20
+#: Buffers per sendmsg call (well under IOV_MAX, 1024 on Linux).
+_SENDMSG_BUFFERS = 256
+#: Socket buffers asked for (the kernel caps them at net.core.[wr]mem_max): a resync keeps
+#: a few MB of payload queued so HAProxy never waits for us.
+_SOCKET_BUFFER = 4 << 20
 _SEVERITY = re.compile(r"^\[(\d)\]: ?")
 _NOT_FOUND_SET = "entry not found."
 _NOT_FOUND_DEL = "Key not found."
@@ -517,6 +687,10 @@ class RuntimeClient:
         self.connects = 0
         #: Seconds per phase of the last replace_map(s) call (for benchmarks and logs).
         self.last_replace_timings: dict[str, float] = {}
+        #: Replace payloads go one request per non-interactive connection (about half
+        #: HAProxy's CPU per entry; see _payloads_one_shot); False streams them on the
+        #: persistent prompt connection.
+        self.payload_connections = True
 
     # ---- connection management
 
@@ -554,6 +728,9 @@ class RuntimeClient:
             return self._sock
         self.close()
         sock = self.address.connect(self.timeout)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            with contextlib.suppress(OSError):  # a hint: the kernel caps or ignores it
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
         self._sock = sock
         handshake = [_Request(b"prompt\n"), _Request(b"set severity-output number\n")]
         if self.cli_timeout:
@@ -578,24 +755,27 @@ class RuntimeClient:
         self.connects += 1
         return sock
 
-    def _exchange(self, requests: Sequence[_Request]) -> list[str]:
+    def _exchange(self, requests: Iterable[_Request]) -> list[str]:
         with self._lock:
             sock = self._ensure_connected()
             try:
                 return self._io(sock, requests)
-            except RuntimeConnectionLost:
+            except BaseException:
+                # Lost, or a streamed request failed to be made mid-stream (bytes of a
+                # payload may be in flight): either way this stream is unusable.
                 self.close()
                 raise
 
-    def _io(self, sock: socket.socket, requests: Sequence[_Request]) -> list[str]:
+    def _io(self, sock: socket.socket, requests: Iterable[_Request]) -> list[str]:
         """Send the requests and return exactly one reply per request.
 
         A small write goes out with one blocking ``sendall`` (it fits in the socket
-        buffer, so it cannot block on HAProxy's unread replies). A large pipeline
-        interleaves writing and reading: HAProxy stops reading commands once its reply
-        buffer is full, so write-everything-then-read would deadlock (seen with 20k adds).
+        buffer, so it cannot block on HAProxy's unread replies). A large pipeline (or an
+        iterator, whose requests are made while earlier ones stream) interleaves writing
+        and reading: HAProxy stops reading commands once its reply buffer is full, so
+        write-everything-then-read would deadlock (seen with 20k adds).
         """
-        blob = memoryview(b"".join(r.data for r in requests))
+        sent_reqs: list[_Request] = []
         replies: list[str] = []
         buf = bytearray()
         scan_from = 0  # no prompt before this offset in buf
@@ -605,24 +785,30 @@ class RuntimeClient:
             if not chunk:
                 # HAProxy drops over-long lines/payloads by closing, without a word.
                 raise RuntimeConnectionLost(
-                    f"HAProxy closed the CLI connection during {requests[len(replies)].label!r}",
+                    f"HAProxy closed the CLI connection during {_pending_label()!r}",
                     len(replies),
                 )
             buf.extend(chunk)
-            scan_from = _take_replies(buf, scan_from, requests, replies)
+            scan_from = _take_replies(buf, scan_from, sent_reqs, replies)
+
+        def _pending_label() -> str:
+            return sent_reqs[len(replies)].label if len(replies) < len(sent_reqs) else "?"
 
         try:
-            if len(blob) <= _SMALL_WRITE:
+            if isinstance(requests, Sequence) and (
+                sum(len(r.data) for r in requests) <= _SMALL_WRITE
+            ):
+                sent_reqs.extend(requests)
                 sock.settimeout(self.timeout)
-                sock.sendall(blob)
-                while len(replies) < len(requests):
+                sock.sendall(b"".join(r.data for r in requests))
+                while len(replies) < len(sent_reqs):
                     receive(sock.recv(1 << 20))
             else:
-                self._interleaved(sock, blob, requests, replies, receive)
+                self._interleaved(sock, iter(requests), sent_reqs, replies, receive)
         except TimeoutError as exc:
             raise RuntimeConnectionLost(
                 f"no reply from {self.address} within {self.timeout}s "
-                f"(waiting for {requests[len(replies)].label!r})",
+                f"(waiting for {_pending_label()!r})",
                 len(replies),
             ) from exc
         except OSError as exc:
@@ -634,28 +820,62 @@ class RuntimeClient:
     def _interleaved(
         self,
         sock: socket.socket,
-        blob: memoryview,
-        requests: Sequence[_Request],
+        source: Iterator[_Request],
+        sent_reqs: list[_Request],
         replies: list[str],
         receive: Callable[[bytes], None],
     ) -> None:
-        sent = 0
+        """Stream requests from ``source`` (pulled only while less than _STREAM_AHEAD bytes
+        wait to be sent, so a lazily built payload overlaps with HAProxy parsing the
+        previous one) with ``sendmsg`` over the buffers themselves (no joined copy), and
+        read replies as they come."""
+        queue: deque[memoryview] = deque()
+        queued = 0
+        exhausted = False
         sock.setblocking(False)
         sel = selectors.DefaultSelector()
         try:
-            sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            registered = selectors.EVENT_READ | selectors.EVENT_WRITE
+            sel.register(sock, registered)
             deadline = time.monotonic() + self.timeout
-            while len(replies) < len(requests):
+            while True:
+                if not exhausted and queued < _STREAM_AHEAD:
+                    for req in source:
+                        sent_reqs.append(req)
+                        queue.append(memoryview(req.data))
+                        queued += len(req.data)
+                        if queued >= _STREAM_AHEAD:
+                            break
+                    else:
+                        exhausted = True
+                    # Time spent making requests is ours, not HAProxy's.
+                    deadline = time.monotonic() + self.timeout
+                if exhausted and not queue and len(replies) >= len(sent_reqs):
+                    return
+                wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if queue else 0)
+                if wanted != registered:
+                    sel.modify(sock, wanted)
+                    registered = wanted
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
                 for _key, mask in sel.select(remaining):
-                    if mask & selectors.EVENT_WRITE and sent < len(blob):
-                        with contextlib.suppress(BlockingIOError):
-                            sent += sock.send(blob[sent : sent + 262144])
+                    if mask & selectors.EVENT_WRITE and queue:
+                        try:
+                            n = sock.sendmsg(list(itertools.islice(queue, _SENDMSG_BUFFERS)))
+                        except BlockingIOError:
+                            n = 0
+                        if n:
                             deadline = time.monotonic() + self.timeout
-                        if sent >= len(blob):
-                            sel.modify(sock, selectors.EVENT_READ)
+                            queued -= n
+                            while n:
+                                head = queue[0]
+                                if len(head) <= n:
+                                    n -= len(head)
+                                    queue.popleft()
+                                else:
+                                    queue[0] = head[n:]
+                                    n = 0
                     if mask & selectors.EVENT_READ:
                         try:
                             chunk = sock.recv(1 << 20)
@@ -875,31 +1095,37 @@ class RuntimeClient:
 
     def replace_maps(
         self,
-        maps: Sequence[tuple[str, Mapping[str, str] | PayloadBody]],
+        maps: Sequence[tuple[str, Mapping[str, str] | PayloadBody | DeferredBody]],
         *,
         max_chunk_bytes: int = MAX_PAYLOAD_BYTES,
         group_entries: int = REPLACE_GROUP_ENTRIES,
         before_commit: Callable[[], None] | None = None,
+        background: Callable[[], bool] | None = None,
     ) -> list[ReplaceResult]:
         """:meth:`replace_map` for several maps, pipelined: maps are taken in groups of
         about ``group_entries`` staged entries (bounding the memory that old and new
         versions hold together); per group one round trip prepares every map, one streams
         every payload chunk and reads the staged counts, one commits. Each map flips at its
         own commit; a group commits only if all its maps staged exactly. Every entry of
-        every map is validated before anything is sent (a :class:`PayloadBody` from
-        :func:`encode_payload` was, with this client's validator). ``before_commit`` runs
-        once, before the first commit (e.g. to finish writing the map files).
+        a map is validated before any of it is sent (a :class:`PayloadBody` from
+        :func:`encode_payload` was, with this client's validator; a :class:`DeferredBody`
+        is when it is taken). ``before_commit`` runs once, before the first commit (e.g.
+        to finish writing the map files). ``background`` is work to do in small steps
+        while HAProxy parses a payload request (returns False when none is left), e.g.
+        :meth:`PendingBodies.step`.
         """
         if not 64 <= max_chunk_bytes <= MAX_PAYLOAD_BYTES:
             raise ValueError(f"max_chunk_bytes must be within 64..{MAX_PAYLOAD_BYTES}")
-        timings = dict.fromkeys(("validate", "prepare", "chunk", "send", "commit"), 0.0)
+        timings = dict.fromkeys(
+            ("validate", "prepare", "chunk", "send", "before_commit", "commit"), 0.0
+        )
         self.last_replace_timings = timings
         t = time.perf_counter()
         bodies = [
             (self.validator.map_path(path), self._payload_body(entries)) for path, entries in maps
         ]
         timings["validate"] = time.perf_counter() - t
-        groups: list[list[tuple[Word, PayloadBody]]] = []
+        groups: list[list[tuple[Word, PayloadBody | DeferredBody]]] = []
         size = 0
         for item in bodies:
             if not groups or (groups[-1] and size + item[1].count > group_entries):
@@ -911,12 +1137,16 @@ class RuntimeClient:
         pending_hook = before_commit
         with self._lock:
             for group in groups:
-                results += self._replace_group(group, max_chunk_bytes, timings, pending_hook)
+                results += self._replace_group(
+                    group, max_chunk_bytes, timings, pending_hook, background
+                )
                 pending_hook = None
         return results
 
-    def _payload_body(self, entries: Mapping[str, str] | PayloadBody) -> PayloadBody:
-        if isinstance(entries, PayloadBody):
+    def _payload_body(
+        self, entries: Mapping[str, str] | PayloadBody | DeferredBody
+    ) -> PayloadBody | DeferredBody:
+        if isinstance(entries, PayloadBody | DeferredBody):
             if entries.validator is not self.validator and entries.validator != self.validator:
                 raise UnsafeRuntimeArgument("payload body validated with other allow-lists")
             return entries
@@ -924,10 +1154,11 @@ class RuntimeClient:
 
     def _replace_group(
         self,
-        group: Sequence[tuple[Word, PayloadBody]],
+        group: Sequence[tuple[Word, PayloadBody | DeferredBody]],
         max_chunk_bytes: int,
         timings: dict[str, float],
         before_commit: Callable[[], None] | None,
+        background: Callable[[], bool] | None = None,
     ) -> list[ReplaceResult]:
         t = time.perf_counter()
         reqs = [_Request(b"show map\n")]
@@ -936,6 +1167,7 @@ class RuntimeClient:
         counts = {m.path: m.entry_cnt for m in _parse_map_list(replies[0])}
         versions: list[int] = []
         prepared: list[tuple[Word, int]] = []
+        chunk_sizes: list[list[int]] = [[] for _ in group]
         try:
             for (path, _), reply in zip(group, replies[1:], strict=True):
                 m = re.fullmatch(r"New version created: (\d+)", _message(reply)[1])
@@ -950,29 +1182,49 @@ class RuntimeClient:
                 )
             timings["prepare"] += time.perf_counter() - t
             t = time.perf_counter()
-            chunked = [
-                chunk_payload(version, path, body, max_chunk_bytes)
-                for (path, body), version in zip(group, versions, strict=True)
-            ]
-            payload = [_Request(c, payload=True) for chunks in chunked for c in chunks]
-            timings["chunk"] += time.perf_counter() - t
-            t = time.perf_counter()
-            replies = self._exchange([*payload, _Request(b"show map\n")])
-            for req, r in zip(payload, replies, strict=False):
+
+            def stream() -> Iterator[_Request]:
+                # Made while the previous chunks stream: a deferred body is awaited (and
+                # chunked) only when HAProxy is already busy with what came before it.
+                for i, ((path, item), version) in enumerate(zip(group, versions, strict=True)):
+                    started = time.perf_counter()
+                    body = item.result() if isinstance(item, DeferredBody) else item
+                    if body.count != item.count:
+                        raise UnsafeRuntimeArgument("payload body count changed")
+                    timings["chunk"] += time.perf_counter() - started
+                    for c in iter_payload_chunks(version, path, body, max_chunk_bytes):
+                        chunk_sizes[i].append(len(c))
+                        yield _Request(c, payload=True)
+
+            sent: list[_Request] = []
+
+            def recorded() -> Iterator[_Request]:
+                for req in stream():
+                    sent.append(req)
+                    yield req
+
+            if self.payload_connections:
+                replies = self._payloads_one_shot(recorded(), background)
+                replies += self._exchange([_Request(b"show map\n")])
+            else:
+                replies = self._exchange(itertools.chain(recorded(), [_Request(b"show map\n")]))
+            for req, r in zip(sent, replies, strict=False):
                 if r.strip():
                     raise RuntimeCommandError(req.label, r)
             after = {m.path: m.entry_cnt for m in _parse_map_list(replies[-1])}
-            for (path, body), version in zip(group, versions, strict=True):
+            for (path, item), version in zip(group, versions, strict=True):
                 staged = after.get(path, 0) - counts[path]
-                if staged != body.count:
+                if staged != item.count:
                     raise RuntimeCommandError(
                         f"add map @{version} {path}",
                         "",
-                        f"staged {staged} entries in version {version}, expected {body.count}",
+                        f"staged {staged} entries in version {version}, expected {item.count}",
                     )
             timings["send"] += time.perf_counter() - t
             if before_commit is not None:
+                t = time.perf_counter()
                 before_commit()
+                timings["before_commit"] = time.perf_counter() - t
         except BaseException:
             for path, version in prepared:
                 self._discard_version(path, version)
@@ -986,9 +1238,74 @@ class RuntimeClient:
         )
         timings["commit"] += time.perf_counter() - t
         return [
-            ReplaceResult(version, body.count, [len(c) for c in chunks])
-            for (_, body), version, chunks in zip(group, versions, chunked, strict=True)
+            ReplaceResult(version, item.count, sizes)
+            for (_, item), version, sizes in zip(group, versions, chunk_sizes, strict=True)
         ]
+
+    def _payloads_one_shot(
+        self, requests: Iterable[_Request], background: Callable[[], bool] | None = None
+    ) -> list[str]:
+        """Send each payload request on its own non-interactive connection, one after the
+        other; returns each one's reply (empty = accepted).
+
+        Why not the prompt connection: in prompt mode HAProxy 2.6 answers every payload
+        line with a ``+ `` prompt, which about doubles its CPU per entry (measured: 300k
+        entries, 1.9-2.4 s of worker CPU in prompt mode, 0.8-1.1 s non-interactive). The
+        next connection is opened while HAProxy parses the current request, so connecting
+        costs no HAProxy time; requests run one at a time (two at once cost more worker
+        CPU on this 2-thread config: both threads contend for the maps).
+
+        A non-interactive connection ends with EOF either way, so a dropped request looks
+        like an accepted one here: the caller must check the staged entry counts (through
+        the persistent connection, which also proves the worker: a request that reached
+        another worker after a reload is missing from this one's count).
+
+        While HAProxy parses a request, ``background`` steps run until its reply is ready."""
+        replies: list[str] = []
+        more_work = background is not None
+        current: socket.socket | None = None
+        upcoming: socket.socket | None = None
+        source = iter(requests)
+        following = next(source, None)
+        try:
+            while following is not None:
+                req = following
+                current = upcoming if upcoming is not None else self.address.connect(self.timeout)
+                upcoming = None
+                try:
+                    current.settimeout(self.timeout)
+                    current.sendall(req.data)
+                    # While HAProxy parses: the next connection, the next request, then
+                    # background steps until this reply is ready.
+                    upcoming = self.address.connect(self.timeout)
+                    following = next(source, None)
+                    if more_work:
+                        assert background is not None
+                        poller = select.poll()
+                        poller.register(current, select.POLLIN)
+                        while more_work and not poller.poll(0):
+                            more_work = background()
+                    parts: list[bytes] = []
+                    while chunk := current.recv(65536):
+                        parts.append(chunk)
+                except TimeoutError as exc:
+                    raise RuntimeConnectionLost(
+                        f"no reply from {self.address} within {self.timeout}s "
+                        f"(waiting for {req.label!r})",
+                        len(replies),
+                    ) from exc
+                except OSError as exc:
+                    raise RuntimeConnectionLost(
+                        f"CLI I/O failed during {req.label!r}: {exc}", len(replies)
+                    ) from exc
+                finally:
+                    current.close()
+                    current = None
+                replies.append(b"".join(parts).decode("utf-8", "replace"))
+        finally:
+            if upcoming is not None:
+                upcoming.close()
+        return replies
 
     def _discard_version(self, path: Word, version: int) -> None:
         # Best effort: the next prepare/commit purges an abandoned version anyway.
@@ -1023,19 +1340,34 @@ def chunk_payload(
 ) -> list[bytes]:
     """``add map @<ver> <map> <<`` requests over a validated body, cut at line ends, each
     (header + lines + ending empty line) at most max_bytes."""
+    return list(iter_payload_chunks(version, map_path, body, max_bytes))
+
+
+def iter_payload_chunks(
+    version: int, map_path: Word, body: PayloadBody, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> Iterator[bytes]:
+    """:func:`chunk_payload`, one request at a time (made while the previous one is being
+    parsed). Each request's lines pass the CLI-safe structure check before it is yielded,
+    and the lines of all of them must add up to the body's count: the same defence in
+    depth as checking the whole body up front, however the body was made."""
     header = _payload_header(version, map_path)
     data = body.data
-    _check_body(data, body.count)  # defence in depth: however the body was made
     room = max_bytes - len(header) - 1  # the empty line that ends the payload
-    chunks: list[bytes] = []
-    pos, end_all = 0, len(data)
+    pos, end_all, lines = 0, len(data), 0
     while pos < end_all:
         end = end_all if end_all - pos <= room else data.rfind(b"\n", pos, pos + room) + 1
         if end <= pos:
             raise UnsafeRuntimeArgument("a single map entry does not fit in one payload request")
-        chunks.append(b"".join((header, data[pos:end], b"\n")))
+        part = data[pos:end]
+        count = part.count(b"\n")
+        _check_body(part, count)
+        lines += count
+        if lines > body.count:
+            break
+        yield b"".join((header, part, b"\n"))
         pos = end
-    return chunks
+    if lines != body.count:
+        raise UnsafeRuntimeArgument("payload line count differs from the body's")
 
 
 def build_payload_chunks(

@@ -8,16 +8,20 @@ import logging
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 
 from scimgate.haproxy.runtime import (
     DEFAULT_VALIDATOR,
+    DeferredBody,
     EntryValidator,
     PayloadBody,
+    PendingBodies,
     RuntimeClient,
+    UnsafeRuntimeArgument,
     keys_valid,
     values_valid,
 )
-from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
+from scimgate.policy.compiler import OVERLAY_TOMBSTONE, VALID_SHARD_COUNTS, shard_of
 from scimgate.store.outbox import MapChange
 from scimgate.sync.layout import MapLayout
 
@@ -58,6 +62,50 @@ def valid_entries(
         else:
             rejected.append(key)
     return ok, rejected
+
+
+def bucket_lines(
+    blob: bytes, rows: int, shards: int, validator: EntryValidator = DEFAULT_VALIDATOR
+) -> PendingBodies:
+    """``rows`` entries as LF-terminated ``key value`` lines (any order) → one body per
+    shard (``shard_of``: the key's leading 1 or 2 hex digits), checked as they are used.
+
+    One split and one pass that buckets lines by prefix, then C-level checks per shard
+    body (:func:`payload_from_lines`, stepped by the sender: ``PendingBodies``). The line count must equal ``rows``: a key or value
+    holding an LF would read as an extra, valid-looking line. Raises
+    :class:`UnsafeRuntimeArgument` on a count mismatch or a prefix that is not uppercase
+    hex; a body failing its check raises when it is asked for."""
+    if shards not in VALID_SHARD_COUNTS:
+        raise ValueError(f"shards must be one of {VALID_SHARD_COUNTS}")
+    lines = blob.split(b"\n")
+    if lines.pop() != b"" or len(lines) != rows:
+        raise UnsafeRuntimeArgument("line count differs from the entry count")
+    if shards == 1:
+        return PendingBodies([lines], validator)
+    width = 1 if shards == 16 else 2
+    prefixes = [f"{i:0{width}X}".encode("ascii") for i in range(shards)]
+    buckets: list[list[bytes]] = [[] for _ in prefixes]
+    add = {p: b.append for p, b in zip(prefixes, buckets, strict=True)}
+    try:
+        for line in lines:
+            add[line[:width]](line)
+    except KeyError:  # not an uppercase hex prefix: not a valid key
+        raise UnsafeRuntimeArgument("identity key outside the allow-list") from None
+    return PendingBodies(buckets, validator)
+
+
+def _bulk_bodies(
+    entries: Mapping[str, str], shards: int, validator: EntryValidator
+) -> PendingBodies | None:
+    """The entries as bodies checked in the background, or None when the bulk form does
+    not apply (non-str or non-ASCII entries: the per-shard encoder names the culprit)."""
+    try:
+        text = "".join(
+            chain.from_iterable(zip(entries, repeat(" "), entries.values(), repeat("\n")))
+        )
+        return bucket_lines(text.encode("ascii"), len(entries), shards, validator)
+    except (TypeError, UnicodeEncodeError, UnsafeRuntimeArgument):
+        return None
 
 
 @dataclass(frozen=True)
@@ -261,19 +309,41 @@ def replace_all(
     layout: MapLayout,
     entries: Mapping[str, str],
     *,
-    shards: Sequence[Mapping[str, str] | PayloadBody] | None = None,
+    shards: Sequence[Mapping[str, str] | PayloadBody | DeferredBody] | None = None,
     before_commit: Callable[[], None] | None = None,
+    background: Callable[[], bool] | None = None,
 ) -> Sequence[int]:
     """Atomic per-shard replacement (prepare → chunked ``add @ver`` → commit). Returns the
     committed version of each shard. Each shard flips at its own commit; between two
     commits a key moves from old to new state, never through "absent". ``shards`` is
-    ``layout.split(entries)`` (or those shards encoded with the client's validator) when
-    the caller has it already; ``before_commit`` runs once,
-    after every shard of the first group is staged and before its commit. Pipelined: a few
-    round trips per group of shards, not per shard."""
+    ``layout.split(entries)`` (or those shards encoded with the client's validator, or
+    deferred bodies still being checked) when the caller has it already; ``before_commit`` runs once,
+    after every shard of the first group is staged and before its commit; ``background``
+    runs in steps while HAProxy parses (``PendingBodies.step`` of deferred ``shards``).
+    Pipelined: a few round trips per group of shards, not per shard."""
     if shards is None:
+        pending = _bulk_bodies(entries, layout.shards, client.validator)
+        if pending is not None:
+            hook = before_commit
+
+            def checked_first() -> None:
+                pending.wait()  # nothing is committed before every body passed
+                if hook is not None:
+                    hook()
+
+            try:
+                results = client.replace_maps(
+                    list(zip(layout.paths, pending.deferred(), strict=True)),
+                    before_commit=checked_first,
+                    background=pending.step,
+                )
+                return [r.version for r in results]
+            except UnsafeRuntimeArgument:
+                pass  # nothing committed; the per-shard encoder below names the culprit
         shards = layout.split(entries)
     results = client.replace_maps(
-        list(zip(layout.paths, shards, strict=True)), before_commit=before_commit
+        list(zip(layout.paths, shards, strict=True)),
+        before_commit=before_commit,
+        background=background,
     )
     return [r.version for r in results]

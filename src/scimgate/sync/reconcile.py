@@ -5,14 +5,21 @@ same way (cursor, confirmations, ``sync.resync`` / ``sync.drift`` audit events).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scimgate.api.metrics import Metrics
-from scimgate.haproxy.runtime import RuntimeClient, encode_payload
+from scimgate.haproxy.runtime import (
+    PayloadBody,
+    PendingBodies,
+    RuntimeClient,
+    UnsafeRuntimeArgument,
+    encode_payload,
+)
 from scimgate.store.db import Database, now_iso
 from scimgate.sync import state
 from scimgate.sync.apply import DriftCounts, compare_live, replace_all, valid_entries
@@ -44,31 +51,34 @@ def full_resync(
     files (if this target has a writer) are written from it while the payloads stream and
     are finished (or found already current) before the first commit; cursor = its seq."""
     started = time.monotonic()
-    snapshot = state.read_snapshot(db)
-    entries, rejected = valid_entries(snapshot.entries, client.validator)
-    if rejected:
-        log.error(
-            "sync: desired entries outside the allow-lists were not sent",
-            extra={"target": target, "rejected": len(rejected), "rejected_keys": rejected[:20]},
-        )
-    live = _present(entries)
-    shards = layout.split(live)
-    # Validated once, with the client's allow-lists; the same bytes go to the map files
-    # and (re-checked for CLI safety) to HAProxy.
-    bodies = [encode_payload(shard, client.validator) for shard in shards]
-    hook = None
-    writing: _Background | None = None
-    if writer is not None:
-        # The files are written while the payloads stream, and finished before the first
-        # runtime commit: a reload racing this resync must not load older state.
-        files = bodies if writer.layout == layout else None
-        writing = _Background(lambda: writer.write(snapshot, files))
-        hook = writing.result
-    try:
-        versions = list(replace_all(client, layout, live, shards=bodies, before_commit=hook))
-    finally:
-        if writing is not None:
-            writing.join()
+    payloads = state.read_resync_payloads(db, layout.shards, client.validator)
+    if payloads is not None:
+        try:
+            snapshot = payloads.snapshot()
+            versions = _replace(client, layout, snapshot, payloads.bodies, writer)
+            count = payloads.entries
+        except UnsafeRuntimeArgument:
+            # Raised before any commit (every body is checked first): nothing changed.
+            log.warning(
+                "sync: bulk check of the desired state failed; resyncing entry by entry",
+                extra={"target": target},
+            )
+            payloads = None
+    if payloads is None:
+        # The per-entry path: drops (and logs) what the bulk check refused as a whole.
+        snapshot = state.read_snapshot(db)
+        entries, rejected = valid_entries(snapshot.entries, client.validator)
+        if rejected:
+            log.error(
+                "sync: desired entries outside the allow-lists were not sent",
+                extra={"target": target, "rejected": len(rejected), "rejected_keys": rejected[:20]},
+            )
+        live = _present(entries)
+        # Validated once, with the client's allow-lists; the same bytes go to the map files
+        # and (re-checked for CLI safety) to HAProxy.
+        bodies = [encode_payload(shard, client.validator) for shard in layout.split(live)]
+        versions = _replace(client, layout, snapshot, bodies, writer)
+        count = len(live)
     if layout.overlay is not None:
         # Last, once every shard holds the snapshot: the overlay's entries are changes the
         # snapshot includes (never newer), so until this clear they show at most an older,
@@ -80,7 +90,7 @@ def full_resync(
         target,
         reason=reason,
         seq=snapshot.seq,
-        entries=len(live),
+        entries=count,
         seconds=seconds,
         shards=layout.shards,
         applied=now_iso(),
@@ -93,12 +103,64 @@ def full_resync(
             "target": target,
             "reason": reason,
             "seq": snapshot.seq,
-            "entries": len(live),
+            "entries": count,
             "shards": layout.shards,
             "seconds": round(seconds, 4),
         },
     )
-    return ResyncResult(snapshot.seq, len(live), seconds, versions)
+    return ResyncResult(snapshot.seq, count, seconds, versions)
+
+
+def _replace(
+    client: RuntimeClient,
+    layout: MapLayout,
+    snapshot: state.Snapshot,
+    bodies: Sequence[PayloadBody] | PendingBodies,
+    writer: MapFileWriter | None,
+) -> list[int]:
+    """Stream the bodies (pending ones as they pass their check), writing the map files
+    meanwhile; nothing is committed before every body passed and the files are done."""
+    pending = bodies if isinstance(bodies, PendingBodies) else None
+    writing: _Background | None = None
+    if writer is not None:
+        # The files are written while the payloads stream, and finished before the first
+        # runtime commit: a reload racing this resync must not load older state.
+        files = bodies if writer.layout == layout else None
+
+        def write_files() -> None:
+            if pending is not None:
+                # The sender checks the bodies between requests; checking them here too
+                # would hold the GIL against it.
+                pending.done.wait()
+            writer.write(snapshot, files)
+
+        writing = _Background(write_files)
+
+    def before_commit() -> None:
+        if pending is not None:
+            pending.wait()
+        if writing is not None:
+            writing.result()
+
+    try:
+        if pending is None:
+            return list(replace_all(client, layout, {}, shards=bodies, before_commit=before_commit))
+        return list(
+            replace_all(
+                client,
+                layout,
+                {},
+                shards=pending.deferred(),
+                before_commit=before_commit,
+                background=pending.step,
+            )
+        )
+    finally:
+        if pending is not None and not pending.done.is_set():
+            with contextlib.suppress(UnsafeRuntimeArgument):
+                pending.wait()  # lets the file writer finish (or fail) instead of waiting
+        if writing is not None:
+            writing.join()
 
 
 def _present(entries: dict[str, str | None]) -> dict[str, str]:
