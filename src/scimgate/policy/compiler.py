@@ -34,7 +34,9 @@ def is_usable_identity(identity: str) -> bool:
     equal the UTF-8 bytes of another. So non-ASCII identities are refused on both sides
     (HAProxy answers 401), never guessed.
     """
-    return all("!" <= ch <= "~" for ch in identity)
+    # == all("!" <= ch <= "~" for ch in identity), without a Python-level loop (a quarter of
+    # rebuild_all's compiler time at 100k users): ASCII, printable, and no space.
+    return identity.isascii() and identity.isprintable() and " " not in identity
 
 
 def _extension_value(user: Mapping[str, Any], attribute: str) -> Any:
