@@ -50,7 +50,12 @@ class MapFileWriter:
         self.last_write = 0.0  # monotonic, of the shard files
         self.overlay_seq = -1  # head when the overlay file was last written
         self.overlay_keys = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the shard files
+        # The overlay file has its own lock: a follower confirming a deprovision must not
+        # wait for a shard-file pass (~0.25-1 s at 1M identities, traced as 1 s outliers).
+        # Written while the shard files change, it holds the changes after the older
+        # written_seq: a superset, with current values, so still exact on top of either.
+        self._overlay_lock = threading.Lock()
 
     @property
     def _with_overlay_file(self) -> bool:
@@ -59,10 +64,11 @@ class MapFileWriter:
     def write_overlay(self) -> bool:
         """Rewrite the overlay file from the store now (no-op without an overlay or a db, or
         before the shard files were written once). Returns True if written."""
-        with self._lock:
+        with self._overlay_lock:
             return self._write_overlay_locked()
 
     def _write_overlay_locked(self) -> bool:
+        """Caller holds ``_overlay_lock`` (and may hold ``_lock``: always in that order)."""
         overlay, db = self.layout.overlay, self.db
         if overlay is None or db is None or self.written_seq < 0:
             return False
@@ -119,7 +125,8 @@ class MapFileWriter:
                 [(p, render_body(b)) for p, b in zip(self.layout.paths, bodies, strict=True)]
             )
             self.written_seq = snapshot.seq
-            self._write_overlay_locked()
+            with self._overlay_lock:
+                self._write_overlay_locked()
             self.last_write = time.monotonic()
             log.debug(
                 "sync: map files written",
@@ -138,7 +145,8 @@ class MapFileWriter:
         """Files now hold at least the desired state at ``seq`` (after an incremental write)."""
         with self._lock:
             self.written_seq = max(self.written_seq, seq)
-            self._write_overlay_locked()
+            with self._overlay_lock:
+                self._write_overlay_locked()
             self.last_write = time.monotonic()
 
     def write_shards_of(self, db: Database, keys: Iterable[str]) -> int:
