@@ -430,8 +430,13 @@ def test_drift_is_detected_audited_and_repaired(
         assert row.last_drift_check is not None
 
 
-def _no_drain(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hold the shards back (the drainer finds nothing to do) to look at the overlay."""
+def _settled_then_held(
+    db: Database, engine: SyncEngine, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    """``n`` identities applied and drained into the shards; from then on the shards are
+    held back (the drainer finds nothing to do), to look at the overlay."""
+    converge(db, engine, put(db, {key(i): ",eng," for i in range(n)}))
+    wait_until(lambda: not engine.followers[0].pending)
     monkeypatch.setattr(_Drainer, "_step", lambda self: False)
 
 
@@ -442,9 +447,7 @@ def test_changes_go_through_the_overlay_then_the_shards(
 ) -> None:
     proc = start_haproxy()
     with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
-        converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(200)}))
-        wait_until(lambda: not engine.followers[0].pending)
-        _no_drain(monkeypatch)
+        _settled_then_held(sqlite_db, engine, monkeypatch, 200)
         changes = put(sqlite_db, {key(1): None, key(2): ",ops,", key("n"): ","})
         converge(sqlite_db, engine, changes)
         # Confirmed: in the overlay (tombstone for the deprovision), not yet in the shards.
@@ -512,9 +515,7 @@ def test_batch_too_big_for_the_overlay_goes_to_the_shards(
 ) -> None:
     proc = start_haproxy()
     with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
-        converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(100)}))
-        wait_until(lambda: not engine.followers[0].pending)
-        _no_drain(monkeypatch)
+        _settled_then_held(sqlite_db, engine, monkeypatch, 100)
         converge(sqlite_db, engine, put(sqlite_db, {key(1): None, key(2): ",ops,"}))
         assert set(overlay_state(proc)) == {key(1), key(2)}
         monkeypatch.setattr(engine_mod, "OVERLAY_LIMIT", 10)

@@ -40,24 +40,11 @@ def is_deprovision(old: str | None, new: str | None) -> bool:
     return new is None or not _slugs(old) <= _slugs(new)
 
 
-def _append_changes(conn: Connection, changes: list[dict[str, Any]]) -> list[MapChange]:
-    out: list[MapChange] = []
-    now = now_iso()
-    for ch in changes:
-        pk = conn.execute(C.insert().values(**ch, created=now)).inserted_primary_key
-        assert pk is not None
-        seq = pk[0]
-        out.append(
-            MapChange(int(seq), ch["identity_key"], ch["value"], ch["user_id"], ch["deprovision"])
-        )
-    return out
-
-
 def refresh_users(
     conn: Connection, user_ids: Iterable[str], entries_fn: EntriesFn, base_url: str = ""
 ) -> list[MapChange]:
     """Recompute the desired entries of these users and log every key that changed."""
-    changes: list[dict[str, Any]] = []
+    diff = _EntryDiff(_StoredOwners(conn))
     for user_id in dict.fromkeys(user_ids):
         row = conn.execute(sa.select(tables.users).where(tables.users.c.id == user_id)).first()
         desired: dict[str, str] = {}
@@ -70,35 +57,29 @@ def refresh_users(
                 sa.select(E.c.identity_key, E.c.value).where(E.c.user_id == user_id)
             )
         }
-        for key in current:
-            if key not in desired:
-                conn.execute(E.delete().where(E.c.identity_key == key))
-                changes.append(
-                    {"identity_key": key, "value": None, "user_id": user_id, "deprovision": True}
-                )
-        for key, value in desired.items():
-            old = current.get(key)
-            if old == value:
-                continue
-            if old is None:
-                owner = conn.execute(sa.select(E.c.user_id).where(E.c.identity_key == key)).first()
-                if owner is not None:
-                    # Two users produce the same identity (e.g. one's e-mail is another's
-                    # userName): the first owner keeps it; never grant one person's access
-                    # to another.
-                    continue
-                conn.execute(E.insert().values(identity_key=key, value=value, user_id=user_id))
-            else:
-                conn.execute(E.update().where(E.c.identity_key == key).values(value=value))
-            changes.append(
-                {
-                    "identity_key": key,
-                    "value": value,
-                    "user_id": user_id,
-                    "deprovision": is_deprovision(old, value),
-                }
-            )
-    return _append_changes(conn, changes)
+        diff.refresh(user_id, current, desired)
+    return diff.write(conn, batch=500)
+
+
+class _StoredOwners:
+    """Which identity keys have an owner: the store's map_entries, as changed so far by the
+    diff that uses it (the per-user path's counterpart of rebuild_all's in-memory table)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.local: dict[str, str | None] = {}
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.local:
+            return self.local[key] is not None
+        q = sa.select(E.c.user_id).where(E.c.identity_key == key)
+        return self.conn.execute(q).first() is not None
+
+    def __setitem__(self, key: str, user_id: str) -> None:
+        self.local[key] = user_id
+
+    def __delitem__(self, key: str) -> None:
+        self.local[key] = None
 
 
 def rebuild_all(conn: Connection, entries_fn: EntriesFn, batch: int = 2000) -> list[MapChange]:
@@ -174,10 +155,10 @@ def _idp_groups_by_user(conn: Connection) -> dict[str, list[dict[str, Any]]]:
 
 
 class _EntryDiff:
-    """:func:`refresh_users`'s per-user rules against an in-memory owner table: the
-    changes in order, and the row writes that produce the same map_entries."""
+    """The per-user diff rules, against an owner table (in memory for rebuild_all, the
+    store for refresh_users): the changes in order, and the row writes that produce them."""
 
-    def __init__(self, owner: dict[str, str]) -> None:
+    def __init__(self, owner: dict[str, str] | _StoredOwners) -> None:
         self.owner = owner
         self.changes: list[dict[str, Any]] = []
         self.deletes: list[str] = []
@@ -198,8 +179,9 @@ class _EntryDiff:
                 continue
             if old is None:
                 if key in self.owner:
-                    # Another user holds this identity: the first owner keeps it (see
-                    # refresh_users); never grant one person's access to another.
+                    # Two users produce the same identity (e.g. one's e-mail is another's
+                    # userName): the first owner keeps it; never grant one person's access
+                    # to another.
                     continue
                 self.owner[key] = user_id
                 self.inserts.append({"identity_key": key, "value": value, "user_id": user_id})
