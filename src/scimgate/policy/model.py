@@ -65,6 +65,8 @@ CLAIM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 URLISH_RE = re.compile(r"^[A-Za-z0-9._~:/?&=+@%-]{1,512}$")
 FILE_PATH_RE = re.compile(r"^[A-Za-z0-9._/+-]{1,1024}$")
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+# headers scimgate sets for a backend: an X- name (never a standard header such as Host)
+UPSTREAM_HEADER_RE = re.compile(r"^X-[A-Za-z0-9]+(?:-[A-Za-z0-9]+){0,7}$")
 RETURN_TEXT_RE = re.compile(r"^[A-Za-z0-9 .,:;!?()_/+=@-]{0,256}$")
 BACKEND_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 SERVER_RE = re.compile(rf"^(?:{_LABEL}\.)*{_LABEL}:[0-9]{{1,5}}$")
@@ -109,6 +111,9 @@ def _check_path_prefix(value: str) -> str:
     inner = segments[:-1] if value.endswith("/") else segments
     if "//" in value or any(s in (".", "..") for s in inner) or value.endswith(("/.", "/..")):
         raise ValueError(f"invalid path_prefix {value!r}: no empty, '.' or '..' segments")
+    if any(s.endswith(".") for s in inner):
+        # requests whose path has a segment ending in '.' are refused before routes match
+        raise ValueError(f"invalid path_prefix {value!r}: a segment cannot end with '.'")
     return value
 
 
@@ -145,6 +150,7 @@ Scope = Annotated[str, _matching(SCOPE_RE, "scope")]
 FilePath = Annotated[str, _matching(FILE_PATH_RE, "file path")]
 Server = Annotated[str, AfterValidator(_check_server)]
 Network = Annotated[str, AfterValidator(_check_network)]
+UpstreamHeader = Annotated[str, _matching(UPSTREAM_HEADER_RE, "header name")]
 KeyAttribute = Annotated[str, AfterValidator(_check_key_attribute)]
 
 RSA_EC_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
@@ -233,6 +239,38 @@ class Identity(_Model):
         return self
 
 
+def header_key(name: str) -> str:
+    """The form under which backends may see a header name: case-folded, '_' read as '-'
+    (CGI/WSGI/PHP environments turn both X-A-B and X_A_B into HTTP_X_A_B)."""
+    return name.lower().replace("_", "-")
+
+
+class IdentityHeaders(_Model):
+    """The request headers that carry the caller's identity to a route's backend.
+
+    Set only on identity-gated routes with a ``backend``; every client-sent copy (any case,
+    ``_`` for ``-``) is removed from every request first. ``null`` turns a header off
+    (``request_id`` is always sent)."""
+
+    user: UpstreamHeader | None = "X-Scimgate-User"
+    email: UpstreamHeader | None = "X-Scimgate-Email"
+    actor: UpstreamHeader | None = "X-Scimgate-Actor"
+    groups: UpstreamHeader | None = "X-Scimgate-Groups"
+    request_id: UpstreamHeader = "X-Request-ID"
+
+    def names(self) -> list[str]:
+        """Every configured header name, request id included."""
+        names = [self.user, self.email, self.actor, self.groups, self.request_id]
+        return [n for n in names if n is not None]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> IdentityHeaders:
+        keys = [header_key(n) for n in self.names()]
+        if len(set(keys)) != len(keys):
+            raise ValueError("identity header names must differ (case and '_' / '-' ignored)")
+        return self
+
+
 # ---------------------------------------------------------------------------------------------
 # Groups and routes
 
@@ -244,8 +282,12 @@ class PolicyGroup(_Model):
 
 
 class RouteFrom(_Model):
+    """What a route matches: hosts (always case-insensitive) and a segment-aware path prefix,
+    case-insensitive unless ``case_sensitive``."""
+
     hosts: list[Host] = Field(default_factory=lambda: ["*"], min_length=1)
     path_prefix: PathPrefix = "/"
+    case_sensitive: bool = False
 
 
 class RouteTo(_Model):
@@ -272,13 +314,34 @@ class RouteTo(_Model):
 
 
 class Route(_Model):
+    """A route: identity-gated (``allow_groups``) or open (``public: true``, or
+    ``allow_sources``: no identity asked, none passed on)."""
+
     name: RouteName
     from_: RouteFrom = Field(alias="from")
+    public: bool = False
+    allow_sources: list[Network] = Field(default_factory=list)
     allow_groups: list[
         Annotated[str, _matching(re.compile(r"^(?:any|[a-z0-9_-]{1,32})$"), "group")]
-    ] = Field(min_length=1)
+    ] = Field(default_factory=list)
     require_scopes: list[Scope] = Field(default_factory=list)
     to: RouteTo
+
+    @property
+    def is_open(self) -> bool:
+        """Served without asking for an identity (public or source-limited)."""
+        return not self.allow_groups
+
+    @model_validator(mode="after")
+    def _one_access_rule(self) -> Route:
+        rules = [self.public, bool(self.allow_sources), bool(self.allow_groups)]
+        if sum(rules) != 1:
+            raise ValueError(
+                "a route needs exactly one of 'allow_groups', 'public: true' or 'allow_sources'"
+            )
+        if self.require_scopes and self.is_open:
+            raise ValueError("require_scopes needs allow_groups (open routes ask no identity)")
+        return self
 
 
 class Policy(_Model):
@@ -287,6 +350,7 @@ class Policy(_Model):
     identity: Identity
     groups: dict[Slug, PolicyGroup] = Field(default_factory=dict)
     routes: list[Route] = Field(min_length=1)
+    identity_headers: IdentityHeaders = Field(default_factory=IdentityHeaders)
     default: Literal["deny"] = "deny"
     base_dir: str | None = None
 
@@ -413,9 +477,11 @@ def parse_policy(
             problems.append(problem(where, f"{path}: {_format_error(error)}"))
         raise PolicyError(problems) from None
 
+    from scimgate.policy.checks import semantic_problems  # it reads these models
+
     problems.extend(
         problem(marks.locate(loc, prefer_key=True), message)
-        for loc, message in _semantic_problems(policy)
+        for loc, message in semantic_problems(policy)
     )
     if problems:
         raise PolicyError(problems)
@@ -432,76 +498,3 @@ def load_policy(path: str | Path) -> Policy:
             [PolicyProblem(str(p), 0, 0, f"cannot read policy file: {exc}")]
         ) from None
     return parse_policy(text, str(p), base_dir=str(p.resolve().parent))
-
-
-# ---------------------------------------------------------------------------------------------
-# Cross-references
-
-
-def _path_covers(earlier: str, later: str) -> bool:
-    """Does every path matched by prefix ``earlier`` also match prefix ``later``'s paths?"""
-    if earlier == "/" or earlier == later:
-        return True
-    if earlier.endswith("/"):
-        return later.startswith(earlier)
-    return later.startswith(earlier + "/") or later == earlier
-
-
-def _hosts_cover(earlier: list[str], later: list[str]) -> bool:
-    if "*" in earlier:
-        return True
-    for host in later:
-        if host == "*":
-            return False
-        if host in earlier:
-            continue
-        if any(e.startswith("*.") and host.endswith(e[1:]) for e in earlier):
-            continue
-        return False
-    return True
-
-
-def _semantic_problems(policy: Policy) -> list[tuple[Loc, str]]:
-    out: list[tuple[Loc, str]] = []
-    names: dict[str, int] = {}
-    backends: dict[str, tuple[int, list[str]]] = {}
-    for i, route in enumerate(policy.routes):
-        where: Loc = ("routes", i)
-        if route.name in names:
-            out.append(((*where, "name"), f"duplicate route name {route.name!r}"))
-        names.setdefault(route.name, i)
-        if ANY_GROUP in route.allow_groups and len(route.allow_groups) > 1:
-            out.append(((*where, "allow_groups"), "'any' cannot be combined with group slugs"))
-        for j, slug in enumerate(route.allow_groups):
-            if slug != ANY_GROUP and slug not in policy.groups:
-                out.append(((*where, "allow_groups", j), f"undefined policy group {slug!r}"))
-        if route.require_scopes and policy.identity.source != "jwt":
-            out.append(((*where, "require_scopes"), "require_scopes needs identity.source: jwt"))
-        for k, earlier in enumerate(policy.routes[:i]):
-            if _hosts_cover(earlier.from_.hosts, route.from_.hosts) and _path_covers(
-                earlier.from_.path_prefix, route.from_.path_prefix
-            ):
-                what = (
-                    "duplicate route"
-                    if earlier.from_.path_prefix == route.from_.path_prefix
-                    and sorted(earlier.from_.hosts) == sorted(route.from_.hosts)
-                    else "unreachable route"
-                )
-                out.append(
-                    (
-                        (*where, "from"),
-                        f"{what} {route.name!r}: route {earlier.name!r} (#{k + 1}) matches first",
-                    )
-                )
-                break
-        backend = route.to.backend
-        if backend is not None:
-            if backend in backends and backends[backend][1] != route.to.servers:
-                out.append(
-                    (
-                        (*where, "to", "servers"),
-                        f"backend {backend!r} is defined with other servers elsewhere",
-                    )
-                )
-            backends.setdefault(backend, (i, route.to.servers))
-    return out
