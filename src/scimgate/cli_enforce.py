@@ -120,11 +120,14 @@ def policy_check(file: str | None, directory: str | None, config: str | None) ->
     )
     for route in policy.routes:
         hosts = ",".join(route.from_.hosts)
-        allowed = (
-            "any active user"
-            if ANY_GROUP in route.allow_groups
-            else " or ".join(route.allow_groups)
-        )
+        if route.public:
+            allowed = "public (no identity)"
+        elif route.allow_sources:
+            allowed = "sources " + " ".join(route.allow_sources) + " (no identity)"
+        elif ANY_GROUP in route.allow_groups:
+            allowed = "any active user"
+        else:
+            allowed = " or ".join(route.allow_groups)
         scopes = f" + scopes {' '.join(route.require_scopes)}" if route.require_scopes else ""
         click.echo(f"  {route.name:<12} {hosts} {route.from_.path_prefix:<14} {allowed}{scopes}")
 

@@ -266,9 +266,10 @@ def test_disabled_cache_renders_the_old_rules(keys: dict[str, str]) -> None:
         assert text not in off
         assert text in on
     assert (
-        "jwt_payload_query('$.email') if scimgate_jwt_alg_ok scimgate_jwt_payload_ok "
+        "var(txn.scimgate_jwt_identity) if scimgate_jwt_alg_ok scimgate_jwt_payload_ok "
         "!scimgate_jwt_claim_types_bad scimgate_jwt_exp_sane scimgate_jwt_exp_ok "
-        "!scimgate_jwt_nbf_bad scimgate_jwt_iss_ok scimgate_jwt_aud_ok scimgate_jwt_sig_ok\n"
+        "!scimgate_jwt_nbf_bad scimgate_jwt_iss_ok scimgate_jwt_aud_ok scimgate_jwt_identity_ok "
+        "scimgate_jwt_sig_ok\n"
     ) in off
     # the only difference is the cache: its lines, its backend, the identity line's condition
     # and the claim decodes skipped on a hit; without those, both configs are the same

@@ -75,9 +75,10 @@ def test_demo_policy_parses() -> None:
     assert policy.identity.jwt is not None
     assert policy.identity.jwt.algorithm == "RS256"
     assert policy.identity.key_attributes == ["userName", "emails"]
-    assert [r.name for r in policy.routes] == ["admin", "eng", "home"]
-    assert policy.routes[0].to.return_ == "admin area"
-    assert policy.routes[2].allow_groups == ["any"]
+    assert [r.name for r in policy.routes] == ["health", "admin", "eng", "home"]
+    assert policy.routes[0].public and policy.routes[0].is_open
+    assert policy.routes[1].to.return_ == "admin area"
+    assert policy.routes[3].allow_groups == ["any"]
 
 
 def test_load_policy_resolves_relative_paths(tmp_path: Path) -> None:

@@ -82,13 +82,27 @@ def routes_intersect(a: Route, b: Route) -> bool:
     return hosts_intersect(a.from_.hosts, b.from_.hosts) and paths_intersect(a.from_, b.from_)
 
 
+def _carves_out(open_route: Route, gated: Route) -> bool:
+    """Is the open route a strictly more specific piece of the gated one: inside it, with a
+    longer path (``/healthz`` out of ``/``, ``/admin/health`` out of ``/admin``) or the same
+    path on fewer hosts? A case variant or ``/admin/`` of ``/admin`` is not: it would take
+    (almost) all of the gated route's paths."""
+    if not route_covers(gated, open_route):
+        return False
+    inner = open_route.from_.path_prefix.lower().rstrip("/")
+    outer = gated.from_.path_prefix.lower().rstrip("/")
+    if len(inner) > len(outer):
+        return True
+    return inner == outer and not hosts_cover(open_route.from_.hosts, gated.from_.hosts)
+
+
 def _open_route_problem(route: Route, policy: Policy) -> str | None:
     """An open route may narrow an identity-gated route, never cover any of its paths."""
     for k, gated in enumerate(policy.routes):
         if gated.is_open or not routes_intersect(route, gated):
             continue
-        if route_covers(gated, route) and not route_covers(route, gated):
-            continue  # a strictly more specific carve-out (/healthz out of /)
+        if _carves_out(route, gated):
+            continue
         kind = "public" if route.public else "source-limited"
         return (
             f"{kind} route {route.name!r} overlaps identity-gated route {gated.name!r} "

@@ -75,8 +75,9 @@ def demo_policy_yaml(
     issuer: str = "https://idp.example.com/",
     audience: str = "scimgate-demo",
 ) -> str:
-    """The demo policy: '/' for any active user, '/admin' for admins, '/eng' for engineering;
-    JWT identity (RS256, claim ``email``); every route answered by HAProxy itself."""
+    """The demo policy: '/healthz' public (no identity asked), '/' for any active user,
+    '/admin' for admins, '/eng' for engineering; JWT identity (RS256, claim ``email``);
+    every route answered by HAProxy itself."""
     return f"""\
 # scimgate demo policy: HAProxy answers every route itself (no backend needed).
 identity:
@@ -96,6 +97,10 @@ groups:
   engineering: {{idp_groups: ["Engineering"]}}
 
 routes:
+  - name: health
+    from: {{hosts: ["*"], path_prefix: /healthz}}
+    public: true
+    to: {{return: "ok"}}
   - name: admin
     from: {{hosts: ["*"], path_prefix: /admin}}
     allow_groups: [admins]

@@ -70,10 +70,12 @@ MAX_EXP = 2**32 - 1
 _TIME_CLAIM = "[1-9][0-9]{0,9}"
 
 
-def claim_types_bad_regex(identity_claim: str) -> str:
-    """Matches a decoded JWT payload whose time claims or identity claim have a wrong type."""
+def claim_types_bad_regex(string_claims: list[str]) -> str:
+    """Matches a decoded JWT payload whose time claims are not integers or whose
+    ``string_claims`` (the identity claim; ``sub`` when act.sub is forwarded) not strings."""
     times = f'"(?:exp|nbf|iat)"\\s*+:\\s*+(?!{_TIME_CLAIM}\\s*[,}}])'
-    return f'{times}|"{identity_claim}"\\s*+:\\s*+(?!")'
+    strings = "|".join(sorted(set(string_claims)))
+    return f'{times}|"(?:{strings})"\\s*+:\\s*+(?!")'
 
 
 def _check_public_key(path: str) -> None:
@@ -110,9 +112,12 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
     claims_ok = (
         "scimgate_jwt_alg_ok scimgate_jwt_payload_ok !scimgate_jwt_claim_types_bad "
         "scimgate_jwt_exp_sane scimgate_jwt_exp_ok !scimgate_jwt_nbf_bad scimgate_jwt_iss_ok "
-        "scimgate_jwt_aud_ok" + (" !scimgate_jwt_act_bad" if forwards_actor else "")
+        "scimgate_jwt_aud_ok scimgate_jwt_identity_ok"
+        + (" !scimgate_jwt_act_bad" if forwards_actor else "")
     )
-    identity = f"http-request set-var({V_IDENTITY}) {bearer},jwt_payload_query('$.{jwt.claim}')"
+    # the claim is read on every request (a cache hit needs it too), and becomes the identity
+    # only once the token is verified or cached
+    identity = f"http-request set-var({V_IDENTITY}) var(txn.scimgate_jwt_identity)"
     head = [
         f"# identity: JWT bearer. The algorithm is pinned to the literal {alg} (never the",
         "# token's own 'alg': alg-confusion); jwt_verify checks only the signature, so",
@@ -140,10 +145,13 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"http-request set-var(txn.scimgate_jwt_nbf) {bearer},jwt_payload_query('$.nbf','int'){unless_cached}",
         f"http-request set-var(txn.scimgate_jwt_iss) {bearer},jwt_payload_query('$.iss'){unless_cached}",
         f"http-request set-var(txn.scimgate_jwt_aud) {bearer},jwt_payload_query('$.aud'){unless_cached}",
+        f"http-request set-var(txn.scimgate_jwt_identity) {bearer},jwt_payload_query('$.{jwt.claim}')",
+        "acl scimgate_jwt_identity_ok var(txn.scimgate_jwt_identity) "
+        f"-m reg '{PRINTABLE_TOKEN_REGEX}'",
         f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {alg}",
         "acl scimgate_jwt_payload_ok var(txn.scimgate_jwt_payload) -m found",
         "acl scimgate_jwt_claim_types_bad var(txn.scimgate_jwt_payload) "
-        f"-m reg '{claim_types_bad_regex(jwt.claim)}'",
+        f"-m reg '{claim_types_bad_regex([jwt.claim, *(['sub'] if forwards_actor else [])])}'",
         f"acl scimgate_jwt_exp_sane var(txn.scimgate_jwt_exp) -m int le {MAX_EXP}",
         f"acl scimgate_jwt_exp_ok var(txn.scimgate_jwt_exp),add({leeway}),sub(txn.scimgate_now) -m int gt 0",
         f"acl scimgate_jwt_nbf_bad var(txn.scimgate_jwt_nbf),sub(txn.scimgate_now) -m int gt {leeway}",
