@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from scimgate.policy import Policy, parse_policy, render_config
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
 from tests.integration.test_jwt_cache import HAProxy, _check, _free_port
 from tests.integration.test_render_haproxy import ADMINS, SECRET_B64, _write_maps
+from tests.support.rawhttp import send
 
 pytestmark = pytest.mark.haproxy
 
@@ -78,6 +77,12 @@ class _Echo(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionResetError:  # HAProxy closing an idle keep-alive server connection
+            pass
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -92,50 +97,6 @@ def echo() -> Iterator[int]:
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: str
-
-    def echoed(self) -> dict[str, list[str]]:
-        """The backend's view: header name (lower case) -> every value it received."""
-        seen: dict[str, list[str]] = {}
-        for name, value in json.loads(self.body)["headers"]:
-            seen.setdefault(name.lower(), []).append(value)
-        return seen
-
-
-def send(
-    port: int,
-    target: str,
-    headers: Sequence[tuple[str, str]] = (),
-    *,
-    host: str | None = "app.example.com",
-    source: str = "127.0.0.1",
-    version: str = "HTTP/1.1",
-) -> Reply:
-    """One request written byte for byte (latin-1), read to the end of the connection."""
-    lines = [f"GET {target} {version}"]
-    if host is not None:
-        lines.append(f"Host: {host}")
-    lines += [f"{k}: {v}" for k, v in headers]
-    lines.append("Connection: close")
-    raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
-        s.sendall(raw)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    reply_headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        reply_headers[name.strip().lower()] = value.strip()
-    return Reply(int(status_line.split()[1]), reply_headers, body.decode("latin-1"))
 
 
 @pytest.fixture(scope="module")
