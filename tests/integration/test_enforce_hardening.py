@@ -10,6 +10,7 @@ from 127.0.0.1 and 127.0.0.2. Each HAProxy is stopped by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -78,10 +79,9 @@ class _Echo(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def handle(self) -> None:
-        try:
+        # HAProxy closes idle keep-alive server connections: not an error here
+        with contextlib.suppress(ConnectionResetError):
             super().handle()
-        except ConnectionResetError:  # HAProxy closing an idle keep-alive server connection
-            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
