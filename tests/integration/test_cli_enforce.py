@@ -63,8 +63,9 @@ routes:
 def test_policy_check_ok(instance: Path) -> None:
     out = scimgate("policy", "check", "--dir", str(instance))
     assert out.returncode == 0, out.stderr
-    assert "OK" in out.stdout and "3 route(s)" in out.stdout
+    assert "OK" in out.stdout and "4 route(s)" in out.stdout  # the demo's health route too
     assert "admin" in out.stdout and "any active user" in out.stdout
+    assert "public (no identity)" in out.stdout
 
 
 def test_policy_check_reports_every_error_with_line_and_column(tmp_path: Path) -> None:

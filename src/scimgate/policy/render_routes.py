@@ -41,6 +41,8 @@ _AMBIGUOUS_PATH_PARTS = (
     "//|(?:[.]|%20)(?:/|$)",
 )
 AMBIGUOUS_PATH_REGEX = "|".join(_AMBIGUOUS_PATH_PARTS)
+# request headers some backends take as the URL in place of the request line
+URL_OVERRIDE_HEADERS = ("X-Original-URL", "X-Rewrite-URL")
 
 
 def _header_name_regex(names: list[str]) -> str:
@@ -55,7 +57,9 @@ def hygiene_rules(policy: Policy) -> list[str]:
     names = policy.identity_headers.names()
     out = [
         "# --- scimgate: client copies of the identity headers go first, on every request ---",
-        f"http-request del-header '{_header_name_regex(names)}' -m reg",
+        "# (with X-Original-URL / X-Rewrite-URL: IIS URL Rewrite and some PHP frameworks route",
+        "# on them instead of the request line)",
+        f"http-request del-header '{_header_name_regex([*names, *URL_OVERRIDE_HEADERS])}' -m reg",
     ]
     header = policy.identity.header
     if header is not None:
