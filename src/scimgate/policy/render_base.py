@@ -41,7 +41,11 @@ def acl_name(kind: str, name: str) -> str:
 
 
 def deny(status: int, decision: str, condition: str, *, bearer: bool = False) -> list[str]:
-    """Record the decision for the log line, then answer ``status`` with a JSON body."""
+    """Record the decision for the log line, then answer ``status`` with a JSON body.
+
+    The deny tests the recorded decision, not ``condition`` again (ACL results are not
+    cached: a path regex would run twice per request). A decision is only ever recorded
+    right before its own deny, so an earlier pair cannot trigger a later one."""
     if status == 401:
         body = _UNAUTHENTICATED_BODY
         extra = " hdr WWW-Authenticate 'Bearer realm=\"scimgate\"'" if bearer else ""
@@ -51,7 +55,8 @@ def deny(status: int, decision: str, condition: str, *, bearer: bool = False) ->
         body, extra = _FORBIDDEN_BODY, ""
     return [
         f"http-request set-var({V_DECISION}) str({decision}) if {condition}",
-        f"http-request deny deny_status {status} content-type application/json string {body}{extra} if {condition}",
+        f"http-request deny deny_status {status} content-type application/json string {body}{extra} "
+        f"if {{ var({V_DECISION}) -m str {decision} }}",
     ]
 
 

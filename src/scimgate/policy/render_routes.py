@@ -13,8 +13,11 @@ Express, Go). HAProxy 2.6.12 facts behind the rules (measured with raw requests 
 * ``GET *`` and ``GET http://host`` (no path) give an empty ``path``; ``GET admin`` and a
   ``#`` anywhere in the target are refused by HAProxy itself (400), as are raw control and
   non-ASCII bytes. ``;``, ``\\``, trailing ``.`` and ``%xx`` reach ``path`` untouched.
-* ``Host: a, b`` passes as one header (``req.hdr_cnt(host)`` = 2); two identical Host headers
-  are merged, two different ones refused.
+* ``Host: a, b`` passes as one header (``req.hdr_cnt(host)`` = 2, ``req.fhdr_cnt(host)`` = 1);
+  two identical Host headers are merged, two different ones refused.
+* ``req.hdr_cnt()`` parses every character of the values for commas: on a ~700-byte bearer
+  token that was ~3,600 instructions per request (callgrind), so the rules count header lines
+  with ``fhdr_cnt`` and look for a comma with ``-m sub``.
 * Header names are lower-cased, so ``del-header <regex> -m reg`` sees ``x_scimgate_user``.
 * ``Connection: x-scimgate-user`` is forwarded to the server as sent: a hop-by-hop-aware
   proxy behind HAProxy would then drop the identity header scimgate set.
@@ -78,12 +81,14 @@ def hygiene_rules(policy: Policy) -> list[str]:
         "# absolute-form target only with a Host (HAProxy checks they are equal)",
         "acl scimgate_origin_path path_beg /",
         "acl scimgate_origin_form url_beg /",
-        "acl scimgate_host_absent req.hdr_cnt(host) eq 0",
-        "acl scimgate_host_repeated req.hdr_cnt(host) gt 1",
+        # fhdr_cnt/fhdr, not hdr_cnt: no per-character comma parsing (HAProxy already merges
+        # identical Host lines and refuses different ones, so a list is the only way to two)
+        "acl scimgate_host_absent req.fhdr_cnt(host) eq 0",
+        "acl scimgate_host_list req.fhdr(host) -m sub ,",
         *deny(
             400,
             "ambiguous_host",
-            "scimgate_host_repeated || scimgate_host_absent !scimgate_origin_form",
+            "scimgate_host_list || scimgate_host_absent !scimgate_origin_form",
         ),
         f"acl scimgate_ambiguous_path path -m reg -i '{AMBIGUOUS_PATH_REGEX}'",
         *deny(400, "ambiguous_path", "!scimgate_origin_path || scimgate_ambiguous_path"),
