@@ -37,7 +37,7 @@ Other facts: ``http_auth_bearer`` reads the first of several ``Authorization`` h
 the first value of a comma-joined one; ``req.fhdr_cnt`` counts header lines (cheap), while
 ``req.hdr_cnt`` also counts comma-separated values by parsing every character of a ~700-byte
 token (measured ~3,600 instructions per request with callgrind), so repeated lines are
-counted with ``fhdr_cnt`` and a comma found with ``-m sub`` (a JWT never holds one). A JSON string's ``\\n`` decodes to a real LF, and ``\\u00fc`` to the
+counted with ``fhdr_cnt`` and a comma found with ``-m reg ,`` (a JWT never holds one). A JSON string's ``\\n`` decodes to a real LF, and ``\\u00fc`` to the
 Latin-1 byte 0xFC.
 """
 
