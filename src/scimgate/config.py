@@ -50,6 +50,10 @@ class Settings:
     bulk_max_payload_bytes: int = 1_048_576
     max_results: int = 1000
     default_count: int = 100
+    # Failed authentication (docs/operations.md "Failed authentication"): aggregated into one
+    # audit event per source and window; a source over the limit in a window gets 429.
+    auth_failure_window_seconds: float = 60.0
+    auth_failure_limit: int = 60
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
 

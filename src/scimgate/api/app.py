@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,16 +20,23 @@ from starlette.routing import Route
 
 from scimgate import tokens
 from scimgate.api import http
+from scimgate.api.auth_guard import AuthGuard, FailureAggregate
 from scimgate.api.metrics import Metrics
 from scimgate.audit import log as audit
 from scimgate.bulk import run_bulk
 from scimgate.config import Settings
-from scimgate.scim import discovery, errors
+from scimgate.scim import discovery, errors, text
 from scimgate.scim.resource import project
 from scimgate.scim.schema import RESOURCE_TYPES, SEARCH_REQUEST_SCHEMA
 from scimgate.service import ScimService, WriteResult, is_user_name_lookup
 
 log = logging.getLogger("scimgate.api")
+
+# A client's X-Request-ID is kept only when short and of a safe charset (it lands in logs,
+# the audit trail and a response header); otherwise the request gets an id of our own.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# Request paths in log lines: bounded, control characters escaped.
+_LOGGED_PATH_CHARS = 256
 
 
 class SyncWaiter(Protocol):
@@ -44,6 +52,21 @@ def _bearer(request: Request) -> str:
     return secret.strip() if scheme.lower() == "bearer" else ""
 
 
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+class AuthFailed(errors.Unauthorized):
+    """A 401 with what the audit aggregate needs: why, and which known token (if any)."""
+
+    def __init__(self, detail: str, *, kind: str, reason: str, token: str | None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.reason = reason
+        self.token = token
+
+
 @dataclass
 class Api:
     settings: Settings
@@ -55,6 +78,14 @@ class Api:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(40, thread_name_prefix="scimgate-api")
     )
+    auth_guard: AuthGuard | None = None
+    _auth_flusher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.auth_guard is None:
+            self.auth_guard = AuthGuard(
+                self.settings.auth_failure_window_seconds, self.settings.auth_failure_limit
+            )
 
     @property
     def db(self) -> Any:
@@ -77,16 +108,16 @@ class Api:
             verdict = self.token_cache.authenticate(conn, secret)
         actor = self._actor(request, verdict.name)
         if verdict.reason != "ok":
-            kind = "token.expired_use" if verdict.reason == "expired" else "auth.failed"
-            with self.db.write() as conn:
-                audit.append(
-                    conn, kind, actor, detail={"reason": verdict.reason, "path": request.url.path}
-                )
+            # No write here: an unauthenticated request never writes to the database. The
+            # failure is aggregated per source and window and audited by a flush (call()).
             self.metrics.auth_failures.labels(verdict.reason).inc()
-            raise errors.Unauthorized(
+            raise AuthFailed(
                 "missing bearer token"
                 if verdict.reason == "missing"
-                else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}"
+                else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}",
+                kind="token.expired_use" if verdict.reason == "expired" else "auth.failed",
+                reason=verdict.reason,
+                token=verdict.name,
             )
         assert verdict.name is not None
         tokens.touch(self.db, verdict.name, verdict.last_used, self.token_cache)
@@ -136,13 +167,15 @@ class Api:
         *,
         body_limit: int | None = None,
         inline: bool = False,
+        check_text: bool = True,
     ) -> Response:
         """Authenticate, then read the body (an unauthenticated client never gets its body
         parsed), then run the work in the thread pool; every outcome is counted and logged."""
         started = time.perf_counter()
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = _request_id(request)
         status = 500
         try:
+            self._refuse_if_throttled(request)
             out: Response | WriteResultResponse | None = None
             if inline and self.db.inline_reads:
                 # A short read (one indexed lookup) on the loop itself: a thread hop costs
@@ -150,12 +183,14 @@ class Api:
                 with self.db.inline():
                     out = self._work_if_token_holds(request, work, None)
             if out is None:
-                out = await self._in_thread(request, work, body_limit)
+                out = await self._in_thread(request, work, body_limit, check_text)
             if isinstance(out, WriteResultResponse):
                 await self._read_your_writes(out.result, request.state.request_id)
                 out = out.response
             response = out
         except errors.ScimError as exc:
+            if isinstance(exc, AuthFailed):
+                self._auth_failed(request, exc)
             response = http.error_response(exc)
         except Exception:  # never a stack trace to the client
             log.exception("internal error", extra={"request_id": request.state.request_id})
@@ -169,18 +204,95 @@ class Api:
             extra={
                 "request_id": request.state.request_id,
                 "method": request.method,
-                "path": request.url.path,
+                "path": text.echo(request.url.path, _LOGGED_PATH_CHARS),
                 "status": status,
                 "ms": round(elapsed * 1000, 2),
             },
         )
         return response
 
+    # --- failed authentication: slowed down per source, audited in bounded form ---------
+
+    def _refuse_if_throttled(self, request: Request) -> None:
+        """429 before any token check or thread hop for a source over its failure limit,
+        unless the request's token is one this process has seen valid (then it is fully
+        authenticated as usual: others' failures from the same address never lock it out)."""
+        assert self.auth_guard is not None
+        source = self._actor(request, None).client
+        wait = self.auth_guard.retry_after(source)
+        if wait is None or self.token_cache.recognises(_bearer(request)):
+            return
+        self.auth_guard.record(
+            source, kind="auth.failed", reason="throttled", path=request.url.path,
+            user_agent=request.headers.get("user-agent"),
+            request_id=request.state.request_id, throttled=True,
+        )  # fmt: skip
+        self._schedule_auth_flush()
+        self.metrics.auth_throttled.inc()
+        raise errors.TooManyRequests(
+            f"too many failed authentications from this address; retry in {wait} s",
+            retry_after=wait,
+        )
+
+    def _auth_failed(self, request: Request, exc: AuthFailed) -> None:
+        assert self.auth_guard is not None
+        self.auth_guard.record(
+            self._actor(request, None).client, kind=exc.kind, reason=exc.reason,
+            token=exc.token, path=request.url.path,
+            user_agent=request.headers.get("user-agent"), request_id=request.state.request_id,
+        )  # fmt: skip
+        self._schedule_auth_flush()
+
+    def _schedule_auth_flush(self) -> None:
+        """Start the flusher (on the event loop) unless it is running."""
+        if self._auth_flusher is None or self._auth_flusher.done():
+            self._auth_flusher = asyncio.get_running_loop().create_task(self._flush_auth_loop())
+
+    async def _flush_auth_loop(self) -> None:
+        """Write each window's aggregates once it closed; end when nothing is pending."""
+        assert self.auth_guard is not None
+        loop = asyncio.get_running_loop()
+        while (due := self.auth_guard.next_flush()) is not None:
+            await asyncio.sleep(max(due - time.time(), 0.0) + 0.05)
+            aggregates = self.auth_guard.take()
+            if aggregates:
+                await loop.run_in_executor(self.executor, self.write_auth_failures, aggregates)
+
+    def write_auth_failures(self, aggregates: list[FailureAggregate]) -> None:
+        """One audit event per aggregate, in one transaction; and one log line each."""
+        try:
+            with self.db.write() as conn:
+                for agg in aggregates:
+                    actor = audit.Actor(agg.actor, agg.source, agg.user_agent, agg.request_id)
+                    audit.append(conn, agg.kind, actor, detail=agg.audit_detail())
+        except Exception:
+            log.exception("could not audit failed authentications (they are logged below)")
+        for agg in aggregates:
+            log.warning(
+                "authentication failures",
+                extra={"kind": agg.kind, "client": agg.source, **agg.audit_detail()},
+            )
+
+    def close(self) -> None:
+        """Shutdown (the server has stopped): finish the request threads, then audit what
+        failed authentications are still pending, the current window included."""
+        self.executor.shutdown(wait=True)
+        if self.auth_guard is not None:
+            if self.auth_guard.dropped_windows:
+                log.error(
+                    "failed-authentication windows dropped before a flush",
+                    extra={"windows": self.auth_guard.dropped_windows},
+                )
+            aggregates = self.auth_guard.take(everything=True)
+            if aggregates:
+                self.write_auth_failures(aggregates)
+
     async def _in_thread(
         self,
         request: Request,
         work: Callable[[audit.Actor, Any], Response | WriteResultResponse],
         body_limit: int | None,
+        check_text: bool = True,
     ) -> Response | WriteResultResponse:
         loop = asyncio.get_running_loop()
         body = None
@@ -188,10 +300,10 @@ class Api:
             # The token row was valid moments ago (TokenCache): read the body without a
             # thread hop of its own; the token is checked again, against the database, in
             # the same hop as the work below.
-            body = await http.read_json(request, body_limit)
+            body = await http.read_json(request, body_limit, check_text=check_text)
         elif body_limit is not None:
             await loop.run_in_executor(self.executor, self._authenticate, request)
-            body = await http.read_json(request, body_limit)
+            body = await http.read_json(request, body_limit, check_text=check_text)
 
         def run() -> Response | WriteResultResponse:
             # Authenticate and work in one thread hop. A revoked or expired token stops here,
@@ -205,7 +317,15 @@ class Api:
     async def _read_your_writes(self, result: WriteResult, request_id: str) -> None:
         if not (self.settings.read_your_writes and self.sync and result.changes):
             return
-        ok = await self.sync.wait_confirmed(result.last_seq, self.settings.read_your_writes_timeout)
+        try:
+            ok = await self.sync.wait_confirmed(
+                result.last_seq, self.settings.read_your_writes_timeout
+            )
+        except Exception:
+            # The write is committed: its answer must not become a 500 (a client would
+            # retry a write that took effect). The change log still carries it to HAProxy.
+            log.exception("read-your-writes wait failed", extra={"request_id": request_id})
+            ok = False
         if not ok:
             self.metrics.ryw_timeouts.inc()
             log.warning(
@@ -226,17 +346,13 @@ class WriteResultResponse:
     result: WriteResult
 
 
-def _projection(
-    q: dict[str, str], body: dict[str, Any] | None = None
-) -> tuple[list[str] | None, list[str] | None]:
-    if body is not None:
-        attrs = body.get("attributes")
-        excl = body.get("excludedAttributes")
-        return (
-            attrs if isinstance(attrs, list) else http.csv_param(attrs),
-            excl if isinstance(excl, list) else http.csv_param(excl),
-        )
-    return http.csv_param(q.get("attributes")), http.csv_param(q.get("excludedattributes"))
+def _projection(params: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
+    """``attributes`` / ``excludedAttributes`` (lower-cased names) of a query or a
+    SearchRequest, type-checked."""
+    return (
+        http.names_param(params.get("attributes"), "attributes"),
+        http.names_param(params.get("excludedattributes"), "excludedAttributes"),
+    )
 
 
 def _wants_members(attrs: list[str] | None, excluded: list[str] | None) -> bool:
@@ -262,15 +378,15 @@ def build_app(api: Api) -> Starlette:
         attrs: list[str] | None,
         excluded: list[str] | None,
     ) -> Response:
+        # RFC 7644 §3.4.2: every parameter type-checked, whether from a query or a body.
         start = http.int_param(params.get("startindex"), "startIndex", 1)
         count = http.int_param(params.get("count"), "count", s.default_count)
         count = max(0, min(count, s.max_results))
-        sort_order = params.get("sortorder")
-        if sort_order and str(sort_order).lower() not in ("ascending", "descending"):
+        sort_order = http.str_param(params.get("sortorder"), "sortOrder")
+        if sort_order and sort_order.lower() not in ("ascending", "descending"):
             raise errors.InvalidValue("sortOrder must be ascending or descending")
-        filt = params.get("filter")
-        if filt is not None and not isinstance(filt, str):
-            raise errors.InvalidValue("filter must be a string")
+        filt = http.str_param(params.get("filter"), "filter")
+        sort_by = http.str_param(params.get("sortby"), "sortBy")
         base = http.base_url(request)
         rtypes = [rtype] if rtype != "*" else list(RESOURCE_TYPES)
         total = 0
@@ -282,7 +398,7 @@ def build_app(api: Api) -> Starlette:
                 name,
                 base,
                 filter_text=filt,
-                sort_by=params.get("sortby"),
+                sort_by=sort_by,
                 sort_order=sort_order,
                 start_index=max(offset - total, 0) + 1,
                 count=max(count - len(found), 0),
@@ -296,13 +412,19 @@ def build_app(api: Api) -> Starlette:
 
     async def list_resources(request: Request) -> Response:
         rtype = rtype_of(request)
-        q = http.query(request)
-        attrs, excluded = _projection(q)
+
+        def work(actor: audit.Actor, _body: Any) -> Response:
+            # Parameters are checked inside the work: after authentication, as SCIM errors.
+            q = http.query(request)
+            return list_or_search(request, rtype, q, *_projection(q))
+
+        given = request.query_params
         return await api.call(
             request,
             f"/{rtype}s",
-            lambda actor, _body: list_or_search(request, rtype, q, attrs, excluded),
-            inline=rtype == "User" and is_user_name_lookup(q.get("filter"), q.get("sortby")),
+            work,
+            inline=rtype == "User"
+            and is_user_name_lookup(given.get("filter"), given.get("sortBy")),
         )
 
     async def search(request: Request) -> Response:
@@ -317,17 +439,15 @@ def build_app(api: Api) -> Starlette:
             ):
                 raise errors.InvalidSyntax(f"schemas must contain {SEARCH_REQUEST_SCHEMA}")
             params = {k.lower(): v for k, v in body.items()}
-            attrs, excluded = _projection({}, body)
-            return list_or_search(request, rtype, params, attrs, excluded)
+            return list_or_search(request, rtype, params, *_projection(params))
 
         return await api.call(request, "/.search", work, body_limit=s.max_body_bytes)
 
     async def create(request: Request) -> Response:
         rtype = rtype_of(request)
-        q = http.query(request)
-        attrs, excluded = _projection(q)
 
         def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
+            attrs, excluded = _projection(http.query(request))
             result = api.service.create(rtype, body, actor, http.base_url(request))
             assert result.resource is not None
             res = result.resource
@@ -346,11 +466,10 @@ def build_app(api: Api) -> Starlette:
     async def get_one(request: Request) -> Response:
         rtype = rtype_of(request)
         rid = request.path_params["id"]
-        q = http.query(request)
-        attrs, excluded = _projection(q)
         if_none_match = request.headers.get("if-none-match")
 
         def work(actor: audit.Actor, _body: Any) -> Response:
+            attrs, excluded = _projection(http.query(request))
             res = api.service.get(
                 rtype, rid, http.base_url(request), include_members=_wants_members(attrs, excluded)
             )
@@ -370,11 +489,10 @@ def build_app(api: Api) -> Starlette:
         rtype = rtype_of(request)
         rid = request.path_params["id"]
         method = request.method
-        q = http.query(request)
-        attrs, excluded = _projection(q)
         if_match = request.headers.get("if-match")
 
         def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
+            attrs, excluded = _projection(http.query(request))
             base = http.base_url(request)
             rt = RESOURCE_TYPES[rtype]
             if method == "DELETE":
@@ -426,8 +544,11 @@ def build_app(api: Api) -> Starlette:
             merged = WriteResult(None, [c for r in results for c in r.changes])
             return WriteResultResponse(http.scim_response(response, 200), merged)
 
-        # Over maxPayloadSize: 413 (RFC 7644 §3.7.4), from the body reader.
-        return await api.call(request, "/Bulk", work, body_limit=s.bulk_max_payload_bytes)
+        # Over maxPayloadSize: 413 (RFC 7644 §3.7.4), from the body reader. Text is checked
+        # per operation (run_bulk), so that one bad operation fails alone (§3.7.3).
+        return await api.call(
+            request, "/Bulk", work, body_limit=s.bulk_max_payload_bytes, check_text=False
+        )
 
     async def spc(request: Request) -> Response:
         return await api.call(
