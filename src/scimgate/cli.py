@@ -75,7 +75,16 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
     Example:
       scimgate serve --dir ./demo --port 8000
     """
+    import signal
+
+    from scimgate.stack import _stop_on_signal
+
     settings = _settings(directory, config)
+    # As `up` does (stack.bring_up): uvicorn re-raises SIGTERM/SIGINT once it stopped, and
+    # with the default action the process would die before run_server's `finally` (the
+    # sync engine's stop, the audit of pending failed authentications).
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     run_server(settings, host or settings.host, port or settings.port)
 
 

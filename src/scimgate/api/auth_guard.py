@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 KINDS = ("auth.failed", "token.expired_use")
-MAX_AUDITED_SOURCES = 32
+MAX_AUDITED_SOURCES = 16
 MAX_TRACKED_SOURCES = 4096
 MAX_PENDING_WINDOWS = 16
 MAX_SAMPLE_CHARS = 128
