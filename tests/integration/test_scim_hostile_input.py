@@ -275,3 +275,75 @@ def test_request_id_is_bounded_and_of_a_safe_charset(
         assert stored == generated
     with store.connect() as conn:
         assert verify(conn).ok
+
+
+# --- an unexpected error inside one operation ------------------------------------------------
+
+
+@pytest.fixture
+def failing_insert(scim_server: ScimServer, store: sa.Engine) -> Iterator[str]:
+    """A database trigger that makes inserting one userName fail: a real, unexpected
+    database error (not a SCIM rule) in the middle of a request, on either backend."""
+    doomed = f"boom-{tag()}"
+    name = f"t_{tag()}"
+    with store.begin() as conn:
+        if store.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {name} BEFORE INSERT ON scim_users "
+                f"WHEN NEW.user_name = '{doomed}' BEGIN SELECT RAISE(ABORT, 'boom'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                f"CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.user_name = '{doomed}' THEN RAISE EXCEPTION 'boom'; END IF; "
+                f"RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {name} BEFORE INSERT ON scim_users "
+                f"FOR EACH ROW EXECUTE FUNCTION {name}()"
+            )
+    try:
+        yield doomed
+    finally:
+        with store.begin() as conn:
+            if store.dialect.name == "sqlite":
+                conn.exec_driver_sql(f"DROP TRIGGER {name}")
+            else:
+                conn.exec_driver_sql(f"DROP TRIGGER {name} ON scim_users")
+                conn.exec_driver_sql(f"DROP FUNCTION {name}()")
+
+
+def test_bulk_unexpected_error_is_that_operation_s_500_and_stops_the_rest(
+    scim: httpx.Client, store: sa.Engine, failing_insert: str
+) -> None:
+    first, last = f"first-{tag()}", f"last-{tag()}"
+    before = snapshot(store)
+    r = send(scim, "POST", "/Bulk", {"schemas": [BULK], "Operations": [
+        {"method": "POST", "path": "/Users", "bulkId": "a", "data": {"userName": first}},
+        {"method": "POST", "path": "/Users", "bulkId": "b", "data": {"userName": failing_insert}},
+        {"method": "POST", "path": "/Users", "bulkId": "c", "data": {"userName": last}},
+    ]})  # fmt: skip
+    assert r.status_code == 200, r.text
+    ops = r.json()["Operations"]
+    assert [(op["bulkId"], op["status"]) for op in ops] == [("a", "201"), ("b", "500")]
+    error = ops[1]["response"]
+    assert error["schemas"] == [ERROR] and error["status"] == "500"
+    assert "rolled back" in error["detail"] and "boom" not in r.text and "Traceback" not in r.text
+    # operation a committed and audited; b rolled back; c never ran
+    for name, present in ((first, 1), (failing_insert, 0), (last, 0)):
+        found = scim.get("/Users", params={"filter": f'userName eq "{name}"'}).json()
+        assert found["totalResults"] == present, name
+    after = snapshot(store)
+    assert after[0] == before[0] + 1 and after[3] == before[3] + 1
+    with store.connect() as conn:
+        assert verify(conn).ok
+
+
+def test_single_request_unexpected_error_commits_nothing(
+    scim: httpx.Client, store: sa.Engine, failing_insert: str
+) -> None:
+    before = snapshot(store)
+    r = scim.post("/Users", json={"schemas": [USER], "userName": failing_insert})
+    scim_error(r, 500)
+    assert r.json()["detail"] == "internal error" and "boom" not in r.text
+    assert snapshot(store) == before
