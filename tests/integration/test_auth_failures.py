@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,42 +131,50 @@ def test_unauthenticated_flood_writes_nothing_until_a_bounded_flush(
         assert growth <= EVENTS_PER_WINDOW * DISK_BYTES_PER_EVENT, growth
 
 
-def test_a_source_over_the_limit_gets_429_but_a_known_token_does_not(tmp_path: Path) -> None:
+def test_a_source_over_the_limit_gets_429_but_a_valid_token_does_not(tmp_path: Path) -> None:
+    """Over the limit, a repeated bad token (or none) is answered 429 + Retry-After at once;
+    a new guess is checked and answered 429 too; a valid token from the same address, even
+    one this process has never seen, still works: others' failures never lock an IdP out."""
+    from click.testing import CliRunner
+
+    from scimgate.cli import main as cli_main
+
+    directory = tmp_path / "throttle"
     server = start_server(
-        tmp_path / "throttle",
-        default_sqlite_url(tmp_path / "throttle"),
-        extra_yaml="auth_failure_limit: 5\n",
+        directory, default_sqlite_url(directory), extra_yaml="auth_failure_limit: 5\n"
     )
     try:
-        with server.client() as scim:  # the token is seen valid first
-            assert scim.get("/Users", params={"count": 0}).status_code == 200
         head = audit_head(server.database_url)
         with client_from(server, "127.0.0.1", headers={"Authorization": "Bearer nope"}) as bad:
-            for _ in range(5):
+            for _ in range(4):
                 assert_scim_error(bad.get("/Users"), 401)
+            assert_scim_error(bad.get("/Users"), 429)  # the 5th failure reaches the limit
             started = time.monotonic()
             for _ in range(20):
                 r = bad.post("/Users", json={"userName": "x"})
                 assert_scim_error(r, 429)
                 assert 1 <= int(r.headers["retry-after"]) <= 60
+            assert_scim_error(bad.get("/Users", headers={"Authorization": ""}), 429)
             assert time.monotonic() - started < 10  # answered at once, not held
-        # the IdP's own token from the same address still works, fully checked
-        with server.client() as scim:
+            assert_scim_error(bad.get("/Users", headers={"Authorization": "Bearer new"}), 429)
+        # a token created now (never seen by the server) from the same address
+        made = CliRunner().invoke(cli_main, ["token", "create", "idp", "--dir", str(directory)])
+        assert made.exit_code == 0
+        idp = {"Authorization": f"Bearer {made.stdout.strip()}"}
+        with client_from(server, "127.0.0.1", headers=idp) as scim:
             assert scim.get("/Users", params={"count": 0}).status_code == 200
-            assert (
-                scim.post("/Users", json={"userName": f"t-{uuid.uuid4().hex[:6]}"}).status_code
-                == 201
-            )
+            r = scim.post("/Users", json={"userName": f"t-{uuid.uuid4().hex[:6]}"})
+            assert r.status_code == 201
         # another address is not slowed down
         with client_from(server, "127.0.0.2", headers={"Authorization": "Bearer nope"}) as other:
             assert_scim_error(other.get("/Users"), 401)
-        assert metric(server, "scimgate_auth_throttled_total") == 20
-        assert metric(server, "scimgate_auth_failures_total", reason="unknown") == 6
-        assert audit_head(server.database_url) == head + 1  # just the create
+        assert metric(server, "scimgate_auth_throttled_total") == 21
+        assert metric(server, "scimgate_auth_failures_total", reason="unknown") == 7
+        assert audit_head(server.database_url) == head + 2  # the token and the create
     finally:
         server.stop()
     by_client = {e["client"]: e["detail"] for e in events(server.database_url, "auth.failed")}
-    assert by_client["127.0.0.1"]["count"] == 5 and by_client["127.0.0.1"]["throttled"] == 20
+    assert by_client["127.0.0.1"]["count"] == 6 and by_client["127.0.0.1"]["throttled"] == 21
     assert by_client["127.0.0.2"]["count"] == 1 and "throttled" not in by_client["127.0.0.2"]
 
 
@@ -201,27 +210,41 @@ def test_one_event_per_source_and_window_with_an_overflow_bucket(windowed: ScimS
     each of the first ones, the rest in one overflow event; the flush runs when the window
     closes (no shutdown needed); the chain verifies."""
     url = windowed.database_url
-    head = audit_head(url)
-    before = len(events(url, "auth.failed"))
-    sources = [f"127.0.0.{10 + i}" for i in range(MAX_AUDITED_SOURCES + 4)]
-    while time.time() % WINDOW > 0.5:  # start early in a window: all land in the same one
-        time.sleep(0.05)
-    for address in sources:
-        with client_from(windowed, address) as anon:
-            assert_scim_error(anon.get("/Groups"), 401)
-    found = wait_for_events(
-        url, ("auth.failed",),
-        lambda f: sum(e["detail"]["count"] for e in f[before:]) == len(sources),
-    )[before:]  # fmt: skip
-    assert len({e["detail"]["window_start"] for e in found}) == 1
+    head, before = audit_head(url), len(events(url, "auth.failed"))
+    n = MAX_AUDITED_SOURCES + 4
+    for attempt in range(1, 4):  # until all requests land in one window (a loaded machine)
+        clients = [client_from(windowed, f"127.0.{attempt}.{10 + i}") for i in range(n)]
+        try:
+            while time.time() % WINDOW > 0.3:  # start early in a window
+                time.sleep(0.02)
+            started = time.time()
+            for anon in clients:
+                assert_scim_error(anon.get("/Groups"), 401)
+            if started // WINDOW == time.time() // WINDOW:
+                break
+        finally:
+            for anon in clients:
+                anon.close()
+    window_start = datetime.fromtimestamp(started // WINDOW * WINDOW, UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
+
+    def in_window(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in found if e["detail"]["window_start"] == window_start]
+
+    found = in_window(wait_for_events(
+        url, ("auth.failed",), lambda f: sum(e["detail"]["count"] for e in in_window(f)) == n
+    ))  # fmt: skip
     own = [e for e in found if not e["detail"].get("overflow")]
     (overflow,) = [e for e in found if e["detail"].get("overflow")]
     assert len(own) == MAX_AUDITED_SOURCES and len(found) <= EVENTS_PER_WINDOW
-    assert {e["client"] for e in own} < set(sources)  # one event per source
+    assert len({e["client"] for e in own}) == len(own)  # one event per source
+    assert all(e["client"].startswith(f"127.0.{attempt}.") for e in own)
     assert all(e["detail"]["count"] == 1 for e in own)
     assert overflow["client"] is None and overflow["detail"]["sources"] == 4
     assert overflow["detail"]["count"] == 4
-    assert audit_head(url) == head + len(found)
+    # nothing but these aggregates was written, each as one chained event
+    assert audit_head(url) - head == len(events(url, "auth.failed")) - before
 
 
 def test_revoked_and_expired_tokens_are_named_in_their_aggregates(windowed: ScimServer) -> None:

@@ -57,6 +57,10 @@ def _request_id(request: Request) -> str:
     return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+def _too_many(wait: int) -> str:
+    return f"too many failed authentications from this address; retry in {wait} s"
+
+
 class AuthFailed(errors.Unauthorized):
     """A 401 with what the audit aggregate needs: why, and which known token (if any)."""
 
@@ -190,7 +194,7 @@ class Api:
             response = out
         except errors.ScimError as exc:
             if isinstance(exc, AuthFailed):
-                self._auth_failed(request, exc)
+                exc = self._auth_failed(request, exc)
             response = http.error_response(exc)
         except Exception:  # never a stack trace to the client
             log.exception("internal error", extra={"request_id": request.state.request_id})
@@ -214,13 +218,19 @@ class Api:
     # --- failed authentication: slowed down per source, audited in bounded form ---------
 
     def _refuse_if_throttled(self, request: Request) -> None:
-        """429 before any token check or thread hop for a source over its failure limit,
-        unless the request's token is one this process has seen valid (then it is fully
-        authenticated as usual: others' failures from the same address never lock it out)."""
+        """A source over its failure limit: a request with no bearer token, or with one that
+        already failed in this window, is answered 429 at once (no token check, no thread
+        hop). Any other token is checked as usual, so an IdP's valid token is never refused
+        because others failed from its address; if it fails, the answer is 429 too (call)."""
         assert self.auth_guard is not None
         source = self._actor(request, None).client
         wait = self.auth_guard.retry_after(source)
-        if wait is None or self.token_cache.recognises(_bearer(request)):
+        if wait is None:
+            return
+        secret = _bearer(request)
+        if self.token_cache.recognises(secret):
+            return
+        if secret and not self.auth_guard.failed_before(tokens.hash_secret(secret)):
             return
         self.auth_guard.record(
             source, kind="auth.failed", reason="throttled", path=request.url.path,
@@ -229,19 +239,21 @@ class Api:
         )  # fmt: skip
         self._schedule_auth_flush()
         self.metrics.auth_throttled.inc()
-        raise errors.TooManyRequests(
-            f"too many failed authentications from this address; retry in {wait} s",
-            retry_after=wait,
-        )
+        raise errors.TooManyRequests(_too_many(wait), retry_after=wait)
 
-    def _auth_failed(self, request: Request, exc: AuthFailed) -> None:
+    def _auth_failed(self, request: Request, exc: AuthFailed) -> errors.ScimError:
+        """Record a failed authentication; the error to answer (429 once over the limit)."""
         assert self.auth_guard is not None
+        source = self._actor(request, None).client
+        secret = _bearer(request)
         self.auth_guard.record(
-            self._actor(request, None).client, kind=exc.kind, reason=exc.reason,
-            token=exc.token, path=request.url.path,
+            source, kind=exc.kind, reason=exc.reason, token=exc.token, path=request.url.path,
             user_agent=request.headers.get("user-agent"), request_id=request.state.request_id,
+            secret_hash=tokens.hash_secret(secret) if secret else None,
         )  # fmt: skip
         self._schedule_auth_flush()
+        wait = self.auth_guard.retry_after(source)
+        return exc if wait is None else errors.TooManyRequests(_too_many(wait), retry_after=wait)
 
     def _schedule_auth_flush(self) -> None:
         """Start the flusher (on the event loop) unless it is running."""

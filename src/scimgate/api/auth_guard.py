@@ -1,10 +1,10 @@
 """Failed authentication: counted per source, slowed down, and audited in bounded form.
 
 Does: keep, per fixed window (``auth_failure_window_seconds``, 60 s by default, aligned to
-the clock) and per source address, how many requests failed authentication and why; tell
-when a source is over ``auth_failure_limit`` in the current window (the API answers 429 with
-Retry-After); hand the aggregates of closed windows to a flush, which writes one audit event
-per (kind, source) and window.
+the clock) and per source address, how many requests failed authentication and why, and
+which bearer secrets (by hash) failed; tell when a source is over ``auth_failure_limit`` in
+the current window (the API answers 429 with Retry-After); hand the aggregates of closed
+windows to a flush, which writes one audit event per (kind, source) and window.
 Does not: authenticate (``scimgate.tokens``), decide the source address (``Api._actor``), or
 write anything itself (``Api`` flushes off the event loop, and on shutdown).
 
@@ -99,6 +99,7 @@ class _Window:
     start: float
     failures: dict[str, int] = field(default_factory=dict)  # source -> failures
     untracked: int = 0  # failures of sources past MAX_TRACKED_SOURCES (they share it)
+    failed_secrets: set[str] = field(default_factory=set)  # hashes, MAX_TRACKED_SOURCES at most
     aggregates: dict[tuple[str, str], FailureAggregate] = field(default_factory=dict)
 
 
@@ -153,6 +154,12 @@ class AuthGuard:
                 return None
             return max(1, math.ceil(window.start + self.window_seconds - now))
 
+    def failed_before(self, secret_hash: str) -> bool:
+        """Whether this secret already failed in the current window (it cannot have become
+        valid since: secrets are issued by scimgate, never chosen by a client)."""
+        with self._lock:
+            return secret_hash in self._roll(self.clock()).failed_secrets
+
     def record(
         self,
         source: str | None,
@@ -164,8 +171,10 @@ class AuthGuard:
         user_agent: str | None = None,
         request_id: str | None = None,
         throttled: bool = False,
+        secret_hash: str | None = None,
     ) -> None:
-        """One failed (or, ``throttled``, refused) authentication from ``source``."""
+        """One failed (or, ``throttled``, refused) authentication from ``source``;
+        ``secret_hash``: the hash of the bearer secret that failed, if there was one."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         now = self.clock()
@@ -178,6 +187,8 @@ class AuthGuard:
                     window.failures[key] = window.failures.get(key, 0) + 1
                 else:
                     window.untracked += 1
+                if secret_hash is not None and len(window.failed_secrets) < MAX_TRACKED_SOURCES:
+                    window.failed_secrets.add(secret_hash)
             agg = window.aggregates.get((kind, key))
             if agg is None:
                 overflow = len(window.aggregates) >= MAX_AUDITED_SOURCES
@@ -222,5 +233,9 @@ class AuthGuard:
             self._closed = []
             if everything and self._window.aggregates:
                 windows.append(self._window)
-                self._window = _Window(self._window.start, failures=self._window.failures)
+                self._window = _Window(
+                    self._window.start,
+                    failures=self._window.failures,
+                    failed_secrets=self._window.failed_secrets,
+                )
         return [agg for window in windows for agg in window.aggregates.values()]
