@@ -400,9 +400,9 @@ def test_strings_must_be_well_formed_and_free_of_nul(bad: str) -> None:
         user(emails=[{"value": bad}]),
         user(name={"givenName": bad}),
     ):
-        with pytest.raises(InvalidValue, match="surrogate|NUL"):
+        with pytest.raises(InvalidValue, match=r"surrogate|NUL"):
             norm_user(payload)
-    with pytest.raises(InvalidValue, match="surrogate|NUL"):
+    with pytest.raises(InvalidValue, match=r"surrogate|NUL"):
         normalise({"displayName": bad}, GROUP_TYPE, mode="create")
     # an escaped surrogate pair decodes to one astral character, which is fine
     assert norm_user({"userName": json.loads('"\\ud83d\\ude00"')})["userName"] == "😀"

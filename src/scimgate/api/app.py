@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +18,8 @@ from starlette.routing import Route
 
 from scimgate import tokens
 from scimgate.api import http
-from scimgate.api.auth_guard import AuthGuard, FailureAggregate
+from scimgate.api.auth_failures import Attempt, AuthFailed, FailedAuthentication
+from scimgate.api.auth_guard import AuthGuard
 from scimgate.api.metrics import Metrics
 from scimgate.audit import log as audit
 from scimgate.bulk import run_bulk
@@ -32,9 +31,6 @@ from scimgate.service import ScimService, WriteResult, is_user_name_lookup
 
 log = logging.getLogger("scimgate.api")
 
-# A client's X-Request-ID is kept only when short and of a safe charset (it lands in logs,
-# the audit trail and a response header); otherwise the request gets an id of our own.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Request paths in log lines: bounded, control characters escaped.
 _LOGGED_PATH_CHARS = 256
 
@@ -52,25 +48,6 @@ def _bearer(request: Request) -> str:
     return secret.strip() if scheme.lower() == "bearer" else ""
 
 
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id")
-    return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-
-
-def _too_many(wait: int) -> str:
-    return f"too many failed authentications from this address; retry in {wait} s"
-
-
-class AuthFailed(errors.Unauthorized):
-    """A 401 with what the audit aggregate needs: why, and which known token (if any)."""
-
-    def __init__(self, detail: str, *, kind: str, reason: str, token: str | None) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.reason = reason
-        self.token = token
-
-
 @dataclass
 class Api:
     settings: Settings
@@ -83,13 +60,15 @@ class Api:
         default_factory=lambda: ThreadPoolExecutor(40, thread_name_prefix="scimgate-api")
     )
     auth_guard: AuthGuard | None = None
-    _auth_flusher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    failed_auth: FailedAuthentication = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.auth_guard is None:
-            self.auth_guard = AuthGuard(
-                self.settings.auth_failure_window_seconds, self.settings.auth_failure_limit
-            )
+        guard = self.auth_guard or AuthGuard(
+            self.settings.auth_failure_window_seconds, self.settings.auth_failure_limit
+        )
+        self.failed_auth = FailedAuthentication(
+            guard, self.service.db, self.metrics, self.token_cache, self.executor
+        )
 
     @property
     def db(self) -> Any:
@@ -176,10 +155,12 @@ class Api:
         """Authenticate, then read the body (an unauthenticated client never gets its body
         parsed), then run the work in the thread pool; every outcome is counted and logged."""
         started = time.perf_counter()
-        request.state.request_id = _request_id(request)
+        request.state.request_id = http.request_id(request)
         status = 500
         try:
-            self._refuse_if_throttled(request)
+            self.failed_auth.refuse_if_throttled(
+                self._actor(request, None).client, lambda: self._attempt(request)
+            )
             out: Response | WriteResultResponse | None = None
             if inline and self.db.inline_reads:
                 # A short read (one indexed lookup) on the loop itself: a thread hop costs
@@ -194,7 +175,7 @@ class Api:
             response = out
         except errors.ScimError as exc:
             if isinstance(exc, AuthFailed):
-                exc = self._auth_failed(request, exc)
+                exc = self.failed_auth.failed(self._attempt(request), exc)
             response = http.error_response(exc)
         except Exception:  # never a stack trace to the client
             log.exception("internal error", extra={"request_id": request.state.request_id})
@@ -215,89 +196,17 @@ class Api:
         )
         return response
 
-    # --- failed authentication: slowed down per source, audited in bounded form ---------
-
-    def _refuse_if_throttled(self, request: Request) -> None:
-        """A source over its failure limit: a request with no bearer token, or with one that
-        already failed in this window, is answered 429 at once (no token check, no thread
-        hop). Any other token is checked as usual, so an IdP's valid token is never refused
-        because others failed from its address; if it fails, the answer is 429 too (call)."""
-        assert self.auth_guard is not None
-        source = self._actor(request, None).client
-        wait = self.auth_guard.retry_after(source)
-        if wait is None:
-            return
-        secret = _bearer(request)
-        if self.token_cache.recognises(secret):
-            return
-        if secret and not self.auth_guard.failed_before(tokens.hash_secret(secret)):
-            return
-        self.auth_guard.record(
-            source, kind="auth.failed", reason="throttled", path=request.url.path,
-            user_agent=request.headers.get("user-agent"),
-            request_id=request.state.request_id, throttled=True,
+    def _attempt(self, request: Request) -> Attempt:
+        return Attempt(
+            self._actor(request, None).client, _bearer(request), request.url.path,
+            request.headers.get("user-agent"), request.state.request_id,
         )  # fmt: skip
-        self._schedule_auth_flush()
-        self.metrics.auth_throttled.inc()
-        raise errors.TooManyRequests(_too_many(wait), retry_after=wait)
-
-    def _auth_failed(self, request: Request, exc: AuthFailed) -> errors.ScimError:
-        """Record a failed authentication; the error to answer (429 once over the limit)."""
-        assert self.auth_guard is not None
-        source = self._actor(request, None).client
-        secret = _bearer(request)
-        self.auth_guard.record(
-            source, kind=exc.kind, reason=exc.reason, token=exc.token, path=request.url.path,
-            user_agent=request.headers.get("user-agent"), request_id=request.state.request_id,
-            secret_hash=tokens.hash_secret(secret) if secret else None,
-        )  # fmt: skip
-        self._schedule_auth_flush()
-        wait = self.auth_guard.retry_after(source)
-        return exc if wait is None else errors.TooManyRequests(_too_many(wait), retry_after=wait)
-
-    def _schedule_auth_flush(self) -> None:
-        """Start the flusher (on the event loop) unless it is running."""
-        if self._auth_flusher is None or self._auth_flusher.done():
-            self._auth_flusher = asyncio.get_running_loop().create_task(self._flush_auth_loop())
-
-    async def _flush_auth_loop(self) -> None:
-        """Write each window's aggregates once it closed; end when nothing is pending."""
-        assert self.auth_guard is not None
-        loop = asyncio.get_running_loop()
-        while (due := self.auth_guard.next_flush()) is not None:
-            await asyncio.sleep(max(due - time.time(), 0.0) + 0.05)
-            aggregates = self.auth_guard.take()
-            if aggregates:
-                await loop.run_in_executor(self.executor, self.write_auth_failures, aggregates)
-
-    def write_auth_failures(self, aggregates: list[FailureAggregate]) -> None:
-        """One audit event per aggregate, in one transaction; and one log line each."""
-        try:
-            with self.db.write() as conn:
-                for agg in aggregates:
-                    actor = audit.Actor(agg.actor, agg.source, agg.user_agent, agg.request_id)
-                    audit.append(conn, agg.kind, actor, detail=agg.audit_detail())
-        except Exception:
-            log.exception("could not audit failed authentications (they are logged below)")
-        for agg in aggregates:
-            log.warning(
-                "authentication failures",
-                extra={"kind": agg.kind, "client": agg.source, **agg.audit_detail()},
-            )
 
     def close(self) -> None:
-        """Shutdown (the server has stopped): finish the request threads, then audit what
-        failed authentications are still pending, the current window included."""
+        """Shutdown (the server has stopped): finish the request threads, then audit the
+        failed authentications still pending, the current window included."""
         self.executor.shutdown(wait=True)
-        if self.auth_guard is not None:
-            if self.auth_guard.dropped_windows:
-                log.error(
-                    "failed-authentication windows dropped before a flush",
-                    extra={"windows": self.auth_guard.dropped_windows},
-                )
-            aggregates = self.auth_guard.take(everything=True)
-            if aggregates:
-                self.write_auth_failures(aggregates)
+        self.failed_auth.close()
 
     async def _in_thread(
         self,
@@ -356,15 +265,6 @@ class WriteResultResponse:
 
     response: Response
     result: WriteResult
-
-
-def _projection(params: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
-    """``attributes`` / ``excludedAttributes`` (lower-cased names) of a query or a
-    SearchRequest, type-checked."""
-    return (
-        http.names_param(params.get("attributes"), "attributes"),
-        http.names_param(params.get("excludedattributes"), "excludedAttributes"),
-    )
 
 
 def _wants_members(attrs: list[str] | None, excluded: list[str] | None) -> bool:
@@ -428,7 +328,7 @@ def build_app(api: Api) -> Starlette:
         def work(actor: audit.Actor, _body: Any) -> Response:
             # Parameters are checked inside the work: after authentication, as SCIM errors.
             q = http.query(request)
-            return list_or_search(request, rtype, q, *_projection(q))
+            return list_or_search(request, rtype, q, *http.projection(q))
 
         given = request.query_params
         return await api.call(
@@ -451,7 +351,7 @@ def build_app(api: Api) -> Starlette:
             ):
                 raise errors.InvalidSyntax(f"schemas must contain {SEARCH_REQUEST_SCHEMA}")
             params = {k.lower(): v for k, v in body.items()}
-            return list_or_search(request, rtype, params, *_projection(params))
+            return list_or_search(request, rtype, params, *http.projection(params))
 
         return await api.call(request, "/.search", work, body_limit=s.max_body_bytes)
 
@@ -459,7 +359,7 @@ def build_app(api: Api) -> Starlette:
         rtype = rtype_of(request)
 
         def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
-            attrs, excluded = _projection(http.query(request))
+            attrs, excluded = http.projection(http.query(request))
             result = api.service.create(rtype, body, actor, http.base_url(request))
             assert result.resource is not None
             res = result.resource
@@ -481,7 +381,7 @@ def build_app(api: Api) -> Starlette:
         if_none_match = request.headers.get("if-none-match")
 
         def work(actor: audit.Actor, _body: Any) -> Response:
-            attrs, excluded = _projection(http.query(request))
+            attrs, excluded = http.projection(http.query(request))
             res = api.service.get(
                 rtype, rid, http.base_url(request), include_members=_wants_members(attrs, excluded)
             )
@@ -504,7 +404,7 @@ def build_app(api: Api) -> Starlette:
         if_match = request.headers.get("if-match")
 
         def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
-            attrs, excluded = _projection(http.query(request))
+            attrs, excluded = http.projection(http.query(request))
             base = http.base_url(request)
             rt = RESOURCE_TYPES[rtype]
             if method == "DELETE":

@@ -63,6 +63,7 @@ class FailureAggregate:
     throttled: int = 0  # requests answered 429 without a token check
     reasons: dict[str, int] = field(default_factory=dict)
     tokens: list[str] = field(default_factory=list)  # names of known tokens (revoked, expired)
+    named: int = 0  # failures that named a known token
     path: str | None = None  # the first request's, sampled
     user_agent: str | None = None
     request_id: str | None = None
@@ -72,7 +73,7 @@ class FailureAggregate:
     @property
     def actor(self) -> str | None:
         """The token name when every failure named the same known token."""
-        return self.tokens[0] if len(self.tokens) == 1 else None
+        return self.tokens[0] if len(self.tokens) == 1 and self.named == self.count else None
 
     def audit_detail(self) -> dict[str, Any]:
         detail: dict[str, Any] = {
@@ -212,8 +213,10 @@ class AuthGuard:
             agg.count += 1
             if reason in agg.reasons or len(agg.reasons) < MAX_REASONS:
                 agg.reasons[reason] = agg.reasons.get(reason, 0) + 1
-            if token is not None and token not in agg.tokens and len(agg.tokens) < MAX_TOKEN_NAMES:
-                agg.tokens.append(token[:64])
+            if token is not None:
+                agg.named += 1
+                if token not in agg.tokens and len(agg.tokens) < MAX_TOKEN_NAMES:
+                    agg.tokens.append(token[:64])
 
     def next_flush(self) -> float | None:
         """When the oldest pending aggregate can be flushed (its window's end), or None."""

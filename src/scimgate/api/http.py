@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import uuid
 from typing import Any
 
 from starlette.requests import Request
@@ -13,6 +15,9 @@ from scimgate.scim import errors, text
 
 # Query parameter values (filter, attributes, sortBy, ...): longer ones are refused (400).
 MAX_QUERY_VALUE_CHARS = 8192
+# A client's X-Request-ID is kept only when short and of a safe charset (it lands in logs,
+# the audit trail and a response header); otherwise the request gets an id of our own.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # startIndex and count beyond this are clamped (SQL OFFSET/LIMIT are 64-bit; RFC 7644
 # §3.4.2.4 lets a provider answer fewer results than asked).
 MAX_INDEX = 2**31 - 1
@@ -102,6 +107,15 @@ def names_param(value: Any, name: str) -> list[str] | None:
     raise errors.InvalidValue(f"{name} must be an array of attribute names")
 
 
+def projection(params: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
+    """``attributes`` / ``excludedAttributes`` (lower-cased names) of a query or a
+    SearchRequest, type-checked."""
+    return (
+        names_param(params.get("attributes"), "attributes"),
+        names_param(params.get("excludedattributes"), "excludedAttributes"),
+    )
+
+
 def str_param(value: Any, name: str) -> str | None:
     """A parameter that must be a string when present (filter, sortBy, sortOrder)."""
     if value is None or isinstance(value, str):
@@ -127,3 +141,8 @@ def int_param(value: Any, name: str, default: int) -> int:
 def base_url(request: Request) -> str:
     # The SCIM base URL as the client reached it (behind a proxy, set --forwarded-allow-ips).
     return str(request.base_url).rstrip("/") + "/scim/v2"
+
+
+def request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
