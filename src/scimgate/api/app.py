@@ -330,13 +330,13 @@ def build_app(api: Api) -> Starlette:
             q = http.query(request)
             return list_or_search(request, rtype, q, *http.projection(q))
 
-        given = request.query_params
+        given = {k.lower(): v for k, v in request.query_params.items()}  # unchecked: a hint
         return await api.call(
             request,
             f"/{rtype}s",
             work,
             inline=rtype == "User"
-            and is_user_name_lookup(given.get("filter"), given.get("sortBy")),
+            and is_user_name_lookup(given.get("filter"), given.get("sortby")),
         )
 
     async def search(request: Request) -> Response:
