@@ -11,6 +11,9 @@ Layout of an instance directory (created if missing, reused if present)::
     DIR/haproxy/admin.sock     Runtime API (the sync engine's target `local`)
     DIR/haproxy/master.sock    master CLI (reload / restart detection)
     DIR/haproxy/haproxy.log    HAProxy's own output and access log
+    DIR/tls/scim.pem           demo certificate + key of the SCIM endpoint's TLS (0600)
+    DIR/tls/ca.pem             the demo CA that signed it: what a SCIM client verifies with
+    DIR/scimgate.sock          scimgate's unix socket, HAProxy's way to the SCIM endpoint
 
 The instance config (scimgate.yaml) is updated to point at these, with one target named
 ``local``; the map shard count is decided from the HAProxy version once and persisted.
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import hashlib
+import ipaddress
 import os
 import signal
 import time
@@ -31,7 +36,14 @@ from typing import Any, Literal
 
 import yaml
 
-from scimgate.config import CONFIG_NAME, Settings, TargetConfig
+from scimgate.config import (
+    CONFIG_NAME,
+    UNIX_PATH_MAX,
+    ScimFront,
+    Settings,
+    TargetConfig,
+    parse_bind,
+)
 from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.haproxy.mapfile import write_map_file
 from scimgate.haproxy.process import HAProxyProcess, binary_version, check_config, find_haproxy
@@ -39,10 +51,10 @@ from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_names, shard_of
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from scimgate.policy.model import Policy, load_policy
 from scimgate.policy.render import render_config
+from scimgate.policy.render_scim import render_scim_front, upstream_address
 
 TARGET_NAME = "local"
 DEFAULT_HAPROXY_PORT = 8080
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 
 
 class DemoError(RuntimeError):
@@ -103,6 +115,22 @@ class Layout:
     def pid_file(self) -> Path:
         return self.haproxy / "haproxy.pid"
 
+    @property
+    def tls(self) -> Path:
+        return self.base / "tls"
+
+    @property
+    def scim_certificate(self) -> Path:
+        return self.tls / "scim.pem"
+
+    @property
+    def scim_ca(self) -> Path:
+        return self.tls / "ca.pem"
+
+    @property
+    def scim_socket(self) -> Path:
+        return self.base / "scimgate.sock"
+
 
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +164,140 @@ def ensure_demo_keys(layout: Layout) -> None:
     private_pem, public_pem = generate_rsa_keypair()
     _write_private(layout.private_key, private_pem)
     _write_public(layout.public_key, public_pem)
+
+
+DEMO_CERT_DAYS = 398  # the longest a publicly trusted certificate may live
+_RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+def _demo_names(host: str) -> list[Any]:
+    from cryptography import x509
+
+    addresses = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    if not ipaddress.ip_address(host).is_unspecified:
+        addresses.add(ipaddress.ip_address(host))
+    return [x509.DNSName("localhost"), *(x509.IPAddress(a) for a in sorted(addresses, key=str))]
+
+
+def _demo_certificate_current(layout: Layout, host: str) -> bool:
+    """The demo certificate exists, lives 30 more days and names ``host``."""
+    from cryptography import x509
+
+    if not (layout.scim_certificate.exists() and layout.scim_ca.exists()):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(layout.scim_certificate.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    now = datetime.datetime.now(datetime.UTC)
+    return cert.not_valid_after_utc - now > _RENEW_BEFORE and all(
+        name in names for name in _demo_names(host)
+    )
+
+
+def ensure_demo_certificate(layout: Layout, host: str) -> None:
+    """The SCIM endpoint's demo TLS certificate: a throwaway CA (DIR/tls/ca.pem, what a client
+    verifies with; its key is not kept) and a P-256 certificate for localhost, 127.0.0.1, ::1
+    and ``host`` (DIR/tls/scim.pem with its key, 0600). Made again when missing, expiring
+    within 30 days or not naming ``host``. Production: set scim_front.certificate."""
+    if _demo_certificate_current(layout, host):
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(DEMO_CERT_DAYS)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scimgate demo CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(_demo_names(host)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    layout.tls.mkdir(parents=True, exist_ok=True)
+    _write_private(
+        layout.scim_certificate, (cert.public_bytes(pem) + ca.public_bytes(pem) + key_pem).decode()
+    )
+    _write_public(layout.scim_ca, ca.public_bytes(pem).decode())
+
+
+def public_scim_url(front: ScimFront) -> str:
+    """The SCIM base URL on HAProxy's TLS port (a wildcard bind: its loopback address)."""
+    host, port = parse_bind(front.bind)
+    address = ipaddress.ip_address(host)
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"https://{shown}:{port}/scim/v2"
+
+
+def scim_certificate(settings: Settings) -> Path:
+    """The certificate the SCIM frontend serves: the configured one, else the demo one."""
+    front = settings.scim_front
+    if front is not None and front.certificate is not None:
+        return front.certificate
+    return Layout(settings.base_dir).scim_certificate
+
+
+def scim_ca_file(settings: Settings) -> Path | None:
+    """What a client verifies the SCIM endpoint with (None: the system's trust store)."""
+    front = settings.scim_front
+    if front is not None and front.certificate is not None:
+        return front.ca_file
+    return Layout(settings.base_dir).scim_ca
+
+
+def scim_frontend(settings: Settings, *, check_files: bool = True) -> list[str]:
+    """The SCIM frontend and backend of this instance ([] when scim_front is not set)."""
+    front = settings.scim_front
+    if front is None:
+        return []
+    certificate = scim_certificate(settings)
+    if check_files and not certificate.exists():
+        raise DemoError(
+            f"no TLS certificate for the SCIM endpoint: {certificate} does not exist (set "
+            f"scim_front.certificate in {settings.config_path}, or run `scimgate up` once "
+            "for the demo certificate)"
+        )
+    return render_scim_front(
+        front,
+        certificate=str(certificate),
+        upstream=upstream_address(
+            unix_socket=str(settings.unix_socket) if settings.unix_socket else None,
+            host=settings.host,
+            port=settings.port,
+        ),
+        max_body_bytes=settings.max_body_bytes,
+        bulk_max_payload_bytes=settings.bulk_max_payload_bytes,
+        check_files=check_files,
+    )
 
 
 def policy_path(settings: Settings) -> Path:
@@ -199,6 +361,14 @@ def persist_settings(settings: Settings, layout: Layout, policy: Path, shards: i
         except ValueError:
             return str(path)
 
+    # An instance made before the SCIM endpoint went behind HAProxy gets the defaults once;
+    # a key the user set (even to null) stays as it is.
+    if "unix_socket" not in data:
+        settings.unix_socket = layout.scim_socket
+        data["unix_socket"] = rel(layout.scim_socket)
+    if "scim_front" not in data:
+        settings.scim_front = ScimFront()
+        data["scim_front"] = settings.scim_front.to_dict(settings.base_dir)
     data["policy_file"] = rel(policy)
     data["hmac_secret_file"] = rel(settings.hmac_secret_file)
     data["map_shards"] = shards
@@ -266,12 +436,20 @@ def render_instance(
     settings: Settings,
     policy: Policy,
     *,
-    mode: Literal["full", "fragment"] = "full",
+    mode: Literal["full", "fragment", "scim"] = "full",
     bind: str | None = None,
     shards: int | None = None,
     map_dir: str | None = None,
 ) -> str:
-    """The HAProxy config of an instance: its policy, secret, sockets and map layout."""
+    """The HAProxy config of an instance: its policy, secret, sockets and map layout, and the
+    SCIM endpoint's frontend when scim_front is set (mode ``scim``: that frontend alone)."""
+    front = scim_frontend(settings, check_files=mode != "fragment")
+    if mode == "scim":
+        if not front:
+            raise DemoError(f"no scim_front in {settings.config_path}: nothing to render")
+        return (
+            "\n".join(["# Generated by scimgate from scimgate.yaml (scim_front).", *front]) + "\n"
+        )
     layout = Layout(settings.base_dir)
     target = next((t for t in settings.targets if t.name == TARGET_NAME), None)
     if target is None and settings.targets:
@@ -295,6 +473,7 @@ def render_instance(
         stats_socket=stats,
         master_socket=master,
         log_target="stdout format raw",
+        scim_frontend=front,
     )
 
 
@@ -327,12 +506,13 @@ def _stop_leftover(layout: Layout) -> None:
 
 
 def prepare_haproxy(
-    settings: Settings, *, haproxy_port: int | None = None
+    settings: Settings, *, haproxy_port: int | None = None, scim_tls_port: int | None = None
 ) -> tuple[Layout, dict[str, Any]]:
-    """Everything up to (not including) starting HAProxy; updates ``settings`` in place."""
+    """Everything up to (not including) starting HAProxy; updates ``settings`` in place
+    (``scim_tls_port`` replaces scim_front.bind's port for this run only)."""
     layout = Layout(settings.base_dir.resolve())
     binary = find_haproxy()
-    for sock in (layout.admin_socket, layout.master_socket):
+    for sock in (layout.admin_socket, layout.master_socket, layout.scim_socket):
         if len(str(sock).encode()) > UNIX_PATH_MAX:
             raise DemoError(
                 f"socket path too long for a unix socket ({len(str(sock))} > "
@@ -345,6 +525,12 @@ def prepare_haproxy(
     shards = choose_map_shards(settings, binary)
     persist_settings(settings, layout, policy_file.resolve(), shards)
 
+    front = settings.scim_front
+    if front is not None and scim_tls_port is not None:
+        host = parse_bind(front.bind)[0]
+        front.bind = f"[{host}]:{scim_tls_port}" if ":" in host else f"{host}:{scim_tls_port}"
+    if front is not None and front.certificate is None:
+        ensure_demo_certificate(layout, parse_bind(front.bind)[0])
     entries = sync_desired_state(settings, policy, secret)
     write_map_files(layout.maps, entries, shards)
     port = haproxy_port or DEFAULT_HAPROXY_PORT
@@ -366,17 +552,23 @@ def prepare_haproxy(
         "jwt_public_key": str(layout.public_key),
         "identities": len(entries),
     }
+    if front is not None:
+        ca = scim_ca_file(settings)
+        info["scim_public_url"] = public_scim_url(front)
+        info["scim_ca_file"] = str(ca) if ca is not None else None
+    if settings.unix_socket is not None:
+        info["scim_socket"] = str(settings.unix_socket)
     return layout, info
 
 
 def start_demo_haproxy(
-    settings: Settings, *, haproxy_port: int | None = None
+    settings: Settings, *, haproxy_port: int | None = None, scim_tls_port: int | None = None
 ) -> tuple[HAProxyProcess, dict[str, Any]]:
     """Prepare the instance's HAProxy files and start HAProxy (master-worker, loopback).
 
     Returns the running process (stop it with ``.stop()``) and the keys to add to
     stack.json. The caller must stop it even if anything after this call fails."""
-    layout, info = prepare_haproxy(settings, haproxy_port=haproxy_port)
+    layout, info = prepare_haproxy(settings, haproxy_port=haproxy_port, scim_tls_port=scim_tls_port)
     _stop_leftover(layout)
     proc = HAProxyProcess(
         layout.config,
