@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import hashlib
 import ipaddress
 import os
@@ -48,6 +47,7 @@ from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.haproxy.mapfile import write_map_file
 from scimgate.haproxy.process import HAProxyProcess, binary_version, check_config, find_haproxy
 from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_names, shard_of
+from scimgate.policy.democert import demo_certificate, demo_certificate_current
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from scimgate.policy.model import Policy, load_policy
 from scimgate.policy.render import render_config
@@ -166,86 +166,20 @@ def ensure_demo_keys(layout: Layout) -> None:
     _write_public(layout.public_key, public_pem)
 
 
-DEMO_CERT_DAYS = 398  # the longest a publicly trusted certificate may live
-_RENEW_BEFORE = datetime.timedelta(days=30)
-
-
-def _demo_names(host: str) -> list[Any]:
-    from cryptography import x509
-
-    addresses = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
-    if not ipaddress.ip_address(host).is_unspecified:
-        addresses.add(ipaddress.ip_address(host))
-    return [x509.DNSName("localhost"), *(x509.IPAddress(a) for a in sorted(addresses, key=str))]
-
-
-def _demo_certificate_current(layout: Layout, host: str) -> bool:
-    """The demo certificate exists, lives 30 more days and names ``host``."""
-    from cryptography import x509
-
-    if not (layout.scim_certificate.exists() and layout.scim_ca.exists()):
-        return False
-    try:
-        cert = x509.load_pem_x509_certificate(layout.scim_certificate.read_bytes())
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
-        return False
-    now = datetime.datetime.now(datetime.UTC)
-    return cert.not_valid_after_utc - now > _RENEW_BEFORE and all(
-        name in names for name in _demo_names(host)
-    )
-
-
 def ensure_demo_certificate(layout: Layout, host: str) -> None:
-    """The SCIM endpoint's demo TLS certificate: a throwaway CA (DIR/tls/ca.pem, what a client
-    verifies with; its key is not kept) and a P-256 certificate for localhost, 127.0.0.1, ::1
-    and ``host`` (DIR/tls/scim.pem with its key, 0600). Made again when missing, expiring
-    within 30 days or not naming ``host``. Production: set scim_front.certificate."""
-    if _demo_certificate_current(layout, host):
+    """The SCIM endpoint's demo TLS certificate (``policy.democert``): DIR/tls/scim.pem with
+    its key (0600) and the CA a client verifies with, DIR/tls/ca.pem. Made again when missing,
+    expiring within 30 days or not naming ``host``. Production: scim_front.certificate."""
+    if (
+        layout.scim_ca.exists()
+        and layout.scim_certificate.exists()
+        and demo_certificate_current(layout.scim_certificate.read_bytes(), host)
+    ):
         return
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(DEMO_CERT_DAYS)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scimgate demo CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName(_demo_names(host)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    chain_and_key, ca = demo_certificate(host)
     layout.tls.mkdir(parents=True, exist_ok=True)
-    _write_private(
-        layout.scim_certificate, (cert.public_bytes(pem) + ca.public_bytes(pem) + key_pem).decode()
-    )
-    _write_public(layout.scim_ca, ca.public_bytes(pem).decode())
+    _write_private(layout.scim_certificate, chain_and_key)
+    _write_public(layout.scim_ca, ca)
 
 
 def public_scim_url(front: ScimFront) -> str:
