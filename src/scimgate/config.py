@@ -74,7 +74,7 @@ class ScimFront:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Path):
-                value = _relative(base, value)
+                value = relative_path(base, value)
             elif isinstance(value, RateLimit):
                 value = {"requests": value.requests, "period": value.period}
             out[f.name] = value
@@ -133,7 +133,9 @@ class Settings:
             "bulk_max_payload_bytes": self.bulk_max_payload_bytes,
             "sqlite_synchronous": self.sqlite_synchronous,
             "log_level": self.log_level,
-            "unix_socket": _relative(self.base_dir, self.unix_socket) if self.unix_socket else None,
+            "unix_socket": relative_path(self.base_dir, self.unix_socket)
+            if self.unix_socket
+            else None,
             "trusted_proxies": list(self.trusted_proxies),
             "client_header_timeout": self.client_header_timeout,
             "client_body_timeout": self.client_body_timeout,
@@ -144,7 +146,8 @@ class Settings:
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def _relative(base: Path, path: Path) -> str:
+def relative_path(base: Path, path: Path) -> str:
+    """``path`` relative to ``base`` when it is inside it (how scimgate.yaml stores paths)."""
     try:
         return str(path.relative_to(base))
     except ValueError:

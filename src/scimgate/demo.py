@@ -42,6 +42,7 @@ from scimgate.config import (
     Settings,
     TargetConfig,
     parse_bind,
+    relative_path,
 )
 from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.haproxy.mapfile import write_map_file
@@ -290,10 +291,7 @@ def persist_settings(settings: Settings, layout: Layout, policy: Path, shards: i
         data = loaded if isinstance(loaded, dict) else {}
 
     def rel(path: Path) -> str:
-        try:
-            return str(path.relative_to(settings.base_dir))
-        except ValueError:
-            return str(path)
+        return relative_path(settings.base_dir, path)
 
     # An instance made before the SCIM endpoint went behind HAProxy gets the defaults once;
     # a key the user set (even to null) stays as it is.
