@@ -8,7 +8,7 @@ import re
 import uuid
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from scimgate.scim import errors, text
@@ -64,11 +64,15 @@ async def read_json(request: Request, max_bytes: int, *, check_text: bool = True
             raise errors.InvalidSyntax("bad Content-Length") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise errors.PayloadTooLarge(f"request body over {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise errors.PayloadTooLarge(f"request body over {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The connection closed mid-body (the client left, or its body deadline passed).
+        raise errors.ScimError("request body not received in full", status=408) from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise errors.InvalidSyntax("request body is empty")
@@ -139,7 +143,8 @@ def int_param(value: Any, name: str, default: int) -> int:
 
 
 def base_url(request: Request) -> str:
-    # The SCIM base URL as the client reached it (behind a proxy, set --forwarded-allow-ips).
+    # The SCIM base URL as the client reached it: the scheme from a trusted proxy's
+    # X-Forwarded-Proto (api/forwarded.py), the host from the Host header.
     return str(request.base_url).rstrip("/") + "/scim/v2"
 
 
