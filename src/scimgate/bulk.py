@@ -1,18 +1,29 @@
 """Bulk operations (RFC 7644 §3.7): each operation in its own transaction, bulkId
-references resolved, failOnErrors honoured."""
+references resolved, failOnErrors honoured.
+
+Every operation gets its own status in a 200 response (§3.7.3): an invalid one (a lone
+surrogate in its data, a bad path, ...) is a 4xx entry and the others go on. An *unexpected*
+error (a bug, the database gone) rolls back that operation's transaction, is reported as a
+500 entry with an RFC 7644 §3.12 error body (the stack trace only in the log), and ends the
+request as if failOnErrors had been reached: the operations before it stay committed and
+reported, the ones after it are not processed and not listed, so a client resubmits exactly
+those. A bulk request is never answered 500 once one of its operations committed.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from scimgate.audit.log import Actor
-from scimgate.scim import errors
+from scimgate.scim import errors, text
 from scimgate.scim.schema import BULK_REQUEST_SCHEMA, BULK_RESPONSE_SCHEMA
 from scimgate.service import ScimService, WriteResult
 
 _PATH_RE = re.compile(r"^/(Users|Groups)(?:/([^/]+))?$")
 _BULK_REF = re.compile(r"^bulkId:(.+)$")
+log = logging.getLogger("scimgate.bulk")
 
 
 class _Unresolved(Exception):
@@ -40,6 +51,8 @@ def run_bulk(
 ) -> tuple[dict[str, Any], list[WriteResult]]:
     if not isinstance(body, dict):
         raise errors.InvalidSyntax("a BulkRequest must be a JSON object")
+    # The body was parsed without the text walk: the envelope here, each operation alone.
+    text.check_document({k: v for k, v in body.items() if k != "Operations"})
     schemas = body.get("schemas")
     if not isinstance(schemas, list) or BULK_REQUEST_SCHEMA not in schemas:
         raise errors.InvalidSyntax(f"schemas must contain {BULK_REQUEST_SCHEMA}")
@@ -75,8 +88,22 @@ def run_bulk(
             except _Unresolved:
                 deferred.append(i)
                 continue
+            except Exception:
+                log.exception("bulk operation failed unexpectedly", extra={"operation": i})
+                responses[i] = _error_entry(
+                    ops[i],
+                    errors.ScimError(
+                        "internal error: this operation was rolled back and the ones after "
+                        "it were not processed",
+                        status=500,
+                    ),
+                )
+                pending = deferred = []
+                break
             if int(responses[i]["status"]) >= 400:  # type: ignore[index]
                 error_count += 1
+        if not pending:
+            break
         if len(deferred) == len(pending):
             for i in deferred:
                 responses[i] = _error_entry(
@@ -94,12 +121,18 @@ def run_bulk(
     }, results
 
 
+def _echoable(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 256 and text.char_problem(value) is None
+
+
 def _error_entry(op: Any, exc: errors.ScimError) -> dict[str, Any]:
     entry: dict[str, Any] = {"status": str(exc.status), "response": exc.body()}
     if isinstance(op, dict):
-        entry["method"] = op.get("method")
-        if op.get("bulkId") is not None:
-            entry["bulkId"] = op.get("bulkId")
+        # Echo method and bulkId only when they are short, well-formed strings.
+        if _echoable(op.get("method")):
+            entry["method"] = op["method"]
+        if _echoable(op.get("bulkId")):
+            entry["bulkId"] = op["bulkId"]
     return entry
 
 
@@ -109,13 +142,17 @@ def _run_one(
     try:
         if not isinstance(op, dict):
             raise errors.InvalidSyntax("each operation must be an object")
-        method = str(op.get("method", "")).upper()
+        text.check_document(op, "operation")
+        raw_method = op.get("method")
+        method = raw_method.upper() if isinstance(raw_method, str) else ""
         path = op.get("path")
         bulk_id = op.get("bulkId")
         if method not in ("POST", "PUT", "PATCH", "DELETE"):
-            raise errors.InvalidSyntax(f"unsupported bulk method {op.get('method')!r}")
+            raise errors.InvalidSyntax(f"unsupported bulk method {text.echo(raw_method)!r}")
         if not isinstance(path, str):
             raise errors.InvalidSyntax("each operation needs a path")
+        if bulk_id is not None and not isinstance(bulk_id, str):
+            raise errors.InvalidValue("bulkId must be a string")
         if "/bulkId:" in path:
             ref = path.split("/bulkId:", 1)[1]
             if ref not in ids:
@@ -123,11 +160,13 @@ def _run_one(
             path = path.split("/bulkId:", 1)[0] + "/" + ids[ref]
         m = _PATH_RE.match(path)
         if not m:
-            raise errors.InvalidPath(f"bad bulk path {path!r}")
+            raise errors.InvalidPath(f"bad bulk path {text.echo(path, 128)!r}")
         rtype = "User" if m.group(1) == "Users" else "Group"
         rid = m.group(2)
         data = _resolve_refs(op.get("data"), ids)
         if_match = op.get("version")
+        if if_match is not None and not isinstance(if_match, str):
+            raise errors.InvalidValue("version must be a string (an ETag)")
         entry: dict[str, Any] = {"method": method}
         if bulk_id is not None:
             entry["bulkId"] = bulk_id

@@ -31,36 +31,74 @@ def main() -> None:
 
 
 def run_server(settings: Settings, host: str, port: int, *, on_started: Any = None) -> None:
+    """Serve the instance on host:port (and on ``settings.unix_socket``, HAProxy's way in,
+    where forwarded headers are trusted) until SIGTERM/SIGINT."""
     import uvicorn
 
     from scimgate import logs
+    from scimgate.api.connections import (
+        ClientLimits,
+        UnixListener,
+        listen_tcp,
+        listen_unix,
+        protocol_for,
+    )
+    from scimgate.api.forwarded import TrustedProxies
     from scimgate.instance import Instance
 
     logs.setup(settings.log_level)
-    instance = Instance(settings)
-    instance.start()
-    config = uvicorn.Config(
-        instance.app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    if on_started is not None:
-        original = server.startup
-
-        async def startup(sockets: Any = None) -> None:
-            await original(sockets)
-            on_started(instance)
-
-        server.startup = startup  # type: ignore[method-assign]
+    # Listen first: no other thread exists yet (listen_unix sets the umask for a moment).
+    tcp = listen_tcp(host, port)
+    unix: UnixListener | None = None
+    instance: Instance | None = None
     try:
-        server.run()
+        if settings.unix_socket is not None:
+            unix = listen_unix(settings.unix_socket)
+        instance = Instance(settings)
+        instance.start()
+        limits = ClientLimits(
+            header_timeout=settings.client_header_timeout,
+            body_timeout=settings.client_body_timeout,
+            max_connections=settings.max_connections,
+        )
+        config = uvicorn.Config(
+            TrustedProxies(
+                instance.app,
+                trusted_proxies=settings.trusted_proxies,
+                trusted_sockets=[str(unix.path)] if unix is not None else [],
+            ),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            # Forwarded headers are TrustedProxies' job (uvicorn's own trusts 127.0.0.1).
+            proxy_headers=False,
+            ws="none",
+            http=protocol_for(limits),
+        )
+        server = uvicorn.Server(config)
+        if on_started is not None:
+            original = server.startup
+            started_instance = instance
+
+            async def startup(sockets: Any = None) -> None:
+                await original(sockets)
+                on_started(started_instance)
+
+            server.startup = startup  # type: ignore[method-assign]
+        server.run(sockets=[tcp] if unix is None else [tcp, unix.sock])
     finally:
-        instance.stop()
+        if instance is not None:
+            instance.stop()
+        tcp.close()
+        if unix is not None:
+            unix.close()
+
+
+def _serve_errors() -> tuple[type[BaseException], ...]:
+    from scimgate.api.connections import ListenError
+
+    return (ListenError,)
 
 
 @main.command()
@@ -75,8 +113,20 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
     Example:
       scimgate serve --dir ./demo --port 8000
     """
+    import signal
+
+    from scimgate.stack import _stop_on_signal
+
     settings = _settings(directory, config)
-    run_server(settings, host or settings.host, port or settings.port)
+    # As `up` does (stack.bring_up): uvicorn re-raises SIGTERM/SIGINT once it stopped, and
+    # with the default action the process would die before run_server's `finally` (the
+    # sync engine's stop, the audit of pending failed authentications).
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    try:
+        run_server(settings, host or settings.host, port or settings.port)
+    except _serve_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -89,23 +139,43 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
 )
 @click.option("--port", type=int, default=None, help="SCIM port (default 8000 or the config's).")
 @click.option("--haproxy-port", type=int, default=None, help="HAProxy port (default 8080).")
+@click.option(
+    "--scim-tls-port",
+    type=int,
+    default=None,
+    help="HAProxy's TLS port for the SCIM endpoint (default: scim_front.bind's, 8443).",
+)
 @click.option("--no-haproxy", is_flag=True, help="Run the SCIM service alone.")
-def up(directory: str, port: int | None, haproxy_port: int | None, no_haproxy: bool) -> None:
+def up(
+    directory: str,
+    port: int | None,
+    haproxy_port: int | None,
+    scim_tls_port: int | None,
+    no_haproxy: bool,
+) -> None:
     """Bring a whole working instance up in DIR, in the foreground.
 
     Creates (or reuses) the config, the SQLite database, a SCIM token, the demo policy and
-    keys, renders and starts HAProxy, starts the SCIM endpoint and the sync engine, and
-    writes DIR/stack.json (scim_url, token, pids, haproxy_url, runtime_api, ...).
+    keys, a demo TLS certificate, renders and starts HAProxy (the enforcing frontend and the
+    SCIM endpoint's TLS frontend), starts the SCIM endpoint and the sync engine, and writes
+    DIR/stack.json (scim_url, scim_public_url, scim_ca_file, token, pids, haproxy_url, ...).
 
     \b
     Example:
       scimgate up --dir ./demo
-      curl -H "Authorization: Bearer $(jq -r .token demo/stack.json)" \\
-           "$(jq -r .scim_url demo/stack.json)/Users"
+      curl --cacert "$(jq -r .scim_ca_file demo/stack.json)" \\
+           -H "Authorization: Bearer $(jq -r .token demo/stack.json)" \\
+           "$(jq -r .scim_public_url demo/stack.json)/Users"
     """
     from scimgate.stack import bring_up
 
-    bring_up(Path(directory), port=port, haproxy_port=haproxy_port, with_haproxy=not no_haproxy)
+    bring_up(
+        Path(directory),
+        port=port,
+        haproxy_port=haproxy_port,
+        scim_tls_port=scim_tls_port,
+        with_haproxy=not no_haproxy,
+    )
 
 
 @main.group()

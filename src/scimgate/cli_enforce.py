@@ -163,10 +163,12 @@ def _haproxy_check(
 @_config_option
 @click.option(
     "--mode",
-    type=click.Choice(["full", "fragment"]),
+    type=click.Choice(["full", "fragment", "scim"]),
     default="full",
     show_default=True,
-    help="full: a complete haproxy.cfg; fragment: rules to include in your frontend.",
+    help="full: a complete haproxy.cfg (with the SCIM endpoint's frontend when scim_front is "
+    "set); fragment: rules to include in your frontend; scim: the SCIM endpoint's frontend "
+    "and backend alone.",
 )
 @click.option(
     "-o",
@@ -193,12 +195,15 @@ def haproxy_render(
     """Render the HAProxy configuration that enforces the instance's policy.
 
     Uses the instance's policy, pseudonym secret, map directory and shard layout and the
-    sockets of its `local` target, so the output matches what the sync engine updates.
+    sockets of its `local` target, so the output matches what the sync engine updates. With
+    `scim_front:` in scimgate.yaml it also renders the SCIM endpoint's TLS frontend (timeouts,
+    body limits, rate limit, allowed sources).
 
     \b
     Examples:
       scimgate haproxy render --dir ./demo -o /etc/haproxy/haproxy.cfg
       scimgate haproxy render --dir ./demo --mode fragment > scimgate-rules.cfg
+      scimgate haproxy render --dir ./demo --mode scim > scimgate-scim.cfg
     """
     from scimgate.demo import DemoError, choose_map_shards, render_instance
     from scimgate.haproxy.process import HAProxyNotFound, find_haproxy
@@ -209,7 +214,11 @@ def haproxy_render(
     try:
         shards = choose_map_shards(settings)
         text = render_instance(
-            settings, policy, mode=cast(Literal["full", "fragment"], mode), bind=bind, shards=shards
+            settings,
+            policy,
+            mode=cast(Literal["full", "fragment", "scim"], mode),
+            bind=bind,
+            shards=shards,
         )
     except (RenderError, DemoError, HAProxyNotFound) as exc:
         raise click.ClickException(str(exc)) from exc

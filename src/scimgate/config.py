@@ -3,18 +3,25 @@
 An *instance directory* (made by ``scimgate up --dir DIR``) holds ``scimgate.yaml``, the SQLite
 database, the policy, keys and the HAProxy files. Every subcommand accepts ``--dir DIR`` or
 ``--config FILE``; ``SCIMGATE_DATABASE_URL`` overrides the database.
+
+Does: read and type-check every setting, with one clear error per problem (the nested
+``scim_front:`` mapping and the CIDR lists included).
+Does not: decide defaults that depend on the machine (``scimgate up`` fills those in) or
+touch HAProxy, the database or the network.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 CONFIG_NAME = "scimgate.yaml"
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 
 
 class ConfigError(Exception):
@@ -29,6 +36,49 @@ class TargetConfig:
     runtime_api: str  # "unix:/path/admin.sock" or "tcp:127.0.0.1:9999"
     master_api: str | None = None  # master CLI, to detect reloads/restarts
     map_dir: str | None = None  # where this target loads its map files from
+
+
+@dataclass
+class RateLimit:
+    """Requests one source address may make per ``period`` seconds (0 requests: no limit)."""
+
+    requests: int = 1200
+    period: float = 60.0
+
+
+@dataclass
+class ScimFront:
+    """HAProxy in front of the SCIM endpoint: ``scim_front:`` in scimgate.yaml.
+
+    TLS, request deadlines, a connection bound, body limits (from ``max_body_bytes`` and
+    ``bulk_max_payload_bytes``), a per-source rate limit and an optional allow-list of the
+    IdP's published source ranges. `scimgate haproxy render` and `up` render it."""
+
+    bind: str = "127.0.0.1:8443"
+    # PEM with the certificate chain and its private key (HAProxy's `crt`); None: the demo
+    # certificate `up` generates in DIR/tls/.
+    certificate: Path | None = None
+    # What a client verifies the certificate with (stack.json's scim_ca_file); None: the
+    # system's trust store (or the demo CA, for the demo certificate).
+    ca_file: Path | None = None
+    http_request_timeout: float = 10.0  # request line + headers, whole (timeout http-request)
+    client_timeout: float = 30.0  # client inactivity (timeout client)
+    server_timeout: float = 60.0  # scimgate's answer (timeout server)
+    max_connections: int = 2000
+    max_connections_per_source: int = 100
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    allowed_sources: list[str] = field(default_factory=list)  # CIDRs; empty: any source
+
+    def to_dict(self, base: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = relative_path(base, value)
+            elif isinstance(value, RateLimit):
+                value = {"requests": value.requests, "period": value.period}
+            out[f.name] = value
+        return out
 
 
 @dataclass
@@ -50,8 +100,20 @@ class Settings:
     bulk_max_payload_bytes: int = 1_048_576
     max_results: int = 1000
     default_count: int = 100
+    # Failed authentication (docs/operations.md "Failed authentication"): aggregated into one
+    # audit event per source and window; a source over the limit in a window gets 429.
+    auth_failure_window_seconds: float = 60.0
+    auth_failure_limit: int = 60
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
+    # The direct port (host:port) and HAProxy's way in: a unix socket, where forwarded
+    # headers are trusted because only HAProxy (this user and group) can open it.
+    unix_socket: Path | None = None
+    trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-* count
+    client_header_timeout: float = 10.0  # request line + headers, per request
+    client_body_timeout: float = 30.0  # the body, once the headers are in
+    max_connections: int = 1000  # open connections on the direct port
+    scim_front: ScimFront | None = None
 
     @property
     def config_path(self) -> Path:
@@ -75,18 +137,51 @@ class Settings:
             "bulk_max_payload_bytes": self.bulk_max_payload_bytes,
             "sqlite_synchronous": self.sqlite_synchronous,
             "log_level": self.log_level,
+            "unix_socket": relative_path(self.base_dir, self.unix_socket)
+            if self.unix_socket
+            else None,
+            "trusted_proxies": list(self.trusted_proxies),
+            "client_header_timeout": self.client_header_timeout,
+            "client_body_timeout": self.client_body_timeout,
+            "max_connections": self.max_connections,
         }
+        if self.scim_front is not None:
+            data["scim_front"] = self.scim_front.to_dict(self.base_dir)
         return yaml.safe_dump(data, sort_keys=False)
 
 
+def relative_path(base: Path, path: Path) -> str:
+    """``path`` relative to ``base`` when it is inside it (how scimgate.yaml stores paths)."""
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
 _FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+# Settings that are a duration or a count: zero or less makes no sense (and would disable
+# a safeguard silently).
+_POSITIVE = frozenset({
+    "client_header_timeout", "client_body_timeout", "max_connections", "http_request_timeout",
+    "client_timeout", "server_timeout", "max_connections_per_source", "period",
+})  # fmt: skip
 
 
-def _typed(path: Path, key: str, value: Any) -> Any:
-    """Check a setting's type against the Settings field (ints are fine where floats go)."""
-    wanted = _FIELD_TYPES.get(str(Settings.__dataclass_fields__[key].type))
+def _typed(path: Path, key: str, value: Any, owner: type = Settings, prefix: str = "") -> Any:
+    """Check a setting's type against the dataclass field (ints are fine where floats go)."""
+    wanted = _FIELD_TYPES.get(str(owner.__dataclass_fields__[key].type))  # type: ignore[attr-defined]
+    name = prefix + key
     if wanted is None:
         return value
+    value = _of_type(path, name, value, wanted)
+    if key in _POSITIVE and value <= 0:
+        raise ConfigError(f"{path}: {name} must be greater than 0, not {value!r}")
+    if key == "requests" and value < 0:
+        raise ConfigError(f"{path}: {name} must be 0 (no limit) or more, not {value!r}")
+    return value
+
+
+def _of_type(path: Path, key: str, value: Any, wanted: type) -> Any:
     if wanted is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if wanted is int and isinstance(value, bool):
@@ -94,6 +189,91 @@ def _typed(path: Path, key: str, value: Any) -> Any:
     if not isinstance(value, wanted):
         raise ConfigError(f"{path}: {key} must be of type {wanted.__name__}, not {value!r}")
     return value
+
+
+def _networks(path: Path, key: str, value: Any) -> list[str]:
+    """A list of CIDR networks ("10.0.0.0/8", "2001:db8::/32"; a bare address is a /32 or
+    /128), normalised. Host bits set is an error: "10.1.2.3/8" is usually a typo."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: {key} must be a list of CIDR networks, not {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ConfigError(f"{path}: {key}[{i}] must be a CIDR string, not {item!r}")
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=True)))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {key}[{i}] {item!r} is not a CIDR network: {exc}") from None
+    return out
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """("127.0.0.1", 8443) from "127.0.0.1:8443"; ("::", 8443) from "[::]:8443"; ValueError
+    for anything else (a host name, a missing port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError("expected ADDRESS:PORT with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError("only an IPv6 address goes in brackets")
+    elif host in ("", "*"):
+        host = "0.0.0.0"
+    else:
+        if ipaddress.ip_address(host).version != 4:
+            raise ValueError("write an IPv6 address in brackets: [::1]:8443")
+    return host, int(port_text)
+
+
+def _scim_front(path: Path, base: Path, value: Any) -> ScimFront | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: scim_front must be a mapping (bind, certificate, ...)")
+    known = {f.name for f in fields(ScimFront)}
+    unknown = set(value) - known
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown scim_front setting(s): {', '.join(sorted(map(str, unknown)))} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        name = f"scim_front.{key}"
+        if key in ("certificate", "ca_file"):
+            kwargs[key] = _resolve(base, _of_type(path, name, item, str))
+        elif key == "allowed_sources":
+            kwargs[key] = _networks(path, name, item)
+        elif key == "rate_limit":
+            kwargs[key] = _rate_limit(path, item)
+        else:
+            kwargs[key] = _typed(path, key, item, ScimFront, "scim_front.")
+    front = ScimFront(**kwargs)
+    try:
+        parse_bind(front.bind)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: scim_front.bind {front.bind!r}: {exc}") from None
+    return front
+
+
+def _rate_limit(path: Path, value: Any) -> RateLimit:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: scim_front.rate_limit must be a mapping (requests, period)")
+    unknown = set(value) - {"requests", "period"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown scim_front.rate_limit setting(s): {', '.join(sorted(map(str, unknown)))}"
+        )
+    kwargs = {
+        k: _typed(path, k, v, RateLimit, "scim_front.rate_limit.")
+        for k, v in value.items()
+        if v is not None
+    }
+    return RateLimit(**kwargs)
 
 
 def redact_url(url: str) -> str:
@@ -140,24 +320,35 @@ def load_settings(
         data = loaded
     elif config is not None:
         raise ConfigError(f"{path}: no such config file")
-    known = set(Settings.__dataclass_fields__) - {
-        "base_dir",
-        "targets",
-        "policy_file",
-        "hmac_secret_file",
-    }
-    unknown = set(data) - known - {"targets", "policy_file", "hmac_secret_file"}
+    special = {
+        "targets", "policy_file", "hmac_secret_file", "unix_socket", "trusted_proxies",
+        "scim_front",
+    }  # fmt: skip
+    known = set(Settings.__dataclass_fields__) - {"base_dir"} - special
+    unknown = set(data) - known - special
     if unknown:
-        raise ConfigError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(sorted(map(str, unknown)))}")
     kwargs = {k: v for k, v in data.items() if k in known and v is not None}
     for key, value in kwargs.items():
         kwargs[key] = _typed(path, key, value)
+    unix_socket = data.get("unix_socket")
+    if unix_socket is not None:
+        _of_type(path, "unix_socket", unix_socket, str)
+        resolved = _resolve(base, unix_socket)
+        if resolved is not None and len(str(resolved).encode()) > UNIX_PATH_MAX:
+            raise ConfigError(
+                f"{path}: unix_socket {resolved} is longer than a unix socket path may be "
+                f"({UNIX_PATH_MAX} bytes)"
+            )
     settings = Settings(
         base_dir=base,
         **{"database_url": default_sqlite_url(base), **kwargs},
         policy_file=_resolve(base, data.get("policy_file")),
         hmac_secret_file=_resolve(base, data.get("hmac_secret_file")),
         targets=[TargetConfig(**t) for t in (data.get("targets") or [])],
+        unix_socket=_resolve(base, unix_socket),
+        trusted_proxies=_networks(path, "trusted_proxies", data.get("trusted_proxies")),
+        scim_front=_scim_front(path, base, data.get("scim_front")),
     )
     if env_url := os.environ.get("SCIMGATE_DATABASE_URL"):
         settings.database_url = env_url

@@ -11,6 +11,9 @@ Layout of an instance directory (created if missing, reused if present)::
     DIR/haproxy/admin.sock     Runtime API (the sync engine's target `local`)
     DIR/haproxy/master.sock    master CLI (reload / restart detection)
     DIR/haproxy/haproxy.log    HAProxy's own output and access log
+    DIR/tls/scim.pem           demo certificate + key of the SCIM endpoint's TLS (0600)
+    DIR/tls/ca.pem             the demo CA that signed it: what a SCIM client verifies with
+    DIR/scimgate.sock          scimgate's unix socket, HAProxy's way to the SCIM endpoint
 
 The instance config (scimgate.yaml) is updated to point at these, with one target named
 ``local``; the map shard count is decided from the HAProxy version once and persisted.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import os
 import signal
 import time
@@ -31,18 +35,27 @@ from typing import Any, Literal
 
 import yaml
 
-from scimgate.config import CONFIG_NAME, Settings, TargetConfig
+from scimgate.config import (
+    CONFIG_NAME,
+    UNIX_PATH_MAX,
+    ScimFront,
+    Settings,
+    TargetConfig,
+    parse_bind,
+    relative_path,
+)
 from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.haproxy.mapfile import write_map_file
 from scimgate.haproxy.process import HAProxyProcess, binary_version, check_config, find_haproxy
 from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_names, shard_of
+from scimgate.policy.democert import demo_certificate, demo_certificate_current
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from scimgate.policy.model import Policy, load_policy
 from scimgate.policy.render import render_config
+from scimgate.policy.render_scim import render_scim_front, upstream_address
 
 TARGET_NAME = "local"
 DEFAULT_HAPROXY_PORT = 8080
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 
 
 class DemoError(RuntimeError):
@@ -103,6 +116,22 @@ class Layout:
     def pid_file(self) -> Path:
         return self.haproxy / "haproxy.pid"
 
+    @property
+    def tls(self) -> Path:
+        return self.base / "tls"
+
+    @property
+    def scim_certificate(self) -> Path:
+        return self.tls / "scim.pem"
+
+    @property
+    def scim_ca(self) -> Path:
+        return self.tls / "ca.pem"
+
+    @property
+    def scim_socket(self) -> Path:
+        return self.base / "scimgate.sock"
+
 
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +165,74 @@ def ensure_demo_keys(layout: Layout) -> None:
     private_pem, public_pem = generate_rsa_keypair()
     _write_private(layout.private_key, private_pem)
     _write_public(layout.public_key, public_pem)
+
+
+def ensure_demo_certificate(layout: Layout, host: str) -> None:
+    """The SCIM endpoint's demo TLS certificate (``policy.democert``): DIR/tls/scim.pem with
+    its key (0600) and the CA a client verifies with, DIR/tls/ca.pem. Made again when missing,
+    expiring within 30 days or not naming ``host``. Production: scim_front.certificate."""
+    if (
+        layout.scim_ca.exists()
+        and layout.scim_certificate.exists()
+        and demo_certificate_current(layout.scim_certificate.read_bytes(), host)
+    ):
+        return
+    chain_and_key, ca = demo_certificate(host)
+    layout.tls.mkdir(parents=True, exist_ok=True)
+    _write_private(layout.scim_certificate, chain_and_key)
+    _write_public(layout.scim_ca, ca)
+
+
+def public_scim_url(front: ScimFront) -> str:
+    """The SCIM base URL on HAProxy's TLS port (a wildcard bind: its loopback address)."""
+    host, port = parse_bind(front.bind)
+    address = ipaddress.ip_address(host)
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"https://{shown}:{port}/scim/v2"
+
+
+def scim_certificate(settings: Settings) -> Path:
+    """The certificate the SCIM frontend serves: the configured one, else the demo one."""
+    front = settings.scim_front
+    if front is not None and front.certificate is not None:
+        return front.certificate
+    return Layout(settings.base_dir).scim_certificate
+
+
+def scim_ca_file(settings: Settings) -> Path | None:
+    """What a client verifies the SCIM endpoint with (None: the system's trust store)."""
+    front = settings.scim_front
+    if front is not None and front.certificate is not None:
+        return front.ca_file
+    return Layout(settings.base_dir).scim_ca
+
+
+def scim_frontend(settings: Settings, *, check_files: bool = True) -> list[str]:
+    """The SCIM frontend and backend of this instance ([] when scim_front is not set)."""
+    front = settings.scim_front
+    if front is None:
+        return []
+    certificate = scim_certificate(settings)
+    if check_files and not certificate.exists():
+        raise DemoError(
+            f"no TLS certificate for the SCIM endpoint: {certificate} does not exist (set "
+            f"scim_front.certificate in {settings.config_path}, or run `scimgate up` once "
+            "for the demo certificate)"
+        )
+    return render_scim_front(
+        front,
+        certificate=str(certificate),
+        upstream=upstream_address(
+            unix_socket=str(settings.unix_socket) if settings.unix_socket else None,
+            host=settings.host,
+            port=settings.port,
+        ),
+        max_body_bytes=settings.max_body_bytes,
+        bulk_max_payload_bytes=settings.bulk_max_payload_bytes,
+        check_files=check_files,
+    )
 
 
 def policy_path(settings: Settings) -> Path:
@@ -194,11 +291,16 @@ def persist_settings(settings: Settings, layout: Layout, policy: Path, shards: i
         data = loaded if isinstance(loaded, dict) else {}
 
     def rel(path: Path) -> str:
-        try:
-            return str(path.relative_to(settings.base_dir))
-        except ValueError:
-            return str(path)
+        return relative_path(settings.base_dir, path)
 
+    # An instance made before the SCIM endpoint went behind HAProxy gets the defaults once;
+    # a key the user set (even to null) stays as it is.
+    if "unix_socket" not in data:
+        settings.unix_socket = layout.scim_socket
+        data["unix_socket"] = rel(layout.scim_socket)
+    if "scim_front" not in data:
+        settings.scim_front = ScimFront()
+        data["scim_front"] = settings.scim_front.to_dict(settings.base_dir)
     data["policy_file"] = rel(policy)
     data["hmac_secret_file"] = rel(settings.hmac_secret_file)
     data["map_shards"] = shards
@@ -266,12 +368,20 @@ def render_instance(
     settings: Settings,
     policy: Policy,
     *,
-    mode: Literal["full", "fragment"] = "full",
+    mode: Literal["full", "fragment", "scim"] = "full",
     bind: str | None = None,
     shards: int | None = None,
     map_dir: str | None = None,
 ) -> str:
-    """The HAProxy config of an instance: its policy, secret, sockets and map layout."""
+    """The HAProxy config of an instance: its policy, secret, sockets and map layout, and the
+    SCIM endpoint's frontend when scim_front is set (mode ``scim``: that frontend alone)."""
+    front = scim_frontend(settings, check_files=mode != "fragment")
+    if mode == "scim":
+        if not front:
+            raise DemoError(f"no scim_front in {settings.config_path}: nothing to render")
+        return (
+            "\n".join(["# Generated by scimgate from scimgate.yaml (scim_front).", *front]) + "\n"
+        )
     layout = Layout(settings.base_dir)
     target = next((t for t in settings.targets if t.name == TARGET_NAME), None)
     if target is None and settings.targets:
@@ -295,6 +405,7 @@ def render_instance(
         stats_socket=stats,
         master_socket=master,
         log_target="stdout format raw",
+        scim_frontend=front,
     )
 
 
@@ -327,12 +438,13 @@ def _stop_leftover(layout: Layout) -> None:
 
 
 def prepare_haproxy(
-    settings: Settings, *, haproxy_port: int | None = None
+    settings: Settings, *, haproxy_port: int | None = None, scim_tls_port: int | None = None
 ) -> tuple[Layout, dict[str, Any]]:
-    """Everything up to (not including) starting HAProxy; updates ``settings`` in place."""
+    """Everything up to (not including) starting HAProxy; updates ``settings`` in place
+    (``scim_tls_port`` replaces scim_front.bind's port for this run only)."""
     layout = Layout(settings.base_dir.resolve())
     binary = find_haproxy()
-    for sock in (layout.admin_socket, layout.master_socket):
+    for sock in (layout.admin_socket, layout.master_socket, layout.scim_socket):
         if len(str(sock).encode()) > UNIX_PATH_MAX:
             raise DemoError(
                 f"socket path too long for a unix socket ({len(str(sock))} > "
@@ -345,6 +457,12 @@ def prepare_haproxy(
     shards = choose_map_shards(settings, binary)
     persist_settings(settings, layout, policy_file.resolve(), shards)
 
+    front = settings.scim_front
+    if front is not None and scim_tls_port is not None:
+        host = parse_bind(front.bind)[0]
+        front.bind = f"[{host}]:{scim_tls_port}" if ":" in host else f"{host}:{scim_tls_port}"
+    if front is not None and front.certificate is None:
+        ensure_demo_certificate(layout, parse_bind(front.bind)[0])
     entries = sync_desired_state(settings, policy, secret)
     write_map_files(layout.maps, entries, shards)
     port = haproxy_port or DEFAULT_HAPROXY_PORT
@@ -366,17 +484,23 @@ def prepare_haproxy(
         "jwt_public_key": str(layout.public_key),
         "identities": len(entries),
     }
+    if front is not None:
+        ca = scim_ca_file(settings)
+        info["scim_public_url"] = public_scim_url(front)
+        info["scim_ca_file"] = str(ca) if ca is not None else None
+    if settings.unix_socket is not None:
+        info["scim_socket"] = str(settings.unix_socket)
     return layout, info
 
 
 def start_demo_haproxy(
-    settings: Settings, *, haproxy_port: int | None = None
+    settings: Settings, *, haproxy_port: int | None = None, scim_tls_port: int | None = None
 ) -> tuple[HAProxyProcess, dict[str, Any]]:
     """Prepare the instance's HAProxy files and start HAProxy (master-worker, loopback).
 
     Returns the running process (stop it with ``.stop()``) and the keys to add to
     stack.json. The caller must stop it even if anything after this call fails."""
-    layout, info = prepare_haproxy(settings, haproxy_port=haproxy_port)
+    layout, info = prepare_haproxy(settings, haproxy_port=haproxy_port, scim_tls_port=scim_tls_port)
     _stop_leftover(layout)
     proc = HAProxyProcess(
         layout.config,

@@ -63,6 +63,9 @@ class Stack:
         self.scim = str(info["scim_url"])
         self.token = str(info["token"])
         self.web = str(info["haproxy_url"])
+        # The IdP's way in: HAProxy's TLS frontend (absent when scim_front is switched off).
+        self.public = str(info["scim_public_url"]) if info.get("scim_public_url") else None
+        self.ca_file = str(info["scim_ca_file"]) if info.get("scim_ca_file") else None
 
     def scim_call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return http(method, self.scim + path, token=self.token, body=body)
@@ -171,9 +174,14 @@ def curl_session(stack: Stack, directory: Path, admins_id: str) -> str:
     add = add.replace('"USER_ID"', "\"'$USER_ID'\"")
     deact = json.dumps(DEACTIVATE_BODY, separators=(",", ":"))
     get_id = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])'"
+    # The session talks SCIM as an IdP would: over TLS, through HAProxy.
+    scim = stack.public or stack.scim
+    cacert = f"--cacert {shlex.quote(stack.ca_file)} " if stack.public and stack.ca_file else ""
     return f"""\
-SCIM={stack.scim}; WEB={stack.web}; TOKEN=$(cat {token_file})
-H=(-H "Authorization: Bearer $TOKEN" -H "Content-Type: {SCIM_JSON}")
+# SCIM over TLS through HAProxy, as the IdP reaches it (the direct port {stack.scim}
+# is for local tools on this machine)
+SCIM={scim}; WEB={stack.web}; TOKEN=$(cat {token_file})
+H=({cacert}-H "Authorization: Bearer $TOKEN" -H "Content-Type: {SCIM_JSON}")
 status() {{ curl -s -o /dev/null -w "$1 -> %{{http_code}}\\n" -H "Authorization: Bearer $JWT" "$WEB$1"; }}
 
 # 1. the IdP creates {DEMO_USER}; she signs in and gets a JWT
@@ -232,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="SCIM port (default 8000)")
     parser.add_argument("--haproxy-port", type=int, default=None, help="HAProxy port (8080)")
     parser.add_argument(
+        "--scim-tls-port", type=int, default=None, help="HAProxy's SCIM TLS port (8443)"
+    )
+    parser.add_argument(
         "--no-wait", action="store_true", help="stop after printing the session (for tests)"
     )
     args = parser.parse_args(argv)
@@ -245,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--port", str(args.port)]
     if args.haproxy_port:
         cmd += ["--haproxy-port", str(args.haproxy_port)]
+    if args.scim_tls_port:
+        cmd += ["--scim-tls-port", str(args.scim_tls_port)]
     print(f"starting: scimgate up --dir {directory}   (logs: {log})", flush=True)
     with open(log, "ab") as out:
         # Own session: Ctrl-C reaches us once and we forward it once (a second SIGINT would
@@ -271,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             f"up: SCIM {stack.scim}   HAProxy {stack.web}   policy {info.get('policy_file')}",
             flush=True,
         )
+        if stack.public:
+            print(f"    SCIM for the IdP (TLS): {stack.public}   CA: {stack.ca_file}", flush=True)
         print("\nself-check (a throwaway user, as the IdP and a browser would):")
         ok = True
         for step, expected, observed in self_check(stack, directory, admins_id):

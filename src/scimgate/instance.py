@@ -63,6 +63,7 @@ class Instance:
             self.sync.start()
 
     def stop(self) -> None:
+        self.api.close()  # audits pending failed authentications
         if self.sync is not None:
             self.sync.stop()
         self.db.dispose()

@@ -9,6 +9,7 @@ Does not: parse HTTP (``scimgate.api``), define SCIM rules (``scimgate.scim``), 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,10 +22,16 @@ from scimgate.scim.filter import Node, parse_filter
 from scimgate.scim.patch import PatchResult, apply_patch
 from scimgate.scim.resource import normalise
 from scimgate.scim.schema import GROUP_TYPE, RESOURCE_TYPES, USER_TYPE, ResourceType
+from scimgate.scim.text import char_problem
 from scimgate.store import outbox
 from scimgate.store import resources as rs
 from scimgate.store.db import Database
 from scimgate.store.filter_sql import compile_filter, sort_key, user_name_equality
+
+log = logging.getLogger("scimgate.service")
+
+# Resource ids are ours (UUIDs); anything longer, or not storable text, names nothing.
+_MAX_ID_CHARS = 64
 
 
 class Enforcement(Protocol):
@@ -66,6 +73,12 @@ def _rtype(name: str) -> ResourceType:
         raise errors.NotFound(f"unknown resource type {name}") from None
 
 
+def _check_id(rtype_name: str, rid: str) -> None:
+    """404 for an id no resource can have, before it reaches SQL (PostgreSQL refuses NUL)."""
+    if len(rid) > _MAX_ID_CHARS or char_problem(rid) is not None:
+        raise errors.NotFound(f"{rtype_name} not found: not a resource id")
+
+
 def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Top-level attribute changes, for the audit trail: {attr: [old, new]}."""
     skip = {"meta", "schemas", "members", "groups"}
@@ -90,6 +103,7 @@ class ScimService:
     def get(
         self, rtype_name: str, rid: str, base_url: str, *, include_members: bool = True
     ) -> dict[str, Any]:
+        _check_id(rtype_name, rid)
         with self.db.read() as conn:
             return self._load(conn, rtype_name, rid, base_url, include_members=include_members)
 
@@ -191,7 +205,12 @@ class ScimService:
 
     def _committed(self, result: WriteResult) -> WriteResult:
         if self.on_commit is not None and result.changes:
-            self.on_commit(result.changes)
+            try:
+                self.on_commit(result.changes)
+            except Exception:
+                # Committed: the answer must stay a success. on_commit only wakes the sync
+                # engine early; its follower reads the change log anyway.
+                log.exception("on_commit failed after a committed write")
         return result
 
     def create(self, rtype_name: str, body: Any, actor: audit.Actor, base_url: str) -> WriteResult:
@@ -227,6 +246,7 @@ class ScimService:
         if_match: str | None = None,
     ) -> WriteResult:
         rtype = _rtype(rtype_name)
+        _check_id(rtype_name, rid)
         resource = normalise(body, rtype, mode="replace")
         if isinstance(body, dict) and body.get("id") not in (None, rid):
             raise errors.Mutability("id is immutable and does not match the URL")
@@ -275,6 +295,7 @@ class ScimService:
         want_members: bool = False,
     ) -> WriteResult:
         rtype = _rtype(rtype_name)
+        _check_id(rtype_name, rid)
         with self.db.write() as conn:
             if rtype is USER_TYPE:
                 row, groups = rs.get_user_with_groups(conn, rid)
@@ -343,6 +364,7 @@ class ScimService:
         if_match: str | None = None,
     ) -> WriteResult:
         rtype = _rtype(rtype_name)
+        _check_id(rtype_name, rid)
         with self.db.write() as conn:
             if rtype is USER_TYPE:
                 row = rs.get_user(conn, rid)

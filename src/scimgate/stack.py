@@ -7,6 +7,7 @@ scripts (and `make demo`) can find the URLs, the token and the PIDs.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ from typing import Any
 from scimgate import tokens
 from scimgate.config import (
     CONFIG_NAME,
+    ConfigError,
+    ScimFront,
     Settings,
     default_sqlite_url,
     load_settings,
@@ -62,6 +65,9 @@ def ensure_config(directory: Path, port: int | None) -> Settings:
             or default_sqlite_url(directory.resolve()),
             port=port or 8000,
             read_your_writes=True,
+            # HAProxy's way to the SCIM endpoint (see demo.Layout.scim_socket).
+            unix_socket=directory.resolve() / "scimgate.sock",
+            scim_front=ScimFront(),
         )
         _write_private(cfg, settings.to_yaml())
     settings = load_settings(directory=directory)
@@ -77,12 +83,17 @@ def write_stack(directory: Path, info: dict[str, Any]) -> None:
 def _startup_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad policy, port taken, no haproxy): one message,
     not a traceback."""
+    from scimgate.api.connections import ListenError
+    from scimgate.config import ConfigError
     from scimgate.demo import DemoError
     from scimgate.haproxy.process import HAProxyNotFound, HAProxyStartError
     from scimgate.policy.model import PolicyError
     from scimgate.policy.render import RenderError
 
-    return (DemoError, HAProxyNotFound, HAProxyStartError, PolicyError, RenderError)
+    return (
+        ConfigError, DemoError, HAProxyNotFound, HAProxyStartError, ListenError, PolicyError,
+        RenderError,
+    )  # fmt: skip
 
 
 class _Stop(SystemExit):
@@ -98,7 +109,23 @@ def bring_up(
     *,
     port: int | None = None,
     haproxy_port: int | None = None,
+    scim_tls_port: int | None = None,
     with_haproxy: bool = True,
+) -> None:
+    import click
+
+    try:
+        _bring_up(directory, port, haproxy_port, scim_tls_port, with_haproxy)
+    except _startup_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _bring_up(
+    directory: Path,
+    port: int | None,
+    haproxy_port: int | None,
+    scim_tls_port: int | None,
+    with_haproxy: bool,
 ) -> None:
     from scimgate.cli import run_server
 
@@ -111,6 +138,13 @@ def bring_up(
 
     directory = directory.resolve()
     settings = ensure_config(directory, port)
+    if not _is_loopback(settings.host):
+        # The IdP reaches the SCIM endpoint through HAProxy's TLS frontend (scim_front); the
+        # direct port is for local tools only.
+        raise ConfigError(
+            f"{settings.config_path}: host {settings.host!r} is not a loopback address: `up` "
+            "serves the direct SCIM port on loopback only (the network gets scim_front)"
+        )
     db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     migrate.upgrade(db)
     secret = ensure_token(db, directory)
@@ -136,17 +170,22 @@ def bring_up(
         if with_haproxy:
             from scimgate.demo import start_demo_haproxy
 
-            haproxy, extra = start_demo_haproxy(settings, haproxy_port=haproxy_port)
+            haproxy, extra = start_demo_haproxy(
+                settings, haproxy_port=haproxy_port, scim_tls_port=scim_tls_port
+            )
             info.update(extra)
             info["pids"]["haproxy"] = haproxy.pid
         run_server(settings, settings.host, settings.port, on_started=started)
-    except _startup_errors() as exc:
-        import click
-
-        raise click.ClickException(str(exc)) from exc
     finally:
         if haproxy is not None:
             haproxy.stop()
         stack = directory / "stack.json"
         if stack.exists():
             stack.unlink()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

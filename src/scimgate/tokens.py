@@ -245,6 +245,16 @@ class TokenCache:
             return None
         return _judge(hit[1], digest, now_iso())
 
+    def recognises(self, secret: str | None) -> bool:
+        """Whether ``secret`` matched a valid token row when it was last read, however long
+        ago. Grants nothing (the request is authenticated as usual); it only keeps a
+        client's own token from being throttled for other clients' failures."""
+        if not secret:
+            return False
+        digest = hash_secret(secret)
+        hit = self._rows.get(digest)
+        return hit is not None and _judge(hit[1], digest, now_iso()).reason == "ok"
+
     def authenticate(self, conn: Connection, secret: str | None) -> Verdict:
         """Read the row (cache miss) and remember it."""
         if not secret:

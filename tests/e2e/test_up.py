@@ -32,8 +32,8 @@ USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 REQUIRED_KEYS = {
-    "scim_url", "token", "pids", "haproxy_url", "runtime_api", "master_api",
-    "jwt_private_key", "policy_file",
+    "scim_url", "scim_public_url", "scim_ca_file", "token", "pids", "haproxy_url",
+    "runtime_api", "master_api", "jwt_private_key", "policy_file",
 }  # fmt: skip
 
 
@@ -139,7 +139,8 @@ def launch(directory: Path, *extra: str) -> UpStack:
     log = open(directory / "up.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "scimgate.cli", "up", "--dir", str(directory),
-         "--port", str(free_port()), "--haproxy-port", str(free_port()), *extra],
+         "--port", str(free_port()), "--haproxy-port", str(free_port()),
+         "--scim-tls-port", str(free_port()), *extra],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     log.close()
@@ -296,7 +297,8 @@ def test_crash_at_startup_leaves_no_haproxy(up_dir: Path) -> None:
         log = open(up_dir / "up.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "scimgate.cli", "up", "--dir", str(up_dir),
-             "--port", str(port), "--haproxy-port", str(free_port())],
+             "--port", str(port), "--haproxy-port", str(free_port()),
+             "--scim-tls-port", str(free_port())],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()

@@ -27,7 +27,8 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
         pytest.skip("curl is not installed")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scimgate.demo_session", "--dir", "demo",
-         "--port", str(free_port()), "--haproxy-port", str(free_port())],
+         "--port", str(free_port()), "--haproxy-port", str(free_port()),
+         "--scim-tls-port", str(free_port())],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()

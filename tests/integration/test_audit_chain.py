@@ -5,6 +5,7 @@ tests of the pure chain (``audit.chain.first_broken``) and the replay (``audit.r
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -222,7 +223,9 @@ def chain_server(
         if backend == "sqlite"
         else request.getfixturevalue("pg_server").create_database()
     )
-    server = start_server(directory, url)
+    # Failed authentications are audited per source and window, by a flush once the window
+    # closes (issue 8): a 1 s window, so the fixture can wait for the 401's event below.
+    server = start_server(directory, url, extra_yaml="auth_failure_window_seconds: 1\n")
     try:
         with server.client() as scim:
             ids = []
@@ -266,16 +269,31 @@ def chain_server(
                 == 200
             )
             assert scim.delete(f"/Users/{ids[3]}").status_code == 204
-            # A failed authentication is audited too.
+            # A failed authentication is audited too (by the flush, after its window).
             assert (
                 httpx.get(
                     server.base_url + "/Users", headers={"Authorization": "Bearer nope"}
                 ).status_code
                 == 401
             )
+        _wait_for_event(url, "auth.failed")
         yield server
     finally:
         server.stop()
+
+
+def _wait_for_event(url: str, kind: str, timeout: float = 10.0) -> None:
+    engine = sa.create_engine(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(sa.select(E.c.seq).where(E.c.kind == kind)).first():
+                    return
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"no {kind} event within {timeout} s")
 
 
 def run_verify(directory: Path, *, in_process: bool = False) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from scimgate.scim.errors import InvalidSyntax, InvalidValue, ScimError
 from scimgate.scim.resource import (
+    MAX_CHARS,
     MAX_MULTI_VALUES,
-    MAX_STRING_BYTES,
     Member,
     normalise,
     project,
@@ -365,12 +365,47 @@ def test_integer_and_decimal_checks() -> None:
 # --- limits and primary ------------------------------------------------------------------------
 
 
-def test_string_limit() -> None:
-    norm_user(user(displayName="x" * MAX_STRING_BYTES))
-    with pytest.raises(InvalidValue, match="longer than"):
-        norm_user(user(displayName="x" * (MAX_STRING_BYTES + 1)))
-    with pytest.raises(InvalidValue, match="longer than"):  # bytes, not characters
-        norm_user(user(displayName="é" * (MAX_STRING_BYTES // 2 + 1)))
+def test_string_limits_per_attribute() -> None:
+    """Bounds in characters (issue 8: 256 for names an IdP matches on, 1024 for other
+    strings, 2048 for references, 16384 for binary); the old bound was 64 KiB for all."""
+    cases = [
+        ({"userName": "x" * 256}, {"userName": "x" * 257}),
+        (user(displayName="é" * 256), user(displayName="é" * 257)),
+        (user(externalId="x" * 256), user(externalId="x" * 257)),
+        (user(emails=[{"value": "x" * 256}]), user(emails=[{"value": "x" * 257}])),
+        (user(title="x" * MAX_CHARS["string"]), user(title="x" * (MAX_CHARS["string"] + 1))),
+        (user(name={"givenName": "x" * 1024}), user(name={"givenName": "x" * 1025})),
+        (user(profileUrl="x" * 2048), user(profileUrl="x" * 2049)),
+        (user(**{ENT: {"manager": {"value": "m" * 256}}}), user(**{ENT: {"manager": "m" * 257}})),
+    ]
+    for ok, too_long in cases:
+        norm_user(ok)
+        with pytest.raises(InvalidValue, match="longer than"):
+            norm_user(too_long)
+    normalise({"displayName": "g" * 256}, GROUP_TYPE, mode="create")
+    with pytest.raises(InvalidValue, match="longer than 256"):
+        normalise({"displayName": "g" * 257}, GROUP_TYPE, mode="create")
+    with pytest.raises(InvalidValue, match="longer than 256"):
+        normalise(
+            {"displayName": "g", "members": [{"value": "i" * 257}]}, GROUP_TYPE, mode="create"
+        )
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\udfffb", "\udbff\udbff", "nul\x00"])
+def test_strings_must_be_well_formed_and_free_of_nul(bad: str) -> None:
+    for payload in (
+        {"userName": bad},
+        user(displayName=bad),
+        user(externalId=bad),
+        user(emails=[{"value": bad}]),
+        user(name={"givenName": bad}),
+    ):
+        with pytest.raises(InvalidValue, match=r"surrogate|NUL"):
+            norm_user(payload)
+    with pytest.raises(InvalidValue, match=r"surrogate|NUL"):
+        normalise({"displayName": bad}, GROUP_TYPE, mode="create")
+    # an escaped surrogate pair decodes to one astral character, which is fine
+    assert norm_user({"userName": json.loads('"\\ud83d\\ude00"')})["userName"] == "😀"
 
 
 def test_multi_valued_limit_but_members_unbounded() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,16 +18,21 @@ from starlette.routing import Route
 
 from scimgate import tokens
 from scimgate.api import http
+from scimgate.api.auth_failures import Attempt, AuthFailed, FailedAuthentication
+from scimgate.api.auth_guard import AuthGuard
 from scimgate.api.metrics import Metrics
 from scimgate.audit import log as audit
 from scimgate.bulk import run_bulk
 from scimgate.config import Settings
-from scimgate.scim import discovery, errors
+from scimgate.scim import discovery, errors, text
 from scimgate.scim.resource import project
 from scimgate.scim.schema import RESOURCE_TYPES, SEARCH_REQUEST_SCHEMA
 from scimgate.service import ScimService, WriteResult, is_user_name_lookup
 
 log = logging.getLogger("scimgate.api")
+
+# Request paths in log lines: bounded, control characters escaped.
+_LOGGED_PATH_CHARS = 256
 
 
 class SyncWaiter(Protocol):
@@ -55,6 +59,16 @@ class Api:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(40, thread_name_prefix="scimgate-api")
     )
+    auth_guard: AuthGuard | None = None
+    failed_auth: FailedAuthentication = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        guard = self.auth_guard or AuthGuard(
+            self.settings.auth_failure_window_seconds, self.settings.auth_failure_limit
+        )
+        self.failed_auth = FailedAuthentication(
+            guard, self.service.db, self.metrics, self.token_cache, self.executor
+        )
 
     @property
     def db(self) -> Any:
@@ -77,16 +91,16 @@ class Api:
             verdict = self.token_cache.authenticate(conn, secret)
         actor = self._actor(request, verdict.name)
         if verdict.reason != "ok":
-            kind = "token.expired_use" if verdict.reason == "expired" else "auth.failed"
-            with self.db.write() as conn:
-                audit.append(
-                    conn, kind, actor, detail={"reason": verdict.reason, "path": request.url.path}
-                )
+            # No write here: an unauthenticated request never writes to the database. The
+            # failure is aggregated per source and window and audited by a flush (call()).
             self.metrics.auth_failures.labels(verdict.reason).inc()
-            raise errors.Unauthorized(
+            raise AuthFailed(
                 "missing bearer token"
                 if verdict.reason == "missing"
-                else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}"
+                else f"bearer token is {verdict.reason if verdict.reason != 'unknown' else 'not valid'}",
+                kind="token.expired_use" if verdict.reason == "expired" else "auth.failed",
+                reason=verdict.reason,
+                token=verdict.name,
             )
         assert verdict.name is not None
         tokens.touch(self.db, verdict.name, verdict.last_used, self.token_cache)
@@ -136,13 +150,17 @@ class Api:
         *,
         body_limit: int | None = None,
         inline: bool = False,
+        check_text: bool = True,
     ) -> Response:
         """Authenticate, then read the body (an unauthenticated client never gets its body
         parsed), then run the work in the thread pool; every outcome is counted and logged."""
         started = time.perf_counter()
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = http.request_id(request)
         status = 500
         try:
+            self.failed_auth.refuse_if_throttled(
+                self._actor(request, None).client, lambda: self._attempt(request)
+            )
             out: Response | WriteResultResponse | None = None
             if inline and self.db.inline_reads:
                 # A short read (one indexed lookup) on the loop itself: a thread hop costs
@@ -150,12 +168,14 @@ class Api:
                 with self.db.inline():
                     out = self._work_if_token_holds(request, work, None)
             if out is None:
-                out = await self._in_thread(request, work, body_limit)
+                out = await self._in_thread(request, work, body_limit, check_text)
             if isinstance(out, WriteResultResponse):
                 await self._read_your_writes(out.result, request.state.request_id)
                 out = out.response
             response = out
         except errors.ScimError as exc:
+            if isinstance(exc, AuthFailed):
+                exc = self.failed_auth.failed(self._attempt(request), exc)
             response = http.error_response(exc)
         except Exception:  # never a stack trace to the client
             log.exception("internal error", extra={"request_id": request.state.request_id})
@@ -169,18 +189,31 @@ class Api:
             extra={
                 "request_id": request.state.request_id,
                 "method": request.method,
-                "path": request.url.path,
+                "path": text.echo(request.url.path, _LOGGED_PATH_CHARS),
                 "status": status,
                 "ms": round(elapsed * 1000, 2),
             },
         )
         return response
 
+    def _attempt(self, request: Request) -> Attempt:
+        return Attempt(
+            self._actor(request, None).client, _bearer(request), request.url.path,
+            request.headers.get("user-agent"), request.state.request_id,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Shutdown (the server has stopped): finish the request threads, then audit the
+        failed authentications still pending, the current window included."""
+        self.executor.shutdown(wait=True)
+        self.failed_auth.close()
+
     async def _in_thread(
         self,
         request: Request,
         work: Callable[[audit.Actor, Any], Response | WriteResultResponse],
         body_limit: int | None,
+        check_text: bool = True,
     ) -> Response | WriteResultResponse:
         loop = asyncio.get_running_loop()
         body = None
@@ -188,10 +221,10 @@ class Api:
             # The token row was valid moments ago (TokenCache): read the body without a
             # thread hop of its own; the token is checked again, against the database, in
             # the same hop as the work below.
-            body = await http.read_json(request, body_limit)
+            body = await http.read_json(request, body_limit, check_text=check_text)
         elif body_limit is not None:
             await loop.run_in_executor(self.executor, self._authenticate, request)
-            body = await http.read_json(request, body_limit)
+            body = await http.read_json(request, body_limit, check_text=check_text)
 
         def run() -> Response | WriteResultResponse:
             # Authenticate and work in one thread hop. A revoked or expired token stops here,
@@ -205,7 +238,15 @@ class Api:
     async def _read_your_writes(self, result: WriteResult, request_id: str) -> None:
         if not (self.settings.read_your_writes and self.sync and result.changes):
             return
-        ok = await self.sync.wait_confirmed(result.last_seq, self.settings.read_your_writes_timeout)
+        try:
+            ok = await self.sync.wait_confirmed(
+                result.last_seq, self.settings.read_your_writes_timeout
+            )
+        except Exception:
+            # The write is committed: its answer must not become a 500 (a client would
+            # retry a write that took effect). The change log still carries it to HAProxy.
+            log.exception("read-your-writes wait failed", extra={"request_id": request_id})
+            ok = False
         if not ok:
             self.metrics.ryw_timeouts.inc()
             log.warning(
@@ -224,19 +265,6 @@ class WriteResultResponse:
 
     response: Response
     result: WriteResult
-
-
-def _projection(
-    q: dict[str, str], body: dict[str, Any] | None = None
-) -> tuple[list[str] | None, list[str] | None]:
-    if body is not None:
-        attrs = body.get("attributes")
-        excl = body.get("excludedAttributes")
-        return (
-            attrs if isinstance(attrs, list) else http.csv_param(attrs),
-            excl if isinstance(excl, list) else http.csv_param(excl),
-        )
-    return http.csv_param(q.get("attributes")), http.csv_param(q.get("excludedattributes"))
 
 
 def _wants_members(attrs: list[str] | None, excluded: list[str] | None) -> bool:
@@ -262,15 +290,15 @@ def build_app(api: Api) -> Starlette:
         attrs: list[str] | None,
         excluded: list[str] | None,
     ) -> Response:
+        # RFC 7644 §3.4.2: every parameter type-checked, whether from a query or a body.
         start = http.int_param(params.get("startindex"), "startIndex", 1)
         count = http.int_param(params.get("count"), "count", s.default_count)
         count = max(0, min(count, s.max_results))
-        sort_order = params.get("sortorder")
-        if sort_order and str(sort_order).lower() not in ("ascending", "descending"):
+        sort_order = http.str_param(params.get("sortorder"), "sortOrder")
+        if sort_order and sort_order.lower() not in ("ascending", "descending"):
             raise errors.InvalidValue("sortOrder must be ascending or descending")
-        filt = params.get("filter")
-        if filt is not None and not isinstance(filt, str):
-            raise errors.InvalidValue("filter must be a string")
+        filt = http.str_param(params.get("filter"), "filter")
+        sort_by = http.str_param(params.get("sortby"), "sortBy")
         base = http.base_url(request)
         rtypes = [rtype] if rtype != "*" else list(RESOURCE_TYPES)
         total = 0
@@ -282,7 +310,7 @@ def build_app(api: Api) -> Starlette:
                 name,
                 base,
                 filter_text=filt,
-                sort_by=params.get("sortby"),
+                sort_by=sort_by,
                 sort_order=sort_order,
                 start_index=max(offset - total, 0) + 1,
                 count=max(count - len(found), 0),
@@ -296,13 +324,19 @@ def build_app(api: Api) -> Starlette:
 
     async def list_resources(request: Request) -> Response:
         rtype = rtype_of(request)
-        q = http.query(request)
-        attrs, excluded = _projection(q)
+
+        def work(actor: audit.Actor, _body: Any) -> Response:
+            # Parameters are checked inside the work: after authentication, as SCIM errors.
+            q = http.query(request)
+            return list_or_search(request, rtype, q, *http.projection(q))
+
+        given = {k.lower(): v for k, v in request.query_params.items()}  # unchecked: a hint
         return await api.call(
             request,
             f"/{rtype}s",
-            lambda actor, _body: list_or_search(request, rtype, q, attrs, excluded),
-            inline=rtype == "User" and is_user_name_lookup(q.get("filter"), q.get("sortby")),
+            work,
+            inline=rtype == "User"
+            and is_user_name_lookup(given.get("filter"), given.get("sortby")),
         )
 
     async def search(request: Request) -> Response:
@@ -317,17 +351,15 @@ def build_app(api: Api) -> Starlette:
             ):
                 raise errors.InvalidSyntax(f"schemas must contain {SEARCH_REQUEST_SCHEMA}")
             params = {k.lower(): v for k, v in body.items()}
-            attrs, excluded = _projection({}, body)
-            return list_or_search(request, rtype, params, attrs, excluded)
+            return list_or_search(request, rtype, params, *http.projection(params))
 
         return await api.call(request, "/.search", work, body_limit=s.max_body_bytes)
 
     async def create(request: Request) -> Response:
         rtype = rtype_of(request)
-        q = http.query(request)
-        attrs, excluded = _projection(q)
 
         def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
+            attrs, excluded = http.projection(http.query(request))
             result = api.service.create(rtype, body, actor, http.base_url(request))
             assert result.resource is not None
             res = result.resource
@@ -346,11 +378,10 @@ def build_app(api: Api) -> Starlette:
     async def get_one(request: Request) -> Response:
         rtype = rtype_of(request)
         rid = request.path_params["id"]
-        q = http.query(request)
-        attrs, excluded = _projection(q)
         if_none_match = request.headers.get("if-none-match")
 
         def work(actor: audit.Actor, _body: Any) -> Response:
+            attrs, excluded = http.projection(http.query(request))
             res = api.service.get(
                 rtype, rid, http.base_url(request), include_members=_wants_members(attrs, excluded)
             )
@@ -370,11 +401,10 @@ def build_app(api: Api) -> Starlette:
         rtype = rtype_of(request)
         rid = request.path_params["id"]
         method = request.method
-        q = http.query(request)
-        attrs, excluded = _projection(q)
         if_match = request.headers.get("if-match")
 
         def work(actor: audit.Actor, body: Any) -> WriteResultResponse:
+            attrs, excluded = http.projection(http.query(request))
             base = http.base_url(request)
             rt = RESOURCE_TYPES[rtype]
             if method == "DELETE":
@@ -426,8 +456,11 @@ def build_app(api: Api) -> Starlette:
             merged = WriteResult(None, [c for r in results for c in r.changes])
             return WriteResultResponse(http.scim_response(response, 200), merged)
 
-        # Over maxPayloadSize: 413 (RFC 7644 §3.7.4), from the body reader.
-        return await api.call(request, "/Bulk", work, body_limit=s.bulk_max_payload_bytes)
+        # Over maxPayloadSize: 413 (RFC 7644 §3.7.4), from the body reader. Text is checked
+        # per operation (run_bulk), so that one bad operation fails alone (§3.7.3).
+        return await api.call(
+            request, "/Bulk", work, body_limit=s.bulk_max_payload_bytes, check_text=False
+        )
 
     async def spc(request: Request) -> Response:
         return await api.call(

@@ -77,6 +77,12 @@ class Metrics:
         self.audit_events = Gauge(
             "scimgate_audit_chain_length", "Audit events in the chain", registry=r
         )
+        # --- failed authentication, slowed down (api/auth_guard.py) -------------------
+        self.auth_throttled = Counter(
+            "scimgate_auth_throttled_total",
+            "Requests answered 429: their address was over its failed-authentication limit",
+            registry=r,
+        )
         self._collectors: list[Callable[[], None]] = []
 
     def on_render(self, fn: Callable[[], None]) -> None:

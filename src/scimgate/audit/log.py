@@ -15,6 +15,15 @@ from scimgate.store import tables
 from scimgate.store.db import AUDIT_HEAD, Sql, now_iso
 
 SECRET_KEYS = frozenset({"password", "secret", "token"})
+# What a client sends is stored bounded (the columns' sizes; PostgreSQL enforces them).
+MAX_USER_AGENT_CHARS = 512
+_MAX_ACTOR_CHARS = 128
+_MAX_CLIENT_CHARS = 128
+_MAX_REQUEST_ID_CHARS = 64
+
+
+def _bounded(value: str | None, limit: int) -> str | None:
+    return value[:limit] if value else None
 
 
 @dataclass(frozen=True)
@@ -67,10 +76,10 @@ def append(
         "seq": seq + 1,
         "ts": ts or now_iso(),
         "kind": kind,
-        "actor": actor.token,
-        "client": actor.client,
-        "user_agent": (actor.user_agent or "")[:512] or None,
-        "request_id": actor.request_id,
+        "actor": _bounded(actor.token, _MAX_ACTOR_CHARS),
+        "client": _bounded(actor.client, _MAX_CLIENT_CHARS),
+        "user_agent": _bounded(actor.user_agent, MAX_USER_AGENT_CHARS),
+        "request_id": _bounded(actor.request_id, _MAX_REQUEST_ID_CHARS),
         "resource_type": resource_type,
         "resource_id": resource_id,
         "operation": operation,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 from scimgate.policy.compiler import VALID_SHARD_COUNTS
@@ -148,6 +149,7 @@ def render_config(
     frontend_name: str = "fe_scimgate",
     check_files: bool = True,
     debug_headers: bool = False,
+    scim_frontend: Sequence[str] = (),
 ) -> str:
     """The HAProxy configuration enforcing ``policy``.
 
@@ -157,6 +159,8 @@ def render_config(
     master-worker mode (HAProxy 2.6 binds the master CLI only from the command line:
     ``-S <master_socket>,mode,600``). ``log_target`` is the ``log`` address and options
     (``stdout format raw``, ``/dev/log``, ``127.0.0.1:514``); facility local0 is appended.
+    ``scim_frontend`` (top-level lines from ``render_scim.render_scim_front``) is appended to a
+    full config; a fragment only notes where to get it.
     """
     require(mode in ("full", "fragment"), f"mode must be 'full' or 'fragment', not {mode!r}")
     require(shards in VALID_SHARD_COUNTS, f"shards must be one of {VALID_SHARD_COUNTS}")
@@ -205,6 +209,11 @@ def render_config(
                 f"#     backend {JWT_CACHE_TABLE}",
                 f"#         {cache_table}",
             ]
+        if scim_frontend:
+            notes.append(
+                "# The SCIM endpoint's own frontend and backend (scim_front): "
+                "scimgate haproxy render --mode scim"
+            )
         return "\n".join([*notes, "", *rules]) + "\n"
 
     require(bool(BIND_RE.fullmatch(bind)), f"invalid bind address {bind!r} (expected ip:port)")
@@ -275,4 +284,6 @@ def render_config(
             f"backend {JWT_CACHE_TABLE}",
             f"    {cache_table}",
         ]
+    if scim_frontend:
+        out += ["", *scim_frontend]
     return "\n".join(out) + "\n"

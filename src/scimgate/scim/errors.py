@@ -5,6 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
+# A detail may echo client text (a key, a path, a header): bounded, so an error body stays small.
+MAX_DETAIL_CHARS = 1024
+
+
+def _safe_detail(detail: str) -> str:
+    """The detail bounded and encodable as UTF-8 whatever client text it echoes: a lone
+    surrogate would make the error response itself fail to encode (a 500)."""
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = detail[:MAX_DETAIL_CHARS] + "…"
+    if not detail.isascii():
+        detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return detail
 
 
 class ScimError(Exception):
@@ -14,6 +26,7 @@ class ScimError(Exception):
     scim_type: str | None = None
 
     def __init__(self, detail: str, *, status: int | None = None, scim_type: str | None = None):
+        detail = _safe_detail(detail)
         super().__init__(detail)
         self.detail = detail
         if status is not None:
@@ -91,6 +104,16 @@ class PayloadTooLarge(ScimError):
 
 class UnsupportedMediaType(ScimError):
     status = 415
+
+
+class TooManyRequests(ScimError):
+    """RFC 6585 §4 (the response carries Retry-After); RFC 7644 §3.12 gives the body shape."""
+
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class NotImplementedScim(ScimError):

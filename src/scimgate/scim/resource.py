@@ -46,9 +46,15 @@ from scimgate.scim.schema import (
     resolve,
     split_urn,
 )
+from scimgate.scim.text import check_string
 
 MODES = ("create", "replace", "patch-result")
-MAX_STRING_BYTES = 64 * 1024
+# Longest string per attribute type, in characters (Attribute.max_length overrides: 256 for
+# userName, displayName, externalId, emails.value, ids). Real IdPs stay far below: Okta
+# caps usernames and e-mails at 100, Entra ID's UPN at 113 and displayName at 256, and its
+# longest string attribute (streetAddress) at 1024; a URL over 2048 fails in browsers; a
+# base64 X.509 certificate chain fits in 16384. docs/operations.md "Input limits".
+MAX_CHARS = {"string": 1024, "reference": 2048, "binary": 16384, "dateTime": 64}
 MAX_MULTI_VALUES = 200  # per multi-valued attribute; Group.members is exempt (store-managed)
 
 
@@ -94,15 +100,11 @@ def qualified(schema_id: str, rtype: ResourceType, dotted: str) -> str:
 # --- value checks (RFC 7643 §2.3) ------------------------------------------------------------
 
 
-def _check_string(value: Any, path: str, what: str = "a string") -> str:
+def _check_string(value: Any, path: str, what: str = "a string", limit: int = 1024) -> str:
     if not isinstance(value, str):
         raise _fail(path, f"expected {what}, got {_json_type(value)}")
-    # cheap bound first: a UTF-8 character is at most 4 bytes
-    if len(value) * 4 > MAX_STRING_BYTES and len(value.encode("utf-8", "surrogatepass")) > (
-        MAX_STRING_BYTES
-    ):
-        raise _fail(path, f"string longer than {MAX_STRING_BYTES} bytes")
-    return value
+    # Well-formed (no lone surrogate, no NUL) and bounded, before anything is stored.
+    return check_string(value, path, limit)
 
 
 def _json_type(value: Any) -> str:
@@ -136,8 +138,9 @@ def coerce_boolean(value: Any, path: str) -> bool:
 
 def _scalar(attr: Attribute, value: Any, path: str) -> Any:
     kind = attr.type
+    limit = attr.max_length or MAX_CHARS.get(kind, MAX_CHARS["string"])
     if kind in ("string", "reference"):
-        return _check_string(value, path)
+        return _check_string(value, path, limit=limit)
     if kind == "boolean":
         return coerce_boolean(value, path)
     if kind == "integer":  # RFC 7643 §2.3.4: no fractional part
@@ -151,7 +154,7 @@ def _scalar(attr: Attribute, value: Any, path: str) -> Any:
             raise _fail(path, "expected a finite decimal number")
         return value
     if kind == "dateTime":  # RFC 7643 §2.3.5 (xsd:dateTime, written as RFC 3339)
-        text = _check_string(value, path, "a dateTime string")
+        text = _check_string(value, path, "a dateTime string", limit)
         if not _RFC3339.fullmatch(text):
             raise _fail(path, "expected an RFC 3339 dateTime such as 2008-01-23T04:56:22Z")
         try:
@@ -160,7 +163,7 @@ def _scalar(attr: Attribute, value: Any, path: str) -> Any:
             raise _fail(path, "not a valid date and time") from None
         return text
     if kind == "binary":  # RFC 7643 §2.3.6: base64 (RFC 4648 §4)
-        text = _check_string(value, path, "a base64 string")
+        text = _check_string(value, path, "a base64 string", limit)
         try:
             base64.b64decode("".join(text.split()), validate=True)
         except (binascii.Error, ValueError):

@@ -39,6 +39,8 @@ class Attribute:
     canonical_values: tuple[str, ...] = ()
     reference_types: tuple[str, ...] = ()
     description: str = ""
+    # Longest accepted value in characters; None: the bound of its type (scim.resource).
+    max_length: int | None = None
 
     def sub(self, name: str) -> Attribute | None:
         lowered = name.lower()
@@ -120,6 +122,7 @@ def _multi(
     value_type: str = "string",
     extra: tuple[Attribute, ...] = (),
     description: str = "",
+    value_max_length: int | None = None,
 ) -> Attribute:
     """A standard multi-valued complex attribute (RFC 7643 §2.4): value/display/type/primary."""
     return Attribute(
@@ -128,7 +131,7 @@ def _multi(
         multi_valued=True,
         description=description,
         sub_attributes=(
-            Attribute("value", type=value_type),
+            Attribute("value", type=value_type, max_length=value_max_length),
             Attribute("display"),
             Attribute("type", canonical_values=types),
             Attribute("primary", type="boolean"),
@@ -140,7 +143,9 @@ def _multi(
 _ID = Attribute(
     "id", case_exact=True, mutability="readOnly", returned="always", uniqueness="server"
 )
-_EXTERNAL_ID = Attribute("externalId", case_exact=True)
+# Identifiers and names an IdP matches on: 256 characters (docs/operations.md, "Input limits").
+NAME_LENGTH = 256
+_EXTERNAL_ID = Attribute("externalId", case_exact=True, max_length=NAME_LENGTH)
 _META = Attribute(
     "meta",
     type="complex",
@@ -165,7 +170,7 @@ USER = Schema(
     "User",
     "User Account",
     (
-        Attribute("userName", required=True, uniqueness="server"),
+        Attribute("userName", required=True, uniqueness="server", max_length=NAME_LENGTH),
         Attribute(
             "name",
             type="complex",
@@ -178,7 +183,7 @@ USER = Schema(
                 Attribute("honorificSuffix"),
             ),
         ),
-        Attribute("displayName"),
+        Attribute("displayName", max_length=NAME_LENGTH),
         Attribute("nickName"),
         Attribute("profileUrl", type="reference", reference_types=("external",)),
         Attribute("title"),
@@ -188,7 +193,7 @@ USER = Schema(
         Attribute("timezone"),
         Attribute("active", type="boolean"),
         Attribute("password", mutability="writeOnly", returned="never"),
-        _multi("emails", types=("work", "home", "other")),
+        _multi("emails", types=("work", "home", "other"), value_max_length=NAME_LENGTH),
         _multi("phoneNumbers", types=("work", "home", "mobile", "fax", "pager", "other")),
         _multi("ims", types=("aim", "gtalk", "icq", "xmpp", "msn", "skype", "qq", "yahoo")),
         _multi("photos", types=("photo", "thumbnail"), value_type="reference"),
@@ -244,7 +249,7 @@ ENTERPRISE_USER = Schema(
             "manager",
             type="complex",
             sub_attributes=(
-                Attribute("value"),
+                Attribute("value", max_length=NAME_LENGTH),
                 Attribute("$ref", type="reference", reference_types=("User",)),
                 Attribute("displayName", mutability="readOnly"),
             ),
@@ -257,13 +262,13 @@ GROUP = Schema(
     "Group",
     "Group",
     (
-        Attribute("displayName", required=True, uniqueness="server"),
+        Attribute("displayName", required=True, uniqueness="server", max_length=NAME_LENGTH),
         Attribute(
             "members",
             type="complex",
             multi_valued=True,
             sub_attributes=(
-                Attribute("value", case_exact=True, mutability="immutable"),
+                Attribute("value", case_exact=True, mutability="immutable", max_length=NAME_LENGTH),
                 Attribute(
                     "$ref",
                     type="reference",
