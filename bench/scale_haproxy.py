@@ -336,7 +336,7 @@ def measure_resync(db: Any, hx: HAProxy, client: Any, n: int) -> dict[str, Any]:
 def measure_old_split(db: Any, hx: HAProxy, client: Any) -> dict[str, float]:
     """Validation and chunking cost of the pre-change replace_map path (validator.entries +
     build_payload_chunks), measured separately."""
-    from scimgate.haproxy.runtime import build_payload_chunks
+    from scimgate.haproxy.payload import build_payload_chunks
     from scimgate.sync import state
 
     layout = hx.layout()

@@ -19,10 +19,10 @@ from starlette.routing import Route
 
 from scimgate import tokens
 from scimgate.api import http
-from scimgate.api.metrics import Metrics
 from scimgate.audit import log as audit
 from scimgate.bulk import run_bulk
 from scimgate.config import Settings
+from scimgate.metrics import Metrics
 from scimgate.scim import discovery, errors
 from scimgate.scim.resource import project
 from scimgate.scim.schema import RESOURCE_TYPES, SEARCH_REQUEST_SCHEMA
