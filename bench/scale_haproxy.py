@@ -193,9 +193,10 @@ frontend fe_plain
         return self.proc.pid
 
     def client(self) -> Any:
-        from scimgate.haproxy.runtime import RuntimeClient
+        from scimgate.haproxy import RuntimeClient
+        from scimgate.sync.apply import ENTRY_VALIDATOR  # the sync engine's allow-lists
 
-        return RuntimeClient(f"unix:{self.admin}", timeout=120)
+        return RuntimeClient(f"unix:{self.admin}", timeout=120, validator=ENTRY_VALIDATOR)
 
     def layout(self) -> Any:
         from scimgate.sync.layout import MapLayout

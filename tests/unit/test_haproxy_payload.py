@@ -112,3 +112,24 @@ def test_the_fast_hex_path_equals_the_per_line_path() -> None:
         for validator in (narrow, per_line):
             with pytest.raises(UnsafeRuntimeArgument):
                 payload_from_lines([*lines, bad], validator)
+
+
+def test_the_default_allow_lists_take_the_structure_check_path() -> None:
+    """With the adapter's default (any CLI-safe word) a body is checked in C-level passes,
+    and refuses exactly what the per-line path refuses."""
+    default = EntryValidator()
+    narrowed = EntryValidator(key_re=re.compile(r"[A-Za-z0-9_.,@+:/-]+"))  # same set, per line
+    lines = [b"alice ,eng,", b"bob@x Anything"]
+    assert payload_from_lines(lines, default).data == payload_from_lines(lines, narrowed).data
+    for bad in (
+        b"a  b",
+        b"a b c",
+        b"a",
+        b"a;b c",
+        b"a b\r",
+        b"x" * 4097 + b" v",
+        b"k " + b"v" * 4097,
+    ):
+        for validator in (default, narrowed):
+            with pytest.raises(UnsafeRuntimeArgument):
+                payload_from_lines([*lines, bad], validator)

@@ -27,6 +27,8 @@ from scimgate.haproxy.errors import UnsafeRuntimeArgument
 from scimgate.haproxy.words import (
     DEFAULT_VALIDATOR,
     HEX_UPPER,
+    MAX_WORD,
+    WORD_RE,
     EntryValidator,
     Word,
     safe_word,
@@ -138,6 +140,15 @@ def payload_from_lines(
     check each line's key and value with their own patterns. An element holding an LF is
     refused (it would read as two lines)."""
     data = b"\n".join(lines) + b"\n" if lines else b""
+    # The default allow-lists are the CLI-safe set itself: the structure check is the whole
+    # check, once no line is long enough to hold an over-long word.
+    if (
+        validator.key_re is WORD_RE
+        and validator.value_re is WORD_RE
+        and max(map(len, lines), default=0) <= MAX_WORD
+    ):
+        check_body(data, len(lines))
+        return PayloadBody(data, len(lines), validator)
     width = validator.hex_width
     if width is not None:
         if not _hex_lines_valid(lines, data, width, validator):

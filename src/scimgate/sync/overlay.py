@@ -166,7 +166,10 @@ class Overlay:
         newer value was put meanwhile; it may be retired if the overlay shows this value."""
         with self._lock:
             if self._layout != step.layout or self._worker_pid != step.worker_pid:
-                return  # a resync happened meanwhile (it cannot: shard_writes), be safe
+                # A resync reset the bookkeeping after the step was taken: its report is
+                # about a state that no longer exists. (A step holds shard_writes, which a
+                # resync takes too, so this is a guard, not a path.)
+                return
             if step.key in self._pending and self._pending[step.key] == step.value:
                 del self._pending[step.key]
             if self._held.get(step.key) == overlay_value(step.value):
