@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from scimgate.haproxy import encode_payload
 from scimgate.policy.compiler import OVERLAY_MAP_NAME, OVERLAY_TOMBSTONE
 from scimgate.store.outbox import MapChange, is_deprovision
-from scimgate.sync.apply import DriftCounts, coalesce, diff, valid_entries
+from scimgate.sync.apply import ENTRY_VALIDATOR, DriftCounts, coalesce, diff, valid_entries
 from scimgate.sync.layout import LayoutError, MapLayout, choose_shards, resolve_layout
 from scimgate.sync.overlay import Overlay, overlay_value
 from scimgate.sync.recorder import Recorder
+from scimgate.sync.state import TS_FORMAT, age_seconds, entries_of_bodies, parse_ts
+from scimgate.sync.status import healthy
 from scimgate.sync.waiters import Waiters
 
 
@@ -229,3 +233,23 @@ def test_the_recorder_records_in_order_and_everything_before_it_stops() -> None:
         recorder.record(lambda i=i: done.append(i))
     recorder.stop(5)
     assert done == list(range(50))
+
+
+# --------------------------------------------------------------------------- state, status
+
+
+def test_timestamps_and_bodies_round_trip() -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    text = now.strftime(TS_FORMAT)
+    assert parse_ts(text) == now
+    assert age_seconds(text, now + timedelta(seconds=2.5)) == 2.5
+    entries = {key(i): (",", ",eng,")[i % 2] for i in range(20)}
+    bodies = [encode_payload(part, ENTRY_VALIDATOR) for part in MapLayout("/m", 16).split(entries)]
+    assert entries_of_bodies(bodies) == entries
+
+
+def test_healthy_means_reachable_and_nothing_waiting_too_long() -> None:
+    assert healthy({"reachable": True, "behind_seconds": 1.0}, 10)
+    assert not healthy({"reachable": True, "behind_seconds": 11.0}, 10)
+    assert not healthy({"reachable": False, "behind_seconds": 0.0}, 10)
+    assert not healthy({"reachable": None, "behind_seconds": 0.0}, 10)
