@@ -45,13 +45,13 @@ def yielding_inside(
             return at_opcode
         return None
 
-    previous = sys.gettrace()
+    previous, previous_threads = sys.gettrace(), threading.gettrace()
     threading.settrace(on_call)
     sys.settrace(on_call)
     try:
         yield
     finally:
-        threading.settrace(None)  # type: ignore[arg-type]
+        threading.settrace(previous_threads)  # type: ignore[arg-type]
         sys.settrace(previous)
 
 
