@@ -135,9 +135,10 @@ class Proxy:
         return self.proc.master_procs().worker_pids[0]
 
     def client(self) -> Any:
-        from scimgate.haproxy.runtime import RuntimeClient
+        from scimgate.haproxy import RuntimeClient
+        from scimgate.sync.apply import ENTRY_VALIDATOR  # the sync engine's allow-lists
 
-        return RuntimeClient(f"unix:{self.admin}", timeout=60)
+        return RuntimeClient(f"unix:{self.admin}", timeout=60, validator=ENTRY_VALIDATOR)
 
     def stop(self) -> None:
         self.proc.stop()

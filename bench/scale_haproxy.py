@@ -193,9 +193,10 @@ frontend fe_plain
         return self.proc.pid
 
     def client(self) -> Any:
-        from scimgate.haproxy.runtime import RuntimeClient
+        from scimgate.haproxy import RuntimeClient
+        from scimgate.sync.apply import ENTRY_VALIDATOR  # the sync engine's allow-lists
 
-        return RuntimeClient(f"unix:{self.admin}", timeout=120)
+        return RuntimeClient(f"unix:{self.admin}", timeout=120, validator=ENTRY_VALIDATOR)
 
     def layout(self) -> Any:
         from scimgate.sync.layout import MapLayout
@@ -336,7 +337,7 @@ def measure_resync(db: Any, hx: HAProxy, client: Any, n: int) -> dict[str, Any]:
 def measure_old_split(db: Any, hx: HAProxy, client: Any) -> dict[str, float]:
     """Validation and chunking cost of the pre-change replace_map path (validator.entries +
     build_payload_chunks), measured separately."""
-    from scimgate.haproxy.runtime import build_payload_chunks
+    from scimgate.haproxy.payload import build_payload_chunks
     from scimgate.sync import state
 
     layout = hx.layout()

@@ -14,7 +14,7 @@ from scimgate.cli_common import database_of as _db
 from scimgate.cli_common import dir_option as _dir_option
 from scimgate.cli_common import settings_of as _settings
 from scimgate.config import TargetConfig
-from scimgate.haproxy.runtime import HAProxyRuntimeError, RuntimeClient, parse_version
+from scimgate.haproxy import HAProxyRuntimeError, RuntimeClient, parse_version
 from scimgate.sync.layout import LayoutError, MapLayout, resolve_layout
 
 
@@ -60,7 +60,7 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
       TARGET  REACHABLE  CURSOR  LAG  ENTRIES  LAST RESYNC                  UNCONFIRMED
       local   yes        1042    0    1000     2026-11-28T13:21:02.123456Z  0
     """
-    from scimgate.sync.state import healthy, status_from_db
+    from scimgate.sync.status import healthy, status_from_db
 
     settings = _settings(directory, config)
     if not settings.targets:
@@ -128,7 +128,9 @@ def resync(directory: str | None, config: str | None, target_name: str | None) -
       $ scimgate resync --dir ./demo --target local
       local: 1000 entries in 16 shard(s), seq 1042, 0.041 s
     """
+    from scimgate.sync.apply import ENTRY_VALIDATOR
     from scimgate.sync.mapfiles import MapFileWriter
+    from scimgate.sync.reasons import ResyncReason
     from scimgate.sync.reconcile import full_resync
 
     settings = _settings(directory, config)
@@ -142,7 +144,9 @@ def resync(directory: str | None, config: str | None, target_name: str | None) -
     try:
         for target in targets:
             try:
-                with RuntimeClient(target.runtime_api, 10.0, master=target.master_api) as client:
+                with RuntimeClient(
+                    target.runtime_api, 10.0, validator=ENTRY_VALIDATOR, master=target.master_api
+                ) as client:
                     info = client.show_info()
                     layout, warning = resolve_layout(
                         [m.path for m in client.list_maps()],
@@ -153,7 +157,9 @@ def resync(directory: str | None, config: str | None, target_name: str | None) -
                     if warning:
                         click.echo(f"{target.name}: warning: {warning}", err=True)
                     writer = MapFileWriter(layout) if target.map_dir else None
-                    result = full_resync(db, client, layout, target.name, "manual", writer=writer)
+                    result = full_resync(
+                        db, client, layout, target.name, ResyncReason.MANUAL, writer=writer
+                    )
                 click.echo(
                     f"{target.name}: {result.entries} entries in {layout.shards} shard(s), "
                     f"seq {result.seq}, {result.seconds:.3f} s"

@@ -7,9 +7,9 @@ import logging
 from typing import Any
 
 from scimgate.api.app import Api, build_app
-from scimgate.api.metrics import Metrics
 from scimgate.config import Settings
 from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
+from scimgate.metrics import Metrics
 from scimgate.policy.model import load_policy
 from scimgate.service import ScimService
 from scimgate.store import migrate

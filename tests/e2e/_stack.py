@@ -19,14 +19,9 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
+from scimgate.haproxy import HAProxyRuntimeError, RuntimeAddress, RuntimeClient, master_command
+from scimgate.haproxy.master import parse_show_proc
 from scimgate.haproxy.process import HAProxyProcess
-from scimgate.haproxy.runtime import (
-    HAProxyRuntimeError,
-    RuntimeAddress,
-    RuntimeClient,
-    master_command,
-    parse_show_proc,
-)
 from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
 from scimgate.store import outbox
 from scimgate.store.db import Database

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from scimgate.haproxy.runtime import RuntimeClient
+from scimgate.haproxy import RuntimeClient
 from scimgate.policy.compiler import identity_key, is_usable_identity, normalise_identity
 from tests.e2e import _stack as st
 from tests.e2e.test_up import GROUP_SCHEMA, UpStack, start_up

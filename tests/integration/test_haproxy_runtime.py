@@ -13,22 +13,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scimgate.haproxy.mapfile import read_map_file, write_map_file
-from scimgate.haproxy.process import binary_version, check_config
-from scimgate.haproxy.runtime import (
-    KEY_RE,
+from scimgate.haproxy import (
     MAX_PAYLOAD_BYTES,
-    VALUE_RE,
     EntryValidator,
     RuntimeAddress,
     RuntimeClient,
     RuntimeConnectionLost,
     RuntimeUnavailable,
     UnsafeRuntimeArgument,
-    Word,
-    _Request,
-    build_payload_chunks,
 )
+from scimgate.haproxy.connection import Request as _Request
+from scimgate.haproxy.mapfile import read_map_file, write_map_file
+from scimgate.haproxy.payload import build_payload_chunks
+from scimgate.haproxy.process import binary_version, check_config
+from scimgate.haproxy.words import Word
+from scimgate.policy.compiler import IDENTITY_KEY_RE as KEY_RE
+from scimgate.policy.compiler import MAP_VALUE_RE as VALUE_RE
 from tests.fixtures.haproxy import RUNTIME_GLOBAL, RunningHAProxy
 
 pytestmark = pytest.mark.haproxy
@@ -231,7 +231,7 @@ def test_oversized_payload_fails_loudly_not_silently(
     (big,) = build_payload_chunks(version, Word(m), pairs, 40000)
     assert len(big) > 16384
     with pytest.raises(RuntimeConnectionLost):
-        client._exchange([_Request(big, payload=True)])
+        client.exchange([_Request(big, payload=True)])
     assert client.map_info(m).entry_cnt == 0  # nothing staged, and the client reconnected
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from scimgate.haproxy.runtime import RuntimeClient
+from scimgate.haproxy import RuntimeClient
 from scimgate.policy import (
     OVERLAY_MAP_NAME,
     OVERLAY_TOMBSTONE,

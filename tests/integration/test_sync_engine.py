@@ -20,16 +20,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from scimgate.api.metrics import Metrics
 from scimgate.config import Settings, TargetConfig
-from scimgate.haproxy.runtime import RuntimeClient
+from scimgate.haproxy import RuntimeClient
+from scimgate.metrics import Metrics
 from scimgate.policy.compiler import OVERLAY_MAP_NAME, OVERLAY_TOMBSTONE, map_file_names
 from scimgate.store import migrate, tables
 from scimgate.store.db import Database, now_iso
 from scimgate.store.outbox import MapChange, desired_entries
 from scimgate.sync import SyncEngine, choose_shards, status_from_db
-from scimgate.sync import engine as engine_mod
-from scimgate.sync.engine import _Drainer
+from scimgate.sync import overlay as overlay_mod
+from scimgate.sync.drainer import Drainer
 from scimgate.sync.layout import MapLayout
 from tests.fixtures.haproxy import RUNTIME_GLOBAL, RunningHAProxy
 
@@ -389,9 +389,10 @@ def test_reload_through_master_cli(
     with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
         converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(300)}))
         # The map files follow (debounced): a reload loads near-current state.
-        writer = engine._writers[str(proc.workdir)]
+        writer = engine.map_files.writer_of(str(proc.workdir))
+        assert writer is not None
         # (shard files, or shard files + the overlay file written after them)
-        wait_until(lambda: max(writer.written_seq, writer.overlay_seq) >= engine._head)
+        wait_until(lambda: max(writer.written_seq, writer.overlay_seq) >= engine.waiters.head)
         before = proc.master_procs().worker_pids
         procs = proc.reload()
         assert procs.worker_pids != before
@@ -412,7 +413,7 @@ def test_drift_is_detected_audited_and_repaired(
     proc = start_haproxy()
     with running_engine(sqlite_db, [target(proc, "t1")], drift_check_interval=0.3) as engine:
         converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(100)}))
-        wait_until(lambda: not engine.followers[0].pending)  # the shards hold it all
+        wait_until(lambda: not engine.followers[0].overlay.pending_count)  # the shards hold it all
         victim = key(5)
         layout = engine.followers[0].layout
         assert layout is not None
@@ -436,8 +437,8 @@ def _settled_then_held(
     """``n`` identities applied and drained into the shards; from then on the shards are
     held back (the drainer finds nothing to do), to look at the overlay."""
     converge(db, engine, put(db, {key(i): ",eng," for i in range(n)}))
-    wait_until(lambda: not engine.followers[0].pending)
-    monkeypatch.setattr(_Drainer, "_step", lambda self: False)
+    wait_until(lambda: not engine.followers[0].overlay.pending_count)
+    monkeypatch.setattr(Drainer, "step", lambda self: False)
 
 
 def test_changes_go_through_the_overlay_then_the_shards(
@@ -518,13 +519,13 @@ def test_batch_too_big_for_the_overlay_goes_to_the_shards(
         _settled_then_held(sqlite_db, engine, monkeypatch, 100)
         converge(sqlite_db, engine, put(sqlite_db, {key(1): None, key(2): ",ops,"}))
         assert set(overlay_state(proc)) == {key(1), key(2)}
-        monkeypatch.setattr(engine_mod, "OVERLAY_LIMIT", 10)
+        monkeypatch.setattr(overlay_mod, "OVERLAY_LIMIT", 10)
         # 30 changes > the limit: straight to the shards; the overlay's older entries for
         # these keys are retired (else they would hide the newer shard values).
         big = put(sqlite_db, {key(i): ",big," for i in range(1, 31)})
         converge(sqlite_db, engine, big)
         assert overlay_state(proc) == {}
-        assert engine.followers[0].pending == {}
+        assert engine.followers[0].overlay.pending_count == 0
         assert live_state(proc) == shard_state(proc) == desired(sqlite_db)
         assert http_status(proc, key(1)) == 200
 

@@ -9,18 +9,17 @@ import re
 
 import pytest
 
-from scimgate.haproxy.runtime import (
-    DEFAULT_VALIDATOR,
-    EntryValidator,
-    PayloadBody,
-    PendingBodies,
-    UnsafeRuntimeArgument,
-    Word,
+from scimgate.haproxy import EntryValidator, PayloadBody, PendingBodies, UnsafeRuntimeArgument
+from scimgate.haproxy.payload import (
     chunk_payload,
     encode_payload,
     iter_payload_chunks,
     payload_from_lines,
 )
+from scimgate.haproxy.words import Word
+
+# The identities maps' allow-lists (policy's grammar), as the sync engine hands them in.
+from scimgate.sync.apply import ENTRY_VALIDATOR as DEFAULT_VALIDATOR
 from scimgate.sync.apply import bucket_lines
 
 
@@ -55,19 +54,19 @@ BAD_LINES = [
 
 
 def test_good_lines_pass_and_match_the_per_entry_encoder() -> None:
-    body = payload_from_lines(GOOD)
+    body = payload_from_lines(GOOD, DEFAULT_VALIDATOR)
     entries = dict(line.decode().split(" ", 1) for line in GOOD)
-    assert body == encode_payload(entries)
-    assert payload_from_lines([]) == PayloadBody(b"", 0)
+    assert body == encode_payload(entries, DEFAULT_VALIDATOR)
+    assert payload_from_lines([], DEFAULT_VALIDATOR) == PayloadBody(b"", 0, DEFAULT_VALIDATOR)
     longest = key(1) + " ," + "a" * 4094 + ","  # a value of exactly 4096 characters
-    assert payload_from_lines([longest.encode()]).count == 1
+    assert payload_from_lines([longest.encode()], DEFAULT_VALIDATOR).count == 1
 
 
 @pytest.mark.parametrize("bad", BAD_LINES)
 def test_every_bad_line_is_refused_like_the_per_entry_validator(bad: str) -> None:
     raw = bad.encode("utf-8")
     with pytest.raises(UnsafeRuntimeArgument):
-        payload_from_lines([*GOOD[:10], raw, *GOOD[10:]])
+        payload_from_lines([*GOOD[:10], raw, *GOOD[10:]], DEFAULT_VALIDATOR)
     # The per-entry validator agrees (when the line splits into a key and a value at all).
     k, _, v = bad.partition(" ")
     with pytest.raises(UnsafeRuntimeArgument):
@@ -100,7 +99,7 @@ def test_bucketing_counts_lines_against_rows() -> None:
 
 def test_a_failed_body_is_never_handed_out() -> None:
     bad = (key(3).lower() + " ,eng,").encode()
-    pending = PendingBodies([GOOD[:5], [*GOOD[5:], bad], GOOD[:2]])
+    pending = PendingBodies([GOOD[:5], [*GOOD[5:], bad], GOOD[:2]], DEFAULT_VALIDATOR)
     assert pending.counts == [5, len(GOOD) - 4, 2]
     assert pending[0].count == 5
     with pytest.raises(UnsafeRuntimeArgument):
@@ -110,7 +109,7 @@ def test_a_failed_body_is_never_handed_out() -> None:
         pending.wait()
     assert pending.done.is_set()
     # Stepping does the same work in small pieces.
-    stepped = PendingBodies([GOOD * 5, GOOD])
+    stepped = PendingBodies([GOOD * 5, GOOD], DEFAULT_VALIDATOR)
     steps = 1
     while stepped.step():
         steps += 1
@@ -120,7 +119,7 @@ def test_a_failed_body_is_never_handed_out() -> None:
 
 def test_requests_are_checked_one_by_one_before_they_are_yielded() -> None:
     path = Word("/etc/haproxy/maps/ids.map")
-    body = payload_from_lines(GOOD * 40)
+    body = payload_from_lines(GOOD * 40, DEFAULT_VALIDATOR)
     chunks = list(iter_payload_chunks(7, path, body, 4096))
     assert chunks == chunk_payload(7, path, body, 4096) and len(chunks) > 3
     # A body made without the checks (a bug elsewhere) fails at the first bad request,

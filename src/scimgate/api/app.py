@@ -20,10 +20,10 @@ from scimgate import tokens
 from scimgate.api import http
 from scimgate.api.auth_failures import Attempt, AuthFailed, FailedAuthentication
 from scimgate.api.auth_guard import AuthGuard
-from scimgate.api.metrics import Metrics
 from scimgate.audit import log as audit
 from scimgate.bulk import run_bulk
 from scimgate.config import Settings
+from scimgate.metrics import Metrics
 from scimgate.scim import discovery, errors, text
 from scimgate.scim.resource import project
 from scimgate.scim.schema import RESOURCE_TYPES, SEARCH_REQUEST_SCHEMA

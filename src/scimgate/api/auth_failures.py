@@ -21,8 +21,8 @@ from typing import Any
 
 from scimgate import tokens
 from scimgate.api.auth_guard import AuthGuard, FailureAggregate
-from scimgate.api.metrics import Metrics
 from scimgate.audit import log as audit
+from scimgate.metrics import Metrics
 from scimgate.scim import errors
 
 log = logging.getLogger("scimgate.api")

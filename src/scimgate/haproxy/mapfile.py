@@ -15,14 +15,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from scimgate.haproxy.runtime import (
-    DEFAULT_VALIDATOR,
-    EntryValidator,
-    PayloadBody,
-    UnsafeRuntimeArgument,
-    encode_payload,
-    keys_valid,
-)
+from scimgate.haproxy.errors import UnsafeRuntimeArgument
+from scimgate.haproxy.payload import PayloadBody, encode_payload
+from scimgate.haproxy.words import DEFAULT_VALIDATOR, EntryValidator
 
 HEADER = "# written by scimgate; do not edit: changes are overwritten on the next sync\n"
 _HEADER_BYTES = HEADER.encode("ascii")
@@ -30,9 +25,7 @@ _HEADER_BYTES = HEADER.encode("ascii")
 
 def render_map(entries: Mapping[str, str], validator: EntryValidator = DEFAULT_VALIDATOR) -> bytes:
     """Map file content: validated, sorted by key (stable diffs), one ``key value`` per line."""
-    ordered = (
-        {k: entries[k] for k in sorted(entries)} if keys_valid(entries, validator) else entries
-    )
+    ordered = {k: entries[k] for k in sorted(entries)} if validator.keys_valid(entries) else entries
     return render_body(encode_payload(ordered, validator))
 
 

@@ -18,15 +18,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from scimgate.haproxy.runtime import (
-    HAProxyRuntimeError,
-    MasterProcs,
-    RuntimeAddress,
-    RuntimeClient,
-    master_command,
-    parse_show_proc,
-    parse_version,
-)
+from scimgate.haproxy.connection import RuntimeAddress
+from scimgate.haproxy.errors import HAProxyRuntimeError
+from scimgate.haproxy.master import MasterProcs, master_command, parse_show_proc
+from scimgate.haproxy.replies import parse_version
+from scimgate.haproxy.runtime import RuntimeClient
 
 _CANDIDATES = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy")
 

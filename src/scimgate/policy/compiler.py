@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -152,6 +153,15 @@ OVERLAY_MAP_NAME = "identities-recent.map"
 #: An overlay value meaning "no entry" (a deprovisioned key whose shard still has one);
 #: never a policy value (those are comma-wrapped), so HAProxy's ``-m beg ,`` rejects it.
 OVERLAY_TOMBSTONE = "-"
+
+#: What an identity key looks like (:func:`identity_key`): 64 uppercase hex digits. The
+#: Runtime API adapter checks keys against this (handed in by the sync engine), so nothing
+#: else ever becomes a key in HAProxy.
+IDENTITY_KEY_RE = re.compile(r"[0-9A-F]{64}")
+#: What an identities-map value looks like: the comma-wrapped policy-group slugs of
+#: :func:`policy_value` (``,`` for an active user in no policy group), or, in the overlay map
+#: only, :data:`OVERLAY_TOMBSTONE`. Checked with ``fullmatch`` before anything is sent.
+MAP_VALUE_RE = re.compile(r"-|,(?:[a-z0-9_-]+,)*")
 
 
 def map_file_names(shards: int) -> list[str]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import Connection
 
-from scimgate.audit.log import ensure_head
+from scimgate.store import tables
 from scimgate.store.db import Database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -25,8 +27,17 @@ def upgrade(db: Database) -> None:
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-        ensure_head(conn)
+        seed_writers_row(conn)
     _private_sqlite_files(db)
+
+
+def seed_writers_row(conn: Connection) -> None:
+    """The one ``audit_head`` row every write transaction locks first (serialising writers on
+    PostgreSQL), as it stands before any event. Part of the schema's initial state: the audit
+    trail appends to it, it does not create it."""
+    head = tables.audit_head
+    if conn.execute(sa.select(head.c.id)).first() is None:
+        conn.execute(head.insert().values(**tables.AUDIT_HEAD_START))
 
 
 def _private_sqlite_files(db: Database) -> None:

@@ -139,6 +139,11 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
+#: The head row before the first event: seq 0 and the hash the chain starts from (the audit
+#: trail's genesis hash; a unit test holds the two equal). The store seeds it with the schema
+#: (``migrate.upgrade``): writers lock it, so it must exist before the first write.
+AUDIT_HEAD_START = {"id": 1, "seq": 0, "hash": "0" * 64}
+
 audit_events = Table(
     "audit_events",
     metadata,

@@ -5,29 +5,34 @@ the changes or the snapshot, and a connected :class:`RuntimeClient`."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 
-from scimgate.haproxy.runtime import (
-    DEFAULT_VALIDATOR,
+from scimgate.haproxy import (
     DeferredBody,
     EntryValidator,
     PayloadBody,
     PendingBodies,
     RuntimeClient,
     UnsafeRuntimeArgument,
-    keys_valid,
-    values_valid,
 )
-from scimgate.policy.compiler import OVERLAY_TOMBSTONE, VALID_SHARD_COUNTS, shard_of
+from scimgate.policy.compiler import (
+    IDENTITY_KEY_RE,
+    MAP_VALUE_RE,
+    OVERLAY_TOMBSTONE,
+    VALID_SHARD_COUNTS,
+    shard_of,
+)
 from scimgate.store.outbox import MapChange
 from scimgate.sync.layout import MapLayout
+from scimgate.sync.overlay import overlay_value
 
 log = logging.getLogger("scimgate.sync")
 
-_GET_VALUE = re.compile(r'\bvalue="(.*?)", type="')
+#: The identities maps' grammar (policy's keys and values, the overlay's tombstone), as the
+#: Runtime API adapter's allow-lists: every client, payload and map file of the engine uses it.
+ENTRY_VALIDATOR = EntryValidator(key_re=IDENTITY_KEY_RE, value_re=MAP_VALUE_RE)
 
 
 def coalesce(changes: Iterable[MapChange]) -> dict[str, MapChange]:
@@ -41,38 +46,40 @@ def coalesce(changes: Iterable[MapChange]) -> dict[str, MapChange]:
 
 
 def valid_entries(
-    entries: Mapping[str, str | None], validator: EntryValidator = DEFAULT_VALIDATOR
+    entries: Mapping[str, str | None], validator: EntryValidator = ENTRY_VALIDATOR
 ) -> tuple[dict[str, str | None], list[str]]:
     """Split into (entries that may reach the wire, rejected keys). A value of None (a
     delete) needs only a valid key. A rejected entry is never sent: for a key that can
     never be in HAProxy that is exactly "absent", which HAProxy denies (fail closed)."""
     # Fast path (a resync of 1M entries): everything valid, checked in bulk. The client
     # re-validates every word it sends, so this is a filter, not the guard.
-    if keys_valid(entries, validator) and values_valid(
-        (v for v in set(entries.values()) if v is not None), validator
-    ):
+    if validator.entries_valid(entries):
         return dict(entries), []
-    # The allow-lists only (one regex each), entry by entry, to find what to drop.
-    key_ok, value_ok = validator.key_re.fullmatch, validator.value_re.fullmatch
+    # Entry by entry, to find what to drop.
     ok: dict[str, str | None] = {}
     rejected: list[str] = []
     for key, value in entries.items():
-        if isinstance(key, str) and key_ok(key) and (value is None or value_ok(value)):
-            ok[key] = value
-        else:
+        try:
+            validator.key(key)
+            if value is not None:
+                validator.value(value)
+        except UnsafeRuntimeArgument:
             rejected.append(key)
+        else:
+            ok[key] = value
     return ok, rejected
 
 
 def bucket_lines(
-    blob: bytes, rows: int, shards: int, validator: EntryValidator = DEFAULT_VALIDATOR
+    blob: bytes, rows: int, shards: int, validator: EntryValidator = ENTRY_VALIDATOR
 ) -> PendingBodies:
     """``rows`` entries as LF-terminated ``key value`` lines (any order) → one body per
     shard (``shard_of``: the key's leading 1 or 2 hex digits), checked as they are used.
 
     One split and one pass that buckets lines by prefix, then C-level checks per shard
-    body (:func:`payload_from_lines`, stepped by the sender: ``PendingBodies``). The line count must equal ``rows``: a key or value
-    holding an LF would read as an extra, valid-looking line. Raises
+    body (``payload_from_lines``, stepped by the sender: ``PendingBodies``). The line count
+    must equal ``rows``: a key or value holding an LF would read as an extra, valid-looking
+    line. Raises
     :class:`UnsafeRuntimeArgument` on a count mismatch or a prefix that is not uppercase
     hex; a body failing its check raises when it is asked for."""
     if shards not in VALID_SHARD_COUNTS:
@@ -176,11 +183,6 @@ def replace_behind_overlay(
     return BatchResult([key], [], 1, removed)
 
 
-def overlay_value(value: str | None) -> str:
-    """What the overlay holds for a desired value (None: the tombstone)."""
-    return OVERLAY_TOMBSTONE if value is None else value
-
-
 def apply_overlay(
     client: RuntimeClient, path: str, values: Mapping[str, str | None], present: Collection[str]
 ) -> list[str]:
@@ -261,18 +263,9 @@ def _read_back_paths(
     keys = list(expected)
     if not keys:
         return DriftCounts()
-    commands = [
-        f"get map {client.validator.map_path(path_of(k))} {client.validator.key(k)}" for k in keys
-    ]
-    actual: dict[str, str | None] = {}
-    for key, reply in zip(keys, client.pipeline(commands), strict=True):
-        if "found=no" in reply:
-            actual[key] = None
-            continue
-        m = _GET_VALUE.search(reply)
-        # Anything else (an error, an unparseable reply) counts as a wrong value: fail closed.
-        actual[key] = m.group(1) if "found=yes" in reply and m else "\0unreadable"
-    return diff(expected, actual)
+    # An unreadable reply reads as a value no entry has: a mismatch (fail closed).
+    seen = client.lookup_many([(path_of(k), k) for k in keys])
+    return diff(expected, dict(zip(keys, seen, strict=True)))
 
 
 def live_entries(client: RuntimeClient, layout: MapLayout) -> list[dict[str, str]]:
@@ -290,7 +283,7 @@ def compare_live(
     if layout.overlay is not None:
         # What a request sees: the overlay's entry wins over its shard's.
         for key, value in client.show_map(layout.overlay).items():
-            if not DEFAULT_VALIDATOR.key_re.fullmatch(key):
+            if not ENTRY_VALIDATOR.key_re.fullmatch(key):
                 odd += 1  # never looked up: not ours
                 continue
             shard = live[shard_of(key, layout.shards)]

@@ -10,12 +10,12 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from scimgate.haproxy import PayloadBody, encode_payload
 from scimgate.haproxy.mapfile import render_body, write_map_files
-from scimgate.haproxy.runtime import PayloadBody, encode_payload
 from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
 from scimgate.store.db import Database
 from scimgate.store.outbox import head_seq
-from scimgate.sync.apply import valid_entries
+from scimgate.sync.apply import ENTRY_VALIDATOR, valid_entries
 from scimgate.sync.layout import MapLayout
 from scimgate.sync.state import (
     Snapshot,
@@ -44,22 +44,38 @@ class MapFileWriter:
     entries are read (without it no overlay file is written)."""
 
     def __init__(self, layout: MapLayout, db: Database | None = None) -> None:
-        self.layout = layout
+        self._layout = layout
         self.db = db
         self.written_seq = -1
         self.last_write = 0.0  # monotonic, of the shard files
         self.overlay_seq = -1  # head when the overlay file was last written
         self.overlay_keys = 0
-        self._lock = threading.Lock()  # the shard files
-        # The overlay file has its own lock: a follower confirming a deprovision must not
-        # wait for a shard-file pass (~0.25-1 s at 1M identities, traced as 1 s outliers).
-        # Written while the shard files change, it holds the changes after the older
-        # written_seq: a superset, with current values, so still exact on top of either.
+        # _lock: the shard files, written_seq, last_write, and (with _overlay_lock) _layout.
+        # Lock order: _lock, then _overlay_lock.
+        self._lock = threading.Lock()
+        # _overlay_lock: the overlay file, overlay_seq, overlay_keys (and, with _lock,
+        # _layout). Its own lock: a follower confirming a deprovision must not wait for a
+        # shard-file pass (~0.25-1 s at 1M identities, traced as 1 s outliers). Written while
+        # the shard files change, it holds the changes after the older written_seq: a
+        # superset, with current values, so still exact on top of either.
         self._overlay_lock = threading.Lock()
 
     @property
+    def layout(self) -> MapLayout:
+        """The files this writer keeps (replaced only under both locks: :meth:`adopt`)."""
+        return self._layout
+
+    def adopt(self, layout: MapLayout) -> None:
+        """The same files, now also with an overlay file (a target's config loads one): takes
+        both locks, so no write in progress sees the layout change under it."""
+        if layout != self._layout:
+            raise ValueError("a writer keeps one set of shard files; make a new writer")
+        with self._lock, self._overlay_lock:
+            self._layout = layout
+
+    @property
     def _with_overlay_file(self) -> bool:
-        return self.layout.overlay is not None and self.db is not None
+        return self._layout.overlay is not None and self.db is not None
 
     def write_overlay(self) -> bool:
         """Rewrite the overlay file from the store now (no-op without an overlay or a db, or
@@ -69,7 +85,7 @@ class MapFileWriter:
 
     def _write_overlay_locked(self) -> bool:
         """Caller holds ``_overlay_lock`` (and may hold ``_lock``: always in that order)."""
-        overlay, db = self.layout.overlay, self.db
+        overlay, db = self._layout.overlay, self.db
         if overlay is None or db is None or self.written_seq < 0:
             return False
         with db.read() as conn:
@@ -83,7 +99,7 @@ class MapFileWriter:
         valid, _rejected = valid_entries(
             {k: OVERLAY_TOMBSTONE if v is None else v for k, v in current.items()}
         )
-        body = encode_payload({k: v for k, v in valid.items() if v is not None})
+        body = encode_payload({k: v for k, v in valid.items() if v is not None}, ENTRY_VALIDATOR)
         write_map_files([(overlay, render_body(body))], fsync=False)
         self.overlay_seq, self.overlay_keys = head, body.count
         return True
@@ -117,12 +133,12 @@ class MapFileWriter:
             rejected: list[str] = []
             if bodies is None:
                 entries, rejected = valid_entries(snapshot.entries)
-                shards = self.layout.split({k: v for k, v in entries.items() if v is not None})
-                bodies = [encode_payload(e) for e in shards]
-            if len(bodies) != self.layout.shards:
-                raise ValueError(f"{len(bodies)} bodies for {self.layout.shards} shards")
+                shards = self._layout.split({k: v for k, v in entries.items() if v is not None})
+                bodies = [encode_payload(e, ENTRY_VALIDATOR) for e in shards]
+            if len(bodies) != self._layout.shards:
+                raise ValueError(f"{len(bodies)} bodies for {self._layout.shards} shards")
             written = write_map_files(
-                [(p, render_body(b)) for p, b in zip(self.layout.paths, bodies, strict=True)]
+                [(p, render_body(b)) for p, b in zip(self._layout.paths, bodies, strict=True)]
             )
             self.written_seq = snapshot.seq
             with self._overlay_lock:
@@ -131,7 +147,7 @@ class MapFileWriter:
             log.debug(
                 "sync: map files written",
                 extra={
-                    "map_dir": self.layout.map_dir,
+                    "map_dir": self._layout.map_dir,
                     "seq": snapshot.seq,
                     "entries": sum(b.count for b in bodies),
                     "files_written": written,
@@ -162,32 +178,84 @@ class MapFileWriter:
         ~0.5 s per batch. No fsync: a reload reads the page cache; after a host crash
         everything restarts and the start-up resync makes HAProxy exact. Returns files
         written."""
-        by_shard: dict[int, set[str]] = {}
-        for key in keys:
-            by_shard.setdefault(shard_of(key, self.layout.shards), set()).add(key)
-        if not by_shard:
+        keys = list(keys)
+        if not keys:
             return 0
         with self._lock:
+            by_shard: dict[int, set[str]] = {}
+            for key in keys:
+                by_shard.setdefault(shard_of(key, self._layout.shards), set()).add(key)
             current = read_entries_of(db, [k for ks in by_shard.values() for k in ks])
             valid, _rejected = valid_entries(current)
             files: list[tuple[str, bytes]] = []
             for shard, shard_keys in sorted(by_shard.items()):
-                path = Path(self.layout.paths[shard])
+                path = Path(self._layout.paths[shard])
                 if not path.exists():
-                    entries = read_shard_entries(db, shard, self.layout.shards)
+                    entries = read_shard_entries(db, shard, self._layout.shards)
                     ok, _ = valid_entries(entries)
-                    body = encode_payload({k: v for k, v in ok.items() if v is not None})
+                    body = encode_payload(
+                        {k: v for k, v in ok.items() if v is not None}, ENTRY_VALIDATOR
+                    )
                     files.append((str(path), render_body(body)))
                     continue
                 kept = drop_lines(path.read_bytes(), {k.encode("ascii") for k in shard_keys})
                 add = encode_payload(
-                    {k: v for k, v in valid.items() if k in shard_keys and v is not None}
+                    {k: v for k, v in valid.items() if k in shard_keys and v is not None},
+                    ENTRY_VALIDATOR,
                 )
                 files.append((str(path), kept + add.data))
             return write_map_files(files, fsync=False)
 
     def _complete(self) -> bool:
-        return all(Path(p).exists() for p in self.layout.paths)
+        return all(Path(p).exists() for p in self._layout.paths)
+
+
+class MapFiles:
+    """One :class:`MapFileWriter` per ``map_dir``, however many targets read from it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # _lock: _writers (which writer serves which directory). Taken before a writer's
+        # locks, but released before any call that takes them.
+        self._lock = threading.Lock()
+        self._writers: dict[str, MapFileWriter] = {}
+
+    @staticmethod
+    def _dir(map_dir: str) -> str:
+        return map_dir.rstrip("/") or "/"
+
+    def writer_for(self, map_dir: str, layout: MapLayout) -> MapFileWriter:
+        """The writer of ``map_dir`` for the layout a target loads: a new one when the shard
+        layout changed; the same one, adopting the overlay, when only that was discovered."""
+        key = self._dir(map_dir)
+        with self._lock:
+            writer = self._writers.get(key)
+            if writer is None or writer.layout != layout:
+                if writer is not None:
+                    log.warning(
+                        "sync: map_dir layout changed",
+                        extra={"map_dir": key, "shards": layout.shards},
+                    )
+                writer = MapFileWriter(layout, self.db)
+                self._writers[key] = writer
+                return writer
+        if layout.overlay is not None and layout.overlay != writer.layout.overlay:
+            writer.adopt(layout)  # outside _lock: it waits for a write in progress
+        return writer
+
+    def writer_of(self, map_dir: str) -> MapFileWriter | None:
+        with self._lock:
+            return self._writers.get(self._dir(map_dir))
+
+    def writers(self) -> list[MapFileWriter]:
+        with self._lock:
+            return list(self._writers.values())
+
+    def prepare(self, map_dirs: Iterable[str], shards: int) -> None:
+        """Writers for directories whose layout is known before any target answers."""
+        for d in map_dirs:
+            if self.writer_of(d) is None:
+                self.writer_for(d, MapLayout(self._dir(d), shards))
 
 
 #: Up to this many keys, a shard file is patched by searching each key (C-speed ``find``,

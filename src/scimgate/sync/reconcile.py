@@ -12,19 +12,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from scimgate.api.metrics import Metrics
-from scimgate.haproxy.runtime import (
+from scimgate.haproxy import (
     PayloadBody,
     PendingBodies,
     RuntimeClient,
     UnsafeRuntimeArgument,
     encode_payload,
 )
+from scimgate.metrics import Metrics
 from scimgate.store.db import Database, now_iso
 from scimgate.sync import state
 from scimgate.sync.apply import DriftCounts, compare_live, replace_all, valid_entries
 from scimgate.sync.layout import MapLayout
 from scimgate.sync.mapfiles import MapFileWriter
+from scimgate.sync.reasons import ResyncReason
 
 log = logging.getLogger("scimgate.sync")
 
@@ -42,7 +43,7 @@ def full_resync(
     client: RuntimeClient,
     layout: MapLayout,
     target: str,
-    reason: str,
+    reason: ResyncReason,
     *,
     writer: MapFileWriter | None = None,
     metrics: Metrics | None = None,

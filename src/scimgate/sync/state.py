@@ -1,6 +1,6 @@
-"""What the sync engine reads from and records in the store: consistent snapshots, the
-change log with commit times, per-target cursors, confirmations, audit events, and the
-status any process can compute from the database alone."""
+"""What the sync engine reads from and records in the store: consistent snapshots of the
+desired state, per-target cursors, confirmations and audit events. (The change log is read
+by ``store.outbox.read_changes``; status from the store alone is ``sync.status``.)"""
 
 from __future__ import annotations
 
@@ -8,36 +8,29 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scimgate.audit import log as audit
-from scimgate.config import Settings
-from scimgate.haproxy.runtime import (
-    DEFAULT_VALIDATOR,
-    EntryValidator,
-    PayloadBody,
-    PendingBodies,
-    UnsafeRuntimeArgument,
-)
+from scimgate.haproxy import EntryValidator, PayloadBody, PendingBodies, UnsafeRuntimeArgument
 from scimgate.policy.compiler import VALID_SHARD_COUNTS
 from scimgate.store import tables
-from scimgate.store.db import Database, now_iso
-from scimgate.store.outbox import MapChange, desired_entries, head_seq
-from scimgate.sync.apply import bucket_lines
+from scimgate.store.db import Database
+from scimgate.store.outbox import desired_entries, head_seq
+from scimgate.sync.apply import ENTRY_VALIDATOR, bucket_lines
 
 log = logging.getLogger("scimgate.sync")
 
 T, C, CONF = tables.targets, tables.change_log, tables.confirmations
 
-_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def parse_ts(text: str) -> datetime:
-    return datetime.strptime(text, _TS_FORMAT).replace(tzinfo=UTC)
+    return datetime.strptime(text, TS_FORMAT).replace(tzinfo=UTC)
 
 
 def age_seconds(text: str, now: datetime | None = None) -> float:
@@ -138,7 +131,7 @@ class ResyncPayloads:
 
 
 def read_resync_payloads(
-    db: Database, shards: int, validator: EntryValidator = DEFAULT_VALIDATOR
+    db: Database, shards: int, validator: EntryValidator = ENTRY_VALIDATOR
 ) -> ResyncPayloads | None:
     """Every desired entry of one snapshot as validated ``key value`` payload bodies, one per
     shard (``shard_of``: the key's leading 1 or 2 hex digits), or None when this bulk path
@@ -265,46 +258,6 @@ def read_shard_entries(db: Database, shard: int, shards: int) -> dict[str, str]:
                 sa.select(E.c.identity_key, E.c.value).where(key >= low, key < high)
             )
         return {k: v for k, v in rows}
-
-
-@dataclass(frozen=True)
-class TimedChange:
-    change: MapChange
-    created: str  # when the SCIM write logged it (ISO, UTC)
-
-
-_CHANGES_SQL = (
-    "SELECT seq, identity_key, value, user_id, deprovision, created FROM change_log"
-    " WHERE seq > {p} ORDER BY seq LIMIT {p}"
-)
-
-
-def read_changes(db: Database, seq: int, limit: int) -> list[TimedChange]:
-    """:func:`changes_after` on a pooled DBAPI connection, without SQLAlchemy's statement
-    layer: the follower's poll is on every deprovision's path (~45 us instead of ~530 us
-    per call on SQLite, measured). One statement, so no snapshot is needed."""
-    marker = "?" if db.engine.dialect.paramstyle == "qmark" else "%s"
-    raw = db.engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        try:
-            cur.execute(_CHANGES_SQL.format(p=marker), (seq, limit))
-            rows = cur.fetchall()
-        finally:
-            cur.close()
-    finally:
-        raw.close()  # back to the pool, which rolls back whatever the driver opened
-    return [TimedChange(MapChange(int(r[0]), r[1], r[2], r[3], bool(r[4])), r[5]) for r in rows]
-
-
-def changes_after(conn: Connection, seq: int, limit: int) -> list[TimedChange]:
-    rows = conn.execute(sa.select(C).where(C.c.seq > seq).order_by(C.c.seq).limit(limit))
-    return [
-        TimedChange(
-            MapChange(r.seq, r.identity_key, r.value, r.user_id, bool(r.deprovision)), r.created
-        )
-        for r in rows
-    ]
 
 
 # --------------------------------------------------------------------------- targets
@@ -450,86 +403,3 @@ def record_drift_check(db: Database, target: str, when: str) -> None:
 def record_error(db: Database, target: str, error: str | None) -> None:
     with db.write() as conn:
         _upsert_target(conn, target, last_error=error[:2000] if error else None)
-
-
-# --------------------------------------------------------------------------- status
-
-
-def unconfirmed_deprovisions(
-    conn: Connection, cursor: int
-) -> tuple[int, dict[str, Any] | None, float]:
-    """(count, newest {seq, age_seconds}, age of the oldest) of deprovisions past cursor."""
-    q = sa.select(sa.func.count(), sa.func.max(C.c.seq), sa.func.min(C.c.created)).where(
-        C.c.seq > cursor, C.c.deprovision.is_(True)
-    )
-    count, newest_seq, oldest_created = conn.execute(q).one()
-    if not count:
-        return 0, None, 0.0
-    newest_created = conn.execute(sa.select(C.c.created).where(C.c.seq == newest_seq)).scalar_one()
-    newest = {"seq": int(newest_seq), "age_seconds": round(age_seconds(newest_created), 3)}
-    return int(count), newest, age_seconds(oldest_created)
-
-
-def overdue_deprovisions(
-    conn: Connection, cursor: int, older_than: float, limit: int = 1000
-) -> list[tuple[int, str]]:
-    """(seq, created) of deprovisions past ``cursor`` logged more than ``older_than`` s ago."""
-    cutoff = (datetime.now(UTC) - timedelta(seconds=older_than)).strftime(_TS_FORMAT)
-    rows = conn.execute(
-        sa.select(C.c.seq, C.c.created)
-        .where(C.c.seq > cursor, C.c.deprovision.is_(True), C.c.created < cutoff)
-        .order_by(C.c.seq)
-        .limit(limit)
-    )
-    return [(int(r.seq), r.created) for r in rows]
-
-
-def _behind_seconds(conn: Connection, cursor: int) -> float:
-    oldest = conn.execute(
-        sa.select(C.c.created).where(C.c.seq > cursor).order_by(C.c.seq).limit(1)
-    ).scalar()
-    return max(0.0, age_seconds(oldest)) if oldest else 0.0
-
-
-def status_from_db(db: Database, settings: Settings) -> list[dict[str, Any]]:
-    """Per configured target, what the store knows (``reachable`` is None: only a live
-    probe or the running engine can say)."""
-    out: list[dict[str, Any]] = []
-    with db.read() as conn:
-        head = head_seq(conn)
-        rows = {r.name: r for r in conn.execute(sa.select(T))}
-        for target in settings.targets:
-            row = rows.get(target.name)
-            cursor = int(row.cursor) if row is not None else 0
-            count, newest, oldest_age = unconfirmed_deprovisions(conn, cursor)
-            behind = _behind_seconds(conn, cursor)
-            out.append(
-                {
-                    "target": target.name,
-                    "runtime_api": target.runtime_api,
-                    "reachable": None,
-                    "cursor": cursor,
-                    "head_seq": head,
-                    "lag": max(0, head - cursor),
-                    "behind_seconds": round(behind, 3),
-                    "last_resync": row.last_resync if row is not None else None,
-                    "last_drift_check": row.last_drift_check if row is not None else None,
-                    "last_error": row.last_error if row is not None else None,
-                    "entries": row.entries if row is not None else None,
-                    "unconfirmed_deprovisions": count,
-                    "newest_unconfirmed_deprovision": newest,
-                    "oldest_unconfirmed_deprovision_age": round(oldest_age, 3),
-                    "healthy": None,
-                }
-            )
-    return out
-
-
-def healthy(status: dict[str, Any], alert_seconds: float) -> bool:
-    """Reachable, and nothing (least of all a deprovision) waiting longer than the alert
-    threshold."""
-    return bool(status.get("reachable")) and status["behind_seconds"] <= alert_seconds
-
-
-def now() -> str:
-    return now_iso()

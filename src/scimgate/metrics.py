@@ -1,4 +1,9 @@
-"""Prometheus metrics (one registry per app, no module-level state)."""
+"""Prometheus metrics: one registry per running instance, no module-level state.
+
+Does: define every scimgate metric (SCIM requests, propagation, targets, resyncs, audit) and
+render them for a scrape.
+Does not: import any other scimgate layer (api, sync, store and app all use it).
+"""
 
 from __future__ import annotations
 
