@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from scimgate.enforcement import PolicyEnforcement
+from scimgate.app.enforcement import PolicyEnforcement
 from scimgate.policy.jwtmint import demo_policy_yaml
 from scimgate.policy.model import load_policy
 from scimgate.store import migrate, outbox, resources, tables

@@ -16,18 +16,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scimgate import tokens
 from scimgate.api import http
 from scimgate.api.auth_failures import Attempt, AuthFailed, FailedAuthentication
 from scimgate.api.auth_guard import AuthGuard
+from scimgate.app import tokens
+from scimgate.app.bulk import run_bulk
+from scimgate.app.service import ScimService, WriteResult, is_user_name_lookup
 from scimgate.audit import log as audit
-from scimgate.bulk import run_bulk
 from scimgate.config import Settings
 from scimgate.metrics import Metrics
 from scimgate.scim import discovery, errors, text
 from scimgate.scim.resource import project
 from scimgate.scim.schema import RESOURCE_TYPES, SEARCH_REQUEST_SCHEMA
-from scimgate.service import ScimService, WriteResult, is_user_name_lookup
 
 log = logging.getLogger("scimgate.api")
 

@@ -5,7 +5,7 @@ Does: decide, before any token check, whether a request from an address over its
 answered 429 at once; turn a failed authentication into a record (and into a 429 once over
 the limit); write each closed window's aggregates as audit events off the event loop (a task
 on the loop, the write in the API's executor), and whatever is pending on shutdown.
-Does not: authenticate (``scimgate.tokens``), decide the client address (``Api._actor``), or
+Does not: authenticate (``scimgate.app.tokens``), decide the client address (``Api._actor``), or
 ever write to the database while a request waits: an unauthenticated request never writes.
 """
 
@@ -19,8 +19,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from scimgate import tokens
 from scimgate.api.auth_guard import AuthGuard, FailureAggregate
+from scimgate.app import tokens
 from scimgate.audit import log as audit
 from scimgate.metrics import Metrics
 from scimgate.scim import errors

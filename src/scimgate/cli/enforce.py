@@ -14,14 +14,14 @@ from typing import Any, Literal, cast
 import click
 import yaml
 
-from scimgate.cli_common import config_option as _config_option
-from scimgate.cli_common import dir_option as _dir_option
-from scimgate.cli_common import settings_of as _settings
+from scimgate.cli.options import config_option as _config_option
+from scimgate.cli.options import dir_option as _dir_option
+from scimgate.cli.options import settings_of as _settings
 from scimgate.config import Settings
 
 
 def _policy_file(settings: Settings) -> Path:
-    from scimgate.demo import policy_path
+    from scimgate.instance.local_haproxy import policy_path
 
     path = policy_path(settings)
     if not path.exists():
@@ -145,8 +145,8 @@ def _haproxy_check(
 ) -> tuple[bool, str]:
     """`haproxy -c` on the full config, rendered again with empty map files in a scratch
     directory (the instance's own map files may not exist yet)."""
-    from scimgate.demo import render_instance, write_map_files
     from scimgate.haproxy.process import check_config
+    from scimgate.instance.local_haproxy import render_instance, write_map_files
 
     with tempfile.TemporaryDirectory(prefix="scimgate-check-") as scratch:
         maps = Path(scratch) / "maps"
@@ -205,8 +205,8 @@ def haproxy_render(
       scimgate haproxy render --dir ./demo --mode fragment > scimgate-rules.cfg
       scimgate haproxy render --dir ./demo --mode scim > scimgate-scim.cfg
     """
-    from scimgate.demo import DemoError, choose_map_shards, render_instance
     from scimgate.haproxy.process import HAProxyNotFound, find_haproxy
+    from scimgate.instance.local_haproxy import DemoError, choose_map_shards, render_instance
     from scimgate.policy.render import RenderError
 
     settings = _settings(directory, config)
@@ -284,8 +284,8 @@ def jwt_mint(
       JWT=$(scimgate jwt mint --dir ./demo alice@example.com --scope read:reports)
       curl -H "Authorization: Bearer $JWT" http://127.0.0.1:8080/
     """
-    from scimgate import tokens
-    from scimgate.demo import Layout
+    from scimgate.app import tokens
+    from scimgate.instance.local_haproxy import Layout
     from scimgate.policy.jwtmint import mint_jwt
     from scimgate.policy.model import HMAC_ALGORITHMS
 

@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from scimgate import tokens
+from scimgate.app import tokens
 from scimgate.config import (
     CONFIG_NAME,
     ConfigError,
@@ -83,10 +83,10 @@ def write_stack(directory: Path, info: dict[str, Any]) -> None:
 def _startup_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad policy, port taken, no haproxy): one message,
     not a traceback."""
-    from scimgate.api.connections import ListenError
     from scimgate.config import ConfigError
-    from scimgate.demo import DemoError
     from scimgate.haproxy.process import HAProxyNotFound, HAProxyStartError
+    from scimgate.instance.listeners import ListenError
+    from scimgate.instance.local_haproxy import DemoError
     from scimgate.policy.model import PolicyError
     from scimgate.policy.render import RenderError
 
@@ -168,7 +168,7 @@ def _bring_up(
 
     try:
         if with_haproxy:
-            from scimgate.demo import start_demo_haproxy
+            from scimgate.instance.local_haproxy import start_demo_haproxy
 
             haproxy, extra = start_demo_haproxy(
                 settings, haproxy_port=haproxy_port, scim_tls_port=scim_tls_port

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
+from scimgate.app.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.config import (
     CONFIG_NAME,
     UNIX_PATH_MAX,
@@ -44,11 +45,10 @@ from scimgate.config import (
     parse_bind,
     relative_path,
 )
-from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.haproxy.mapfile import write_map_file
 from scimgate.haproxy.process import HAProxyProcess, binary_version, check_config, find_haproxy
+from scimgate.instance.democert import demo_certificate, demo_certificate_current
 from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_names, shard_of
-from scimgate.policy.democert import demo_certificate, demo_certificate_current
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from scimgate.policy.model import Policy, load_policy
 from scimgate.policy.render import render_config

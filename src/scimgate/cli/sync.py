@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 
-from scimgate.cli_common import config_option as _config_option
-from scimgate.cli_common import database_of as _db
-from scimgate.cli_common import dir_option as _dir_option
-from scimgate.cli_common import settings_of as _settings
+from scimgate.cli.options import config_option as _config_option
+from scimgate.cli.options import database_of as _db
+from scimgate.cli.options import dir_option as _dir_option
+from scimgate.cli.options import settings_of as _settings
 from scimgate.config import TargetConfig
 from scimgate.haproxy import HAProxyRuntimeError, RuntimeClient, parse_version
 from scimgate.sync.layout import LayoutError, MapLayout, resolve_layout

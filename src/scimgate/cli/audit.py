@@ -29,10 +29,10 @@ def _iso(text: str | None) -> str | None:
 
 
 def register_audit(main: click.Group) -> None:
-    from scimgate.cli_common import config_option as _config_option
-    from scimgate.cli_common import database_of as _db
-    from scimgate.cli_common import dir_option as _dir_option
-    from scimgate.cli_common import settings_of as _settings
+    from scimgate.cli.options import config_option as _config_option
+    from scimgate.cli.options import database_of as _db
+    from scimgate.cli.options import dir_option as _dir_option
+    from scimgate.cli.options import settings_of as _settings
 
     @main.group()
     def audit() -> None:

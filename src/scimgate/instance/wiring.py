@@ -7,11 +7,11 @@ import logging
 from typing import Any
 
 from scimgate.api.app import Api, build_app
+from scimgate.app.enforcement import PolicyEnforcement, load_or_create_secret
+from scimgate.app.service import ScimService
 from scimgate.config import Settings
-from scimgate.enforcement import PolicyEnforcement, load_or_create_secret
 from scimgate.metrics import Metrics
 from scimgate.policy.model import load_policy
-from scimgate.service import ScimService
 from scimgate.store import migrate
 from scimgate.store.db import Database
 
@@ -48,7 +48,7 @@ class Instance:
         """Gauges read from the store at scrape time (cheap: indexed lookups)."""
         import sqlalchemy as sa
 
-        from scimgate import tokens
+        from scimgate.app import tokens
         from scimgate.store import tables
 
         self.metrics.token_expiry.clear()

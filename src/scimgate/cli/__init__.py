@@ -10,11 +10,11 @@ from typing import Any
 
 import click
 
-from scimgate import tokens
-from scimgate.cli_common import config_option as _config_option
-from scimgate.cli_common import database_of as _db
-from scimgate.cli_common import dir_option as _dir_option
-from scimgate.cli_common import settings_of as _settings
+from scimgate.app import tokens
+from scimgate.cli.options import config_option as _config_option
+from scimgate.cli.options import database_of as _db
+from scimgate.cli.options import dir_option as _dir_option
+from scimgate.cli.options import settings_of as _settings
 from scimgate.config import Settings
 
 
@@ -36,15 +36,15 @@ def run_server(settings: Settings, host: str, port: int, *, on_started: Any = No
     import uvicorn
 
     from scimgate import logs
-    from scimgate.api.connections import (
+    from scimgate.api.forwarded import TrustedProxies
+    from scimgate.instance.listeners import (
         ClientLimits,
         UnixListener,
         listen_tcp,
         listen_unix,
         protocol_for,
     )
-    from scimgate.api.forwarded import TrustedProxies
-    from scimgate.instance import Instance
+    from scimgate.instance.wiring import Instance
 
     logs.setup(settings.log_level)
     # Listen first: no other thread exists yet (listen_unix sets the umask for a moment).
@@ -96,7 +96,7 @@ def run_server(settings: Settings, host: str, port: int, *, on_started: Any = No
 
 
 def _serve_errors() -> tuple[type[BaseException], ...]:
-    from scimgate.api.connections import ListenError
+    from scimgate.instance.listeners import ListenError
 
     return (ListenError,)
 
@@ -115,7 +115,7 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
     """
     import signal
 
-    from scimgate.stack import _stop_on_signal
+    from scimgate.instance.up import _stop_on_signal
 
     settings = _settings(directory, config)
     # As `up` does (stack.bring_up): uvicorn re-raises SIGTERM/SIGINT once it stopped, and
@@ -167,7 +167,7 @@ def up(
            -H "Authorization: Bearer $(jq -r .token demo/stack.json)" \\
            "$(jq -r .scim_public_url demo/stack.json)/Users"
     """
-    from scimgate.stack import bring_up
+    from scimgate.instance.up import bring_up
 
     bring_up(
         Path(directory),
@@ -302,15 +302,15 @@ def db_upgrade(directory: str | None, config: str | None) -> None:
     click.echo("database at head")
 
 
-from scimgate.cli_audit import register_audit  # noqa: E402
+from scimgate.cli.audit import register_audit  # noqa: E402
 
 register_audit(main)
 
-from scimgate.cli_enforce import register_enforce  # noqa: E402
+from scimgate.cli.enforce import register_enforce  # noqa: E402
 
 register_enforce(main)
 
-from scimgate.cli_sync import register_sync  # noqa: E402
+from scimgate.cli.sync import register_sync  # noqa: E402
 
 register_sync(main)
 
