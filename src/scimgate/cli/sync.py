@@ -5,48 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import click
 
-from scimgate.cli.options import config_option as _config_option
-from scimgate.cli.options import database_of as _db
-from scimgate.cli.options import dir_option as _dir_option
-from scimgate.cli.options import settings_of as _settings
-from scimgate.config import TargetConfig
-from scimgate.haproxy import HAProxyRuntimeError, RuntimeClient, parse_version
-from scimgate.sync.layout import LayoutError, MapLayout, resolve_layout
-
-
-def probe_target(target: TargetConfig) -> dict[str, Any]:
-    """Live look at one target: reachable, worker pid, version, layout, entries loaded."""
-    out: dict[str, Any] = {"reachable": False}
-    try:
-        with RuntimeClient(target.runtime_api, 2.0, cli_timeout=None) as client:
-            info = client.show_info()
-            maps = client.list_maps()
-            layout = MapLayout.discover([m.path for m in maps], target.map_dir)
-            out.update(reachable=True, pid=int(info["Pid"]), version=info.get("Version"))
-            if layout is not None:
-                counts = {m.path: m.entry_cnt for m in maps}
-                out.update(
-                    shards=layout.shards,
-                    map_dir=layout.map_dir,
-                    live_entries=sum(counts.get(p, 0) for p in layout.paths),
-                )
-                if layout.overlay is not None:
-                    # changes the shards have not taken yet (live = shards + these)
-                    out["overlay_entries"] = counts.get(layout.overlay, 0)
-            else:
-                out["probe_error"] = "no identities map layout loaded"
-    except (HAProxyRuntimeError, OSError, ValueError) as exc:
-        out["probe_error"] = f"{type(exc).__name__}: {exc}"
-    return out
+from scimgate.cli.options import config_option, database_of, dir_option, settings_of
 
 
 @click.command("status")
-@_dir_option
-@_config_option
+@dir_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(directory: str | None, config: str | None, as_json: bool) -> None:
     """Sync state of every HAProxy target, from the store and a live probe.
@@ -60,22 +27,16 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
       TARGET  REACHABLE  CURSOR  LAG  ENTRIES  LAST RESYNC                  UNCONFIRMED
       local   yes        1042    0    1000     2026-11-28T13:21:02.123456Z  0
     """
-    from scimgate.sync.status import healthy, status_from_db
+    from scimgate.app.targets import target_status
 
-    settings = _settings(directory, config)
+    settings = settings_of(directory, config)
     if not settings.targets:
         raise click.ClickException("no targets configured (targets: in scimgate.yaml)")
-    db = _db(settings)
+    db = database_of(settings)
     try:
-        rows = status_from_db(db, settings)
+        all_ok, rows = target_status(db, settings)
     finally:
         db.dispose()
-    by_name = {t.name: t for t in settings.targets}
-    all_ok = True
-    for row in rows:
-        row.update(probe_target(by_name[row["target"]]))
-        row["healthy"] = healthy(row, settings.deprovision_alert_seconds)
-        all_ok = all_ok and row["healthy"]
     if as_json:
         click.echo(json.dumps({"healthy": all_ok, "targets": rows}, indent=2))
     else:
@@ -112,8 +73,8 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
 
 
 @click.command("resync")
-@_dir_option
-@_config_option
+@dir_option
+@config_option
 @click.option("--target", "target_name", default=None, help="Only this target (default: all).")
 def resync(directory: str | None, config: str | None, target_name: str | None) -> None:
     """Force a full atomic resync of HAProxy's identities maps from the store.
@@ -128,50 +89,30 @@ def resync(directory: str | None, config: str | None, target_name: str | None) -
       $ scimgate resync --dir ./demo --target local
       local: 1000 entries in 16 shard(s), seq 1042, 0.041 s
     """
-    from scimgate.sync.apply import ENTRY_VALIDATOR
-    from scimgate.sync.mapfiles import MapFileWriter
-    from scimgate.sync.reasons import ResyncReason
-    from scimgate.sync.reconcile import full_resync
+    from scimgate.app.targets import resync_targets
 
-    settings = _settings(directory, config)
+    settings = settings_of(directory, config)
     targets = [t for t in settings.targets if target_name in (None, t.name)]
     if not targets:
         raise click.ClickException(
             f"no target named {target_name!r}" if target_name else "no targets configured"
         )
-    db = _db(settings)
+    db = database_of(settings)
     failed = 0
+
+    def warn(target: str, warning: str) -> None:
+        click.echo(f"{target}: warning: {warning}", err=True)
+
     try:
-        for target in targets:
-            try:
-                with RuntimeClient(
-                    target.runtime_api, 10.0, validator=ENTRY_VALIDATOR, master=target.master_api
-                ) as client:
-                    info = client.show_info()
-                    layout, warning = resolve_layout(
-                        [m.path for m in client.list_maps()],
-                        version=parse_version(info.get("Version", "")),
-                        configured_shards=settings.map_shards,
-                        map_dir=target.map_dir,
-                    )
-                    if warning:
-                        click.echo(f"{target.name}: warning: {warning}", err=True)
-                    writer = MapFileWriter(layout) if target.map_dir else None
-                    result = full_resync(
-                        db, client, layout, target.name, ResyncReason.MANUAL, writer=writer
-                    )
-                click.echo(
-                    f"{target.name}: {result.entries} entries in {layout.shards} shard(s), "
-                    f"seq {result.seq}, {result.seconds:.3f} s"
-                )
-            except (HAProxyRuntimeError, OSError, LayoutError, ValueError) as exc:
+        for outcome in resync_targets(db, settings, targets, on_warning=warn):
+            if outcome.error is not None:
                 failed += 1
-                click.echo(f"{target.name}: resync failed: {exc}", err=True)
+                click.echo(f"{outcome.target}: resync failed: {outcome.error}", err=True)
+                continue
+            click.echo(
+                f"{outcome.target}: {outcome.entries} entries in {outcome.shards} shard(s), "
+                f"seq {outcome.seq}, {outcome.seconds:.3f} s"
+            )
     finally:
         db.dispose()
     sys.exit(1 if failed else 0)
-
-
-def register_sync(main: click.Group) -> None:
-    main.add_command(status)
-    main.add_command(resync)

@@ -1,28 +1,31 @@
-"""One running scimgate: the store, the policy, the handler, the API and the sync engine,
-wired from Settings. The CLI and the tests build instances the same way."""
+"""One running scimgate: the store, the policy, the use cases, the API and the sync engine,
+wired from Settings. `serve`, `up` and the tests build instances the same way.
+
+The one place that connects the rooms: the store announces committed change-log rows
+(``Database.on_commit``) and the sync engine's ``notify`` hears them; the API gets the use
+cases (``app``) and the engine behind ``app.propagation.Propagation``.
+"""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 from scimgate.api.app import Api, build_app
-from scimgate.app.enforcement import PolicyEnforcement, load_or_create_secret
+from scimgate.app.authentication import Authenticator
+from scimgate.app.enforcement import PolicyEnforcement
+from scimgate.app.gauges import refresh_gauges
+from scimgate.app.propagation import Readiness
 from scimgate.app.service import ScimService
 from scimgate.config import Settings
+from scimgate.instance.database import open_database
+from scimgate.instance.layout import load_or_create_secret
 from scimgate.metrics import Metrics
 from scimgate.policy.model import load_policy
-from scimgate.store import migrate
-from scimgate.store.db import Database
-
-log = logging.getLogger("scimgate")
+from scimgate.sync.engine import SyncEngine
 
 
 class Instance:
     def __init__(self, settings: Settings, *, with_sync: bool = True) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-        migrate.upgrade(self.db)
+        self.db = open_database(settings)
         self.metrics = Metrics()
         self.enforcement: PolicyEnforcement | None = None
         if settings.policy_file is not None:
@@ -30,33 +33,22 @@ class Instance:
             self.enforcement = PolicyEnforcement(
                 load_policy(settings.policy_file), load_or_create_secret(secret_file)
             )
-        self.sync: Any = None
+        self.sync: SyncEngine | None = None
         if with_sync and settings.targets:
-            from scimgate.sync.engine import SyncEngine
-
             self.sync = SyncEngine.from_settings(settings, self.db, self.metrics)
-        self.service = ScimService(
-            self.db,
-            enforcement=self.enforcement,
-            on_commit=self.sync.notify if self.sync is not None else None,
+            # A committed write wakes the followers at once (they poll the change log too).
+            self.db.on_commit(self.sync.notify)
+        self.service = ScimService(self.db, enforcement=self.enforcement)
+        self.api = Api(
+            settings,
+            self.service,
+            Authenticator(self.db),
+            self.metrics,
+            Readiness(self.db, self.sync),
+            propagation=self.sync,
         )
-        self.api = Api(settings, self.service, self.metrics, self.sync)
         self.app = build_app(self.api)
-        self.metrics.on_render(self._refresh_gauges)
-
-    def _refresh_gauges(self) -> None:
-        """Gauges read from the store at scrape time (cheap: indexed lookups)."""
-        import sqlalchemy as sa
-
-        from scimgate.app import tokens
-        from scimgate.store import tables
-
-        self.metrics.token_expiry.clear()
-        for name, ts in tokens.expiries(self.db).items():
-            self.metrics.token_expiry.labels(name).set(ts)
-        with self.db.read() as conn:
-            head = conn.execute(sa.select(tables.audit_head.c.seq)).scalar()
-        self.metrics.audit_events.set(head or 0)
+        self.metrics.on_render(lambda: refresh_gauges(self.db, self.metrics))
 
     def start(self) -> None:
         if self.sync is not None:
