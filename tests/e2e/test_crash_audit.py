@@ -25,9 +25,8 @@ from scimgate.audit.log import verify
 from scimgate.config import default_sqlite_url
 from scimgate.store import tables
 from tests.fixtures.server import ScimServer, scimgate_cmd, start_server
+from tests.support.scim import PATCH_SCHEMA as PATCH, USER_SCHEMA as USER
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 REQUESTS, THREADS, KILL_AFTER = 300, 8, 100
 
 

@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 
-from tests.e2e.test_up import GROUP_SCHEMA, UpStack, start_up
 from tests.support import stack as st
 from tests.support.rawhttp import send
+from tests.support.scim import GROUP_SCHEMA, post_user
+from tests.support.up import UpStack, start_up
 
 pytestmark = pytest.mark.haproxy
 
@@ -44,8 +45,8 @@ def port(stack: UpStack) -> int:
 def tokens(stack: UpStack) -> dict[str, str]:
     """A non-admin and an admin, provisioned over SCIM; their JWTs."""
     with stack.scim() as scim:
-        user = st.create_user(scim, "probe-user@example.com")
-        admin = st.create_user(scim, "probe-admin@example.com")
+        user = post_user(scim, "probe-user@example.com")
+        admin = post_user(scim, "probe-admin@example.com")
         assert user.status_code == admin.status_code == 201, (user.text, admin.text)
         group = scim.post("/Groups", json={
             "schemas": [GROUP_SCHEMA], "displayName": "Admins",

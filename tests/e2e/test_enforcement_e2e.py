@@ -22,7 +22,8 @@ import jwt as pyjwt
 import pytest
 
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
-from tests.e2e.test_up import GROUP_SCHEMA, PATCH_SCHEMA, USER_SCHEMA, UpStack, start_up
+from tests.support.scim import GROUP_SCHEMA, PATCH_SCHEMA, create_user
+from tests.support.up import UpStack, start_up
 
 pytestmark = pytest.mark.haproxy
 
@@ -75,15 +76,6 @@ def browser(stack: UpStack) -> Iterator[httpx.Client]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
-
-
-def create_user(scim: httpx.Client, user_name: str, email: str | None = None) -> str:
-    r = scim.post("/Users", json={
-        "schemas": [USER_SCHEMA], "userName": user_name,
-        "emails": [{"value": email or user_name, "primary": True}],
-    })  # fmt: skip
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
 
 
 def patch(scim: httpx.Client, path: str, *ops: dict[str, Any]) -> None:

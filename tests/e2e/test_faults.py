@@ -25,8 +25,11 @@ import pytest
 import yaml
 
 from scimgate.haproxy.process import HAProxyProcess
-from tests.e2e.test_up import GROUP_SCHEMA, UpStack, free_port, pid_alive, start_up
 from tests.support import stack as st
+from tests.support.haproxy import started, up_haproxy
+from tests.support.net import free_port
+from tests.support.scim import GROUP_SCHEMA, patch, post_user, set_active
+from tests.support.up import UpStack, pid_alive, start_up
 
 pytestmark = pytest.mark.haproxy
 
@@ -49,12 +52,12 @@ def make_groups(scim: httpx.Client) -> dict[str, str]:
 
 
 def add_member(scim: httpx.Client, group_id: str, user_id: str) -> httpx.Response:
-    return st.patch(scim, f"/Groups/{group_id}",
+    return patch(scim, f"/Groups/{group_id}",
                     {"op": "add", "path": "members", "value": [{"value": user_id}]})  # fmt: skip
 
 
 def remove_member(scim: httpx.Client, group_id: str, user_id: str) -> httpx.Response:
-    return st.patch(scim, f"/Groups/{group_id}",
+    return patch(scim, f"/Groups/{group_id}",
                     {"op": "remove", "path": f'members[value eq "{user_id}"]'})  # fmt: skip
 
 
@@ -100,24 +103,24 @@ def test_haproxy_sigkill_and_restart_restores_state(
 ) -> None:
     alice, bob, carol = unique("alice"), unique("bob"), unique("carol")
     with stack.scim() as scim:
-        alice_id = created(st.create_user(scim, alice))
+        alice_id = created(post_user(scim, alice))
         ok(add_member(scim, groups["Engineering"], alice_id))
-        bob_id = created(st.create_user(scim, bob))
+        bob_id = created(post_user(scim, bob))
     st.wait_converged(stack, 10)
 
     killed = st.kill_haproxy(stack.info["master_api"])
     assert len(killed) >= 2  # master and worker
     # While HAProxy is gone: SCIM keeps accepting writes (read-your-writes times out, bounded).
     with stack.scim() as scim:
-        ok(st.set_active(scim, bob_id, False))
-        carol_id = created(st.create_user(scim, carol))
+        ok(set_active(scim, bob_id, False))
+        carol_id = created(post_user(scim, carol))
         ok(add_member(scim, groups["Admins"], carol_id))
     # Restart with the same command line as `up`, but with EMPTY map files: whatever HAProxy
     # holds afterwards is the engine's doing, not a lucky file on disk.
     lay = st.layout(stack)
     for path in [*lay.paths, lay.overlay]:
         Path(str(path)).write_text("")
-    proc = st.haproxy_for(stack)
+    proc = up_haproxy(stack.info)
     restarted.append(proc)  # kept running for the next test; stopped by PID at module end
     t0 = time.monotonic()
     proc.start()
@@ -132,7 +135,7 @@ def test_haproxy_sigkill_and_restart_restores_state(
         assert st.access(web, token[carol], "/admin") == 200
     # and it keeps following the change log afterwards (read-your-writes again)
     with stack.scim() as scim:
-        ok(st.set_active(scim, alice_id, False))
+        ok(set_active(scim, alice_id, False))
     with stack.browser() as web:
         assert st.access(web, token[alice], "/") == 403
     assert st.mismatch(stack) == ""
@@ -146,7 +149,7 @@ def test_reload_through_master_cli_new_worker_is_current(
     erins = [unique(f"erin{i}") for i in range(3)]
     dave = unique("dave")
     with stack.scim() as scim:
-        erin_ids = [created(st.create_user(scim, e)) for e in erins]
+        erin_ids = [created(post_user(scim, e)) for e in erins]
     mint = st.Minter(stack)
     token = {u: mint(u) for u in (dave, *erins)}
     with stack.browser() as web:
@@ -158,15 +161,15 @@ def test_reload_through_master_cli_new_worker_is_current(
 
     _, old_workers = st.master_pids(stack.info["master_api"])
     t0 = time.monotonic()
-    procs = st.haproxy_for(stack).reload(timeout=10)
+    procs = up_haproxy(stack.info).reload(timeout=10)
     assert not set(procs.worker_pids) & set(old_workers)
     # Right after the reload: deactivations and a new admin, each enforced by the NEW worker
     # (new connections) as soon as SCIM answered (read-your-writes).
     with stack.scim() as scim, httpx.Client(base_url=stack.info["haproxy_url"], timeout=10) as web:
         for erin, erin_id in zip(erins, erin_ids, strict=True):
-            ok(st.set_active(scim, erin_id, False))
+            ok(set_active(scim, erin_id, False))
             assert st.access(web, token[erin]) == 403, "deactivation acknowledged, not enforced"
-        dave_id = created(st.create_user(scim, dave))
+        dave_id = created(post_user(scim, dave))
         ok(add_member(scim, groups["Admins"], dave_id))
         assert st.access(web, token[dave], "/admin") == 200
     st.wait_converged(stack, 20)
@@ -180,12 +183,12 @@ def test_change_acknowledged_just_before_a_reload_is_enforced_by_the_new_worker(
         pytest.skip("no HAProxy running (previous test failed)")
     name = unique("frank")
     with stack.scim() as scim:
-        uid = created(st.create_user(scim, name))
+        uid = created(post_user(scim, name))
     token = st.Minter(stack)(name)
     st.wait_until(lambda: st.map_files(stack) != st.desired(stack), 10)
     with stack.scim() as scim:
-        ok(st.set_active(scim, uid, False))  # acknowledged: enforced from now on
-    st.haproxy_for(stack).reload(timeout=10)
+        ok(set_active(scim, uid, False))  # acknowledged: enforced from now on
+    up_haproxy(stack.info).reload(timeout=10)
     try:
         with httpx.Client(base_url=stack.info["haproxy_url"], timeout=10) as web:
             assert st.access(web, token) == 403, "acknowledged deactivation undone by a reload"
@@ -207,7 +210,7 @@ def test_target_down_during_1000_changes_then_converges(tmp_path: Path) -> None:
     try:
         with up.scim() as scim:
             gid = make_groups(scim)
-            created(st.create_user(scim, unique("before")))
+            created(post_user(scim, unique("before")))
         st.wait_converged(up, 10)
         master, _ = st.master_pids(up.info["master_api"])
         os.kill(master, signal.SIGTERM)  # HAProxy stopped (gracefully this time)
@@ -225,13 +228,13 @@ def test_target_down_during_1000_changes_then_converges(tmp_path: Path) -> None:
             with up.scim() as scim:  # one keep-alive connection per thread
                 for i in range(per_thread):
                     name = f"down-{n}-{i}@example.com"
-                    users[name] = (created(st.create_user(scim, name)), True, False)
+                    users[name] = (created(post_user(scim, name)), True, False)
                     changes += 1
                 for i, (name, (uid, _, _)) in enumerate(list(users.items())):
                     if i % 2:
-                        ok(st.set_active(scim, uid, False))
-                        ok(st.set_active(scim, uid, True) if i % 4 == 3 else
-                           st.set_active(scim, uid, False))  # fmt: skip
+                        ok(set_active(scim, uid, False))
+                        ok(set_active(scim, uid, True) if i % 4 == 3 else
+                           set_active(scim, uid, False))  # fmt: skip
                         users[name] = (uid, i % 4 == 3, False)
                     else:
                         ok(add_member(scim, gid["Engineering"], uid))
@@ -249,9 +252,9 @@ def test_target_down_during_1000_changes_then_converges(tmp_path: Path) -> None:
         print(f"1,000 SCIM changes with HAProxy down: {write_seconds:.1f}s", flush=True)
         assert st.mismatch(up).startswith("unreachable")
 
-        proc = st.haproxy_for(up)
+        proc = up_haproxy(up.info)
         t0 = time.monotonic()
-        with st.started(proc):
+        with started(proc):
             st.wait_converged(up, 30)
             report("target back after 1,000 changes, live maps == desired",
                    time.monotonic() - t0)  # fmt: skip
@@ -306,7 +309,7 @@ def test_scimgate_sigkill_during_burst_every_acknowledged_write_enforced(tmp_pat
                     try:
                         if new:
                             name = f"burst-{n}-{i}-{uuid.uuid4().hex[:6]}@example.com"
-                            r = st.create_user(scim, name)
+                            r = post_user(scim, name)
                             assert r.status_code == 201, r.text
                             m = Model(name, r.json()["id"])
                             mine.append(m)
@@ -316,7 +319,7 @@ def test_scimgate_sigkill_during_burst_every_acknowledged_write_enforced(tmp_pat
                             assert m is not None
                             want = not m.active if m.active is not None else False
                             m.active = None
-                            r = st.set_active(scim, m.uid, want)
+                            r = set_active(scim, m.uid, want)
                             assert r.status_code in (200, 204), r.text
                             m.active = want
                         else:
@@ -394,7 +397,7 @@ def test_two_targets_stay_identical(tmp_path: Path) -> None:
         text = text.replace(str(first / "admin.sock"), str(second / "admin.sock"))
         text = text.replace(str(first / "maps") + "/", str(second / "maps") + "/")
         (second / "haproxy.cfg").write_text(text)
-        with st.started(st.haproxy_for(up, second)):
+        with started(up_haproxy(up.info, second)):
             _, waited = st.wait_until(lambda: st.readyz(up).status_code != 200, 20, 0.2)
             assert st.readyz(up).status_code == 200, st.readyz(up).text
             report("second target joined (readyz 200)", waited)
@@ -403,12 +406,12 @@ def test_two_targets_stay_identical(tmp_path: Path) -> None:
                 names = []
                 for i in range(40):
                     name = unique(f"two{i}")
-                    uid = created(st.create_user(scim, name))
+                    uid = created(post_user(scim, name))
                     names.append(name)
                     if i % 3 == 0:
                         ok(add_member(scim, gid["Admins"], uid))
                     if i % 3 == 1:
-                        ok(st.set_active(scim, uid, False))
+                        ok(set_active(scim, uid, False))
             t0 = time.monotonic()
             runtime2 = f"unix:{second / 'admin.sock'}"
             st.wait_converged(up, 10)

@@ -17,17 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as hs
+from hypothesis import HealthCheck, given, settings, strategies as hs
 
 from scimgate.haproxy import RuntimeClient
 from scimgate.policy.compiler import identity_key, is_usable_identity, normalise_identity
-from tests.e2e.test_up import GROUP_SCHEMA, UpStack, start_up
 from tests.support import stack as st
+from tests.support.scim import ERROR_SCHEMA, GROUP_SCHEMA, patch, post_user
+from tests.support.up import UpStack, start_up
 
 pytestmark = pytest.mark.haproxy
 
-ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 PIECES = [
     ";", "\n", "\r", "\r\n", "\t", " ", "  ", "<<", "\\", "#0x1", "0x1", "@", "%", "'", '"',
     "show info", "add map", "del map", "clear map", "commit map", "@1", "\x00", "\x7f",
@@ -85,10 +84,10 @@ def control(stack: UpStack, scim: httpx.Client, mint: st.Minter) -> dict[str, st
     eng = r.json()["id"]
     tokens = {"engineering": eng}
     for name, active in (("ctrl-on@example.com", True), ("ctrl-off@example.com", False)):
-        r = st.create_user(scim, name, active=active)
+        r = post_user(scim, name, active=active)
         assert r.status_code == 201, r.text
         op = {"op": "add", "path": "members", "value": [{"value": r.json()["id"]}]}
-        assert st.patch(scim, f"/Groups/{eng}", op).status_code in (200, 204)
+        assert patch(scim, f"/Groups/{eng}", op).status_code in (200, 204)
         tokens[name] = mint(name)
     return tokens
 
@@ -158,7 +157,7 @@ def test_hostile_strings_never_break_the_path(
     scim_outcome(create_group(scim, group + suffix, members))
     if engineering and members:
         op = {"op": "add", "path": "members", "value": [{"value": members[0]}]}
-        p = st.patch(scim, f"/Groups/{control['engineering']}", op)
+        p = patch(scim, f"/Groups/{control['engineering']}", op)
         assert p.status_code in (200, 204), p.text
     check_haproxy(stack, control)
 
@@ -168,7 +167,7 @@ def test_injected_cli_commands_never_run(
     stack: UpStack, scim: httpx.Client, control: dict[str, str], mint: st.Minter, name: str
 ) -> None:
     before = st.live_entries(stack.info["runtime_api"], st.layout(stack))
-    r = st.create_user(scim, name)
+    r = post_user(scim, name)
     scim_outcome(r)
     g = create_group(scim, name, [r.json()["id"]] if r.status_code == 201 else [])
     scim_outcome(g)

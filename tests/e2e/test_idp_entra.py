@@ -7,10 +7,9 @@ import uuid
 
 from tests.fixtures.server import ScimServer
 from tests.idp_fixtures import client, fill, load, query
+from tests.support.scim import ENTERPRISE_SCHEMA as ENT, LIST_SCHEMA as LIST
 
 ENTRA = load("entra")
-ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 
 
 def test_entra_test_connection_and_schema_discovery(scim_server: ScimServer) -> None:

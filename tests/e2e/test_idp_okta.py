@@ -6,10 +6,9 @@ import uuid
 
 from tests.fixtures.server import ScimServer
 from tests.idp_fixtures import client, fill, load, query
+from tests.support.scim import ERROR_SCHEMA as ERROR, LIST_SCHEMA as LIST
 
 OKTA = load("okta")
-LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 
 
 def test_okta_user_lifecycle(scim_server: ScimServer) -> None:

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_up import UpStack, scimgate, start_up
 from tests.support import stack as st
+from tests.support.haproxy import started, up_haproxy
+from tests.support.scim import post_user
+from tests.support.up import UpStack, scimgate, start_up
 
 pytestmark = pytest.mark.haproxy
 
@@ -50,7 +52,7 @@ def test_readyz_and_status_follow_the_haproxy_target(stack: UpStack) -> None:
     assert body["status"] == "ready"
     assert body["targets"]["local"]["ok"] is True
     with stack.scim() as scim:
-        assert st.create_user(scim, "ready@example.com").status_code == 201
+        assert post_user(scim, "ready@example.com").status_code == 201
     rc, report = status(stack)
     assert rc == 0, report
     assert report["healthy"] is True
@@ -71,10 +73,10 @@ def test_readyz_and_status_follow_the_haproxy_target(stack: UpStack) -> None:
     assert target["target"] == "local" and target["reachable"] is False
     assert target["probe_error"]
     with stack.scim() as scim:  # SCIM still takes writes (read-your-writes waits, bounded)
-        assert st.create_user(scim, "while-down@example.com").status_code == 201
+        assert post_user(scim, "while-down@example.com").status_code == 201
 
-    proc = st.haproxy_for(stack)
-    with st.started(proc):
+    proc = up_haproxy(stack.info)
+    with started(proc):
         body, took_up = poll_ready(stack, 200, 20)
         print(f"RECOVERY readyz 200 after HAProxy restart: {took_up:.2f}s", flush=True)
         assert body["targets"]["local"] == {

@@ -27,8 +27,9 @@ import pytest
 
 from scimgate.audit.log import iter_events
 from scimgate.store.db import Database
-from tests.e2e.test_up import PATCH_SCHEMA, USER_SCHEMA, UpStack, scimgate, start_up
+from tests.support.scim import PATCH_SCHEMA, user_body
 from tests.support.stack import write_config
+from tests.support.up import UpStack, scimgate, start_up
 
 pytestmark = pytest.mark.haproxy
 
@@ -90,10 +91,6 @@ def public(up: UpStack, source: str = "127.0.0.1") -> httpx.Client:
     )
 
 
-def user(user_name: str, **extra: Any) -> dict[str, Any]:
-    return {"schemas": [USER_SCHEMA], "userName": user_name, **extra}
-
-
 def audit_client(up: UpStack, request_id: str) -> list[str | None]:
     """The audit `client` of every event the request with this X-Request-ID wrote."""
     db = Database(up.info["database_url"])
@@ -133,7 +130,7 @@ def test_tls_endpoint_needs_the_ca_and_serves_scim_with_public_locations(up: UpS
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(base + "/ServiceProviderConfig", timeout=5)  # the system store: unknown CA
     with public(up) as idp:
-        r = idp.post("/Users", json=user("tls@example.com"))
+        r = idp.post("/Users", json=user_body("tls@example.com"))
         assert r.status_code == 201, r.text
         location = r.json()["meta"]["location"]
         assert location == f"{base}/Users/{r.json()['id']}"
@@ -158,7 +155,7 @@ def test_spoofed_forwarded_headers_through_haproxy_are_replaced(up: UpStack) -> 
     with public(up, SRC_PEER) as idp:
         r = idp.post(
             "/Users",
-            json=user("spoof-front@example.com"),
+            json=user_body("spoof-front@example.com"),
             headers={
                 "X-Request-ID": rid,
                 "X-Forwarded-For": "203.0.113.9",
@@ -177,7 +174,7 @@ def test_spoofed_forwarded_headers_on_the_direct_port_are_ignored(up: UpStack) -
     with up.scim() as scim:
         r = scim.post(
             "/Users",
-            json=user("spoof-direct@example.com"),
+            json=user_body("spoof-direct@example.com"),
             headers={
                 "X-Request-ID": rid,
                 "X-Forwarded-For": "203.0.113.9",
@@ -192,9 +189,9 @@ def test_spoofed_forwarded_headers_on_the_direct_port_are_ignored(up: UpStack) -
 def test_body_over_the_limit_is_refused_by_haproxy(up: UpStack) -> None:
     log = Path(up.info["haproxy_log"])
     with public(up) as idp:
-        small = idp.post("/Users", json=user("small@example.com", nickName="x" * 1000))
+        small = idp.post("/Users", json=user_body("small@example.com", nickName="x" * 1000))
         assert small.status_code == 201 and "x-request-id" in small.headers  # reached scimgate
-        big = idp.post("/Users", json=user("big@example.com", nickName="x" * MAX_BODY))
+        big = idp.post("/Users", json=user_body("big@example.com", nickName="x" * MAX_BODY))
         assert big.status_code == 413, big.text
         assert big.json()["status"] == "413"
         assert "x-request-id" not in big.headers  # scimgate stamps every answer it gives

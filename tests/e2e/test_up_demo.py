@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_up import free_port, haproxy_pids_for, pid_alive
+from tests.support.net import free_port
+from tests.support.up import haproxy_pids_for, pid_alive
 
 pytestmark = pytest.mark.haproxy
 

@@ -23,10 +23,8 @@ from scimgate.cli import main as cli_main
 from scimgate.config import default_sqlite_url
 from scimgate.store import tables
 from tests.fixtures.server import ScimServer, scimgate_cmd, start_server
+from tests.support.scim import GROUP_SCHEMA as GROUP, PATCH_SCHEMA as PATCH, USER_SCHEMA as USER
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 E = tables.audit_events
 
 

@@ -22,10 +22,8 @@ from scimgate.audit.chain import HASHED_FIELDS, first_broken
 from scimgate.cli import main as cli_main
 from scimgate.store import tables
 from tests.fixtures.server import ScimServer, scimgate_cmd
+from tests.support.scim import GROUP_SCHEMA as GROUP, PATCH_SCHEMA as PATCH, USER_SCHEMA as USER
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 E = tables.audit_events
 COLUMNS = [*HASHED_FIELDS, "prev_hash", "hash"]
 

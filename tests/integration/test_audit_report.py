@@ -24,10 +24,8 @@ from click.testing import CliRunner
 from scimgate.cli import main as cli_main
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from tests.fixtures.server import ScimServer
+from tests.support.scim import GROUP_SCHEMA as GROUP, PATCH_SCHEMA as PATCH, USER_SCHEMA as USER
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 COLUMNS = ["route", "path_prefix", "user_id", "user_name", "via", "requires_scopes"]
 
 

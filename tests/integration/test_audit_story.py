@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,13 @@ from scimgate.cli import main as cli_main
 from scimgate.config import default_sqlite_url
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from tests.fixtures.server import ScimServer, scimgate_cmd, start_server
-
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:8]
+from tests.support.scim import (
+    GROUP_SCHEMA as GROUP,
+    PATCH_SCHEMA as PATCH,
+    USER_SCHEMA as USER,
+    create_user,
+    tag,
+)
 
 
 def scimgate(
@@ -79,19 +77,6 @@ def admins(policy_server: ScimServer) -> str:
         r = scim.post("/Groups", json={"schemas": [GROUP], "displayName": "Admins"})
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
-
-
-def create_user(scim: httpx.Client, user_name: str, email: str) -> str:
-    r = scim.post(
-        "/Users",
-        json={
-            "schemas": [USER],
-            "userName": user_name,
-            "emails": [{"value": email, "type": "work", "primary": True}],
-        },
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
 
 
 def okta_lifecycle(scim: httpx.Client, uid: str, gid: str) -> None:
@@ -167,7 +152,7 @@ def test_story_of_a_user_from_creation_to_deletion(
     name, email = f"story-{tag()}@example.com", f"story.{tag()}@corp.example.com"
     d = policy_server.directory
     with policy_server.client() as scim:
-        uid = create_user(scim, name, email)
+        uid = create_user(scim, name, email, email_type="work")
         (okta_lifecycle if dialect == "okta" else entra_lifecycle)(scim, uid, admins)
 
         # While the user exists: the story so far, found by userName (any case).
@@ -213,7 +198,7 @@ def test_story_of_a_user_from_creation_to_deletion(
 def test_delete_of_an_active_user_is_a_deprovision(policy_server: ScimServer, admins: str) -> None:
     name = f"direct-{tag()}@example.com"
     with policy_server.client() as scim:
-        uid = create_user(scim, name, name)
+        uid = create_user(scim, name, name, email_type="work")
         assert (
             scim.patch(
                 f"/Groups/{admins}",
@@ -241,7 +226,7 @@ def test_story_follows_renames_and_email_changes(policy_server: ScimServer) -> N
     old, new = f"old-{tag()}@example.com", f"new-{tag()}@example.com"
     mail1, mail2 = f"m1.{tag()}@corp.example.com", f"m2.{tag()}@corp.example.com"
     with policy_server.client() as scim:
-        uid = create_user(scim, old, mail1)
+        uid = create_user(scim, old, mail1, email_type="work")
         r = scim.patch(
             f"/Users/{uid}",
             json={
@@ -269,7 +254,7 @@ def test_story_follows_renames_and_email_changes(policy_server: ScimServer) -> N
 def test_text_output_and_unknown_user(policy_server: ScimServer) -> None:
     name = f"text-{tag()}@example.com"
     with policy_server.client() as scim:
-        uid = create_user(scim, name, name)
+        uid = create_user(scim, name, name, email_type="work")
     p = scimgate(policy_server.directory, "audit", "user", name)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
@@ -286,7 +271,7 @@ def test_no_policy_no_map_changes(scim_server: ScimServer) -> None:
     """Without a policy nothing is computed for HAProxy, and the story says nothing about it."""
     name = f"nopolicy-{tag()}@example.com"
     with scim_server.client() as scim:
-        uid = create_user(scim, name, name)
+        uid = create_user(scim, name, name, email_type="work")
         r = scim.patch(
             f"/Users/{uid}",
             json={

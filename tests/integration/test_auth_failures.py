@@ -26,9 +26,9 @@ from scimgate.audit.log import verify
 from scimgate.config import default_sqlite_url
 from scimgate.store import tables
 from tests.fixtures.server import ScimServer, start_server
+from tests.support.scim import ERROR_SCHEMA as ERROR
 
 E = tables.audit_events
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 # docs/operations.md "Failed authentication": at most MAX_AUDITED_SOURCES + 2 events per
 # window, each at most 1,536 bytes of row data and about 2 KiB on disk with its indexes.
 EVENTS_PER_WINDOW = MAX_AUDITED_SOURCES + 2

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from scimgate.store import db as db_module
-from scimgate.store import migrate
+from scimgate.store import db as db_module, migrate
 from scimgate.store.db import Database, _is_file_database
 
 

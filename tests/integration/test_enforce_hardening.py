@@ -25,9 +25,10 @@ import pytest
 
 from scimgate.policy import Policy, parse_policy, render_config
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
-from tests.integration.test_jwt_cache import HAProxy, _check, _free_port
-from tests.integration.test_render_haproxy import ADMINS, SECRET_B64, _write_maps
+from tests.support.haproxy import BearerGate, assert_config_valid, launch_gate
+from tests.support.net import free_port
 from tests.support.rawhttp import send
+from tests.support.rendered import ADMINS, SECRET_B64, write_maps
 
 pytestmark = pytest.mark.haproxy
 
@@ -107,9 +108,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"private": priv, "path": str(d / "jwt.pub.pem")}
 
 
-def _start(directory: Path, policy: Policy, users: list[Any]) -> HAProxy:
-    port = _free_port()
-    _write_maps(directory / "maps", policy, 1, users)
+def _start(directory: Path, policy: Policy, users: list[Any]) -> BearerGate:
+    port = free_port()
+    write_maps(directory / "maps", policy, 1, users)
     cfg = directory / "haproxy.cfg"
     cfg.write_text(
         render_config(
@@ -121,14 +122,14 @@ def _start(directory: Path, policy: Policy, users: list[Any]) -> HAProxy:
             debug_headers=True,
         )
     )
-    _check(cfg)
-    return HAProxy(cfg, port, directory / "admin.sock")
+    assert_config_valid(cfg)
+    return launch_gate(cfg, port, directory / "admin.sock")
 
 
 @pytest.fixture(scope="module")
 def hx(
     tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str], echo: int
-) -> Iterator[HAProxy]:
+) -> Iterator[BearerGate]:
     text = demo_policy_yaml(public_key=keys["path"], issuer=ISSUER, audience=AUDIENCE)
     text = text.replace("routes:\n", "routes:\n" + EXTRA_ROUTES.format(port=echo), 1)
     proxy = _start(
@@ -169,7 +170,7 @@ def _bearer(token: str) -> list[tuple[str, str]]:
      ("/admin%20", 400), ("/admin\\", 400), ("/admin.", 400)],
 )  # fmt: skip
 def test_issue_path_probes_never_reach_home(
-    hx: HAProxy, keys: dict[str, str], target: str, status: int
+    hx: BearerGate, keys: dict[str, str], target: str, status: int
 ) -> None:
     reply = send(hx.port, target, _bearer(_token(keys)))
     assert reply.status == status, (target, reply)
@@ -206,7 +207,7 @@ def test_issue_path_probes_never_reach_home(
     ],
 )
 def test_request_targets(
-    hx: HAProxy, keys: dict[str, str], target: str, status: int, route: str | None
+    hx: BearerGate, keys: dict[str, str], target: str, status: int, route: str | None
 ) -> None:
     reply = send(hx.port, target, _bearer(_token(keys)))
     assert reply.status == status, (target, reply)
@@ -215,7 +216,7 @@ def test_request_targets(
         assert json.loads(reply.body) == {"error": "ambiguous request", "status": 400}
 
 
-def test_hosts_and_connection_tokens(hx: HAProxy, keys: dict[str, str]) -> None:
+def test_hosts_and_connection_tokens(hx: BearerGate, keys: dict[str, str]) -> None:
     alice, bob = _bearer(_token(keys)), _bearer(_token(keys, "bob@example.com"))
     # absolute-form without a Host header: HAProxy would pass it with an empty Host
     assert send(hx.port, "http://admin.example.com/console", alice, host=None).status == 400
@@ -237,7 +238,7 @@ def test_hosts_and_connection_tokens(hx: HAProxy, keys: dict[str, str]) -> None:
         assert reply.headers["x-scimgate-decision"] == "hop_by_hop_identity"
 
 
-def test_case_sensitive_route(hx: HAProxy, keys: dict[str, str]) -> None:
+def test_case_sensitive_route(hx: BearerGate, keys: dict[str, str]) -> None:
     alice, bob = _bearer(_token(keys)), _bearer(_token(keys, "bob@example.com"))
     assert send(hx.port, "/Docs", alice).status == 403
     assert send(hx.port, "/Docs/x", bob).body == "docs"
@@ -260,7 +261,7 @@ def test_case_sensitive_route(hx: HAProxy, keys: dict[str, str]) -> None:
     ],
 )  # fmt: skip
 def test_malformed_claims_are_401_and_never_cached(
-    hx: HAProxy, keys: dict[str, str], case: str
+    hx: BearerGate, keys: dict[str, str], case: str
 ) -> None:
     now = int(time.time())
     claims = _claims()
@@ -307,7 +308,7 @@ def test_malformed_claims_are_401_and_never_cached(
     ],
 )
 def test_well_formed_claims_pass_and_are_cached(
-    hx: HAProxy, keys: dict[str, str], payload: str
+    hx: BearerGate, keys: dict[str, str], payload: str
 ) -> None:
     now = int(time.time())
     token = _signed(keys, payload.format(iss=ISSUER, aud=AUDIENCE, exp=now + 300, now=now))
@@ -319,7 +320,7 @@ def test_well_formed_claims_pass_and_are_cached(
     assert send(hx.port, "/", _bearer(token)).headers["x-scimgate-jwt-cached"] == "1"
 
 
-def test_one_credential_per_request(hx: HAProxy, keys: dict[str, str]) -> None:
+def test_one_credential_per_request(hx: BearerGate, keys: dict[str, str]) -> None:
     alice, bob = _token(keys), _token(keys, "bob@example.com")
     assert send(hx.port, "/admin", _bearer(bob)).status == 200
     for headers in (
@@ -356,7 +357,7 @@ def _no_spoofed_copies(seen: dict[str, list[str]]) -> None:
 
 
 def test_identity_headers_reach_the_backend_and_spoofed_copies_do_not(
-    hx: HAProxy, keys: dict[str, str]
+    hx: BearerGate, keys: dict[str, str]
 ) -> None:
     reply = send(hx.port, "/api/items", [*_bearer(_token(keys)), *SPOOFED])
     assert reply.status == 200, reply
@@ -378,12 +379,14 @@ def test_identity_headers_reach_the_backend_and_spoofed_copies_do_not(
 
 
 @pytest.mark.parametrize("act", [{"sub": "agent 7"}, {"sub": ""}, {"sub": 7}, "agent-7", {}])
-def test_a_malformed_actor_is_refused(hx: HAProxy, keys: dict[str, str], act: Any) -> None:
+def test_a_malformed_actor_is_refused(hx: BearerGate, keys: dict[str, str], act: Any) -> None:
     reply = send(hx.port, "/api", _bearer(_token(keys, act=act)))
     assert reply.status == 401, (act, reply)
 
 
-def test_public_routes_need_no_token_and_get_no_identity(hx: HAProxy, keys: dict[str, str]) -> None:
+def test_public_routes_need_no_token_and_get_no_identity(
+    hx: BearerGate, keys: dict[str, str]
+) -> None:
     reply = send(hx.port, "/healthz")
     assert (reply.status, reply.body, reply.headers["x-scimgate-decision"]) == (200, "ok", "allow")
     assert send(hx.port, "/HEALTHZ/live").body == "ok"
@@ -398,7 +401,7 @@ def test_public_routes_need_no_token_and_get_no_identity(hx: HAProxy, keys: dict
     assert send(hx.port, "/status;x").status == 400
 
 
-def test_source_limited_route(hx: HAProxy, keys: dict[str, str]) -> None:
+def test_source_limited_route(hx: BearerGate, keys: dict[str, str]) -> None:
     reply = send(hx.port, "/metrics", SPOOFED, source="127.0.0.1")
     assert reply.status == 200, reply
     seen = reply.echoed()

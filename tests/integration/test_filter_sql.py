@@ -27,9 +27,9 @@ from scimgate.scim.schema import (
 from scimgate.store import tables
 from scimgate.store.filter_sql import compile_filter
 from scimgate.store.sort_sql import order_by, sort_key
+from tests.support.scim import USER_SCHEMA as CORE
 
 ENT = ENTERPRISE_USER_SCHEMA
-CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
 
 
 def _user(

@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from scimgate.haproxy import (
     MAX_PAYLOAD_BYTES,
@@ -27,8 +26,7 @@ from scimgate.haproxy.mapfile import read_map_file, write_map_file
 from scimgate.haproxy.payload import build_payload_chunks
 from scimgate.haproxy.process import binary_version, check_config
 from scimgate.haproxy.words import Word
-from scimgate.policy.compiler import IDENTITY_KEY_RE as KEY_RE
-from scimgate.policy.compiler import MAP_VALUE_RE as VALUE_RE
+from scimgate.policy.compiler import IDENTITY_KEY_RE as KEY_RE, MAP_VALUE_RE as VALUE_RE
 from tests.fixtures.haproxy import RUNTIME_GLOBAL, RunningHAProxy
 
 pytestmark = pytest.mark.haproxy

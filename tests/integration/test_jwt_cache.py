@@ -1,8 +1,8 @@
 """The verified-token cache against a real HAProxy 2.6: only verified tokens enter it, a hit
 skips only the signature check, and every claim check still runs on every request.
 
-Each HAProxy runs in tmp_path on a free 127.0.0.1 port (foreground, ``-db``), with its stats
-socket in tmp_path (read with ``show table``), and is stopped by its PID.
+Each HAProxy runs in tmp_path on a free 127.0.0.1 port (``tests.support.haproxy.launch``),
+with its stats socket in tmp_path (read with ``show table``), and is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ import hmac
 import http.client
 import json
 import os
-import re
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,10 +30,10 @@ from scimgate.policy import (
     render_config,
 )
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
+from tests.support.haproxy import BearerGate, assert_config_valid, launch_gate
+from tests.support.net import free_port
+from tests.support.rendered import SECRET, SECRET_B64
 
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-SECRET = b"integration-test-secret-0123456789"
-SECRET_B64 = base64.b64encode(SECRET).decode()
 ISSUER = "https://idp.example.com/"
 AUDIENCE = "scimgate-demo"
 TABLE = "scimgate_jwt_cache"
@@ -47,81 +43,6 @@ haproxy = pytest.mark.haproxy
 
 
 # --- harness -------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _check(cfg: Path) -> None:
-    result = subprocess.run(
-        [HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-class HAProxy:
-    def __init__(self, cfg: Path, port: int, sock: Path) -> None:
-        self.port, self.sock = port, sock
-        self.log_path = cfg.parent / f"haproxy-{port}.log"
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [HAPROXY, "-db", "-f", str(cfg)], stdout=self.log, stderr=self.log
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log_path.read_text())
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("haproxy did not start")
-
-    def get(self, token: str | None, path: str = "/") -> tuple[int, dict[str, str]]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        headers = {"Host": "app.example.com"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        out = (resp.status, {k.lower(): v for k, v in resp.getheaders()})
-        conn.close()
-        return out
-
-    def cli(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(str(self.sock))
-            s.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
-
-    def table(self, name: str = TABLE) -> dict[str, dict[str, str]]:
-        """``show table``: hex key -> its data fields (gpt0, exp, use)."""
-        rows: dict[str, dict[str, str]] = {}
-        for line in self.cli(f"show table {name}").splitlines():
-            m = re.match(r"^0x[0-9a-f]+: key=(\S+) (.*)$", line)
-            if m:
-                rows[m.group(1).upper()] = dict(kv.split("=", 1) for kv in m.group(2).split())
-        return rows
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by PID
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +74,11 @@ def _write_map(map_dir: Path, policy: Policy) -> None:
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., HAProxy]]:
-    running: list[HAProxy] = []
+def start(tmp_path: Path) -> Iterator[Callable[..., BearerGate]]:
+    running: list[BearerGate] = []
 
-    def _start(policy: Policy) -> HAProxy:
-        port, sock = _free_port(), tmp_path / f"admin-{len(running)}.sock"
+    def _start(policy: Policy) -> BearerGate:
+        port, sock = free_port(), tmp_path / f"admin-{len(running)}.sock"
         _write_map(tmp_path / "maps", policy)
         cfg = tmp_path / f"haproxy-{len(running)}.cfg"
         cfg.write_text(
@@ -170,8 +91,8 @@ def start(tmp_path: Path) -> Iterator[Callable[..., HAProxy]]:
                 debug_headers=True,  # X-Scimgate-Jwt-Cached / -Verified: the proof of a hit
             )
         )
-        _check(cfg)
-        hx = HAProxy(cfg, port, sock)
+        assert_config_valid(cfg)
+        hx = launch_gate(cfg, port, sock)
         running.append(hx)
         return hx
 
@@ -315,7 +236,7 @@ def test_cache_settings_render(keys: dict[str, str]) -> None:
 
 @haproxy
 def test_valid_token_is_verified_once_then_served_from_cache(
-    start: Callable[..., HAProxy], keys: dict[str, str]
+    start: Callable[..., BearerGate], keys: dict[str, str]
 ) -> None:
     hx = start(_policy(keys))
     token = _token(keys)
@@ -339,7 +260,7 @@ def test_valid_token_is_verified_once_then_served_from_cache(
 
 @haproxy
 def test_forged_tokens_are_refused_and_never_cached(
-    start: Callable[..., HAProxy], keys: dict[str, str]
+    start: Callable[..., BearerGate], keys: dict[str, str]
 ) -> None:
     hx = start(_policy(keys))
     valid = _token(keys)
@@ -360,7 +281,7 @@ def test_forged_tokens_are_refused_and_never_cached(
 
 @haproxy
 def test_flood_of_forged_tokens_creates_no_entries_and_evicts_nothing(
-    start: Callable[..., HAProxy], keys: dict[str, str]
+    start: Callable[..., BearerGate], keys: dict[str, str]
 ) -> None:
     hx = start(_policy(keys, "{size: 4}"))
     valid = _token(keys)
@@ -390,7 +311,7 @@ def test_flood_of_forged_tokens_creates_no_entries_and_evicts_nothing(
 
 @haproxy
 def test_cached_token_still_expires_at_exp(
-    start: Callable[..., HAProxy], keys: dict[str, str]
+    start: Callable[..., BearerGate], keys: dict[str, str]
 ) -> None:
     hx = start(_policy(keys, leeway=0))
     now = int(time.time())
@@ -406,7 +327,9 @@ def test_cached_token_still_expires_at_exp(
 
 
 @haproxy
-def test_claim_checks_gate_the_cache(start: Callable[..., HAProxy], keys: dict[str, str]) -> None:
+def test_claim_checks_gate_the_cache(
+    start: Callable[..., BearerGate], keys: dict[str, str]
+) -> None:
     # validly signed tokens that fail a claim check are refused without a lookup or an entry
     hx = start(_policy(keys, leeway=0))
     now = int(time.time())
@@ -430,7 +353,7 @@ def test_claim_checks_gate_the_cache(start: Callable[..., HAProxy], keys: dict[s
 
 @haproxy
 def test_entries_expire_after_ttl_and_are_reverified(
-    start: Callable[..., HAProxy], keys: dict[str, str]
+    start: Callable[..., BearerGate], keys: dict[str, str]
 ) -> None:
     hx = start(_policy(keys, "{ttl_seconds: 1}"))
     token = _token(keys)
@@ -446,7 +369,7 @@ def test_entries_expire_after_ttl_and_are_reverified(
 
 @haproxy
 def test_disabled_cache_has_no_table_and_still_enforces(
-    start: Callable[..., HAProxy], keys: dict[str, str]
+    start: Callable[..., BearerGate], keys: dict[str, str]
 ) -> None:
     hx = start(_policy(keys, "{enabled: false}"))
     valid = _token(keys)
@@ -467,7 +390,7 @@ def test_fragment_leaves_a_foreign_sc2_alone(tmp_path: Path, keys: dict[str, str
         policy, mode="fragment", map_dir=str(tmp_path / "maps"), hmac_secret_b64=SECRET_B64
     )
     table_line = frag.split(f"#     backend {TABLE}\n#         ", 1)[1].split("\n", 1)[0]
-    port, sock = _free_port(), tmp_path / "f.sock"
+    port, sock = free_port(), tmp_path / "f.sock"
     cfg = tmp_path / "f.cfg"
     cfg.write_text(
         f"global\n    stats socket {sock} mode 600 level admin\n"
@@ -480,8 +403,8 @@ def test_fragment_leaves_a_foreign_sc2_alone(tmp_path: Path, keys: dict[str, str
         + f"backend {TABLE}\n    {table_line}\n"
         + "backend ratelimit\n    stick-table type ip size 10 expire 60s store gpt0\n"
     )
-    _check(cfg)
-    hx = HAProxy(cfg, port, sock)
+    assert_config_valid(cfg)
+    hx = launch_gate(cfg, port, sock)
     try:
         token = _token(keys)
         assert hx.get(token)[0] == 200

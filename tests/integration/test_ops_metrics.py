@@ -15,9 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scimgate.cli import main as cli_main
 from scimgate.store import tables
 from tests.fixtures.server import ScimServer
-
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+from tests.support.scim import PATCH_SCHEMA as PATCH, USER_SCHEMA as USER
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -11,13 +11,11 @@ import base64
 import datetime
 import hashlib
 import hmac
-import http.client
 import json
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from scimgate.policy import (
     OVERLAY_MAP_NAME,
     OVERLAY_TOMBSTONE,
     Policy,
-    entries_for_user,
     identity_key,
     map_file_names,
     parse_policy,
@@ -36,19 +33,19 @@ from scimgate.policy import (
     shard_of,
 )
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
+from tests.support.haproxy import RunningHAProxy, launch
+from tests.support.net import free_port
+from tests.support.rendered import ADMINS, SECRET, SECRET_B64, write_maps
 
 pytestmark = pytest.mark.haproxy
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-SECRET = b"integration-test-secret-0123456789"
-SECRET_B64 = base64.b64encode(SECRET).decode()
 ISSUER = "https://idp.example.com/"
 AUDIENCE = "scimgate-demo"
 
 ALICE = {"userName": "Alice@Example.com", "active": True}  # active, no policy group
 BOB = {"userName": "bob@example.com", "emails": [{"value": "Bob.Work@Example.com"}]}
 CAROL = {"userName": "carol@example.com", "active": False}  # deprovisioned
-ADMINS = [{"displayName": "Admins", "externalId": "00g1"}]
 
 API_ROUTE = """\
   - name: reports
@@ -60,66 +57,10 @@ API_ROUTE = """\
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _check(cfg: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30
     )
-
-
-class LocalHAProxy:
-    def __init__(self, cfg: Path, port: int) -> None:
-        self.port = port
-        self.log = (cfg.parent / "haproxy.log").open("w")
-        self.proc = subprocess.Popen(
-            [HAPROXY, "-db", "-f", str(cfg)], stdout=self.log, stderr=self.log
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((cfg.parent / "haproxy.log").read_text())
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("haproxy did not start")
-
-    def get(
-        self, path: str, headers: Sequence[tuple[str, str]] = ()
-    ) -> tuple[int, dict[str, str], str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        conn.putrequest("GET", path, skip_host=True)
-        if not any(k.lower() == "host" for k, _ in headers):
-            conn.putheader("Host", "app.example.com")
-        for k, v in headers:
-            conn.putheader(k, v)
-        conn.endheaders()
-        resp = conn.getresponse()
-        body = resp.read().decode()
-        out = (resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
-        conn.close()
-        return out
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by PID: Popen.terminate signals self.proc.pid
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,33 +77,16 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
-def _write_maps(
-    map_dir: Path,
-    policy: Policy,
-    shards: int,
-    users: list[tuple[dict[str, Any], list[dict[str, str]]]],
-) -> None:
-    map_dir.mkdir(parents=True, exist_ok=True)
-    lines: dict[str, list[str]] = {name: [] for name in map_file_names(shards)}
-    names = map_file_names(shards)
-    for user, groups in users:
-        for key, value in entries_for_user(user, groups, policy, SECRET).items():
-            lines[names[shard_of(key, shards)]].append(f"{key} {value}\n")
-    for name, content in lines.items():
-        (map_dir / name).write_text("".join(content))
-    (map_dir / OVERLAY_MAP_NAME).write_text("")
-
-
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., LocalHAProxy]]:
-    running: list[LocalHAProxy] = []
+def start(tmp_path: Path) -> Iterator[Callable[..., RunningHAProxy]]:
+    running: list[RunningHAProxy] = []
 
     def _start(
         policy: Policy, *, shards: int = 1, users: list[Any] | None = None, **kw: Any
-    ) -> LocalHAProxy:
-        port = _free_port()
+    ) -> RunningHAProxy:
+        port = free_port()
         map_dir = tmp_path / "maps"
-        _write_maps(map_dir, policy, shards, users if users is not None else [])
+        write_maps(map_dir, policy, shards, users if users is not None else [])
         cfg_text = render_config(
             policy,
             map_dir=str(map_dir),
@@ -176,7 +100,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., LocalHAProxy]]:
         cfg.write_text(cfg_text)
         result = _check(cfg)
         assert result.returncode == 0, result.stdout + result.stderr
-        hx = LocalHAProxy(cfg, port)
+        hx = launch(cfg, ports=[port], stats_socket=tmp_path / "admin.sock")
         running.append(hx)
         return hx
 
@@ -242,7 +166,7 @@ def test_full_config_passes_haproxy_check(
     tmp_path: Path, keys: dict[str, str], shards: int
 ) -> None:
     policy = _jwt_policy(keys)
-    _write_maps(tmp_path / "maps", policy, shards, [])
+    write_maps(tmp_path / "maps", policy, shards, [])
     cfg = tmp_path / "h.cfg"
     cfg.write_text(
         render_config(
@@ -265,7 +189,7 @@ def test_fragment_passes_haproxy_check(tmp_path: Path, keys: dict[str, str]) -> 
         'to: {return: "hello, active user"}', "to: {backend: be_app, servers: ['127.0.0.1:9']}"
     )
     policy = parse_policy(text, "p.yaml")
-    _write_maps(tmp_path / "maps", policy, 1, [])
+    write_maps(tmp_path / "maps", policy, 1, [])
     fragment = render_config(
         policy, mode="fragment", map_dir=str(tmp_path / "maps"), hmac_secret_b64=SECRET_B64
     )
@@ -289,7 +213,7 @@ def test_fragment_passes_haproxy_check(tmp_path: Path, keys: dict[str, str]) -> 
 # --- JWT source ----------------------------------------------------------------------------
 
 
-def test_hmac_key_equals_python(start: Callable[..., LocalHAProxy], keys: dict[str, str]) -> None:
+def test_hmac_key_equals_python(start: Callable[..., RunningHAProxy], keys: dict[str, str]) -> None:
     policy = _jwt_policy(keys)
     hx = start(policy, users=[(ALICE, [])], debug_headers=True)
     for identity in ["alice@example.com", "Alice@EXAMPLE.com", "o'brien+Tag_1@sub.Example.org"]:
@@ -304,7 +228,7 @@ def test_hmac_key_equals_python(start: Callable[..., LocalHAProxy], keys: dict[s
 
 
 def test_non_ascii_identity_is_refused(
-    start: Callable[..., LocalHAProxy], keys: dict[str, str]
+    start: Callable[..., RunningHAProxy], keys: dict[str, str]
 ) -> None:
     # 2.6 decodes "\u00fc" to the Latin-1 byte 0xFC (a raw UTF-8 claim stays UTF-8): the key
     # would depend on the IdP's JSON encoder, so both sides refuse non-ASCII identities.
@@ -324,7 +248,7 @@ def identity_values_of(user_name: str, keys: dict[str, str]) -> list[str]:
     return identity_values({"userName": user_name}, _jwt_policy(keys))
 
 
-def test_jwt_enforcement(start: Callable[..., LocalHAProxy], keys: dict[str, str]) -> None:
+def test_jwt_enforcement(start: Callable[..., RunningHAProxy], keys: dict[str, str]) -> None:
     policy = _jwt_policy(keys)
     hx = start(policy, users=[(ALICE, []), (BOB, ADMINS), (CAROL, ADMINS)])
     alice = _bearer(_token(keys))
@@ -384,7 +308,7 @@ def test_jwt_enforcement(start: Callable[..., LocalHAProxy], keys: dict[str, str
     ],
 )
 def test_jwt_rejections_are_401(
-    start_shared: LocalHAProxy, keys: dict[str, str], case: str
+    start_shared: RunningHAProxy, keys: dict[str, str], case: str
 ) -> None:
     now = int(time.time())
     token: str | None
@@ -439,17 +363,17 @@ def test_jwt_rejections_are_401(
 
 
 @pytest.fixture
-def start_shared(start: Callable[..., LocalHAProxy], keys: dict[str, str]) -> LocalHAProxy:
+def start_shared(start: Callable[..., RunningHAProxy], keys: dict[str, str]) -> RunningHAProxy:
     return start(_jwt_policy(keys), users=[(ALICE, []), (BOB, ADMINS)])
 
 
-def test_leeway_accepts_recent_expiry(start_shared: LocalHAProxy, keys: dict[str, str]) -> None:
+def test_leeway_accepts_recent_expiry(start_shared: RunningHAProxy, keys: dict[str, str]) -> None:
     now = int(time.time())
     assert start_shared.get("/", _bearer(_token(keys, extra={"exp": now - 5})))[0] == 200
     assert start_shared.get("/", _bearer(_token(keys, extra={"nbf": now + 10})))[0] == 200
 
 
-def test_scopes(start_shared: LocalHAProxy, keys: dict[str, str]) -> None:
+def test_scopes(start_shared: RunningHAProxy, keys: dict[str, str]) -> None:
     hx = start_shared
     assert hx.get("/reports", _bearer(_token(keys)))[0] == 403
     assert hx.get("/reports", _bearer(_token(keys, scopes=["openid", "read:reports"])))[0] == 200
@@ -460,7 +384,7 @@ def test_scopes(start_shared: LocalHAProxy, keys: dict[str, str]) -> None:
 
 
 def test_sharded_layout(
-    start: Callable[..., LocalHAProxy], keys: dict[str, str], tmp_path: Path
+    start: Callable[..., RunningHAProxy], keys: dict[str, str], tmp_path: Path
 ) -> None:
     policy = _jwt_policy(keys)
     hx = start(policy, shards=16, users=[(ALICE, []), (BOB, ADMINS)])
@@ -474,7 +398,7 @@ def test_sharded_layout(
     hx.stop()
     (tmp_path / "maps" / wrong).write_text((tmp_path / "maps" / right).read_text())
     (tmp_path / "maps" / right).write_text("")
-    hx2 = LocalHAProxy(tmp_path / "haproxy.cfg", hx.port)
+    hx2 = launch(tmp_path / "haproxy.cfg", ports=[hx.port], stats_socket=tmp_path / "admin.sock")
     try:
         assert hx2.get("/", _bearer(_token(keys)))[0] == 403
     finally:
@@ -483,7 +407,7 @@ def test_sharded_layout(
 
 @pytest.mark.parametrize("shards", [1, 16])
 def test_overlay_entry_wins_over_the_shard(
-    start: Callable[..., LocalHAProxy], keys: dict[str, str], tmp_path: Path, shards: int
+    start: Callable[..., RunningHAProxy], keys: dict[str, str], tmp_path: Path, shards: int
 ) -> None:
     """The engine's fast path, as HAProxy sees it: an overlay entry overrides the shard's
     (a tombstone denies a user the shard still allows; a new value grants at once)."""
@@ -518,7 +442,7 @@ def _header_policy(trusted: str) -> Policy:
     return parse_policy(text, "h.yaml")
 
 
-def test_header_source(start: Callable[..., LocalHAProxy]) -> None:
+def test_header_source(start: Callable[..., RunningHAProxy]) -> None:
     hx = start(_header_policy("127.0.0.1/32"), users=[(ALICE, []), (BOB, ADMINS)])
     assert hx.get("/", [("X-Forwarded-Email", "alice@example.com")])[0] == 200
     assert hx.get("/admin", [("X-Forwarded-Email", "ALICE@example.com")])[0] == 403
@@ -533,7 +457,7 @@ def test_header_source(start: Callable[..., LocalHAProxy]) -> None:
     assert "www-authenticate" not in hx.get("/", [])[1]
 
 
-def test_header_from_untrusted_source_is_ignored(start: Callable[..., LocalHAProxy]) -> None:
+def test_header_from_untrusted_source_is_ignored(start: Callable[..., RunningHAProxy]) -> None:
     hx = start(_header_policy("10.9.9.9/32"), users=[(ALICE, []), (BOB, ADMINS)])
     assert hx.get("/admin", [("X-Forwarded-Email", "bob@example.com")])[0] == 401
 
@@ -573,7 +497,7 @@ def test_mtls_config_passes_haproxy_check(tmp_path: Path) -> None:
             f"  source: mtls\n  mtls: {{field: {field}, server_cert: server.pem, ca_file: ca.pem}}\n",
         )
         policy = parse_policy(text, "m.yaml", base_dir=str(tmp_path))
-        _write_maps(tmp_path / "maps", policy, 1, [])
+        write_maps(tmp_path / "maps", policy, 1, [])
         cfg = tmp_path / "m.cfg"
         cfg.write_text(
             render_config(

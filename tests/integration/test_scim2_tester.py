@@ -17,8 +17,6 @@ from scim2_tester import Status, check_server
 from scimgate.config import default_sqlite_url
 from tests.fixtures.server import ScimServer, start_server
 
-ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-
 # (check title, substring of its reason) -> why scimgate answers differently, with the RFC basis
 EXPECTED_FAILURES: dict[tuple[str, str], str] = {
     ("check_remove_attribute", "'active'"): (

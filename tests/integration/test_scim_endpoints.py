@@ -10,44 +10,21 @@ from typing import Any
 import httpx
 import pytest
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
-BULK_REQ = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-BULK_RESP = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def user_body(user_name: str, /, **extra: Any) -> dict[str, Any]:
-    return {"schemas": [USER], "userName": user_name, **extra}
-
-
-def create_user(
-    scim: httpx.Client, user_name: str | None = None, /, **extra: Any
-) -> dict[str, Any]:
-    r = scim.post("/Users", json=user_body(user_name or f"u-{tag()}@example.com", **extra))
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def create_group(
-    scim: httpx.Client, name: str | None = None, members: list[str] = ()
-) -> dict[str, Any]:
-    body = {
-        "schemas": [GROUP],
-        "displayName": name or f"g-{tag()}",
-        "members": [{"value": m} for m in members],
-    }
-    r = scim.post("/Groups", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()
+from tests.support.scim import (
+    BULK_REQUEST_SCHEMA as BULK_REQ,
+    BULK_RESPONSE_SCHEMA as BULK_RESP,
+    ENTERPRISE_SCHEMA as ENT,
+    ERROR_SCHEMA as ERROR,
+    GROUP_SCHEMA as GROUP,
+    LIST_SCHEMA as LIST,
+    PATCH_SCHEMA as PATCH,
+    SEARCH_SCHEMA as SEARCH,
+    USER_SCHEMA as USER,
+    new_group,
+    new_user,
+    tag,
+    user_body,
+)
 
 
 def assert_error(r: httpx.Response, status: int, scim_type: str | None = None) -> dict[str, Any]:
@@ -146,7 +123,7 @@ def test_user_read_only_input_ignored_and_password_dropped(scim: httpx.Client) -
 
 
 def test_group_crud(scim: httpx.Client) -> None:
-    a, b = create_user(scim), create_user(scim)
+    a, b = new_user(scim), new_user(scim)
     name = f"grp-{tag()}"
     r = scim.post(
         "/Groups",
@@ -203,7 +180,7 @@ def test_group_crud(scim: httpx.Client) -> None:
 
 
 def test_group_patch_with_attributes_returns_resource(scim: httpx.Client) -> None:
-    g = create_group(scim)
+    g = new_group(scim)
     r = scim.patch(
         f"/Groups/{g['id']}",
         params={"attributes": "displayName"},
@@ -236,8 +213,8 @@ def test_group_member_unknown_id_rejected(scim: httpx.Client) -> None:
 
 def test_search_users_groups_and_root(scim: httpx.Client) -> None:
     mark = tag()
-    u = create_user(scim, f"search-{mark}@example.com")
-    g = create_group(scim, f"search-{mark}")
+    u = new_user(scim, f"search-{mark}@example.com")
+    g = new_group(scim, f"search-{mark}")
     body = {
         "schemas": [SEARCH],
         "filter": f'userName sw "search-{mark}"',
@@ -340,7 +317,7 @@ def test_bulk_with_bulk_id_references(scim: httpx.Client) -> None:
 
 def test_bulk_fail_on_errors(scim: httpx.Client) -> None:
     mark = tag()
-    dup = create_user(scim, f"dup-{mark}")
+    dup = new_user(scim, f"dup-{mark}")
     ops = [
         {"method": "POST", "path": "/Users", "bulkId": "a", "data": user_body(dup["userName"])},
         {"method": "POST", "path": "/Users", "bulkId": "b", "data": {"schemas": [USER]}},
@@ -473,7 +450,7 @@ def test_announced_case_exact_matches_behaviour(scim: httpx.Client) -> None:
     attribute (members.value) does not."""
     user = {a["name"]: a for a in scim.get(f"/Schemas/{USER}").json()["attributes"]}
     mark = tag()
-    u = create_user(
+    u = new_user(
         scim,
         f"Case.{mark}@Example.com",
         displayName=f"Disp {mark}",
@@ -490,7 +467,7 @@ def test_announced_case_exact_matches_behaviour(scim: httpx.Client) -> None:
     group = {a["name"]: a for a in scim.get(f"/Schemas/{GROUP}").json()["attributes"]}
     msub = {s["name"]: s for s in group["members"]["subAttributes"]}
     assert msub["value"]["caseExact"] is True
-    g = create_group(scim, members=[u["id"]])
+    g = new_group(scim, members=[u["id"]])
     res = scim.get("/Groups", params={"filter": f'members.value eq "{u["id"].upper()}"'}).json()
     assert g["id"] not in [x["id"] for x in res["Resources"]]
     res = scim.get("/Groups", params={"filter": f'members.value eq "{u["id"]}"'}).json()

@@ -9,31 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.fixtures.server import ScimServer
-
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def new_user(scim: httpx.Client, **extra: Any) -> dict[str, Any]:
-    r = scim.post("/Users", json={"schemas": [USER], "userName": f"e-{tag()}", **extra})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def new_group(scim: httpx.Client) -> dict[str, Any]:
-    r = scim.post("/Groups", json={"displayName": f"eg-{tag()}"})
-    assert r.status_code == 201, r.text
-    return r.json()
+from tests.support.scim import (
+    ERROR_SCHEMA as ERROR,
+    PATCH_SCHEMA as PATCH,
+    new_group,
+    new_user,
+    tag,
+)
 
 
 def assert_error(r: httpx.Response, status: int, scim_type: str | None = None) -> dict[str, Any]:

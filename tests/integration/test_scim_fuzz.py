@@ -20,21 +20,22 @@ from urllib.parse import quote
 import httpx
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as hs
+from hypothesis import HealthCheck, given, settings, strategies as hs
 
 from scimgate.audit.log import current_state, iter_events, verify
 from scimgate.audit.replay import replay
 from scimgate.config import default_sqlite_url
 from scimgate.store import tables
 from tests.fixtures.server import ScimServer, start_server
+from tests.support.scim import (
+    BULK_REQUEST_SCHEMA as BULK,
+    ENTERPRISE_SCHEMA as ENTERPRISE,
+    ERROR_SCHEMA as ERROR,
+    PATCH_SCHEMA as PATCH,
+    SEARCH_SCHEMA as SEARCH,
+    USER_SCHEMA as USER,
+)
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
-BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 SCIM_TYPES = {
     "invalidFilter", "tooMany", "uniqueness", "mutability", "invalidSyntax", "invalidPath",
     "noTarget", "invalidValue", "invalidVers", "sensitive",

@@ -11,7 +11,6 @@ surrogate can only be sent as its UTF-8-style bytes (``ED A0 80``).
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,19 +21,17 @@ import sqlalchemy as sa
 from scimgate.audit.log import verify
 from scimgate.store import tables
 from tests.fixtures.server import ScimServer
+from tests.support.scim import (
+    BULK_REQUEST_SCHEMA as BULK,
+    ENTERPRISE_SCHEMA as ENTERPRISE,
+    ERROR_SCHEMA as ERROR,
+    PATCH_SCHEMA as PATCH,
+    SEARCH_SCHEMA as SEARCH,
+    USER_SCHEMA as USER,
+    tag,
+)
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
-BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 LONE = "\ud800"  # a lone high surrogate; json.dumps writes it as the escape \ud800
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
 
 
 def send(scim: httpx.Client, method: str, path: str, body: Any, **kw: Any) -> httpx.Response:

@@ -4,8 +4,6 @@ token rotation/revocation/expiry through the CLI, and the audit actor of every w
 from __future__ import annotations
 
 import time
-import uuid
-from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -13,20 +11,13 @@ from click.testing import CliRunner
 
 from scimgate.cli import main
 from tests.fixtures.server import ScimServer
-
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def new_user(scim: httpx.Client, **extra: Any) -> dict[str, Any]:
-    r = scim.post("/Users", json={"schemas": [USER], "userName": f"l-{tag()}", **extra})
-    assert r.status_code == 201, r.text
-    return r.json()
+from tests.support.scim import (
+    ERROR_SCHEMA as ERROR,
+    PATCH_SCHEMA as PATCH,
+    USER_SCHEMA as USER,
+    new_user,
+    tag,
+)
 
 
 def test_deactivated_user_stays_readable(scim: httpx.Client) -> None:

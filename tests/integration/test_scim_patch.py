@@ -7,32 +7,14 @@ from typing import Any
 
 import httpx
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def new_user(scim: httpx.Client, **extra: Any) -> dict[str, Any]:
-    r = scim.post("/Users", json={"schemas": [USER], "userName": f"p-{tag()}", **extra})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def new_group(scim: httpx.Client, members: list[str] = ()) -> dict[str, Any]:
-    r = scim.post(
-        "/Groups", json={"displayName": f"pg-{tag()}", "members": [{"value": m} for m in members]}
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def patch(scim: httpx.Client, path: str, *ops: dict[str, Any]) -> httpx.Response:
-    return scim.patch(path, json={"schemas": [PATCH], "Operations": list(ops)})
+from tests.support.scim import (
+    ENTERPRISE_SCHEMA as ENT,
+    ERROR_SCHEMA as ERROR,
+    USER_SCHEMA as USER,
+    new_group,
+    new_user,
+    patch,
+)
 
 
 def ok(scim: httpx.Client, uid: str, *ops: dict[str, Any]) -> dict[str, Any]:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import httpx
 import pytest
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
+from tests.support.scim import (
+    ENTERPRISE_SCHEMA as ENT,
+    ERROR_SCHEMA as ERROR,
+    GROUP_SCHEMA as GROUP,
+    USER_SCHEMA as USER,
+    tag,
+)
 
 
 def post(scim: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -27,8 +27,7 @@ from scimgate.policy.compiler import OVERLAY_MAP_NAME, OVERLAY_TOMBSTONE, map_fi
 from scimgate.store import migrate, tables
 from scimgate.store.db import Database, now_iso
 from scimgate.store.outbox import MapChange, desired_entries
-from scimgate.sync import SyncEngine, choose_shards, status_from_db
-from scimgate.sync import overlay as overlay_mod
+from scimgate.sync import SyncEngine, choose_shards, overlay as overlay_mod, status_from_db
 from scimgate.sync.drainer import Drainer
 from scimgate.sync.layout import MapLayout
 from tests.fixtures.haproxy import RUNTIME_GLOBAL, RunningHAProxy

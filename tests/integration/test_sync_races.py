@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from scimgate.haproxy.connection import CliConnection, Request
-from scimgate.sync import ResyncReason
-from scimgate.sync import follower as follower_mod
+from scimgate.sync import ResyncReason, follower as follower_mod
 from tests.fixtures.haproxy import RunningHAProxy
 from tests.integration.test_sync_engine import (
     audit_events,

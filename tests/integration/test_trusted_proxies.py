@@ -13,9 +13,9 @@ from scimgate.audit.log import iter_events
 from scimgate.config import default_sqlite_url
 from scimgate.store.db import Database
 from tests.fixtures.server import ScimServer, start_server
+from tests.support.scim import USER_SCHEMA
 
 PROXY = "127.0.0.2"  # the one trusted proxy; the tests' own 127.0.0.1 is not trusted
-USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 
 
 @pytest.fixture(scope="module")

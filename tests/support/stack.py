@@ -1,9 +1,7 @@
-"""Shared helpers for the fault / hostile-input / readiness e2e tests (real processes only).
-
-Built on :mod:`tests.e2e.test_up` (``start_up``, :class:`UpStack`): read the live maps of a
-target over the Runtime API, the desired state from the instance's database, kill and
-restart the instance's HAProxy by PID, and wait (bounded) for convergence.
-"""
+"""What the e2e tests check on a running `scimgate up` (``tests.support.up``): the live maps
+of a target read over the Runtime API, the desired state from the instance's database, the
+map files, the HAProxy processes of the instance (killed by PID), and bounded waits for
+convergence. Real processes only."""
 
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,12 +19,11 @@ import yaml
 
 from scimgate.haproxy import HAProxyRuntimeError, RuntimeAddress, RuntimeClient, master_command
 from scimgate.haproxy.master import parse_show_proc
-from scimgate.haproxy.process import HAProxyProcess
 from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
 from scimgate.store import outbox
 from scimgate.store.db import Database
 from scimgate.sync.layout import MapLayout
-from tests.e2e.test_up import PATCH_SCHEMA, USER_SCHEMA, UpStack, pid_alive
+from tests.support.up import UpStack, pid_alive
 
 KEY_RE = re.compile(r"^[0-9A-F]{64}$")
 VALUE_RE = re.compile(r"^,(?:[a-z0-9_-]+,)*$")
@@ -174,46 +171,8 @@ def kill_haproxy(master_api: str) -> list[int]:
     return pids
 
 
-def haproxy_for(up: UpStack, directory: Path | None = None) -> HAProxyProcess:
-    """An HAProxyProcess with the same command line `up` uses (same config, sockets, pid
-    file, log) for the instance's haproxy/ dir (or another one, e.g. haproxy2/)."""
-    base = directory or Path(up.info["haproxy_config"]).parent
-    return HAProxyProcess(
-        base / "haproxy.cfg",
-        base / "master.sock",
-        pid_file=base / "haproxy.pid",
-        log_path=base / "haproxy.log",
-        stats_socket=f"unix:{base / 'admin.sock'}",
-    )
-
-
-@contextlib.contextmanager
-def started(proc: HAProxyProcess) -> Iterator[HAProxyProcess]:
-    """Start an HAProxy we own; stop it by PID at the end, whatever happens."""
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
 # ---------------------------------------------------------------------------------------------
-# SCIM and HTTP
-
-
-def create_user(scim: httpx.Client, user_name: str, active: bool = True) -> httpx.Response:
-    return scim.post("/Users", json={
-        "schemas": [USER_SCHEMA], "userName": user_name, "active": active,
-        "emails": [{"value": user_name, "primary": True}],
-    })  # fmt: skip
-
-
-def patch(scim: httpx.Client, path: str, *ops: dict[str, Any]) -> httpx.Response:
-    return scim.patch(path, json={"schemas": [PATCH_SCHEMA], "Operations": list(ops)})
-
-
-def set_active(scim: httpx.Client, user_id: str, active: bool) -> httpx.Response:
-    return patch(scim, f"/Users/{user_id}", {"op": "replace", "path": "active", "value": active})
+# HTTP through HAProxy
 
 
 def access(web: httpx.Client, token: str, path: str = "/") -> int:

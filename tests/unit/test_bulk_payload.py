@@ -19,8 +19,7 @@ from scimgate.haproxy.payload import (
 from scimgate.haproxy.words import Word
 
 # The identities maps' allow-lists (policy's grammar), as the sync engine hands them in.
-from scimgate.sync.apply import ENTRY_VALIDATOR as DEFAULT_VALIDATOR
-from scimgate.sync.apply import bucket_lines
+from scimgate.sync.apply import ENTRY_VALIDATOR as DEFAULT_VALIDATOR, bucket_lines
 
 
 def key(i: int | str) -> str:

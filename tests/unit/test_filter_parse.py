@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from scimgate.scim.errors import InvalidFilter, InvalidPath
 from scimgate.scim.filter import (
@@ -23,9 +22,7 @@ from scimgate.scim.filter import (
 )
 from scimgate.scim.filter_match import matches
 from scimgate.scim.schema import GROUP, USER, Attribute
-
-ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
+from tests.support.scim import ENTERPRISE_SCHEMA as ENT, USER_SCHEMA as CORE
 
 
 def C(path: str, op: str, value: object) -> Compare:

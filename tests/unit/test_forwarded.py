@@ -7,8 +7,7 @@ import asyncio
 import ipaddress
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from scimgate.api.forwarded import (
     TrustedProxies,

@@ -26,6 +26,7 @@ from scimgate.policy import (
     shard_of,
 )
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
+from tests.support.scim import ENTERPRISE_SCHEMA as ENT
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 SECRET_B64 = base64.b64encode(SECRET).decode()
@@ -293,7 +294,6 @@ def test_hostile_servers(server: str) -> None:
 # --- compiling entries ---------------------------------------------------------------------
 
 POLICY = parse_policy(BASE, "p.yaml")
-ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 
 def test_identity_values_attributes() -> None:

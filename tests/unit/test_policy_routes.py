@@ -8,8 +8,7 @@ import re
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as hs
+from hypothesis import given, settings, strategies as hs
 
 from scimgate.policy import PolicyError, parse_policy
 from scimgate.policy.render_routes import AMBIGUOUS_PATH_REGEX
