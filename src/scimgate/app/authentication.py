@@ -15,10 +15,9 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.engine import Connection
-
 from scimgate.app import tokens
 from scimgate.audit import log as audit
+from scimgate.store import tokens as stored
 from scimgate.store.db import Database
 
 T = TypeVar("T")
@@ -56,7 +55,7 @@ class Authenticator:
         with self.db.inline():
             yield
 
-    def verdict(self, secret: str) -> tokens.Verdict:
+    def verdict(self, secret: str) -> stored.Verdict:
         """The full check: the token row read in a transaction of its own (and cached); a
         valid token's last use is recorded (at most once per LAST_USED_GRANULARITY)."""
         with self.db.read() as conn:
@@ -75,11 +74,9 @@ class Authenticator:
         if verdict is None or verdict.reason != "ok" or tokens.touch_due(verdict.last_used):
             return None
         assert verdict.name is not None
-
-        def check(conn: Connection) -> None:
-            if self.cache.authenticate(conn, secret).reason != "ok":
-                raise tokens.TokenChanged
-
+        # The store runs its own check (no callback into this room) as the first statement
+        # of the first transaction the work opens; the row it read refreshes the cache.
+        check = stored.require_valid(tokens.hash_secret(secret))
         try:
             with self.db.checked(check) as checked:
                 try:
@@ -90,8 +87,10 @@ class Authenticator:
                         # one): check in one of its own, before any answer leaves.
                         with self.db.read():
                             pass
-        except tokens.TokenChanged:
+        except stored.TokenNoLongerValid:
             return None
+        finally:
+            self.cache.remember(check.digest, check.row)
 
     def recently_valid(self, secret: str) -> bool:
         """The token's cached row (at most TokenCache.ttl old) says it is valid."""

@@ -21,8 +21,7 @@ from scimgate.audit import log as audit
 from scimgate.policy.compiler import entries_for_user
 from scimgate.policy.model import Policy
 from scimgate.scim.render import user_resource
-from scimgate.store import outbox
-from scimgate.store import resources as rs
+from scimgate.store import outbox, resources as rs
 from scimgate.store.db import Database
 
 # (user resource, the user's IdP groups) -> {identity_key: value}; {} for an inactive user.

@@ -26,8 +26,7 @@ from scimgate.scim.render import group_resource, user_resource
 from scimgate.scim.resource import normalise
 from scimgate.scim.schema import GROUP_TYPE, RESOURCE_TYPES, USER_TYPE, ResourceType
 from scimgate.scim.text import char_problem
-from scimgate.store import outbox
-from scimgate.store import resources as rs
+from scimgate.store import outbox, resources as rs
 from scimgate.store.db import Database
 from scimgate.store.filter_sql import compile_filter, user_name_equality
 from scimgate.store.sort_sql import order_by

@@ -12,7 +12,6 @@ Does not: SQL (``store.tokens``), or HTTP (the API takes the secret from the hea
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 import threading
@@ -26,7 +25,7 @@ from sqlalchemy.engine import Connection
 from scimgate.audit import log as audit
 from scimgate.store import tokens as stored
 from scimgate.store.db import Database, now_iso
-from scimgate.store.tokens import TokenRow
+from scimgate.store.tokens import TokenRow, Verdict as Verdict, judge  # Verdict: part of this API
 
 PREFIX = "sgt_"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -37,10 +36,6 @@ LAST_USED_GRANULARITY = timedelta(seconds=60)
 
 class TokenError(Exception):
     pass
-
-
-class TokenChanged(Exception):
-    """A cached token row no longer holds (revoked, expired, rotated away)."""
 
 
 def parse_duration(text: str) -> timedelta:
@@ -136,36 +131,12 @@ def list_tokens(db: Database) -> list[TokenInfo]:
     ]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    name: str | None
-    reason: str  # "ok", "missing", "unknown", "expired", "revoked"
-    last_used: str | None = None
-
-
-def _judge(row: TokenRow | None, digest: str, now: str) -> Verdict:
-    """The verdict on a token row for a presented secret's hash, at ``now``."""
-    if row is None:
-        return Verdict(None, "unknown")
-    if row.revoked:
-        return Verdict(row.name, "revoked")
-    if hmac.compare_digest(row.secret_hash, digest):
-        if row.expires and row.expires <= now:
-            return Verdict(row.name, "expired")
-        return Verdict(row.name, "ok", row.last_used)
-    if row.previous_hash and hmac.compare_digest(row.previous_hash, digest):
-        if row.previous_expires and row.previous_expires > now:
-            return Verdict(row.name, "ok", row.last_used)
-        return Verdict(row.name, "expired")
-    return Verdict(None, "unknown")
-
-
 def authenticate(conn: Connection, secret: str | None) -> Verdict:
     """Check a bearer secret against current and (during rotation) previous hashes."""
     if not secret:
         return Verdict(None, "missing")
     digest = hash_secret(secret)
-    return _judge(stored.find_by_hash(conn, digest), digest, now_iso())
+    return judge(stored.find_by_hash(conn, digest), digest, now_iso())
 
 
 class TokenCache:
@@ -193,7 +164,7 @@ class TokenCache:
         hit = self._rows.get(digest)
         if hit is None or self.clock() - hit[0] >= self.ttl:
             return None
-        return _judge(hit[1], digest, now_iso())
+        return judge(hit[1], digest, now_iso())
 
     def recognises(self, secret: str | None) -> bool:
         """Whether ``secret`` matched a valid token row when it was last read, however long
@@ -203,7 +174,7 @@ class TokenCache:
             return False
         digest = hash_secret(secret)
         hit = self._rows.get(digest)
-        return hit is not None and _judge(hit[1], digest, now_iso()).reason == "ok"
+        return hit is not None and judge(hit[1], digest, now_iso()).reason == "ok"
 
     def authenticate(self, conn: Connection, secret: str | None) -> Verdict:
         """Read the row (cache miss) and remember it."""
@@ -211,12 +182,18 @@ class TokenCache:
             return Verdict(None, "missing")
         digest = hash_secret(secret)
         row = stored.find_by_hash(conn, digest)
-        if row is not None:
-            with self._lock:
-                if len(self._rows) > 1024:  # a handful of IdP tokens in practice
-                    self._rows.clear()
-                self._rows[digest] = (self.clock(), row)
-        return _judge(row, digest, now_iso())
+        self.remember(digest, row)
+        return judge(row, digest, now_iso())
+
+    def remember(self, digest: str, row: TokenRow | None) -> None:
+        """Keep ``row``, just read for the secret hashing to ``digest`` (nothing for an
+        unknown secret)."""
+        if row is None:
+            return
+        with self._lock:
+            if len(self._rows) > 1024:  # a handful of IdP tokens in practice
+                self._rows.clear()
+            self._rows[digest] = (self.clock(), row)
 
     def touched(self, name: str, last_used: str) -> None:
         """``touch`` wrote last_used: cached rows must not make it write again."""

@@ -9,8 +9,13 @@ from typing import cast
 
 import click
 
-from scimgate.cli.options import config_option, dir_option, policy_file_of, policy_or_exit
-from scimgate.cli.options import settings_of as _settings
+from scimgate.cli.options import (
+    config_option,
+    dir_option,
+    policy_file_of,
+    policy_or_exit,
+    settings_of,
+)
 
 
 @click.group("haproxy")
@@ -75,7 +80,7 @@ def haproxy_render(
     from scimgate.instance.layout import DemoError
     from scimgate.policy.render import RenderError
 
-    settings = _settings(directory, config)
+    settings = settings_of(directory, config)
     policy = policy_or_exit(policy_file_of(settings))
     try:
         shards = choose_map_shards(settings)

@@ -21,8 +21,7 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
     Example:
       scimgate serve --dir ./demo --port 8000
     """
-    from scimgate.instance.serve import SERVE_ERRORS
-    from scimgate.instance.serve import serve as serve_instance
+    from scimgate.instance.serve import SERVE_ERRORS, serve as serve_instance
 
     settings = settings_of(directory, config)
     try:

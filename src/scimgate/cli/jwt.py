@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
-from scimgate.cli.options import config_option, dir_option, policy_file_of, policy_or_exit
-from scimgate.cli.options import settings_of as _settings
+from scimgate.cli.options import (
+    config_option,
+    dir_option,
+    policy_file_of,
+    policy_or_exit,
+    settings_of,
+)
 
 
 @click.group("jwt")
@@ -48,7 +53,7 @@ def jwt_mint(
     """
     from scimgate.instance.demo_jwt import DemoJwtError, mint_demo_jwt
 
-    settings = _settings(directory, config)
+    settings = settings_of(directory, config)
     policy = policy_or_exit(policy_file_of(settings))
     try:
         jwt = mint_demo_jwt(

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
-from scimgate.cli.options import config_option, dir_option, policy_file_of, report_problems
-from scimgate.cli.options import settings_of as _settings
+from scimgate.cli.options import (
+    config_option,
+    dir_option,
+    policy_file_of,
+    report_problems,
+    settings_of,
+)
 
 
 @click.group("policy")
@@ -33,7 +38,7 @@ def policy_check(file: str | None, directory: str | None, config: str | None) ->
     """
     from scimgate.app.policy_check import check_policy
 
-    path = Path(file) if file else policy_file_of(_settings(directory, config))
+    path = Path(file) if file else policy_file_of(settings_of(directory, config))
     result = check_policy(path)
     if not result.ok:
         report_problems(path, result.problems)

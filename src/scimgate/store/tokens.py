@@ -1,12 +1,15 @@
-"""SQL for SCIM bearer tokens: rows of ``api_tokens``, looked up by the hash of a secret.
+"""SCIM bearer tokens as stored: rows of ``api_tokens``, looked up by the hash of a secret.
 
 Does: insert (or re-issue a revoked name), rotate, revoke, list, look up by hash, record
-last use, read expiries.
-Does not: hash secrets, judge a presented secret, or audit (``app.tokens``).
+last use, read expiries; judge a row for a secret's hash at a time (valid, expired,
+revoked, unknown: the row's own columns decide), also as the first statement of another
+transaction (``require_valid``).
+Does not: make or hash secrets, cache rows, or audit (``app.tokens``).
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,56 @@ def find_by_hash(conn: Connection, digest: str) -> TokenRow | None:
     the hot path of every request (one indexed statement on the DBAPI connection)."""
     r = _TOKEN_BY_HASH.run(conn, (digest, digest)).fetchone()
     return TokenRow(*r) if r is not None else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str | None
+    reason: str  # "ok", "missing", "unknown", "expired", "revoked"
+    last_used: str | None = None
+
+
+def judge(row: TokenRow | None, digest: str, now: str) -> Verdict:
+    """The verdict on a token row for a presented secret's hash, at ``now``: the current
+    secret until ``expires``, the previous one (a rotation's overlap) until
+    ``previous_expires``; compared in constant time."""
+    if row is None:
+        return Verdict(None, "unknown")
+    if row.revoked:
+        return Verdict(row.name, "revoked")
+    if hmac.compare_digest(row.secret_hash, digest):
+        if row.expires and row.expires <= now:
+            return Verdict(row.name, "expired")
+        return Verdict(row.name, "ok", row.last_used)
+    if row.previous_hash and hmac.compare_digest(row.previous_hash, digest):
+        if row.previous_expires and row.previous_expires > now:
+            return Verdict(row.name, "ok", row.last_used)
+        return Verdict(row.name, "expired")
+    return Verdict(None, "unknown")
+
+
+class TokenNoLongerValid(Exception):
+    """``require_valid``: the token row changed (revoked, expired, rotated away)."""
+
+
+class TokenCheck:
+    """A check for ``Database.checked``: the token whose secret hashes to ``digest`` is
+    still valid, read in the transaction it runs in (atomic with the work it guards); else
+    ``TokenNoLongerValid`` and the transaction rolls back. Once it ran, ``row`` is the row
+    it read (for a cache to keep)."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        self.row: TokenRow | None = None
+
+    def __call__(self, conn: Connection) -> None:
+        self.row = find_by_hash(conn, self.digest)
+        if judge(self.row, self.digest, now_iso()).reason != "ok":
+            raise TokenNoLongerValid
+
+
+def require_valid(digest: str) -> TokenCheck:
+    return TokenCheck(digest)
 
 
 def issue(conn: Connection, name: str, secret_hash: str, created: str, expires: str | None) -> bool:
