@@ -35,8 +35,10 @@ from typing import Any
 import yaml
 
 from scimgate.config import CONFIG_NAME, ScimFront, Settings, TargetConfig, relative_path
-from scimgate.instance.democert import demo_certificate, demo_certificate_current
-from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
+
+# The demo key, certificate and policy makers (``instance.democert``, ``policy.jwtmint``) are
+# imported where a file is missing: they load `cryptography` and PyJWT (~8 MB resident),
+# which a serving instance, that only reads its secret here, never needs.
 
 TARGET_NAME = "local"
 
@@ -158,6 +160,8 @@ def ensure_demo_keys(layout: Layout) -> None:
     """The demo RSA key pair; generated once, reused afterwards."""
     if layout.private_key.exists() and layout.public_key.exists():
         return
+    from scimgate.policy.jwtmint import generate_rsa_keypair
+
     layout.keys.mkdir(parents=True, exist_ok=True)
     layout.keys.chmod(0o700)
     private_pem, public_pem = generate_rsa_keypair()
@@ -170,6 +174,8 @@ def ensure_demo_certificate(layout: Layout, host: str) -> None:
     with its key (0600) and the CA a client verifies with, DIR/tls/ca.pem. Made again when
     missing, expiring within 30 days or not naming ``host``. Production:
     scim_front.certificate."""
+    from scimgate.instance.democert import demo_certificate, demo_certificate_current
+
     if (
         layout.scim_ca.exists()
         and layout.scim_certificate.exists()
@@ -189,6 +195,8 @@ def policy_path(settings: Settings) -> Path:
 
 def ensure_demo_policy(settings: Settings) -> Path:
     """Write the demo policy if the instance has none yet; return the policy path."""
+    from scimgate.policy.jwtmint import demo_policy_yaml
+
     path = policy_path(settings)
     if not path.exists():
         if settings.policy_file is not None:
