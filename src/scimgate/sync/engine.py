@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import scimgate.sync.state as state
+import scimgate.sync.status as status
 from scimgate.config import Settings
 from scimgate.haproxy.process import HAProxyNotFound, binary_version
 from scimgate.metrics import Metrics
 from scimgate.store.db import Database
 from scimgate.store.outbox import MapChange, head_seq
-from scimgate.sync import state, status
 from scimgate.sync.follower import TargetFollower
 from scimgate.sync.housekeeping import Housekeeper
 from scimgate.sync.layout import MapLayout, choose_shards

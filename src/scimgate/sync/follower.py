@@ -25,12 +25,12 @@ from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
+import scimgate.sync.state as state
 from scimgate.config import Settings, TargetConfig
 from scimgate.haproxy import HAProxyRuntimeError, RuntimeClient, parse_version
 from scimgate.metrics import Metrics
 from scimgate.store.db import Database, now_iso
 from scimgate.store.outbox import MapChange, TimedChange, head_seq, read_changes
-from scimgate.sync import state
 from scimgate.sync.apply import (
     ENTRY_VALIDATOR,
     BatchResult,

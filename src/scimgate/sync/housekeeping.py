@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import threading
 
+import scimgate.sync.state as state
+import scimgate.sync.status as status
 from scimgate.config import Settings
 from scimgate.metrics import Metrics
 from scimgate.store.db import Database
 from scimgate.store.outbox import head_seq
-from scimgate.sync import state, status
 from scimgate.sync.mapfiles import MapFiles
 from scimgate.sync.waiters import Waiters
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import scimgate.sync.state as state
 from scimgate.haproxy import (
     PayloadBody,
     PendingBodies,
@@ -21,7 +22,6 @@ from scimgate.haproxy import (
 )
 from scimgate.metrics import Metrics
 from scimgate.store.db import Database, now_iso
-from scimgate.sync import state
 from scimgate.sync.apply import DriftCounts, compare_live, replace_all, valid_entries
 from scimgate.sync.layout import MapLayout
 from scimgate.sync.mapfiles import MapFileWriter
