@@ -64,7 +64,7 @@ DRAIN_WAKE_KEYS = 64
 #: Handed-over changes kept for the next batch (beyond: read from the change log).
 INBOX_MAX = BATCH
 #: Longest a batch waits for the commits of writes under way (group commit, see _gather).
-GROUP_WAIT = 0.003
+GROUP_WAIT = 0.005
 
 
 class EngineView(Protocol):
