@@ -34,7 +34,7 @@ venv: $(STAMP)
 
 ## Run the main job: SCIM endpoint + HAProxy enforcing the demo policy (SQLite).
 demo: system-deps venv
-	$(BIN)/python -m scimgate.demo_session --dir $(DEMO_DIR)
+	$(BIN)/python -m scimgate.instance.demo_session --dir $(DEMO_DIR)
 
 ## Set everything up and run the whole test suite (SQLite and PostgreSQL).
 test: system-deps venv

@@ -104,8 +104,7 @@ def header_policy(keys: Keys) -> Any:
 
 
 def make_keys(base: Path) -> Keys:
-    from scimgate.demo import Layout, ensure_demo_keys
-    from scimgate.enforcement import load_or_create_secret
+    from scimgate.instance.layout import Layout, ensure_demo_keys, load_or_create_secret
     from scimgate.policy.jwtmint import demo_policy_yaml
     from scimgate.policy.model import load_policy
 
@@ -185,8 +184,8 @@ def start_proxy(
     policy: Any = None,
 ) -> Proxy:
     """Render the product config for keys.policy into d, write the map files, start HAProxy."""
-    from scimgate.demo import write_map_files
     from scimgate.haproxy.process import HAProxyProcess
+    from scimgate.instance.haproxy_config import write_map_files
     from scimgate.policy.render import render_config
 
     d.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 
-from tests.e2e import _stack as st
 from tests.e2e.test_up import GROUP_SCHEMA, UpStack, start_up
+from tests.support import stack as st
 from tests.support.rawhttp import send
 
 pytestmark = pytest.mark.haproxy

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from scimgate.haproxy.process import HAProxyProcess
-from tests.e2e import _stack as st
 from tests.e2e.test_up import GROUP_SCHEMA, UpStack, free_port, pid_alive, start_up
+from tests.support import stack as st
 
 pytestmark = pytest.mark.haproxy
 

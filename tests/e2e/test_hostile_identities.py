@@ -22,8 +22,8 @@ from hypothesis import strategies as hs
 
 from scimgate.haproxy import RuntimeClient
 from scimgate.policy.compiler import identity_key, is_usable_identity, normalise_identity
-from tests.e2e import _stack as st
 from tests.e2e.test_up import GROUP_SCHEMA, UpStack, start_up
+from tests.support import stack as st
 
 pytestmark = pytest.mark.haproxy
 

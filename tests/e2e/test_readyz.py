@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import _stack as st
 from tests.e2e.test_up import UpStack, scimgate, start_up
+from tests.support import stack as st
 
 pytestmark = pytest.mark.haproxy
 

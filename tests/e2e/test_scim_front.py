@@ -27,8 +27,8 @@ import pytest
 
 from scimgate.audit.log import iter_events
 from scimgate.store.db import Database
-from tests.e2e._stack import write_config
 from tests.e2e.test_up import PATCH_SCHEMA, USER_SCHEMA, UpStack, scimgate, start_up
+from tests.support.stack import write_config
 
 pytestmark = pytest.mark.haproxy
 

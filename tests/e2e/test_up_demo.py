@@ -1,4 +1,4 @@
-"""`make demo` (python -m scimgate.demo_session): its self-check passes, the curl session it
+"""`make demo` (python -m scimgate.instance.demo_session): its self-check passes, the curl session it
 prints works when pasted into bash, and Ctrl-C stops everything."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scimgate.demo_session", "--dir", "demo",
+        [sys.executable, "-m", "scimgate.instance.demo_session", "--dir", "demo",
          "--port", str(free_port()), "--haproxy-port", str(free_port()),
          "--scim-tls-port", str(free_port())],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

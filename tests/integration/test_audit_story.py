@@ -307,11 +307,11 @@ def test_no_policy_no_map_changes(scim_server: ScimServer) -> None:
 def test_enforcement_times_from_sync_batches_and_resyncs(tmp_path: Path) -> None:
     """What the sync engine records (its own record_applied / record_resync, on a real SQLite
     store) is what `audit user` reports as enforced, per target; the rest is unconfirmed."""
+    from scimgate.app.enforcement import PolicyEnforcement
+    from scimgate.app.service import ScimService
     from scimgate.audit.log import Actor
     from scimgate.audit.story import user_story
-    from scimgate.enforcement import PolicyEnforcement
     from scimgate.policy.model import load_policy
-    from scimgate.service import ScimService
     from scimgate.store import migrate
     from scimgate.store.db import Database
     from scimgate.sync.state import record_applied, record_resync

@@ -16,9 +16,9 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 
-from scimgate.demo import prepare_haproxy
 from scimgate.haproxy.process import check_config
-from scimgate.stack import ensure_config
+from scimgate.instance.local_haproxy import prepare_haproxy
+from scimgate.instance.up import ensure_config
 
 pytestmark = pytest.mark.haproxy
 

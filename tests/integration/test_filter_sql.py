@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, insert, select
 
 from scimgate.scim.errors import InvalidFilter, InvalidValue
-from scimgate.scim.filter import matches, parse_filter
+from scimgate.scim.filter import parse_filter
+from scimgate.scim.filter_match import matches
 from scimgate.scim.schema import (
     COMMON_ATTRIBUTES,
     ENTERPRISE_USER_SCHEMA,
@@ -24,7 +25,8 @@ from scimgate.scim.schema import (
     Attribute,
 )
 from scimgate.store import tables
-from scimgate.store.filter_sql import compile_filter, order_by, sort_key
+from scimgate.store.filter_sql import compile_filter
+from scimgate.store.sort_sql import order_by, sort_key
 
 ENT = ENTERPRISE_USER_SCHEMA
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"

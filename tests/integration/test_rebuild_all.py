@@ -1,4 +1,4 @@
-"""``outbox.rebuild_all`` (set-wise) gives exactly what the per-user computation gives:
+"""``rebuild_all`` (set-wise) gives exactly what the per-user computation gives:
 the same map_entries and the same change log, order included, on SQLite and PostgreSQL.
 
 The fixture mixes what the per-user rules care about: active and inactive users (``active``
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from scimgate.enforcement import PolicyEnforcement
+from scimgate.app.enforcement import PolicyEnforcement, rebuild_all, refresh_users
 from scimgate.policy.jwtmint import demo_policy_yaml
 from scimgate.policy.model import load_policy
-from scimgate.store import migrate, outbox, resources, tables
+from scimgate.store import migrate, resources, tables
 from scimgate.store.db import Database, now_iso
 
 U, E, C, G, M = tables.users, tables.map_entries, tables.change_log, tables.groups, tables.members
@@ -38,8 +38,8 @@ def per_user_rebuild(conn: sa.Connection, entries_fn: Any, batch: int = 7) -> li
     )
     out: list[Any] = []
     for i in range(0, len(user_ids), batch):
-        out.extend(outbox.refresh_users(conn, user_ids[i : i + batch], entries_fn))
-    out.extend(outbox.refresh_users(conn, stale, entries_fn))
+        out.extend(refresh_users(conn, user_ids[i : i + batch], entries_fn))
+    out.extend(refresh_users(conn, stale, entries_fn))
     return out
 
 
@@ -136,7 +136,7 @@ def test_bulk_rebuild_equals_per_user(
         with reference.write() as conn:
             want = per_user_rebuild(conn, enforcement.entries)
         with bulk.write() as conn:
-            got = outbox.rebuild_all(conn, enforcement.entries, batch=5)
+            got = rebuild_all(conn, enforcement.entries, batch=5)
         strip = [(c.identity_key, c.value, c.user_id, c.deprovision) for c in want]
         assert [(c.identity_key, c.value, c.user_id, c.deprovision) for c in got] == strip
         # The fixture exercises every kind of change.
@@ -147,7 +147,7 @@ def test_bulk_rebuild_equals_per_user(
         assert _state(bulk) == _state(reference)
         # And a second run changes nothing, either way.
         with bulk.write() as conn:
-            assert outbox.rebuild_all(conn, enforcement.entries) == []
+            assert rebuild_all(conn, enforcement.entries) == []
         with reference.write() as conn:
             assert per_user_rebuild(conn, enforcement.entries) == []
     finally:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from scimgate import tokens
+from scimgate.app import tokens
 from scimgate.store import migrate
 from scimgate.store.db import Database
 

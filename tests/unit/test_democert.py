@@ -8,8 +8,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from scimgate.demo import Layout, ensure_demo_certificate
-from scimgate.policy.democert import demo_certificate, demo_certificate_current
+from scimgate.instance.democert import demo_certificate, demo_certificate_current
+from scimgate.instance.layout import Layout, ensure_demo_certificate
 
 
 def test_certificate_is_issued_by_the_ca_and_names_the_host() -> None:

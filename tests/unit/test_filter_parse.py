@@ -17,11 +17,11 @@ from scimgate.scim.filter import (
     PatchPath,
     Present,
     ValuePath,
-    matches,
     normalize_datetime,
     parse_filter,
     parse_path,
 )
+from scimgate.scim.filter_match import matches
 from scimgate.scim.schema import GROUP, USER, Attribute
 
 ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"

@@ -5,8 +5,9 @@ Does: decide, before any token check, whether a request from an address over its
 answered 429 at once; turn a failed authentication into a record (and into a 429 once over
 the limit); write each closed window's aggregates as audit events off the event loop (a task
 on the loop, the write in the API's executor), and whatever is pending on shutdown.
-Does not: authenticate (``scimgate.tokens``), decide the client address (``Api._actor``), or
-ever write to the database while a request waits: an unauthenticated request never writes.
+Does not: authenticate or write the audit events itself (``app.authentication``), decide the
+client address (``Api._actor``), or ever write to the database while a request waits: an
+unauthenticated request never writes.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
 
-from scimgate import tokens
 from scimgate.api.auth_guard import AuthGuard, FailureAggregate
-from scimgate.audit import log as audit
+from scimgate.app import tokens
+from scimgate.app.authentication import Authenticator
 from scimgate.metrics import Metrics
 from scimgate.scim import errors
 
@@ -60,15 +60,13 @@ class FailedAuthentication:
     def __init__(
         self,
         guard: AuthGuard,
-        db: Any,
+        authenticator: Authenticator,
         metrics: Metrics,
-        token_cache: tokens.TokenCache,
         executor: Executor,
     ) -> None:
         self.guard = guard
-        self.db = db
+        self.authenticator = authenticator
         self.metrics = metrics
-        self.token_cache = token_cache
         self.executor = executor
         self._flusher: asyncio.Task[None] | None = None  # event-loop thread only
 
@@ -81,7 +79,7 @@ class FailedAuthentication:
         if wait is None:
             return
         seen = attempt()
-        if self.token_cache.recognises(seen.secret):
+        if self.authenticator.recognises(seen.secret):
             return
         if seen.secret and not self.guard.failed_before(tokens.hash_secret(seen.secret)):
             return
@@ -121,10 +119,7 @@ class FailedAuthentication:
     def write(self, aggregates: list[FailureAggregate]) -> None:
         """One audit event per aggregate, in one transaction; and one log line each."""
         try:
-            with self.db.write() as conn:
-                for agg in aggregates:
-                    actor = audit.Actor(agg.actor, agg.source, agg.user_agent, agg.request_id)
-                    audit.append(conn, agg.kind, actor, detail=agg.audit_detail())
+            self.authenticator.audit_failures(aggregates)
         except Exception:
             log.exception("could not audit failed authentications (they are logged below)")
         for agg in aggregates:

@@ -5,7 +5,7 @@ the clock) and per source address, how many requests failed authentication and w
 which bearer secrets (by hash) failed; tell when a source is over ``auth_failure_limit`` in
 the current window (the API answers 429 with Retry-After); hand the aggregates of closed
 windows to a flush, which writes one audit event per (kind, source) and window.
-Does not: authenticate (``scimgate.tokens``), decide the source address (``Api._actor``), or
+Does not: authenticate (``scimgate.app.tokens``), decide the source address (``Api._actor``), or
 write anything itself (``Api`` flushes off the event loop, and on shutdown).
 
 Bounds (docs/operations.md, "Failed authentication"): at most :data:`MAX_AUDITED_SOURCES`

@@ -117,6 +117,12 @@ _APPEND_PG = Sql(
 )
 
 
+def head(conn: Connection) -> tuple[int, str]:
+    """The chain's head: (seq of the last event, its hash); (0, genesis) when empty."""
+    row = _READ_HEAD.run(conn).fetchone()
+    return (int(row[0]), row[1]) if row is not None else (0, GENESIS_HASH)
+
+
 def iter_events(
     conn: Connection, *, since: str | None = None, until: str | None = None, batch: int = 5000
 ) -> Iterator[dict[str, Any]]:

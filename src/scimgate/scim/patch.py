@@ -7,8 +7,8 @@ Does not: touch group members itself — the store keeps them as rows, so a one-
 costs O(1), not O(group size) — nor read anything, nor bump versions (``changed`` tells the
 caller whether it must).
 
-Membership changes are returned for the store to apply in this fixed order, which the
-composition below relies on: ``members_replace`` (if not None), then
+Membership changes are returned for the store to apply in this fixed order, which their
+composition (``scim.patch_members``) relies on: ``members_replace`` (if not None), then
 ``members_remove_filter``, then ``members_remove``, then ``members_add``.
 
 Choices where the RFC is silent or where IdPs disagree with it:
@@ -50,12 +50,13 @@ from scimgate.scim.errors import (
     ScimError,
     TooMany,
 )
-from scimgate.scim.filter import Compare, Node, Or, PatchPath, matches, parse_path
+from scimgate.scim.filter import Compare, Node, PatchPath, parse_path
+from scimgate.scim.filter_match import matches
+from scimgate.scim.patch_members import MemberOps, value_eq_id
 from scimgate.scim.resource import (
     MEMBERS,
     Member,
     check_primary,
-    member_from,
     normalise,
     normalise_value,
     qualified,
@@ -161,18 +162,6 @@ def _operations(body: Any) -> list[_Op]:
     return ops
 
 
-def _value_eq_id(node: Node) -> str | None:
-    """``value eq "<id>"`` (Okta, Entra ID): a plain id removal, no SQL filter needed."""
-    if (
-        isinstance(node, Compare)
-        and node.op == "eq"
-        and node.path.lower() in ("value", "members.value")
-        and isinstance(node.value, str)
-    ):
-        return node.value
-    return None
-
-
 def _creation_seed(node: Node) -> dict[str, Any] | None:
     """``type eq "work"``: the element Entra ID expects us to create when none matches."""
     if (
@@ -185,66 +174,11 @@ def _creation_seed(node: Node) -> dict[str, Any] | None:
     return None
 
 
-class _Members:
-    """Composes member operations, in order, into the store's replace→filter→remove→add."""
-
-    def __init__(self) -> None:
-        self.replace: dict[str, Member] | None = None
-        self.filter: Node | None = None
-        self.remove: dict[str, None] = {}  # insertion-ordered set
-        self.add: dict[str, tuple[Member, dict[str, Any]]] = {}
-
-    def do_add(self, elements: list[dict[str, Any]]) -> None:
-        for element in elements:
-            member = member_from(element)
-            self.remove.pop(member.value, None)
-            self.add.setdefault(member.value, (member, element))
-
-    def do_remove(self, ids: list[str]) -> None:
-        for ident in ids:
-            self.add.pop(ident, None)
-            self.remove[ident] = None
-
-    def do_replace(self, elements: list[dict[str, Any]]) -> None:
-        self.replace = {}
-        for element in elements:
-            member = member_from(element)
-            self.replace.setdefault(member.value, member)
-        self.filter = None
-        self.remove.clear()
-        self.add.clear()
-
-    def do_remove_filter(self, node: Node) -> None:
-        # Pending adds are known only here, so the filter is applied to them here (on the
-        # display the client sent); the store applies it to stored members, in SQL.
-        for ident, (_member, element) in list(self.add.items()):
-            if matches(node, element, MEMBERS):
-                del self.add[ident]
-        self.filter = node if self.filter is None else Or(self.filter, node)
-
-    def result(self) -> dict[str, Any]:
-        replace = self.replace
-        if replace is not None and self.filter is None:
-            # fold later adds/removes into the full list: one clear statement for the store
-            for ident in self.remove:
-                replace.pop(ident, None)
-            for ident, (member, _element) in self.add.items():
-                replace.setdefault(ident, member)
-            self.remove.clear()
-            self.add.clear()
-        return {
-            "members_replace": tuple(replace.values()) if replace is not None else None,
-            "members_remove_filter": self.filter,
-            "members_remove": tuple(self.remove),
-            "members_add": tuple(member for member, _ in self.add.values()),
-        }
-
-
 class _Engine:
     def __init__(self, doc: dict[str, Any], rtype: ResourceType) -> None:
         self.doc = doc
         self.rtype = rtype
-        self.members = _Members()
+        self.members = MemberOps()
         self.resource_id = doc.get("id")
 
     # --- locating ------------------------------------------------------------------------
@@ -504,7 +438,7 @@ class _Engine:
         if target.filter is not None:
             if kind != "remove":
                 raise InvalidPath(f"{label}: members can be added, replaced or removed, not edited")
-            ident = _value_eq_id(target.filter)
+            ident = value_eq_id(target.filter)
             if ident is not None:
                 self.members.do_remove([ident])
             else:

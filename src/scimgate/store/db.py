@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -11,6 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("scimgate.store")
 
 
 def now_iso() -> str:
@@ -116,6 +119,8 @@ PING_IDLE_AFTER = 5.0  # seconds
 
 # conn.info key: the audit head (seq, hash) as locked by this write transaction (PostgreSQL).
 AUDIT_HEAD = "audit_head"
+# conn.info key: the change-log rows this write transaction logged (``log_committed``).
+LOGGED_CHANGES = "logged_changes"
 _LOCK_AUDIT_HEAD = Sql("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
 
 
@@ -144,6 +149,14 @@ class FirstCheck:
         return getattr(self.slot, "fn", None) is None
 
 
+def log_committed(conn: Connection, changes: Sequence[Any]) -> None:
+    """Hand ``changes`` (change-log rows written in ``conn``'s write transaction) to the
+    database's commit listeners once that transaction has committed (never if it rolls
+    back)."""
+    if changes:
+        conn.info.setdefault(LOGGED_CHANGES, []).extend(changes)
+
+
 class Database:
     """The engine plus the one write discipline every operation follows."""
 
@@ -167,6 +180,23 @@ class Database:
             if self.dialect == "sqlite" and _is_file_database(url)
             else None
         )
+        self._commit_listeners: list[Callable[[list[Any]], None]] = []
+
+    def on_commit(self, listener: Callable[[list[Any]], None]) -> None:
+        """Call ``listener`` with the change-log rows of every write transaction that logged
+        some (``log_committed``), once it has committed, on the writer's thread. The store
+        knows nothing of who listens (the sync engine wakes its followers, wired by
+        ``instance.wiring``); a listener must be cheap and must not raise."""
+        self._commit_listeners.append(listener)
+
+    def _committed(self, changes: list[Any]) -> None:
+        for listener in self._commit_listeners:
+            try:
+                listener(changes)
+            except Exception:
+                # Committed: the write stands. A listener only wakes the sync engine early;
+                # its followers read the change log anyway.
+                log.exception("commit listener failed after a committed write")
 
     @property
     def inline_reads(self) -> bool:
@@ -207,18 +237,21 @@ class Database:
         """
         if getattr(self._inline, "on", False):
             raise RuntimeError("writes never run inline (on the event loop)")
-        if background:
-            with self._write_transaction() as conn:
-                yield conn
-            return
-        with self._writers_lock:
-            self._writers += 1
+        logged: list[Any] = []
+        if not background:
+            with self._writers_lock:
+                self._writers += 1
         try:
-            with self._write_transaction() as conn:
+            with self._write_transaction(logged) as conn:
                 yield conn
         finally:
-            with self._writers_lock:
-                self._writers -= 1
+            if not background:
+                with self._writers_lock:
+                    self._writers -= 1
+        # Committed (an exception above skips this), the writer lock released, and no
+        # longer counted as under way: a listener sees only the writes still coming.
+        if logged:
+            self._committed(logged)
 
     @property
     def writes_in_progress(self) -> int:
@@ -227,7 +260,8 @@ class Database:
         return self._writers
 
     @contextmanager
-    def _write_transaction(self) -> Iterator[Connection]:
+    def _write_transaction(self, logged: list[Any]) -> Iterator[Connection]:
+        """The transaction of :meth:`write`; on commit, ``logged`` holds its changes."""
         if self._write_lock is not None:
             with self._write_lock, self.engine.connect() as conn:
                 conn.info["write"] = True
@@ -235,8 +269,10 @@ class Database:
                     with conn.begin():
                         self._run_first_check(conn)
                         yield conn
+                        logged.extend(conn.info.pop(LOGGED_CHANGES, ()))
                 finally:
                     conn.info.pop("write", None)
+                    conn.info.pop(LOGGED_CHANGES, None)
         else:
             with self.engine.begin() as conn:
                 # The lock also reads the head, so the audit append needs no second read.
@@ -246,8 +282,10 @@ class Database:
                 try:
                     self._run_first_check(conn)
                     yield conn
+                    logged.extend(conn.info.pop(LOGGED_CHANGES, ()))
                 finally:
                     conn.info.pop(AUDIT_HEAD, None)
+                    conn.info.pop(LOGGED_CHANGES, None)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -256,6 +294,15 @@ class Database:
         with engine.connect() as conn, conn.begin():
             self._run_first_check(conn)
             yield conn
+
+    def reachable(self) -> bool:
+        """Whether the database answers a trivial query (readiness)."""
+        try:
+            with self.read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception:
+            return False
+        return True
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,23 +1,25 @@
 """Desired HAProxy state and its change log (the outbox), written in the SCIM write's own
-transaction: a 2xx SCIM response means the HAProxy effect is durable and on its way."""
+transaction: a 2xx SCIM response means the HAProxy effect is durable and on its way.
+
+Does: store the desired map entries the caller computed, diff them against the stored ones
+(the first owner of an identity keeps it), log every changed key with its deprovision flag,
+and read the change log back (its one reader: the sync engine's followers).
+Does not: decide what a user's entries are (``app.enforcement`` with the policy compiler).
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from scimgate.store import resources, tables
-from scimgate.store.db import Database, now_iso
+from scimgate.store import tables
+from scimgate.store.db import Database, log_committed, now_iso
 
 E, C = tables.map_entries, tables.change_log
-
-# (user resource, the user's IdP groups) -> {identity_key: value}; {} for an inactive user.
-EntriesFn = Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,13 @@ def is_deprovision(old: str | None, new: str | None) -> bool:
     return new is None or not _slugs(old) <= _slugs(new)
 
 
-def refresh_users(
-    conn: Connection, user_ids: Iterable[str], entries_fn: EntriesFn, base_url: str = ""
+def log_user_entries(
+    conn: Connection, desired_by_user: Iterable[tuple[str, dict[str, str]]]
 ) -> list[MapChange]:
-    """Recompute the desired entries of these users and log every key that changed."""
+    """Store each user's desired entries (computed by the caller: ``app.enforcement``) and
+    log every key that changed, in order. A user gone from the store has ``{}``."""
     diff = _EntryDiff(_StoredOwners(conn))
-    for user_id in dict.fromkeys(user_ids):
-        row = conn.execute(sa.select(tables.users).where(tables.users.c.id == user_id)).first()
-        desired: dict[str, str] = {}
-        if row is not None:
-            user = resources.user_resource(resources._user(row), base_url)
-            desired = entries_fn(user, resources.idp_groups_of_user(conn, user_id))
+    for user_id, desired in desired_by_user:
         current = {
             k: v
             for k, v in conn.execute(
@@ -63,7 +61,7 @@ def refresh_users(
 
 class _StoredOwners:
     """Which identity keys have an owner: the store's map_entries, as changed so far by the
-    diff that uses it (the per-user path's counterpart of rebuild_all's in-memory table)."""
+    diff that uses it (the per-user path's counterpart of rebuild_entries' in-memory table)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -82,76 +80,29 @@ class _StoredOwners:
         self.local[key] = None
 
 
-def rebuild_all(conn: Connection, entries_fn: EntriesFn, batch: int = 2000) -> list[MapChange]:
-    """Recompute every user's entries (after a policy change); log only the differences.
+def rebuild_entries(
+    conn: Connection, desired_by_user: Iterable[tuple[str, dict[str, str]]], batch: int = 2000
+) -> list[MapChange]:
+    """Replace every map entry by the desired ones (after a policy change); log only the
+    differences.
 
-    Set-wise: three reads (every map entry, every membership with its group, every user),
-    the pure ``entries_fn`` per user in Python, a diff against the entries read, then the
-    writes in batches of ``batch`` (deletes, inserts, updates, the change log). The result
-    and the change log, order included, are those of :func:`refresh_users` over every user
-    in id order followed by the owners of entries whose user is gone (what this function
-    did one user at a time, with several queries per user)."""
+    Set-wise: every map entry is read once, ``desired_by_user`` (every user in id order, as
+    ``app.enforcement.rebuild_all`` computes it) is diffed against them in Python, then the
+    writes go in batches of ``batch`` (deletes, inserts, updates, the change log). Entries
+    whose user no longer exists are dropped after the users, in user id order: the result,
+    order included, is that of :func:`log_user_entries` over every user in id order
+    followed by the owners of those entries."""
     owner: dict[str, str] = {}  # identity key -> user id, kept current as users are diffed
     current_by_user: dict[str, dict[str, str]] = {}
     for key, value, user_id in conn.execute(sa.select(E.c.identity_key, E.c.value, E.c.user_id)):
         current_by_user.setdefault(user_id, {})[key] = value
         owner[key] = user_id
-    groups_by_user = _idp_groups_by_user(conn)
     diff = _EntryDiff(owner)
-    for row in _user_rows(conn):
-        user = resources.user_resource(row, "")
-        desired = entries_fn(user, groups_by_user.get(row.id, []))
-        diff.refresh(row.id, current_by_user.pop(row.id, {}), desired)
+    for user_id, desired in desired_by_user:
+        diff.refresh(user_id, current_by_user.pop(user_id, {}), desired)
     for user_id in sorted(current_by_user):  # entries whose user no longer exists
         diff.refresh(user_id, current_by_user[user_id], {})
     return diff.write(conn, batch)
-
-
-M, G = tables.members, tables.groups
-U = tables.users
-_USER_COLUMNS = (U.c.id, U.c.user_name, U.c.active, U.c.attrs, U.c.version, U.c.created,
-                 U.c.last_modified)  # fmt: skip
-
-
-def _user_rows(conn: Connection) -> Iterator[resources.UserRow]:
-    """Every user in id order, as ``resources._user`` would make it, read with the driver's
-    own cursor (no SQLAlchemy Row and type processing per user: a third of the time at
-    100k users); Core when the driver connection is not at hand."""
-    try:
-        dbapi = conn.connection.dbapi_connection
-    except AttributeError:
-        dbapi = None
-    if dbapi is None:
-        for r in conn.execute(sa.select(U).order_by(U.c.id)):
-            yield resources._user(r)
-        return
-    cur = dbapi.cursor()
-    try:
-        # Fixed names, no parameters.
-        cur.execute(
-            f"SELECT {', '.join(c.name for c in _USER_COLUMNS)} FROM {U.name} ORDER BY {U.c.id.name}"
-        )
-        while rows := cur.fetchmany(5000):
-            for uid, user_name, active, attrs, version, created, last_modified in rows:
-                # JSON text on SQLite; psycopg decodes JSONB itself.
-                doc = json.loads(attrs) if isinstance(attrs, str | bytes) else attrs
-                yield resources.UserRow(
-                    uid, user_name, bool(active), dict(doc), version, created, last_modified
-                )
-    finally:
-        cur.close()
-
-
-def _idp_groups_by_user(conn: Connection) -> dict[str, list[dict[str, Any]]]:
-    """Every member's direct groups as the policy compiler wants them (what
-    ``resources.idp_groups_of_user`` returns for one user), in one query."""
-    q = sa.select(M.c.member_id, G.c.display_name, G.c.external_id).select_from(
-        M.join(G, G.c.id == M.c.group_id)
-    )
-    out: dict[str, list[dict[str, Any]]] = {}
-    for member_id, name, external_id in conn.execute(q):
-        out.setdefault(member_id, []).append({"displayName": name, "externalId": external_id})
-    return out
 
 
 class _EntryDiff:
@@ -220,6 +171,7 @@ class _EntryDiff:
                 )
                 for seq, ch in zip(seqs, rows, strict=True)
             )
+        log_committed(conn, out)  # the sync engine wakes once the transaction commits
         return out
 
 

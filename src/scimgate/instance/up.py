@@ -10,11 +10,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
-from scimgate import tokens
+from scimgate.app import tokens
 from scimgate.config import (
     CONFIG_NAME,
     ConfigError,
@@ -24,17 +23,13 @@ from scimgate.config import (
     load_settings,
     redact_url,
 )
-from scimgate.store import migrate
+from scimgate.instance.database import open_database
+from scimgate.instance.layout import DemoError, write_private
+from scimgate.instance.local_haproxy import start_demo_haproxy
+from scimgate.instance.serve import SERVE_ERRORS, run_server, unwind_on_signals
 from scimgate.store.db import Database
 
 TOKEN_NAME = "demo"
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o600)
-    tmp.replace(path)
 
 
 def ensure_token(db: Database, directory: Path) -> str:
@@ -49,7 +44,7 @@ def ensure_token(db: Database, directory: Path) -> str:
         secret = tokens.create(db, TOKEN_NAME)
     except tokens.TokenError:
         secret = tokens.rotate(db, TOKEN_NAME, tokens.parse_duration("1s"))
-    _write_private(path, secret + "\n")
+    write_private(path, secret + "\n")
     return secret
 
 
@@ -65,11 +60,11 @@ def ensure_config(directory: Path, port: int | None) -> Settings:
             or default_sqlite_url(directory.resolve()),
             port=port or 8000,
             read_your_writes=True,
-            # HAProxy's way to the SCIM endpoint (see demo.Layout.scim_socket).
+            # HAProxy's way to the SCIM endpoint (see instance.layout.Layout.scim_socket).
             unix_socket=directory.resolve() / "scimgate.sock",
             scim_front=ScimFront(),
         )
-        _write_private(cfg, settings.to_yaml())
+        write_private(cfg, settings.to_yaml())
     settings = load_settings(directory=directory)
     if port is not None:
         settings.port = port
@@ -77,31 +72,20 @@ def ensure_config(directory: Path, port: int | None) -> Settings:
 
 
 def write_stack(directory: Path, info: dict[str, Any]) -> None:
-    _write_private(directory / "stack.json", json.dumps(info, indent=2) + "\n")
+    write_private(directory / "stack.json", json.dumps(info, indent=2) + "\n")
 
 
-def _startup_errors() -> tuple[type[BaseException], ...]:
+def startup_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad policy, port taken, no haproxy): one message,
     not a traceback."""
-    from scimgate.api.connections import ListenError
-    from scimgate.config import ConfigError
-    from scimgate.demo import DemoError
     from scimgate.haproxy.process import HAProxyNotFound, HAProxyStartError
     from scimgate.policy.model import PolicyError
     from scimgate.policy.render import RenderError
 
     return (
-        ConfigError, DemoError, HAProxyNotFound, HAProxyStartError, ListenError, PolicyError,
+        ConfigError, DemoError, HAProxyNotFound, HAProxyStartError, *SERVE_ERRORS, PolicyError,
         RenderError,
     )  # fmt: skip
-
-
-class _Stop(SystemExit):
-    """SIGTERM/SIGINT: unwind through every `finally` (HAProxy stopped, stack.json removed)."""
-
-
-def _stop_on_signal(signum: int, _frame: Any) -> None:
-    raise _Stop(0)
 
 
 def bring_up(
@@ -112,29 +96,10 @@ def bring_up(
     scim_tls_port: int | None = None,
     with_haproxy: bool = True,
 ) -> None:
-    import click
-
-    try:
-        _bring_up(directory, port, haproxy_port, scim_tls_port, with_haproxy)
-    except _startup_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _bring_up(
-    directory: Path,
-    port: int | None,
-    haproxy_port: int | None,
-    scim_tls_port: int | None,
-    with_haproxy: bool,
-) -> None:
-    from scimgate.cli import run_server
-
-    # uvicorn handles SIGTERM/SIGINT while it serves, then restores these handlers and
-    # re-raises the signal: with the default SIGTERM action the process would die right
-    # there, skipping every `finally` below (HAProxy would outlive us). Before uvicorn
-    # starts (while HAProxy starts), the same handler unwinds too.
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
+    """The whole instance in the foreground until SIGTERM/SIGINT; raises one of
+    :func:`startup_errors` when it cannot start."""
+    # Before uvicorn starts (while HAProxy starts), a signal unwinds too (serve.py).
+    unwind_on_signals()
 
     directory = directory.resolve()
     settings = ensure_config(directory, port)
@@ -145,8 +110,7 @@ def _bring_up(
             f"{settings.config_path}: host {settings.host!r} is not a loopback address: `up` "
             "serves the direct SCIM port on loopback only (the network gets scim_front)"
         )
-    db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    migrate.upgrade(db)
+    db = open_database(settings)
     secret = ensure_token(db, directory)
     db.dispose()
     info: dict[str, Any] = {
@@ -168,8 +132,6 @@ def _bring_up(
 
     try:
         if with_haproxy:
-            from scimgate.demo import start_demo_haproxy
-
             haproxy, extra = start_demo_haproxy(
                 settings, haproxy_port=haproxy_port, scim_tls_port=scim_tls_port
             )

@@ -1,7 +1,7 @@
 """`make demo`: start `scimgate up --dir DIR`, prove the enforcement loop once, print a
 copy-paste curl session, then stay in the foreground until Ctrl-C.
 
-    python -m scimgate.demo_session --dir demo
+    python -m scimgate.instance.demo_session --dir demo
 """
 
 from __future__ import annotations

@@ -1,34 +1,36 @@
-"""The SCIM handler: chains the pure SCIM rules (``scimgate.scim``) with storage calls
+"""The SCIM service: chains the pure SCIM rules (``scimgate.scim``) with storage calls
 (``scimgate.store``) inside one transaction per operation.
 
-Does: transactions, ETag preconditions, which users' HAProxy entries a write affects, the
-audit event of every write.
+Does: transactions, ETag preconditions, which users' HAProxy entries a write affects (their
+entries through ``app.enforcement``), the audit event of every write.
 Does not: parse HTTP (``scimgate.api``), define SCIM rules (``scimgate.scim``), write SQL
-(``scimgate.store``), or talk to HAProxy (``scimgate.sync``).
+(``scimgate.store``), or talk to HAProxy: the store announces committed change-log rows
+(``Database.on_commit``) and the sync engine follows the change log.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 
+from scimgate.app.enforcement import refresh_users
 from scimgate.audit import log as audit
 from scimgate.scim import errors
+from scimgate.scim.etag import check_if_match
 from scimgate.scim.filter import Node, parse_filter
 from scimgate.scim.patch import PatchResult, apply_patch
+from scimgate.scim.render import group_resource, user_resource
 from scimgate.scim.resource import normalise
 from scimgate.scim.schema import GROUP_TYPE, RESOURCE_TYPES, USER_TYPE, ResourceType
 from scimgate.scim.text import char_problem
 from scimgate.store import outbox
 from scimgate.store import resources as rs
 from scimgate.store.db import Database
-from scimgate.store.filter_sql import compile_filter, sort_key, user_name_equality
-
-log = logging.getLogger("scimgate.service")
+from scimgate.store.filter_sql import compile_filter, user_name_equality
+from scimgate.store.sort_sql import order_by
 
 # Resource ids are ours (UUIDs); anything longer, or not storable text, names nothing.
 _MAX_ID_CHARS = 64
@@ -50,20 +52,6 @@ class WriteResult:
     @property
     def last_seq(self) -> int:
         return max((c.seq for c in self.changes), default=0)
-
-
-def check_if_match(if_match: str | None, version: int) -> None:
-    """RFC 7644 §3.14: a stale If-Match is 412 Precondition Failed."""
-    if if_match is None:
-        return
-    tags = [t.strip() for t in if_match.split(",")]
-    if "*" in tags:
-        return
-    current = rs.etag(version)
-    if not any(t == current or t == current[2:] for t in tags):
-        raise errors.PreconditionFailed(
-            f"If-Match {if_match} does not match the current version {current}"
-        )
 
 
 def _rtype(name: str) -> ResourceType:
@@ -92,11 +80,9 @@ class ScimService:
         db: Database,
         *,
         enforcement: Enforcement | None = None,
-        on_commit: Callable[[list[outbox.MapChange]], None] | None = None,
     ) -> None:
         self.db = db
         self.enforcement = enforcement
-        self.on_commit = on_commit
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -118,10 +104,10 @@ class ScimService:
     ) -> dict[str, Any]:
         if rtype_name == "User":
             row, groups = rs.get_user_with_groups(conn, rid)
-            return rs.user_resource(row, base_url, groups)
+            return user_resource(row, base_url, groups)
         grow = rs.get_group(conn, rid)
         members = rs.member_rows(conn, [rid])[rid] if include_members else None
-        return rs.group_resource(grow, base_url, members)
+        return group_resource(grow, base_url, members)
 
     def version(self, rtype_name: str, rid: str) -> int:
         with self.db.read() as conn:
@@ -149,28 +135,55 @@ class ScimService:
                 found = rs.users_by_user_name(conn, user_name)
             offset = max(start_index, 1) - 1
             page = found[offset : offset + max(count, 0)]
-            return len(found), [rs.user_resource(r, base_url, groups) for r, groups in page]
+            return len(found), [user_resource(r, base_url, groups) for r, groups in page]
         dialect = self.db.dialect
         where = compile_filter(node, rtype, dialect) if node is not None else None
-        order: list[Any] = []
+        # RFC 7644 §3.4.2.3: without sortBy the order is the provider's (creation order).
+        order = None
         if sort_by:
-            key = sort_key(sort_by, rtype, dialect)
             descending = (sort_order or "ascending").lower() == "descending"
-            # RFC 7644 §3.4.2.3: resources without the value sort last ascending, first
-            # descending (SQLite's default puts NULLs first ascending)
-            order.append(key.desc().nulls_first() if descending else key.asc().nulls_last())
-        else:
-            table = rs.U if rtype is USER_TYPE else rs.G
-            order.append(table.c.created)
+            order = order_by(sort_by, rtype, dialect, descending=descending)
         offset = max(start_index, 1) - 1
         with self.db.read() as conn:
             if rtype is USER_TYPE:
                 total, urows = rs.page_users(conn, where, order, offset, count)
                 groups = rs.groups_of_users(conn, [r.id for r in urows])
-                return total, [rs.user_resource(r, base_url, groups[r.id]) for r in urows]
+                return total, [user_resource(r, base_url, groups[r.id]) for r in urows]
             total, grows = rs.page_groups(conn, where, order, offset, count)
             members = rs.member_rows(conn, [g.id for g in grows]) if include_members else {}
-            return total, [rs.group_resource(g, base_url, members.get(g.id)) for g in grows]
+            return total, [group_resource(g, base_url, members.get(g.id)) for g in grows]
+
+    def search_types(
+        self,
+        rtype_names: Sequence[str],
+        base_url: str,
+        *,
+        filter_text: str | None,
+        sort_by: str | None,
+        sort_order: str | None,
+        start_index: int,
+        count: int,
+        include_members: bool,
+    ) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
+        """:meth:`search` over several resource types, paged across them in turn (a root
+        search, RFC 7644 §3.4.3): the total, and one page of (type name, resource)."""
+        total = 0
+        found: list[tuple[str, dict[str, Any]]] = []
+        offset = max(start_index, 1) - 1
+        for name in rtype_names:
+            n, page = self.search(
+                name,
+                base_url,
+                filter_text=filter_text,
+                sort_by=sort_by,
+                sort_order=sort_order,
+                start_index=max(offset - total, 0) + 1,
+                count=max(count - len(found), 0),
+                include_members=include_members,
+            )
+            total += n
+            found.extend((name, resource) for resource in page)
+        return total, found
 
     # --- writes --------------------------------------------------------------------------
 
@@ -179,7 +192,7 @@ class ScimService:
     ) -> list[outbox.MapChange]:
         if self.enforcement is None or not user_ids:
             return []
-        return outbox.refresh_users(conn, user_ids, self.enforcement.entries, base_url)
+        return refresh_users(conn, user_ids, self.enforcement.entries, base_url)
 
     def _refresh_group(
         self,
@@ -203,16 +216,6 @@ class ScimService:
             return False
         return any(self.enforcement.group_relevant(n, e) for n, e in groups)
 
-    def _committed(self, result: WriteResult) -> WriteResult:
-        if self.on_commit is not None and result.changes:
-            try:
-                self.on_commit(result.changes)
-            except Exception:
-                # Committed: the answer must stay a success. on_commit only wakes the sync
-                # engine early; its follower reads the change log anyway.
-                log.exception("on_commit failed after a committed write")
-        return result
-
     def create(self, rtype_name: str, body: Any, actor: audit.Actor, base_url: str) -> WriteResult:
         rtype = _rtype(rtype_name)
         resource = normalise(body, rtype, mode="create")
@@ -220,7 +223,7 @@ class ScimService:
             if rtype is USER_TYPE:
                 row = rs.insert_user(conn, resource)
                 changes = self._refresh(conn, [row.id], base_url)
-                out = rs.user_resource(row, base_url)
+                out = user_resource(row, base_url)
                 rid = row.id
             else:
                 grow = rs.insert_group(conn, resource)
@@ -231,10 +234,10 @@ class ScimService:
                     if self._group_matters((grow.display_name, grow.external_id))
                     else []
                 )
-                out = rs.group_resource(grow, base_url, rs.member_rows(conn, [grow.id])[grow.id])
+                out = group_resource(grow, base_url, rs.member_rows(conn, [grow.id])[grow.id])
                 rid = grow.id
             _audit_write(conn, actor, rtype, rid, "create", {"resource": _audit_view(out)}, changes)
-        return self._committed(WriteResult(out, changes))
+        return WriteResult(out, changes)
 
     def replace(
         self,
@@ -254,17 +257,17 @@ class ScimService:
             if rtype is USER_TYPE:
                 row, groups = rs.get_user_with_groups(conn, rid)
                 check_if_match(if_match, row.version)
-                before = rs.user_resource(row, base_url)
+                before = user_resource(row, base_url)
                 row = rs.update_user(conn, row, resource)
                 changes = self._refresh(conn, [rid], base_url)
                 # A user write does not change memberships: the groups read above stand.
-                out = rs.user_resource(row, base_url, groups)
+                out = user_resource(row, base_url, groups)
                 detail: dict[str, Any] = {"changed": diff(before, out)}
             else:
                 grow = rs.get_group(conn, rid)
                 check_if_match(if_match, grow.version)
                 before_g = (grow.display_name, grow.external_id)
-                before = rs.group_resource(grow, base_url, None)
+                before = group_resource(grow, base_url, None)
                 wanted = list(dict.fromkeys(m["value"] for m in body_members(body)))
                 current = rs.all_member_ids(conn, rid)
                 removed = rs.remove_members(conn, rid, sorted(set(current) - set(wanted)))
@@ -274,14 +277,14 @@ class ScimService:
                 changes = self._refresh_group(
                     conn, rid, before_g, after_g, added, removed, base_url
                 )
-                out = rs.group_resource(grow, base_url, rs.member_rows(conn, [rid])[rid])
+                out = group_resource(grow, base_url, rs.member_rows(conn, [rid])[rid])
                 detail = {
                     "changed": diff(before, out),
                     "members_added": added,
                     "members_removed": removed,
                 }
             _audit_write(conn, actor, rtype, rid, "replace", detail, changes)
-        return self._committed(WriteResult(out, changes))
+        return WriteResult(out, changes)
 
     def patch(
         self,
@@ -300,19 +303,19 @@ class ScimService:
             if rtype is USER_TYPE:
                 row, groups = rs.get_user_with_groups(conn, rid)
                 check_if_match(if_match, row.version)
-                before = rs.user_resource(row, base_url)
+                before = user_resource(row, base_url)
                 result: PatchResult = apply_patch(_for_patch(before), body, rtype)
                 changes: list[outbox.MapChange] = []
                 if result.changed:
                     row = rs.update_user(conn, row, result.resource)
                     changes = self._refresh(conn, [rid], base_url)
                 # A user write does not change memberships: the groups read above stand.
-                out = rs.user_resource(row, base_url, groups)
+                out = user_resource(row, base_url, groups)
                 detail: dict[str, Any] = {"changed": diff(before, out)}
             else:
                 grow = rs.get_group(conn, rid)
                 check_if_match(if_match, grow.version)
-                before = rs.group_resource(grow, base_url, None)
+                before = group_resource(grow, base_url, None)
                 result = apply_patch(_for_patch(before), body, GROUP_TYPE)
                 added, removed = self._apply_member_ops(conn, rid, result)
                 before_g = (grow.display_name, grow.external_id)
@@ -323,14 +326,14 @@ class ScimService:
                     conn, rid, before_g, after_g, added, removed, base_url
                 )
                 members = rs.member_rows(conn, [rid])[rid] if want_members else None
-                out = rs.group_resource(grow, base_url, members)
+                out = group_resource(grow, base_url, members)
                 detail = {
                     "changed": diff(before, out),
                     "members_added": added,
                     "members_removed": removed,
                 }
             _audit_write(conn, actor, rtype, rid, "patch", detail, changes)
-        return self._committed(WriteResult(out, changes))
+        return WriteResult(out, changes)
 
     def _apply_member_ops(
         self, conn: Connection, gid: str, result: PatchResult
@@ -386,7 +389,7 @@ class ScimService:
                 )
                 detail = {"displayName": grow.display_name, "members": len(members)}
             _audit_write(conn, actor, rtype, rid, "delete", detail, changes)
-        return self._committed(WriteResult(None, changes))
+        return WriteResult(None, changes)
 
 
 def is_user_name_lookup(filter_text: str | None, sort_by: str | None) -> bool:

@@ -2,7 +2,11 @@
 
 Secrets are 256-bit random strings, so a single SHA-256 is the right hash (a slow password
 hash buys nothing against brute force of 2^256 and would cost CPU on every request). Lookup
-is by hash; the final comparison is constant-time.
+is by hash (``store.tokens``); the final comparison is constant-time.
+
+Does: issue, rotate, revoke and list tokens (each audited), judge a presented secret, keep
+a short-lived cache of token rows.
+Does not: SQL (``store.tokens``), or HTTP (the API takes the secret from the header).
 """
 
 from __future__ import annotations
@@ -17,14 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scimgate.audit import log as audit
-from scimgate.store import tables
-from scimgate.store.db import Database, Sql, now_iso
+from scimgate.store import tokens as stored
+from scimgate.store.db import Database, now_iso
+from scimgate.store.tokens import TokenRow
 
-T = tables.tokens
 PREFIX = "sgt_"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
@@ -79,30 +82,12 @@ def create(db: Database, name: str, expires_in: timedelta | None = None) -> str:
         raise TokenError("token names are 1-64 of A-Z a-z 0-9 _ . - (starting alphanumeric)")
     secret = PREFIX + secrets.token_urlsafe(32)
     now = datetime.now(UTC)
+    expires = _iso(now + expires_in) if expires_in else None
     with db.write() as conn:
-        existing = conn.execute(sa.select(T.c.id, T.c.revoked).where(T.c.name == name)).first()
-        if existing is not None and existing.revoked is None:
+        # A revoked name can be issued again; its history stays in the audit trail.
+        if not stored.issue(conn, name, hash_secret(secret), _iso(now), expires):
             raise TokenError(f"an active token named {name!r} exists (rotate or revoke it)")
-        values = {
-            "name": name,
-            "secret_hash": hash_secret(secret),
-            "created": _iso(now),
-            "expires": _iso(now + expires_in) if expires_in else None,
-            "last_used": None,
-            "revoked": None,
-            "previous_hash": None,
-            "previous_expires": None,
-        }
-        if existing is not None:
-            # A revoked name can be issued again; its history stays in the audit trail.
-            conn.execute(T.update().where(T.c.id == existing.id).values(**values))
-        else:
-            conn.execute(T.insert().values(**values))
-        audit.append(
-            conn,
-            "token.created",
-            detail={"name": name, "expires": _iso(now + expires_in) if expires_in else None},
-        )
+        audit.append(conn, "token.created", detail={"name": name, "expires": expires})
     return secret
 
 
@@ -115,18 +100,10 @@ def rotate(
     """New secret for ``name``; the old one keeps working for ``overlap``, then stops."""
     secret = PREFIX + secrets.token_urlsafe(32)
     now = datetime.now(UTC)
+    expires = _iso(now + expires_in) if expires_in is not None else None
     with db.write() as conn:
-        row = conn.execute(sa.select(T).where(T.c.name == name, T.c.revoked.is_(None))).first()
-        if row is None:
+        if not stored.rotate(conn, name, hash_secret(secret), _iso(now + overlap), expires):
             raise TokenError(f"no active token named {name!r}")
-        values = {
-            "secret_hash": hash_secret(secret),
-            "previous_hash": row.secret_hash,
-            "previous_expires": _iso(now + overlap),
-        }
-        if expires_in is not None:
-            values["expires"] = _iso(now + expires_in)
-        conn.execute(T.update().where(T.c.id == row.id).values(**values))
         audit.append(
             conn,
             "token.rotated",
@@ -137,19 +114,14 @@ def rotate(
 
 def revoke(db: Database, name: str) -> None:
     with db.write() as conn:
-        res = conn.execute(
-            T.update()
-            .where(T.c.name == name, T.c.revoked.is_(None))
-            .values(revoked=now_iso(), previous_hash=None, previous_expires=None)
-        )
-        if res.rowcount == 0:
+        if not stored.revoke(conn, name):
             raise TokenError(f"no active token named {name!r}")
         audit.append(conn, "token.revoked", detail={"name": name})
 
 
 def list_tokens(db: Database) -> list[TokenInfo]:
     with db.read() as conn:
-        rows = conn.execute(sa.select(T).order_by(T.c.name)).all()
+        rows = stored.all_tokens(conn)
     now = now_iso()
     return [
         TokenInfo(
@@ -171,29 +143,7 @@ class Verdict:
     last_used: str | None = None
 
 
-@dataclass
-class _TokenRow:
-    name: str
-    secret_hash: str
-    expires: str | None
-    last_used: str | None
-    revoked: str | None
-    previous_hash: str | None
-    previous_expires: str | None
-
-
-_TOKEN_BY_HASH = Sql(
-    "SELECT name, secret_hash, expires, last_used, revoked, previous_hash, previous_expires "
-    "FROM api_tokens WHERE secret_hash = ? OR previous_hash = ?"
-)
-
-
-def _find(conn: Connection, digest: str) -> _TokenRow | None:
-    r = _TOKEN_BY_HASH.run(conn, (digest, digest)).fetchone()
-    return _TokenRow(*r) if r is not None else None
-
-
-def _judge(row: _TokenRow | None, digest: str, now: str) -> Verdict:
+def _judge(row: TokenRow | None, digest: str, now: str) -> Verdict:
     """The verdict on a token row for a presented secret's hash, at ``now``."""
     if row is None:
         return Verdict(None, "unknown")
@@ -215,7 +165,7 @@ def authenticate(conn: Connection, secret: str | None) -> Verdict:
     if not secret:
         return Verdict(None, "missing")
     digest = hash_secret(secret)
-    return _judge(_find(conn, digest), digest, now_iso())
+    return _judge(stored.find_by_hash(conn, digest), digest, now_iso())
 
 
 class TokenCache:
@@ -232,7 +182,7 @@ class TokenCache:
     def __init__(self, ttl: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._rows: dict[str, tuple[float, _TokenRow]] = {}
+        self._rows: dict[str, tuple[float, TokenRow]] = {}
         self._lock = threading.Lock()
 
     def lookup(self, secret: str | None) -> Verdict | None:
@@ -260,7 +210,7 @@ class TokenCache:
         if not secret:
             return Verdict(None, "missing")
         digest = hash_secret(secret)
-        row = _find(conn, digest)
+        row = stored.find_by_hash(conn, digest)
         if row is not None:
             with self._lock:
                 if len(self._rows) > 1024:  # a handful of IdP tokens in practice
@@ -287,7 +237,7 @@ def touch(db: Database, name: str, last_used: str | None, cache: TokenCache | No
         return
     now = _iso(datetime.now(UTC))
     with db.write() as conn:
-        conn.execute(T.update().where(T.c.name == name).values(last_used=now))
+        stored.set_last_used(conn, name, now)
     if cache is not None:
         cache.touched(name, now)
 
@@ -295,7 +245,5 @@ def touch(db: Database, name: str, last_used: str | None, cache: TokenCache | No
 def expiries(db: Database) -> dict[str, float]:
     """name → expiry as a Unix timestamp (for metrics)."""
     with db.read() as conn:
-        rows = conn.execute(
-            sa.select(T.c.name, T.c.expires).where(T.c.revoked.is_(None), T.c.expires.is_not(None))
-        ).all()
+        rows = stored.expiries(conn)
     return {n: _parse_iso(e).timestamp() for n, e in rows}

@@ -16,10 +16,10 @@ import logging
 import re
 from typing import Any
 
+from scimgate.app.service import ScimService, WriteResult
 from scimgate.audit.log import Actor
 from scimgate.scim import errors, text
 from scimgate.scim.schema import BULK_REQUEST_SCHEMA, BULK_RESPONSE_SCHEMA
-from scimgate.service import ScimService, WriteResult
 
 _PATH_RE = re.compile(r"^/(Users|Groups)(?:/([^/]+))?$")
 _BULK_REF = re.compile(r"^bulkId:(.+)$")

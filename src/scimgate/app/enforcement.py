@@ -1,0 +1,99 @@
+"""Identities → map entries: the policy as the use cases need it.
+
+Does: compute each user's HAProxy map entries under the policy (``policy.compiler``) from
+the user's stored row and direct groups, and hand them to the store, which diffs them
+against what it holds and logs every change (``store.outbox``); the whole directory again
+after a policy change (``apply_policy``, audited).
+Does not: write SQL (``store``), decide the entry grammar (``policy``), or send anything to
+HAProxy (the sync engine follows the change log).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from scimgate.audit import log as audit
+from scimgate.policy.compiler import entries_for_user
+from scimgate.policy.model import Policy
+from scimgate.scim.render import user_resource
+from scimgate.store import outbox
+from scimgate.store import resources as rs
+from scimgate.store.db import Database
+
+# (user resource, the user's IdP groups) -> {identity_key: value}; {} for an inactive user.
+EntriesFn = Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, str]]
+
+
+class PolicyEnforcement:
+    def __init__(self, policy: Policy, secret: bytes) -> None:
+        self.policy = policy
+        self.secret = secret
+        self._idp_groups = {g for group in policy.groups.values() for g in group.idp_groups}
+
+    def entries(self, user: dict[str, Any], idp_groups: list[dict[str, Any]]) -> dict[str, str]:
+        return entries_for_user(user, idp_groups, self.policy, self.secret)
+
+    def group_relevant(self, display_name: str | None, external_id: str | None) -> bool:
+        return display_name in self._idp_groups or external_id in self._idp_groups
+
+
+def refresh_users(
+    conn: Connection, user_ids: Iterable[str], entries_fn: EntriesFn, base_url: str = ""
+) -> list[outbox.MapChange]:
+    """Recompute the entries of these users (in ``conn``'s write transaction) and log every
+    key that changed; a user gone from the store loses its entries."""
+
+    def desired() -> Iterator[tuple[str, dict[str, str]]]:
+        for user_id in dict.fromkeys(user_ids):
+            row = rs.find_user(conn, user_id)
+            if row is None:
+                yield user_id, {}
+                continue
+            user = user_resource(row, base_url)
+            yield user_id, entries_fn(user, rs.idp_groups_of_user(conn, user_id))
+
+    return outbox.log_user_entries(conn, desired())
+
+
+def rebuild_all(
+    conn: Connection, entries_fn: EntriesFn, batch: int = 2000
+) -> list[outbox.MapChange]:
+    """Recompute every user's entries (after a policy change); log only the differences.
+
+    Set-wise: every membership with its group in one read, every user in id order in one
+    cursor, the pure ``entries_fn`` per user in Python; the store diffs and writes in
+    batches of ``batch`` (``outbox.rebuild_entries``). The result and the change log, order
+    included, are those of :func:`refresh_users` over every user in id order followed by
+    the owners of entries whose user is gone."""
+
+    def desired() -> Iterator[tuple[str, dict[str, str]]]:
+        groups_by_user = rs.idp_groups_by_user(conn)
+        for row in rs.all_users(conn):
+            yield row.id, entries_fn(user_resource(row, ""), groups_by_user.get(row.id, []))
+
+    return outbox.rebuild_entries(conn, desired(), batch)
+
+
+def apply_policy(db: Database, policy: Policy, secret: bytes, policy_file: Path) -> dict[str, str]:
+    """Recompute every user's entries under ``policy`` (a policy edited between runs takes
+    effect; only differences are logged, and audited as ``policy.apply``) and return the
+    desired map."""
+    enforcement = PolicyEnforcement(policy, secret)
+    with db.write() as conn:
+        changes = rebuild_all(conn, enforcement.entries)
+        if changes:
+            audit.ensure_head(conn)
+            digest = hashlib.sha256(policy_file.read_bytes()).hexdigest()
+            audit.append(
+                conn, "policy.apply", operation="rebuild",
+                detail={"policy_file": str(policy_file), "policy_sha256": digest,
+                        "map_changes": len(changes),
+                        "deprovisions": sum(c.deprovision for c in changes)},
+            )  # fmt: skip
+    with db.read() as conn:
+        return outbox.desired_entries(conn)

@@ -1,0 +1,118 @@
+"""`scimgate status` and `scimgate resync`: the sync engine's state, seen from any process
+(the store plus a live probe of each target), and a forced full resync."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from scimgate.cli.options import config_option, database_of, dir_option, settings_of
+
+
+@click.command("status")
+@dir_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(directory: str | None, config: str | None, as_json: bool) -> None:
+    """Sync state of every HAProxy target, from the store and a live probe.
+
+    Exit code 0 when every target is reachable and nothing waits longer than
+    deprovision_alert_seconds; 1 otherwise (usable as a health check).
+
+    \b
+    Example:
+      $ scimgate status --dir ./demo
+      TARGET  REACHABLE  CURSOR  LAG  ENTRIES  LAST RESYNC                  UNCONFIRMED
+      local   yes        1042    0    1000     2026-11-28T13:21:02.123456Z  0
+    """
+    from scimgate.app.targets import target_status
+
+    settings = settings_of(directory, config)
+    if not settings.targets:
+        raise click.ClickException("no targets configured (targets: in scimgate.yaml)")
+    db = database_of(settings)
+    try:
+        all_ok, rows = target_status(db, settings)
+    finally:
+        db.dispose()
+    if as_json:
+        click.echo(json.dumps({"healthy": all_ok, "targets": rows}, indent=2))
+    else:
+        header = ("TARGET", "REACHABLE", "CURSOR", "LAG", "ENTRIES", "LAST RESYNC", "UNCONFIRMED")
+        table = [header]
+        for r in rows:
+            table.append(
+                (
+                    r["target"],
+                    "yes" if r["reachable"] else "NO",
+                    str(r["cursor"]),
+                    str(r["lag"]),
+                    str(r.get("live_entries", r["entries"])),
+                    r["last_resync"] or "-",
+                    str(r["unconfirmed_deprovisions"]),
+                )
+            )
+        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+        for line in table:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        for r in rows:
+            if r.get("probe_error") or r.get("last_error"):
+                click.echo(
+                    f"{r['target']}: {r.get('probe_error') or r.get('last_error')}", err=True
+                )
+            newest = r["newest_unconfirmed_deprovision"]
+            if newest:
+                click.echo(
+                    f"{r['target']}: deprovision seq {newest['seq']} unconfirmed for "
+                    f"{newest['age_seconds']} s",
+                    err=True,
+                )
+    sys.exit(0 if all_ok else 1)
+
+
+@click.command("resync")
+@dir_option
+@config_option
+@click.option("--target", "target_name", default=None, help="Only this target (default: all).")
+def resync(directory: str | None, config: str | None, target_name: str | None) -> None:
+    """Force a full atomic resync of HAProxy's identities maps from the store.
+
+    Connects to each target's Runtime API, replaces every map shard atomically (prepare,
+    add @ver, commit) with the desired state of one snapshot, writes the map files first
+    when the target has a map_dir, and records it (cursor, audit event sync.resync). A
+    running engine notices the new map version and resyncs itself to the newest state.
+
+    \b
+    Example:
+      $ scimgate resync --dir ./demo --target local
+      local: 1000 entries in 16 shard(s), seq 1042, 0.041 s
+    """
+    from scimgate.app.targets import resync_targets
+
+    settings = settings_of(directory, config)
+    targets = [t for t in settings.targets if target_name in (None, t.name)]
+    if not targets:
+        raise click.ClickException(
+            f"no target named {target_name!r}" if target_name else "no targets configured"
+        )
+    db = database_of(settings)
+    failed = 0
+
+    def warn(target: str, warning: str) -> None:
+        click.echo(f"{target}: warning: {warning}", err=True)
+
+    try:
+        for outcome in resync_targets(db, settings, targets, on_warning=warn):
+            if outcome.error is not None:
+                failed += 1
+                click.echo(f"{outcome.target}: resync failed: {outcome.error}", err=True)
+                continue
+            click.echo(
+                f"{outcome.target}: {outcome.entries} entries in {outcome.shards} shard(s), "
+                f"seq {outcome.seq}, {outcome.seconds:.3f} s"
+            )
+    finally:
+        db.dispose()
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,58 @@
+"""JWTs as the IdP would issue them, for an instance whose policy takes a JWT identity:
+signed with the instance's demo key (DIR/keys/jwt.key.pem), or the policy's secret for HS*
+algorithms. For demos and tests (`scimgate jwt mint`); production JWTs come from the IdP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from scimgate.app import tokens
+from scimgate.config import Settings
+from scimgate.instance.layout import Layout
+from scimgate.policy.jwtmint import mint_jwt
+from scimgate.policy.model import HMAC_ALGORITHMS, Policy
+
+
+class DemoJwtError(RuntimeError):
+    """No JWT can be minted: the policy takes another identity, a bad lifetime, no key."""
+
+
+def mint_demo_jwt(
+    settings: Settings,
+    policy: Policy,
+    subject: str,
+    *,
+    scopes: Sequence[str] = (),
+    ttl: str = "1h",
+    key_file: Path | None = None,
+) -> str:
+    """A JWT for ``subject``: the policy's identity claim is ``subject``, iss and aud come
+    from the policy, iat/nbf are now and exp is now + ``ttl`` (30m, 1h, 2d ...)."""
+    jwt = policy.identity.jwt
+    if policy.identity.source != "jwt" or jwt is None:
+        raise DemoJwtError(f"the policy's identity source is {policy.identity.source!r}, not 'jwt'")
+    try:
+        seconds = int(tokens.parse_duration(ttl).total_seconds())
+    except tokens.TokenError as exc:
+        raise DemoJwtError(str(exc)) from exc
+    if jwt.algorithm in HMAC_ALGORITHMS and key_file is None:
+        key: str = jwt.secret or ""
+    else:
+        path = key_file or Layout(settings.base_dir).private_key
+        try:
+            key = path.read_text()
+        except OSError as exc:
+            raise DemoJwtError(f"cannot read signing key {path}: {exc}") from exc
+    extra = {jwt.scope_claim: " ".join(scopes)} if scopes and jwt.scope_claim != "scope" else None
+    return mint_jwt(
+        key,
+        subject_claim=jwt.claim,
+        identity=subject,
+        algorithm=jwt.algorithm,
+        issuer=jwt.issuer,
+        audience=jwt.audience,
+        scopes=scopes,
+        ttl_seconds=seconds,
+        extra=extra,
+    )
