@@ -144,6 +144,48 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def _stat_cpu(path: str) -> float:
+    """utime+stime (seconds) of one /proc stat file; 0 when the task is gone."""
+    try:
+        with open(path) as f:
+            s = f.read()
+    except OSError:
+        return 0.0
+    fields = s[s.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_cpu(pid: int) -> float:
+    """utime+stime of one process (all its threads, living and ended), not its children:
+    `scimgate up`'s HAProxy is a child and is counted apart."""
+    return _stat_cpu(f"/proc/{pid}/stat")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Per thread of ``pid``: (kernel name, utime+stime seconds). The sync engine names its
+    threads ``sync-…`` (scimgate.sync.threads); every other thread is the API's."""
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:
+            continue
+        out[int(tid)] = (comm, _stat_cpu(f"/proc/{pid}/task/{tid}/stat"))
+    return out
+
+
+def sync_cpu(pid: int) -> float:
+    """CPU of the sync engine's threads (kernel names ``sync-…``) of ``pid``. Read before and
+    after a phase: the threads live as long as the engine, so the difference is the
+    engine's share (a helper thread that ends inside the phase would be missed; the
+    engine starts one only for a resync)."""
+    return sum(cpu for comm, cpu in thread_cpu(pid).values() if comm.startswith("sync-"))
+
+
 def rss_mb(pid: int, tree: bool = False) -> float:
     """VmRSS in MB (kB/1000), of one process or (tree=True) summed over its tree."""
     pids = process_tree(pid) if tree else [pid]
@@ -196,7 +238,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30, *, ok_only: bool = False
+) -> None:
     import http.client
     from urllib.parse import urlsplit
 
@@ -208,9 +252,12 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 3
         try:
             c = http.client.HTTPConnection(u.hostname, u.port, timeout=2)
             c.request("GET", u.path or "/")
-            c.getresponse().read()
+            r = c.getresponse()
+            r.read()
             c.close()
-            return
+            if not ok_only or r.status == 200:
+                return
+            time.sleep(0.1)
         except OSError:
             time.sleep(0.1)
     raise HarnessError(f"{url} did not answer in {timeout} s")
@@ -239,9 +286,23 @@ class Server:
     pid: int
     extra_pids: list[int] = field(default_factory=list)  # e.g. the PostgreSQL cluster
     stop_fn: Any = None
+    # `scimgate up`: the server's CPU is its own process only (HAProxy is its child, counted
+    # apart), split into the sync engine's threads and the rest (the API).
+    deployed: bool = False
+    haproxy_pid: int | None = None
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        return process_cpu(self.pid) if self.deployed else cpu_seconds(self.pid)
+
+    def probes(self) -> dict[str, Any]:
+        """Extra CPU readings taken around each measured run (see loadgen.run_load)."""
+        if not self.deployed:
+            return {}
+        out: dict[str, Any] = {"sync": lambda: sync_cpu(self.pid)}
+        if self.haproxy_pid is not None:
+            hap = self.haproxy_pid
+            out["haproxy"] = lambda: cpu_seconds(hap)
+        return out
 
     def extra_cpu(self) -> float:
         return sum(cpu_seconds(p) for p in self.extra_pids)
@@ -301,6 +362,63 @@ def start_scimgate(
         extra_pids=extra_pids or [],
         stop_fn=srv.stop,
     )
+
+
+def start_up(
+    workdir: Path,
+    name: str,
+    *,
+    database_url: str | None = None,
+    extra_pids: list[int] | None = None,
+    timeout: float = 90,
+) -> tuple[Server, dict[str, Any]]:
+    """`scimgate up --dir DIR` exactly as a user runs it (the configuration it writes: one
+    HAProxy target, read-your-writes, the SCIM TLS frontend, audit; SQLite in DIR, or
+    ``database_url`` through SCIMGATE_DATABASE_URL as `up` reads it). Waits until stack.json
+    names the process and /readyz says the target is in sync. Returns the server (the
+    direct ``scim_url``, loopback HTTP) and stack.json."""
+    from urllib.parse import urlsplit
+
+    directory = workdir / "up"
+    env = dict(os.environ)
+    env.pop("SCIMGATE_DATABASE_URL", None)
+    if database_url is not None:
+        env["SCIMGATE_DATABASE_URL"] = database_url
+    logf = open(workdir / "up.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scimgate.cli", "up", "--dir", str(directory),
+         "--port", str(free_port()), "--haproxy-port", str(free_port()),
+         "--scim-tls-port", str(free_port())],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    logf.close()
+    deadline = time.monotonic() + timeout
+    info: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HarnessError(
+                f"scimgate up exited {proc.returncode}: "
+                f"{(workdir / 'up.log').read_text(errors='replace')[-2000:]}"
+            )
+        try:
+            info = json.loads((directory / "stack.json").read_text())
+            if info.get("pids", {}).get("scimgate") == proc.pid:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    else:
+        stop_proc(proc)
+        raise HarnessError(f"scimgate up wrote no stack.json in {timeout} s")
+    u = urlsplit(info["scim_url"])
+    ready = f"http://{u.hostname}:{u.port}/readyz"
+    wait_http(ready, proc, max(5.0, deadline - time.monotonic()), ok_only=True)
+    srv = Server(
+        name, u.hostname or "127.0.0.1", int(u.port or 0), u.path, info["token"], proc.pid,
+        extra_pids=extra_pids or [], stop_fn=lambda: stop_proc(proc, 30), deployed=True,
+        haproxy_pid=info["pids"].get("haproxy"),
+    )  # fmt: skip
+    return srv, info
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,9 @@ class LoadResult:
     server_extra_cpu: float
     error_samples: list[str] = field(default_factory=list)
     timed_out: bool = False
+    # Named extra CPU readings over the run (seconds), e.g. the sync engine's threads
+    # ("sync", part of server_cpu) and HAProxy ("haproxy", not part of it).
+    probe_cpu: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         ok = len(self.latencies)
@@ -58,7 +61,17 @@ class LoadResult:
             else None,
             "client_cpu_ms_per_op": _r(self.client_cpu * 1000 / ok) if ok else None,
             "client_cpu_util": round(self.client_cpu / self.wall, 3) if self.wall > 0 else None,
+            **self._probe_summary(ok),
         }
+
+    def _probe_summary(self, ok: int) -> dict[str, Any]:
+        if not ok or not self.probe_cpu:
+            return {}
+        out = {f"{k}_cpu_ms_per_op": _r(v * 1000 / ok) for k, v in self.probe_cpu.items()}
+        if "sync" in self.probe_cpu:
+            # The server process's CPU minus its sync-engine threads: the API's share.
+            out["api_cpu_ms_per_op"] = _r((self.server_cpu - self.probe_cpu["sync"]) * 1000 / ok)
+        return out
 
 
 def _r(x: float | None) -> float | None:
@@ -116,6 +129,7 @@ def run_load(
     extra_cpu: Callable[[], float] = lambda: 0.0,
     bodies: list[bytes | None] | None = None,
     warm_path: str | None = None,
+    probes: Mapping[str, Callable[[], float]] | None = None,
 ) -> LoadResult:
     """Send every request in `reqs` (each exactly once, in order of pickup) with
     `concurrency` workers; stop early at `time_limit` seconds. With `bodies` (a list as
@@ -162,6 +176,8 @@ def run_load(
                     errs.append(f"{q.method} {q.path[:80]} -> {status} {data[:160]!r}")
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    probes = dict(probes or {})
+    p0 = {k: f() for k, f in probes.items()}
     s0, x0, c0 = server_cpu(), extra_cpu(), self_cpu()
     t0 = time.perf_counter()
     stop_at[0] = t0 + time_limit
@@ -173,6 +189,7 @@ def run_load(
             raise HarnessError("a load worker did not finish (request hung for > 120 s)")
     wall = time.perf_counter() - t0
     c1, s1, x1 = self_cpu(), server_cpu(), extra_cpu()
+    p1 = {k: f() for k, f in probes.items()}
     for c in conns:
         c.close()
     all_lat = [x for xs in lat for x in xs]
@@ -186,4 +203,5 @@ def run_load(
         server_extra_cpu=x1 - x0,
         error_samples=errs[:5],
         timed_out=timed_out[0],
+        probe_cpu={k: p1[k] - p0[k] for k in probes},
     )

@@ -50,6 +50,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.batches = Counter(
+            "scimgate_sync_batches_total",
+            "Batches confirmed (changes per batch: scimgate_propagation_seconds_count / this)",
+            ["target"],
+            registry=r,
+        )
         self.target_up = Gauge(
             "scimgate_target_up", "Target reachable (1) or not (0)", ["target"], registry=r
         )

@@ -85,9 +85,10 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
         if not isinstance(target, str):
             continue
         if ev["kind"] == "sync.applied":
-            lo, hi = d.get("first_seq"), d.get("last_seq")
-            if isinstance(lo, int) and isinstance(hi, int):
-                batches.append((lo, hi, target, when))
+            # A group-committed record lists each batch with its own time.
+            for lo, hi, at in d.get("batches") or [(d.get("first_seq"), d.get("last_seq"), when)]:
+                if isinstance(lo, int) and isinstance(hi, int) and isinstance(at, str):
+                    batches.append((lo, hi, target, at))
         elif ev["kind"] == "sync.resync" and isinstance(d.get("seq"), int):
             batches.append((1, d["seq"], target, when))
 

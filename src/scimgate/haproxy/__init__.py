@@ -37,6 +37,7 @@ from scimgate.haproxy.errors import (
     UnsafeRuntimeArgument,
 )
 from scimgate.haproxy.master import (
+    MasterLink,
     MasterProcess,
     MasterProcs,
     WorkerChange,
@@ -54,7 +55,12 @@ from scimgate.haproxy.payload import (
 )
 from scimgate.haproxy.replace import ReplaceResult
 from scimgate.haproxy.replies import MapInfo, parse_version
-from scimgate.haproxy.runtime import RuntimeClient, UpsertResult, current_worker_pid
+from scimgate.haproxy.runtime import (
+    PutReadResult,
+    RuntimeClient,
+    UpsertResult,
+    current_worker_pid,
+)
 from scimgate.haproxy.words import EntryValidator
 
 __all__ = [
@@ -63,10 +69,12 @@ __all__ = [
     "EntryValidator",
     "HAProxyRuntimeError",
     "MapInfo",
+    "MasterLink",
     "MasterProcess",
     "MasterProcs",
     "PayloadBody",
     "PendingBodies",
+    "PutReadResult",
     "ReplaceResult",
     "RuntimeAddress",
     "RuntimeClient",

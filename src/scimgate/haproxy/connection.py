@@ -38,6 +38,7 @@ from scimgate.haproxy.errors import (
 from scimgate.haproxy.replies import parse_info, take_replies
 
 _SMALL_WRITE = 32 * 1024
+_SMALL_READ = 64 * 1024  # below malloc's mmap threshold
 #: A streamed pipeline makes requests only while less than this many bytes wait to be sent.
 _STREAM_AHEAD = 1 << 20
 #: Buffers per sendmsg call (well under IOV_MAX, 1024 on Linux).
@@ -270,10 +271,12 @@ class CliConnection:
             ):
                 for req in requests:
                     sent(req)
-                sock.settimeout(self.timeout)
+                if sock.gettimeout() != self.timeout:
+                    sock.settimeout(self.timeout)  # two fcntl calls: only when it changed
                 sock.sendall(b"".join(r.data for r in requests))
                 while len(replies) < len(sent_reqs):
-                    receive(sock.recv(1 << 20))
+                    # Small replies: a 1 MiB buffer would be an mmap/mremap/munmap per call.
+                    receive(sock.recv(_SMALL_READ))
             else:
                 self._interleaved(
                     sock, iter(requests), sent, lambda: len(sent_reqs), replies, receive

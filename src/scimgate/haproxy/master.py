@@ -15,16 +15,25 @@ and the reload tests of tests/integration/test_sync_engine.py):
 - The 2.6 master CLI keeps a non-interactive connection open after the reply: a command is
   followed by ``;quit`` on the same line (a second line might not be read). ``reload``
   closes the connection without a reply.
+- On a reload the master closes every master CLI connection, then re-executes itself, and
+  only the re-executed master reads the configuration and the map files (strace of 2.6.12:
+  ``close`` of the CLI connection, ``execve``, then ``openat`` of the map file; no idle
+  timeout closed a prompt connection in 25 s). A unix socket's peer sees that close as
+  EOF as soon as ``close`` returns. So a unix-socket connection to the master that shows no
+  EOF at moment T proves that no reload began before T: :class:`MasterLink`.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import select
+import socket
 from dataclasses import dataclass
 
 from scimgate.haproxy.connection import RuntimeAddress
 from scimgate.haproxy.errors import (
+    HAProxyRuntimeError,
     RuntimeCommandError,
     RuntimeConnectionLost,
     UnsafeRuntimeArgument,
@@ -134,6 +143,96 @@ def master_command(address: RuntimeAddress, command: str, timeout: float = 5.0) 
 def show_proc(address: RuntimeAddress, timeout: float = 2.0) -> MasterProcs:
     """``show proc`` on the master CLI at ``address``."""
     return parse_show_proc(master_command(address, "show proc", timeout))
+
+
+_PROMPT_TAIL = b"> "
+
+
+class MasterLink:
+    """One persistent prompt connection to the master CLI, kept open to learn of reloads
+    without asking (module docstring): :meth:`intact` is one non-blocking peek, no round
+    trip. Only a unix socket vouches for that (``vouches``): over TCP the close reaches us
+    through the network stack, a moment later than the master's ``execve``.
+
+    Not thread-safe: one owner (a follower thread)."""
+
+    def __init__(self, address: RuntimeAddress, timeout: float = 2.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self.procs: MasterProcs | None = None  # ``show proc`` when the link was (re)opened
+        self.opened = 0  # connections made (tests: what HAProxy's master saw)
+
+    @property
+    def vouches(self) -> bool:
+        return self.address.family == "unix"
+
+    def open(self) -> MasterProcs:
+        """(Re)connect, enter prompt mode and read ``show proc`` on the new connection: a
+        reload from now on closes it."""
+        self.close()
+        sock = self.address.connect(self.timeout)
+        self._sock = sock
+        self.opened += 1
+        try:
+            self._command(b"prompt\n")
+            procs = parse_show_proc(self._command(b"show proc\n"))
+        except BaseException:
+            self.close()
+            raise
+        self.procs = procs
+        return procs
+
+    def intact(self) -> bool:
+        """True while the connection is open with nothing unread: no reload since it was
+        opened (for a unix socket). False after EOF, stray bytes or an error."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def show_proc(self) -> MasterProcs:
+        """``show proc`` on this connection (raises if it is gone: the caller reopens)."""
+        if not self.intact():
+            raise RuntimeConnectionLost(f"master CLI {self.address}: link closed")
+        try:
+            self.procs = parse_show_proc(self._command(b"show proc\n"))
+        except BaseException:
+            self.close()
+            raise
+        return self.procs
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def _command(self, line: bytes) -> str:
+        """Send one command line and read its reply up to the next prompt (``master> ``)."""
+        sock = self._sock
+        assert sock is not None
+        buf = bytearray()
+        try:
+            sock.settimeout(self.timeout)
+            sock.sendall(line)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise RuntimeConnectionLost(f"master CLI {self.address} closed the link")
+                buf.extend(chunk)
+                last = buf[buf.rfind(b"\n") + 1 :]
+                if last.endswith(_PROMPT_TAIL) and last.startswith(b"master"):
+                    return bytes(buf[: len(buf) - len(last)]).decode("utf-8", "replace")
+        except HAProxyRuntimeError:
+            raise
+        except OSError as exc:
+            raise RuntimeConnectionLost(f"master CLI {self.address}: {exc}") from exc
 
 
 class WorkerChange(enum.StrEnum):

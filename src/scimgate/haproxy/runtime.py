@@ -17,7 +17,7 @@ measured: research/haproxy-limits.md §1, §2b):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scimgate.haproxy.connection import CliConnection, Request, RuntimeAddress
@@ -56,6 +56,15 @@ from scimgate.haproxy.words import (
 class UpsertResult:
     updated: int
     added: int
+
+
+@dataclass(frozen=True)
+class PutReadResult:
+    """:meth:`RuntimeClient.put_and_read`: each key's value as read back after the write
+    (None: absent; ``replies.UNREADABLE``: neither), and how many ``set``s found no entry."""
+
+    values: dict[str, str | None]
+    set_missed: int
 
 
 class RuntimeClient(CliConnection):
@@ -254,6 +263,96 @@ class RuntimeClient(CliConnection):
         reqs = [Request(command("add map", path, k, v)) for k, v in self.validator.entries(entries)]
         if reqs:
             self.expect_empty(reqs)
+
+    def del_then_add_many(self, entries: Sequence[tuple[str, str, str | None]]) -> int:
+        """For each (map path, key, value): ``del map``, then ``add map`` unless the value is
+        None; every ``del`` before any ``add``, all in one pipelined exchange. Never for a
+        map requests read directly: between the two a key is absent (the caller puts it in
+        a map looked up first, e.g. the overlay). Returns how many keys were present."""
+        v = self.validator
+        checked = [
+            (v.map_path(p), v.key(k), None if val is None else v.value(val))
+            for p, k, val in entries
+        ]
+        if not checked:
+            return 0
+        dels = [Request(command("del map", p, k)) for p, k, _val in checked]
+        adds = [Request(command("add map", p, k, val)) for p, k, val in checked if val is not None]
+        replies = self.exchange([*dels, *adds])
+        removed = 0
+        failures: list[tuple[str, str]] = []
+        for req, reply in zip(dels, replies, strict=False):
+            try:
+                removed += del_outcome(req.label, reply)
+            except RuntimeCommandError as exc:
+                failures.append((exc.command, exc.reply))
+        for req, reply in zip(adds, replies[len(dels) :], strict=True):
+            if reply.strip():
+                failures.append((req.label, reply))
+        if failures:
+            raise RuntimeCommandError(
+                failures[0][0], failures[0][1], f"{len(failures)} commands failed: {failures[:3]!r}"
+            )
+        return removed
+
+    def put_and_read(
+        self,
+        map_path: str,
+        entries: Mapping[str, str],
+        present: Collection[str],
+        *,
+        drop: Collection[str] = (),
+    ) -> PutReadResult:
+        """Write ``entries`` into one map and read them back, in one pipelined exchange:
+        ``del map`` of the keys in ``drop`` (none of ``entries``), ``set map`` for the keys
+        in ``present``, ``add map`` for the others, then ``get map`` of every key of
+        ``entries`` (one stream, run in order: each read sees the writes). For the small
+        overlay map, whose keys the caller tracks: a ``set`` that finds no entry (the
+        tracking was wrong) gets its ``add`` and its read in a second exchange; an ``add``
+        of a key that was there makes a duplicate the read shows as the older value."""
+        path = self.validator.map_path(map_path)
+        pairs = self.validator.entries(entries)
+        drops = [Request(command("del map", path, self.validator.key(k))) for k in drop]
+        if not pairs and not drops:
+            return PutReadResult({}, 0)
+        if set(drop) & set(entries):
+            raise ValueError("a key is either dropped or written, not both")
+        held = set(present)
+        writes = [
+            Request(command("set map" if k in held else "add map", path, k, v)) for k, v in pairs
+        ]
+        reads = [Request(command("get map", path, k)) for k, _v in pairs]
+        with self.session():
+            replies = self.exchange([*drops, *writes, *reads])
+            for req, reply in zip(drops, replies, strict=False):
+                del_outcome(req.label, reply)  # gone either way; an error reply raises
+            replies = replies[len(drops) :]
+            missing: list[tuple[Word, Word]] = []
+            failures: list[tuple[str, str]] = []
+            for req, pair, reply in zip(writes, pairs, replies, strict=False):
+                if req.data.startswith(b"set"):
+                    try:
+                        if not set_outcome(req.label, reply):
+                            missing.append(pair)
+                    except RuntimeCommandError as exc:
+                        failures.append((exc.command, exc.reply))
+                elif reply.strip():
+                    failures.append((req.label, reply))
+            if failures:
+                raise RuntimeCommandError(
+                    failures[0][0],
+                    failures[0][1],
+                    f"{len(failures)} writes failed: {failures[:3]!r}",
+                )
+            values = {
+                str(k): get_map_value(r)
+                for (k, _v), r in zip(pairs, replies[len(writes) :], strict=True)
+            }
+            if missing:
+                self.add_many(map_path, {str(k): str(v) for k, v in missing})
+                again = self.lookup_many([(map_path, str(k)) for k, _v in missing])
+                values.update(zip((str(k) for k, _v in missing), again, strict=True))
+        return PutReadResult(values, len(missing))
 
     # ---- maps: atomic replace (replace.py)
 

@@ -167,6 +167,10 @@ class Database:
         # SQLite has one writer; serialising in-process avoids busy waits between our threads.
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._first_check = threading.local()
+        # _writers_lock: _writers, the write transactions begun (waiting for the writers'
+        # lock or running) and not finished: a hint for the sync engine's group commit.
+        self._writers_lock = threading.Lock()
+        self._writers = 0
         # SQLite only: short reads may run on the event loop's thread (``inline``), on
         # connections of their own so that they never wait for a worker thread's connection.
         # A WAL reader does not wait for the writer, so such a read does not block the loop.
@@ -223,15 +227,41 @@ class Database:
             check(conn)
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, background: bool = False) -> Iterator[Connection]:
         """One write transaction. Everything inside commits together or not at all.
 
         Writers are serialised (SQLite: BEGIN IMMEDIATE; PostgreSQL: a row lock on the audit
         head taken first), which gives the audit chain and the change log their commit order.
+        ``background``: bookkeeping whose commit nobody waits for (the sync engine's own
+        records), not counted in :attr:`writes_in_progress`.
         """
         if getattr(self._inline, "on", False):
             raise RuntimeError("writes never run inline (on the event loop)")
         logged: list[Any] = []
+        if not background:
+            with self._writers_lock:
+                self._writers += 1
+        try:
+            with self._write_transaction(logged) as conn:
+                yield conn
+        finally:
+            if not background:
+                with self._writers_lock:
+                    self._writers -= 1
+        # Committed (an exception above skips this), the writer lock released, and no
+        # longer counted as under way: a listener sees only the writes still coming.
+        if logged:
+            self._committed(logged)
+
+    @property
+    def writes_in_progress(self) -> int:
+        """Write transactions of this process begun and not finished (waiting for the
+        writers' lock or running): changes that will commit soon (a hint, no guarantee)."""
+        return self._writers
+
+    @contextmanager
+    def _write_transaction(self, logged: list[Any]) -> Iterator[Connection]:
+        """The transaction of :meth:`write`; on commit, ``logged`` holds its changes."""
         if self._write_lock is not None:
             with self._write_lock, self.engine.connect() as conn:
                 conn.info["write"] = True
@@ -239,7 +269,7 @@ class Database:
                     with conn.begin():
                         self._run_first_check(conn)
                         yield conn
-                        logged = conn.info.pop(LOGGED_CHANGES, logged)
+                        logged.extend(conn.info.pop(LOGGED_CHANGES, ()))
                 finally:
                     conn.info.pop("write", None)
                     conn.info.pop(LOGGED_CHANGES, None)
@@ -252,13 +282,10 @@ class Database:
                 try:
                     self._run_first_check(conn)
                     yield conn
-                    logged = conn.info.pop(LOGGED_CHANGES, logged)
+                    logged.extend(conn.info.pop(LOGGED_CHANGES, ()))
                 finally:
                     conn.info.pop(AUDIT_HEAD, None)
                     conn.info.pop(LOGGED_CHANGES, None)
-        # Committed (an exception above skips this), the writer lock released.
-        if logged:
-            self._committed(logged)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -199,6 +199,44 @@ _CHANGES_SQL = (
 )
 
 
+class ChangeLogReader:
+    """The change log read by one thread (a follower), on a connection of its own: taken
+    from the engine's pool once and detached from it, in autocommit mode (each read is one
+    statement, so no snapshot or transaction is needed). A pool checkout and the rollback of
+    its checkin cost more than the read itself, on every change's path. Not thread-safe."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._marker = "?" if db.engine.dialect.paramstyle == "qmark" else "%s"
+        self._conn: Any = None
+
+    def read(self, after: int, limit: int) -> list[TimedChange]:
+        """:func:`read_changes` on this reader's connection (opened again after an error)."""
+        if self._conn is None:
+            fairy = self.db.engine.raw_connection()
+            fairy.detach()  # ours until close(); the pool opens another in its place
+            dbapi: Any = fairy.dbapi_connection
+            if hasattr(dbapi, "autocommit"):
+                dbapi.autocommit = True  # psycopg: no transaction left open between reads
+            self._conn = fairy
+        try:
+            cur = self._conn.cursor()
+            try:
+                cur.execute(_CHANGES_SQL.format(p=self._marker), (after, limit))
+                rows = cur.fetchall()
+            finally:
+                cur.close()
+        except BaseException:
+            self.close()
+            raise
+        return [TimedChange(MapChange(int(r[0]), r[1], r[2], r[3], bool(r[4])), r[5]) for r in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+
 def read_changes(db: Database, after: int, limit: int) -> list[TimedChange]:
     """The change log after seq ``after``, oldest first, at most ``limit`` rows: the one
     reader of the change log. On a pooled DBAPI connection, without SQLAlchemy's statement

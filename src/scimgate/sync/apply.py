@@ -183,34 +183,49 @@ def replace_behind_overlay(
     return BatchResult([key], [], 1, removed)
 
 
-def apply_overlay(
-    client: RuntimeClient, path: str, values: Mapping[str, str | None], present: Collection[str]
-) -> list[str]:
-    """Put key → value (None: the tombstone) into the overlay map: ``set`` for keys it
-    holds (``present``), ``add`` for the others. Both walk only the overlay (small), so this
-    is the fast path whatever the shards hold. Returns the keys rejected by the allow-lists
-    (not sent). A wrong ``present`` cannot go unnoticed: an ``add`` of a held key makes a
-    duplicate that ``get map`` reads back as the older value (a mismatch, then a resync)."""
+def replace_many_behind_overlay(
+    client: RuntimeClient, layout: MapLayout, values: Mapping[str, str | None]
+) -> BatchResult:
+    """:func:`replace_behind_overlay` for several keys in one pipelined exchange (every
+    ``del``, then every ``add``). Each ``del`` walks its shard on 2.6: the caller bounds how
+    many go in one exchange (``drainer.keys_per_step``)."""
+    wanted, rejected = valid_entries(values, client.validator)
+    removed = client.del_then_add_many([(layout.path_of(k), k, v) for k, v in wanted.items()])
+    sets = [k for k, v in wanted.items() if v is not None]
+    return BatchResult(
+        set_keys=sets,
+        deleted_keys=[k for k, v in wanted.items() if v is None],
+        added=len(sets),
+        removed=removed,
+        rejected=rejected,
+    )
+
+
+def put_overlay(
+    client: RuntimeClient,
+    path: str,
+    values: Mapping[str, str | None],
+    present: Collection[str],
+    *,
+    retire: Collection[str] = (),
+) -> tuple[list[str], DriftCounts]:
+    """Put key → value (None: the tombstone) into the overlay map and read it back, in one
+    pipelined exchange (``RuntimeClient.put_and_read``): ``set`` for keys it holds
+    (``present``), ``add`` for the others, then ``get`` of each. Both walk only the overlay
+    (small), so this is the fast path whatever the shards hold. Returns the keys rejected by
+    the allow-lists (not sent) and the read-back's mismatches. A wrong ``present`` cannot go
+    unnoticed: an ``add`` of a held key makes a duplicate that ``get map`` reads back as the
+    older value (a mismatch, then a resync). ``retire``: drained keys (none of ``values``)
+    deleted from the overlay map in the same exchange, before the writes."""
     wanted, rejected = valid_entries(
         {k: overlay_value(v) for k, v in values.items()}, client.validator
     )
-    held = {k: v for k, v in wanted.items() if k in present and v is not None}
-    new = {k: v for k, v in wanted.items() if k not in present and v is not None}
-    if held:
-        result = client.upsert_many(path, held)  # adds any that were missing after all
-        if result.added:
-            log.warning("sync: overlay entries were missing", extra={"added": result.added})
-    if new:
-        client.add_many(path, new)
-    return rejected
-
-
-def read_back_overlay(
-    client: RuntimeClient, path: str, expected: Mapping[str, str | None]
-) -> DriftCounts:
-    """:func:`read_back` of the overlay: each key must hold its value or the tombstone."""
-    want = {k: overlay_value(v) for k, v in expected.items()}
-    return _read_back_paths(client, lambda _k: path, want)
+    sent = {k: v for k, v in wanted.items() if v is not None}
+    result = client.put_and_read(path, sent, present, drop=retire)
+    if result.set_missed:
+        log.warning("sync: overlay entries were missing", extra={"added": result.set_missed})
+    # An unreadable reply reads as a value no entry has: a mismatch (fail closed).
+    return rejected, diff(sent, result.values)
 
 
 @dataclass(frozen=True)

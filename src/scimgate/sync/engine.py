@@ -13,6 +13,7 @@ Followers see this class only through ``follower.EngineView``; drainers not at a
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -24,8 +25,8 @@ import scimgate.sync.status as status
 from scimgate.config import Settings
 from scimgate.haproxy.process import HAProxyNotFound, binary_version
 from scimgate.metrics import Metrics
-from scimgate.store.db import Database
-from scimgate.store.outbox import MapChange, head_seq
+from scimgate.store.db import Database, now_iso
+from scimgate.store.outbox import MapChange, TimedChange, head_seq
 from scimgate.sync.follower import TargetFollower
 from scimgate.sync.housekeeping import Housekeeper
 from scimgate.sync.layout import MapLayout, choose_shards
@@ -47,7 +48,7 @@ class SyncEngine:
         self._metrics = metrics
         self._stopping = threading.Event()
         self.waiters = Waiters(t.name for t in settings.targets)
-        self.recorder = Recorder()
+        self.recorder = Recorder(functools.partial(state.record_applied_batches, db))
         self.map_files = MapFiles(db)
         self.followers = [TargetFollower(self, t) for t in settings.targets]
         self.housekeeper = Housekeeper(
@@ -83,11 +84,14 @@ class SyncEngine:
     def map_writer(self, map_dir: str, layout: MapLayout) -> MapFileWriter:
         return self.map_files.writer_for(map_dir, layout)
 
-    def record(self, job: Callable[[], object]) -> None:
+    def record(self, job: Callable[[], object] | state.AppliedBatch) -> None:
         self.recorder.record(job)
 
     def saw_head(self, seq: int) -> None:
         self.waiters.saw_head(seq)
+
+    def writes_in_progress(self) -> int:
+        return self._db.writes_in_progress
 
     def advanced(self, target: str, cursor: int) -> None:
         self.waiters.advanced(target, cursor)
@@ -148,11 +152,17 @@ class SyncEngine:
     # ---- the request path
 
     def notify(self, changes: Sequence[MapChange]) -> None:
-        """Called after a committed SCIM write: wake the followers (cheap, never blocks)."""
+        """Called after a committed SCIM write: hand its changes to the followers and wake
+        them (cheap, never blocks). The changes' time is now: the commit."""
         if changes:
             self.waiters.saw_head(max(c.seq for c in changes))
-        for f in self.followers:
-            f.nudge()
+            created = now_iso()
+            timed = [TimedChange(c, created) for c in changes]
+            for f in self.followers:
+                f.offer(timed)
+        else:
+            for f in self.followers:
+                f.nudge()
 
     async def wait_confirmed(self, seq: int, timeout: float) -> bool:
         """True once every target has applied every change up to ``seq``; False on timeout

@@ -16,11 +16,11 @@ The follower sees its engine only through :class:`EngineView`; its drainer only 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,16 +29,16 @@ import scimgate.sync.state as state
 from scimgate.config import Settings, TargetConfig
 from scimgate.haproxy import HAProxyRuntimeError, RuntimeClient, parse_version
 from scimgate.metrics import Metrics
-from scimgate.store.db import Database, now_iso
-from scimgate.store.outbox import MapChange, TimedChange, head_seq, read_changes
+from scimgate.store.db import Database
+from scimgate.store.outbox import ChangeLogReader, MapChange, TimedChange, head_seq
 from scimgate.sync.apply import (
     ENTRY_VALIDATOR,
     BatchResult,
+    DriftCounts,
     apply_batch,
-    apply_overlay,
     coalesce,
+    put_overlay,
     read_back,
-    read_back_overlay,
 )
 from scimgate.sync.drainer import Drainer
 from scimgate.sync.layout import LayoutError, MapLayout, resolve_layout
@@ -46,6 +46,7 @@ from scimgate.sync.mapfiles import MapFileWriter
 from scimgate.sync.overlay import Overlay
 from scimgate.sync.reasons import ResyncReason, ResyncRequests
 from scimgate.sync.reconcile import drift_check, full_resync
+from scimgate.sync.threads import engine_thread
 from scimgate.sync.watch import WorkerWatch
 
 log = logging.getLogger("scimgate.sync")
@@ -58,6 +59,12 @@ CLIENT_TIMEOUT = 10.0
 #: Drained keys deleted from the overlay map per turn (bounds the delay a change arriving
 #: meanwhile can see: one pipelined exchange of ``del map`` on a small map).
 RETIRE_BATCH = 256
+#: Pending keys that wake the drainer before its own tick (drainer.TICK).
+DRAIN_WAKE_KEYS = 64
+#: Handed-over changes kept for the next batch (beyond: read from the change log).
+INBOX_MAX = BATCH
+#: Longest a batch waits for the commits of writes under way (group commit, see _gather).
+GROUP_WAIT = 0.005
 
 
 class EngineView(Protocol):
@@ -79,8 +86,9 @@ class EngineView(Protocol):
         """The writer of the map files in ``map_dir`` (shared by the targets reading them)."""
         ...
 
-    def record(self, job: Callable[[], object]) -> None:
-        """Write a durable record later, in order (the recorder)."""
+    def record(self, job: Callable[[], object] | state.AppliedBatch) -> None:
+        """Write a durable record later, in order (the recorder; batches are group
+        committed)."""
         ...
 
     def saw_head(self, seq: int) -> None:
@@ -89,6 +97,10 @@ class EngineView(Protocol):
 
     def advanced(self, target: str, cursor: int) -> None:
         """``target`` confirmed every change up to ``cursor``."""
+        ...
+
+    def writes_in_progress(self) -> int:
+        """Write transactions of this process under way (a hint: changes coming soon)."""
         ...
 
 
@@ -111,7 +123,7 @@ class TargetFollower:
         self.resyncs = ResyncRequests(ResyncReason.STARTUP)
         self.drainer = Drainer(target, self.overlay, engine.stopping, engine.metrics, self.nudge)
         self.watch = WorkerWatch(target)
-        self.thread = threading.Thread(target=self._run, name=f"sync-{self.name}", daemon=True)
+        self.thread = engine_thread(self._run, f"sync-{self.name}")
         self._client: RuntimeClient | None = None
         self._layout: MapLayout | None = None
         self._writer: MapFileWriter | None = None
@@ -120,6 +132,12 @@ class TargetFollower:
         self._last_error: str | None = None
         self._caught_up_at: float | None = None  # monotonic
         self._last_drift_check = time.monotonic()
+        self._changes = ChangeLogReader(engine.db)  # this thread's connection to the log
+        self._told = -1  # the cursor last reported to the engine
+        # _inbox_lock: _inbox, the changes this process's writes handed over after their
+        # commit (seq -> change). A leaf lock, held for a few dict operations.
+        self._inbox_lock = threading.Lock()
+        self._inbox: dict[int, TimedChange] = {}
 
     # ---- lifecycle (the engine's thread)
 
@@ -130,6 +148,17 @@ class TargetFollower:
 
     def nudge(self) -> None:
         """Look at the change log now (and on stop: notice it)."""
+        self.wake.set()
+
+    def offer(self, changes: Sequence[TimedChange]) -> None:
+        """Committed changes, handed over by the write that made them (any thread): the
+        next batch takes them from here instead of reading the store again, when they
+        follow the cursor without a gap. Beyond INBOX_MAX they are not kept (the change log
+        has them)."""
+        with self._inbox_lock:
+            if len(self._inbox) < INBOX_MAX:
+                for tc in changes:
+                    self._inbox[tc.change.seq] = tc
         self.wake.set()
 
     # ---- what other threads read
@@ -168,7 +197,10 @@ class TargetFollower:
                 self._follow()
                 self._retire()
                 self._periodic()
-                if self.overlay.to_drain:
+                if self.overlay.to_drain >= DRAIN_WAKE_KEYS:
+                    # Fewer keys wait for the drainer's own tick: the overlay map already
+                    # decides for them, and a drain step per change would cost a thread
+                    # hand-over per change.
                     self.drainer.wake.set()
                 backoff = BACKOFF_MIN
             except (HAProxyRuntimeError, OSError, LayoutError) as exc:
@@ -189,10 +221,14 @@ class TargetFollower:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
+            # Cleared by _follow right before each read of the change log: a notify that
+            # came after the last read ends this wait at once, none is lost.
             self.wake.wait(TICK)
-            self.wake.clear()  # after the wait, before the next read: no notify is lost
         if self._client is not None:
             self._client.close()
+        self._changes.close()
+        if self.watch.link is not None:
+            self.watch.link.close()
 
     # ---- connection
 
@@ -262,6 +298,7 @@ class TargetFollower:
         reasons = self.resyncs.take()
         if not reasons:
             return
+        self.watch.before_resync(client)
         try:
             with (
                 self.overlay.shard_writes()
@@ -275,18 +312,30 @@ class TargetFollower:
         except BaseException:
             self.resyncs.restore(reasons)
             raise
-        self.watch.resynced(client, layout)
         self._last_drift_check = time.monotonic()
+        reached = self.watch.resynced(client, layout)
+        if reached is not None:
+            # The resync went to a worker that no longer serves new connections (a reload
+            # began before it): do it again on the current one, confirm nothing.
+            self.resyncs.request(reached)
+            client.reconnect()
+            raise _Unconfirmed
         self._became_reachable()
         self._advance(result.seq)
 
     def _follow(self) -> None:
+        """Group commit: each read takes every change committed since the cursor (up to
+        BATCH) as one batch: one pipelined exchange, one overlay-file write, one worker
+        check, one confirmation and one record, however many changes it holds. Reads again
+        only if a notify came meanwhile (or the batch was full): an empty read per batch
+        would cost a round trip to the store for nothing."""
         while not self.engine.stopping.is_set():
-            batch = read_changes(self.engine.db, self._cursor, BATCH)
+            self.wake.clear()  # before the read: a notify from now on is for a later read
+            batch = self._next_changes(self._cursor, BATCH)
             if not batch:
-                self._caught_up_at = time.monotonic()
-                self.engine.advanced(self.name, self._cursor)  # refreshes the lag gauge
+                self._caught_up()
                 return
+            batch = self._gather(batch)
             self.engine.saw_head(batch[-1].change.seq)
             if len(batch) == BATCH:
                 with self.engine.db.read() as conn:
@@ -296,6 +345,48 @@ class TargetFollower:
                     self._resync()
                     continue
             self._apply(batch)
+            if len(batch) < BATCH and not self.wake.is_set():
+                self._caught_up()
+                return
+
+    def _next_changes(self, after: int, limit: int) -> list[TimedChange]:
+        """Up to ``limit`` changes after seq ``after``: those handed over if they follow it
+        without a gap (seqs are given in commit order under the writers' lock, so a run from
+        after + 1 is exactly the log's next rows), else read from the change log (other
+        processes' writes, a gap, a resync's jump)."""
+        with self._inbox_lock:
+            run: list[TimedChange] = []
+            if self._inbox:
+                seq = after + 1
+                while len(run) < limit and (tc := self._inbox.pop(seq, None)) is not None:
+                    run.append(tc)
+                    seq += 1
+                if not run:
+                    for old in [s for s in self._inbox if s <= after]:
+                        del self._inbox[old]  # passed by a read or a resync
+        return run or self._changes.read(after, limit)
+
+    def _gather(self, batch: list[TimedChange]) -> list[TimedChange]:
+        """Group commit across writers: while SCIM writes of this process are under way
+        (waiting for the writers' lock or running), wait up to GROUP_WAIT for their commits
+        and take them into this batch: each batch costs the same (one exchange, one file
+        write, one record) whatever it holds. With no write under way (a lone change, the
+        propagation path) nothing waits."""
+        deadline = time.monotonic() + GROUP_WAIT
+        while len(batch) < BATCH and self.engine.writes_in_progress() > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.wake.wait(remaining):
+                break
+            self.wake.clear()
+            batch = batch + self._next_changes(batch[-1].change.seq, BATCH - len(batch))
+        return batch
+
+    def _caught_up(self) -> None:
+        """Everything this process knows of is applied (other processes' writes are found
+        by the next TICK)."""
+        self._caught_up_at = time.monotonic()
+        if self._told != self._cursor:
+            self._advance(self._cursor)  # refreshes the lag gauge
 
     def _apply(self, batch: Sequence[TimedChange]) -> None:
         client, layout = self._client, self._layout
@@ -304,9 +395,7 @@ class TargetFollower:
         overlay = layout.overlay
         try:
             if overlay is not None and self.overlay.room_for(len(coalesced)):
-                result = self._into_overlay(client, overlay, coalesced)
-                expected = _expected(coalesced, result)
-                counts = read_back_overlay(client, overlay, expected)
+                result, counts = self._into_overlay(client, overlay, coalesced)
             else:
                 result = self._into_shards(client, layout, coalesced)
                 counts = read_back(client, layout, _expected(coalesced, result))
@@ -314,18 +403,20 @@ class TargetFollower:
             # Fail closed: a partly applied batch is unknown state; never blindly resend.
             self.resyncs.request(ResyncReason.APPLY_ERROR)
             raise
-        deprovisioned = [tc.change.identity_key for tc in batch if tc.change.deprovision]
-        if self._writer is not None and deprovisioned:
+        deprovisions = any(tc.change.deprovision for tc in batch)
+        if self._writer is not None:
             # Files before confirmation: the live worker already denies (applied above); a
             # reload racing this batch must load files that lack the revoked access, and the
             # worker check below runs after this write, so a reload in between is caught and
             # resynced before anything is confirmed. Grants may lag in files (debounced):
             # over-denial until the post-reload resync is safe, over-grant is not.
             if overlay is not None:
-                # The overlay file (every change the shard files lack, at its current
-                # value) is tiny, so this is off the O(shard) path.
-                self._writer.write_overlay()
-            else:
+                # The overlay file (every change the shard files lack, at its newest value)
+                # is kept from the batches themselves and is tiny: off the O(shard) path,
+                # and the store is not read again.
+                self._writer.note(coalesced.values(), write=deprovisions)
+            elif deprovisions:
+                deprovisioned = [tc.change.identity_key for tc in batch if tc.change.deprovision]
                 self._writer.write_shards_of(self.engine.db, deprovisioned)
         reason = self.watch.reached_elsewhere(client)
         if reason is not None:
@@ -353,22 +444,30 @@ class TargetFollower:
 
     def _into_overlay(
         self, client: RuntimeClient, path: str, coalesced: Mapping[str, MapChange]
-    ) -> BatchResult:
-        """The fast path: each key's final value (or the tombstone) into the overlay map; the
-        shards follow (the drainer). No lock is held while sending: only this thread writes
-        the overlay map or changes which keys it holds."""
+    ) -> tuple[BatchResult, DriftCounts]:
+        """The fast path: each key's final value (or the tombstone) into the overlay map
+        and read back, in one pipelined exchange; the shards follow (the drainer). No lock
+        is held while sending: only this thread writes the overlay map or changes which
+        keys it holds."""
         values = {k: c.value for k, c in coalesced.items()}
-        rejected = apply_overlay(client, path, values, self.overlay.held_among(values))
+        # Drained keys leave the overlay map in the same exchange (not a key of this batch:
+        # those become pending again).
+        retire = [k for k in self.overlay.retirable(RETIRE_BATCH) if k not in values]
+        rejected, counts = put_overlay(
+            client, path, values, self.overlay.held_among(values), retire=retire
+        )
+        self.overlay.forget(retire)
         refused = set(rejected)
         sent = {k: v for k, v in values.items() if k not in refused}
         self.overlay.put(sent)
-        return BatchResult(
+        result = BatchResult(
             set_keys=[k for k, v in sent.items() if v is not None],
             deleted_keys=[k for k, v in sent.items() if v is None],
             added=0,  # the entry count changes when the shards do (the drainer)
             removed=0,
             rejected=rejected,
         )
+        return result, counts
 
     def _into_shards(
         self, client: RuntimeClient, layout: MapLayout, coalesced: Mapping[str, MapChange]
@@ -386,23 +485,28 @@ class TargetFollower:
 
     def _confirm(self, batch: Sequence[TimedChange], result: BatchResult) -> None:
         """HAProxy holds the batch, read back, files safe, same worker: confirm it. Waiters
-        are released now; the durable record goes to the recorder, in order."""
-        applied = now_iso()
+        are released now; the durable record goes to the recorder, in order (group
+        committed with whatever else is waiting there)."""
+        applied_at = datetime.now(UTC)
+        applied = applied_at.strftime(state.TS_FORMAT)
         entries = self.overlay.add_entries(result.added - result.removed)
         self._became_reachable()
         self._advance(batch[-1].change.seq)
         self.engine.record(
-            functools.partial(
-                state.record_applied, self.engine.db, self.name,
-                first_seq=batch[0].change.seq, last_seq=batch[-1].change.seq,
-                set_keys=result.set_keys, deleted_keys=result.deleted_keys,
-                applied=applied, entries=entries,
+            state.AppliedBatch(
+                self.name, batch[0].change.seq, batch[-1].change.seq,
+                result.set_keys, result.deleted_keys, applied, entries,
             )
         )  # fmt: skip
-        applied_at = state.parse_ts(applied)
+        self.engine.metrics.batches.labels(self.name).inc()
         histogram = self.engine.metrics.propagation.labels(self.name)
+        logged: dict[str, float] = {}  # a SCIM write logs all its changes at one time
         for tc in batch:
-            histogram.observe(max(0.0, (applied_at - state.parse_ts(tc.created)).total_seconds()))
+            seconds = logged.get(tc.created)
+            if seconds is None:
+                seconds = (applied_at - state.parse_ts(tc.created)).total_seconds()
+                logged[tc.created] = seconds
+            histogram.observe(max(0.0, seconds))
 
     def _retire(self) -> None:
         """Delete drained keys from the overlay map: their shards hold the same value, so a
@@ -416,7 +520,7 @@ class TargetFollower:
             self.overlay.forget(keys)
 
     def _advance(self, seq: int) -> None:
-        self._cursor = seq
+        self._cursor = self._told = seq
         self.engine.advanced(self.name, seq)
 
     # ---- restarts, reloads, external commits, drift

@@ -14,6 +14,7 @@ from scimgate.metrics import Metrics
 from scimgate.store.db import Database
 from scimgate.store.outbox import head_seq
 from scimgate.sync.mapfiles import MapFiles
+from scimgate.sync.threads import engine_thread
 from scimgate.sync.waiters import Waiters
 
 log = logging.getLogger("scimgate.sync")
@@ -41,7 +42,7 @@ class Housekeeper:
         self.map_files = map_files
         self.stopping = stopping
         self._alerted: set[int] = set()  # deprovision seqs already logged as overdue
-        self.thread = threading.Thread(target=self._run, name="sync-housekeeping", daemon=True)
+        self.thread = engine_thread(self._run, "sync-housekeeping")
 
     def _run(self) -> None:
         while not self.stopping.wait(TICK):
@@ -77,7 +78,7 @@ class Housekeeper:
                 w.write_shards_of(self.db, keys)
                 w.mark_written(head)
         for w in writers:
-            if w not in due and w.overlay_due(head):
+            if w not in due and w.overlay_due():
                 w.write_overlay()  # small: the changes the shard files lack
 
     def _check_deprovisions(self) -> None:

@@ -11,18 +11,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from scimgate.haproxy import PayloadBody, encode_payload
-from scimgate.haproxy.mapfile import render_body, write_map_files
+from scimgate.haproxy.mapfile import HEADER, render_body, replace_small_file, write_map_files
 from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
 from scimgate.store.db import Database
-from scimgate.store.outbox import head_seq
+from scimgate.store.outbox import MapChange
 from scimgate.sync.apply import ENTRY_VALIDATOR, valid_entries
 from scimgate.sync.layout import MapLayout
-from scimgate.sync.state import (
-    Snapshot,
-    keys_changed_between,
-    read_entries_of,
-    read_shard_entries,
-)
+from scimgate.sync.state import Snapshot, read_entries_of, read_shard_entries
 
 log = logging.getLogger("scimgate.sync")
 
@@ -34,31 +29,41 @@ DEBOUNCE_SECONDS = 1.0
 SHARD_FILES_DEBOUNCE_SECONDS = 10.0
 OVERLAY_FILE_MAX_KEYS = 2000
 
+_HEADER = HEADER.encode("ascii")
+
 
 class MapFileWriter:
     """The shard files (debounced, incremental) and, when the layout has one, the overlay
-    file: every key changed after the shard files' seq, with its current desired value (or
-    the tombstone). Shards + overlay file = the current desired state, whatever lag the
-    shard files have; the overlay file is tiny and is written before a deprovision is
-    confirmed, the shard files are not on that path. ``db`` is where the overlay file's
-    entries are read (without it no overlay file is written)."""
+    file: every key changed after the shard files' seq, with its newest value (or the
+    tombstone). Shards + overlay file = the desired state as of the newest change the
+    followers handed in, whatever lag the shard files have; the overlay file is tiny and is
+    written before a deprovision is confirmed, the shard files are not on that path.
+
+    The overlay file is kept from what the followers hand in (:meth:`note`: each batch's
+    final value per key, already read from the change log) and never re-read from the
+    store. Only the engine's writer (``db`` given) writes an overlay file."""
 
     def __init__(self, layout: MapLayout, db: Database | None = None) -> None:
         self._layout = layout
         self.db = db
         self.written_seq = -1
         self.last_write = 0.0  # monotonic, of the shard files
-        self.overlay_seq = -1  # head when the overlay file was last written
-        self.overlay_keys = 0
+        self.overlay_seq = -1  # newest change in the overlay file when last written
         # _lock: the shard files, written_seq, last_write, and (with _overlay_lock) _layout.
         # Lock order: _lock, then _overlay_lock.
         self._lock = threading.Lock()
-        # _overlay_lock: the overlay file, overlay_seq, overlay_keys (and, with _lock,
+        # _overlay_lock: the overlay file, overlay_seq, _recent, _noted_seq (and, with _lock,
         # _layout). Its own lock: a follower confirming a deprovision must not wait for a
         # shard-file pass (~0.25-1 s at 1M identities, traced as 1 s outliers). Written while
         # the shard files change, it holds the changes after the older written_seq: a
-        # superset, with current values, so still exact on top of either.
+        # superset, with newest values, so still exact on top of either.
         self._overlay_lock = threading.Lock()
+        # The changes after written_seq that the followers handed in, validated once when
+        # handed in: key -> seq of its newest change, and key -> its overlay-file line.
+        self._recent_seq: dict[str, int] = {}
+        self._recent_line: dict[str, bytes] = {}
+        self._noted_seq = -1  # the newest seq handed in (dropped or kept)
+        self._pruned_at = -1  # written_seq when _recent_* were last pruned
 
     @property
     def layout(self) -> MapLayout:
@@ -77,31 +82,56 @@ class MapFileWriter:
     def _with_overlay_file(self) -> bool:
         return self._layout.overlay is not None and self.db is not None
 
+    @property
+    def overlay_keys(self) -> int:
+        """Keys the overlay file holds (or will at its next write)."""
+        with self._overlay_lock:
+            return len(self._recent_line)
+
+    def note(self, changes: Iterable[MapChange], *, write: bool = False) -> bool:
+        """A follower applied these changes (one batch, each key's final change): they go
+        into the overlay file's content (a key keeps its newest change, whichever follower
+        hands it in first). ``write``: rewrite the overlay file now (before a deprovision is
+        confirmed). Returns True if the file was written. A change outside the allow-lists
+        never enters the file: its key is then absent, which HAProxy denies."""
+        if not self._with_overlay_file:
+            return False
+        newest = {c.identity_key: c for c in changes}
+        valid, _rejected = valid_entries(
+            {k: OVERLAY_TOMBSTONE if c.value is None else c.value for k, c in newest.items()}
+        )
+        body = encode_payload({k: v for k, v in valid.items() if v is not None}, ENTRY_VALIDATOR)
+        lines = body.data.split(b"\n")[:-1]
+        with self._overlay_lock:
+            for key, line in zip(valid, lines, strict=True):
+                seq = newest[key].seq
+                if seq > self.written_seq and seq > self._recent_seq.get(key, -1):
+                    self._recent_seq[key] = seq
+                    self._recent_line[key] = line + b"\n"
+            self._noted_seq = max(self._noted_seq, *(c.seq for c in newest.values()))
+            return self._write_overlay_locked() if write else False
+
     def write_overlay(self) -> bool:
-        """Rewrite the overlay file from the store now (no-op without an overlay or a db, or
-        before the shard files were written once). Returns True if written."""
+        """Rewrite the overlay file now (no-op without an overlay, for a writer that is
+        not the engine's, or before the shard files were written once). Returns True if
+        written."""
         with self._overlay_lock:
             return self._write_overlay_locked()
 
     def _write_overlay_locked(self) -> bool:
         """Caller holds ``_overlay_lock`` (and may hold ``_lock``: always in that order)."""
-        overlay, db = self._layout.overlay, self.db
-        if overlay is None or db is None or self.written_seq < 0:
+        overlay = self._layout.overlay
+        if overlay is None or not self._with_overlay_file or self.written_seq < 0:
             return False
-        with db.read() as conn:
-            head = head_seq(conn)
-        keys = keys_changed_between(db, self.written_seq, 2**62)
-        if keys is None:
-            # A backlog beyond the incremental limit: the shard files are rewritten next
-            # (housekeeping); until then a reload over-denies nothing it should not.
-            keys = []
-        current = read_entries_of(db, sorted(keys)) if keys else {}
-        valid, _rejected = valid_entries(
-            {k: OVERLAY_TOMBSTONE if v is None else v for k, v in current.items()}
-        )
-        body = encode_payload({k: v for k, v in valid.items() if v is not None}, ENTRY_VALIDATOR)
-        write_map_files([(overlay, render_body(body))], fsync=False)
-        self.overlay_seq, self.overlay_keys = head, body.count
+        if self._pruned_at != self.written_seq:
+            # The shard files took these (written_seq moved): only newer changes stay.
+            self._pruned_at = self.written_seq
+            for key in [k for k, s in self._recent_seq.items() if s <= self.written_seq]:
+                del self._recent_seq[key], self._recent_line[key]
+        # Tiny, and rewritten per batch: no compare with the old content, no fsync (a reload
+        # reads the page cache; a host crash restarts everything with a resync).
+        replace_small_file(overlay, b"".join([_HEADER, *self._recent_line.values()]))
+        self.overlay_seq = max(self._noted_seq, self.written_seq)
         return True
 
     def due(self, head: int) -> bool:
@@ -113,9 +143,15 @@ class MapFileWriter:
             return age >= SHARD_FILES_DEBOUNCE_SECONDS or self.overlay_keys > OVERLAY_FILE_MAX_KEYS
         return age >= DEBOUNCE_SECONDS
 
-    def overlay_due(self, head: int) -> bool:
-        """The overlay file lags ``head`` (grants: deprovisions write it before confirming)."""
-        return self._with_overlay_file and self.written_seq >= 0 and head > self.overlay_seq
+    def overlay_due(self) -> bool:
+        """Changes were handed in since the overlay file was written (grants: deprovisions
+        write it before they are confirmed)."""
+        with self._overlay_lock:
+            return (
+                self._with_overlay_file
+                and self.written_seq >= 0
+                and max(self._noted_seq, self.written_seq) > self.overlay_seq
+            )
 
     def write(self, snapshot: Snapshot, bodies: Sequence[PayloadBody] | None = None) -> bool:
         """Write every shard's file from the snapshot unless newer files are already there.

@@ -151,15 +151,30 @@ class Overlay:
 
     def next_step(self) -> DrainStep | None:
         """The oldest pending key (the caller holds :meth:`shard_writes`), or None."""
+        steps = self.next_steps(1)
+        return steps[0] if steps else None
+
+    def next_steps(self, limit: int) -> list[DrainStep]:
+        """Up to ``limit`` of the oldest pending keys (the caller holds
+        :meth:`shard_writes`), oldest first."""
         with self._lock:
-            if not self._pending or self._layout is None or self._worker_pid is None:
+            layout, pid = self._layout, self._worker_pid
+            if not self._pending or layout is None or pid is None or layout.overlay is None:
+                return []
+            out: list[DrainStep] = []
+            for key, value in self._pending.items():
+                out.append(DrainStep(key, value, key in self._held, layout, pid))
+                if len(out) >= limit:
+                    break
+            return out
+
+    @property
+    def entries_per_shard(self) -> float | None:
+        """The shards' mean entry count (what one shard walk costs), None before a resync."""
+        with self._lock:
+            if self._entries is None or self._layout is None:
                 return None
-            if self._layout.overlay is None:
-                return None
-            key = next(iter(self._pending))
-            return DrainStep(
-                key, self._pending[key], key in self._held, self._layout, self._worker_pid
-            )
+            return self._entries / self._layout.shards
 
     def drained(self, step: DrainStep, entries_delta: int) -> None:
         """The shard of ``step.key`` now holds ``step.value``. The key stays pending if a
@@ -195,6 +210,12 @@ class Overlay:
         and still in the overlay map (``pending_shard_updates`` in the status)."""
         with self._lock:
             return len(self._pending) + len(self._drained)
+
+    @property
+    def retirable_count(self) -> int:
+        """Drained keys still in the overlay map (an upper bound of :meth:`retirable`)."""
+        with self._lock:
+            return len(self._drained)
 
     @property
     def to_drain(self) -> int:

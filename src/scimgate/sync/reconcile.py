@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from scimgate.sync.apply import DriftCounts, compare_live, replace_all, valid_en
 from scimgate.sync.layout import MapLayout
 from scimgate.sync.mapfiles import MapFileWriter
 from scimgate.sync.reasons import ResyncReason
+from scimgate.sync.threads import engine_thread
 
 log = logging.getLogger("scimgate.sync")
 
@@ -177,7 +177,7 @@ class _Background:
     def __init__(self, fn: Callable[[], object]) -> None:
         self._error: BaseException | None = None
         self._fn = fn
-        self._thread = threading.Thread(target=self._run, name="sync-mapfiles", daemon=True)
+        self._thread = engine_thread(self._run, "sync-mapfiles")
         self._thread.start()
 
     def _run(self) -> None:

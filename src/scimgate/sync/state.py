@@ -30,6 +30,10 @@ TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def parse_ts(text: str) -> datetime:
+    """A TS_FORMAT timestamp (UTC, ``Z``) as an aware datetime."""
+    if len(text) == 27 and text[-1] == "Z" and text[10] == "T":
+        # fromisoformat: ~20x faster than strptime (per change on the follower's path).
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
     return datetime.strptime(text, TS_FORMAT).replace(tzinfo=UTC)
 
 
@@ -264,7 +268,7 @@ def read_shard_entries(db: Database, shard: int, shards: int) -> dict[str, str]:
 
 
 def ensure_targets(db: Database, names: Sequence[str]) -> None:
-    with db.write() as conn:
+    with db.write(background=True) as conn:
         have = {r[0] for r in conn.execute(sa.select(T.c.name))}
         for name in names:
             if name not in have:
@@ -307,6 +311,19 @@ def _confirm_deprovisions(
     return len(rows)
 
 
+@dataclass(frozen=True)
+class AppliedBatch:
+    """A confirmed batch, as the follower hands it to the recorder."""
+
+    target: str
+    first_seq: int
+    last_seq: int
+    set_keys: Sequence[str]
+    deleted_keys: Sequence[str]
+    applied: str
+    entries: int | None
+
+
 def record_applied(
     db: Database,
     target: str,
@@ -319,27 +336,86 @@ def record_applied(
     entries: int | None,
 ) -> None:
     """One transaction: advance the cursor, confirm the batch's deprovisions, audit it."""
-    with db.write() as conn:
-        before = stored_cursor(conn, target)
-        _upsert_target(conn, target, cursor=last_seq, entries=entries, last_error=None)
-        confirmed = _confirm_deprovisions(
-            conn, target, min(before, first_seq - 1), last_seq, applied
-        )
-        audit.append(
-            conn,
-            "sync.applied",
-            detail={
+    record_applied_batches(
+        db,
+        [AppliedBatch(target, first_seq, last_seq, set_keys, deleted_keys, applied, entries)],
+    )
+
+
+def record_applied_batches(db: Database, batches: Sequence[AppliedBatch]) -> None:
+    """Group commit of confirmed batches (of any targets, in the order confirmed): one
+    transaction, in it per target one cursor update, one pass over the deprovisions the
+    batches cover (each confirmation row with the time of the batch that applied it) and
+    one ``sync.applied`` audit event for the target's batches: ``first_seq`` of the first,
+    ``last_seq`` and ``applied`` of the last (a change is reported in effect at the latest
+    then; its own batch's time is in ``batches`` as [first_seq, last_seq, applied] when
+    there are several, and a deprovision's in its confirmation row)."""
+    if not batches:
+        return
+    by_target: dict[str, list[AppliedBatch]] = {}
+    for batch in batches:
+        by_target.setdefault(batch.target, []).append(batch)
+    with db.write(background=True) as conn:
+        for target, own in by_target.items():
+            before = stored_cursor(conn, target)
+            first, last = own[0], own[-1]
+            _upsert_target(
+                conn, target, cursor=last.last_seq, entries=last.entries, last_error=None
+            )
+            confirmed = _confirm_batches(conn, target, before, own)
+            set_keys = [k for b in own for k in b.set_keys]
+            deleted_keys = [k for b in own for k in b.deleted_keys]
+            detail: dict[str, Any] = {
                 "target": target,
-                "first_seq": first_seq,
-                "last_seq": last_seq,
+                "first_seq": first.first_seq,
+                "last_seq": last.last_seq,
                 "set": len(set_keys),
                 "deleted": len(deleted_keys),
-                "set_keys": list(set_keys),
-                "deleted_keys": list(deleted_keys),
+                "set_keys": set_keys,
+                "deleted_keys": deleted_keys,
                 "deprovisions_confirmed": confirmed,
-                "applied": applied,
-            },
+                "applied": last.applied,
+            }
+            if len(own) > 1:
+                detail["batches"] = [[b.first_seq, b.last_seq, b.applied] for b in own]
+            audit.append(conn, "sync.applied", detail=detail)
+
+
+def _confirm_batches(
+    conn: Connection, target: str, before: int, batches: Sequence[AppliedBatch]
+) -> int:
+    """Confirmation rows for every deprovision the batches cover that has none yet (what
+    :func:`_confirm_deprovisions` does per batch, in two reads and one insert). A seq at or
+    below a batch's ``last_seq`` and above the previous one's gets that batch's time; the
+    first batch also covers anything between the stored cursor and its ``first_seq``.
+    Returns how many rows were written."""
+    after = min(before, batches[0].first_seq - 1)
+    upto = batches[-1].last_seq
+    if upto <= after:
+        return 0
+    seqs = [
+        r[0]
+        for r in conn.execute(
+            sa.select(C.c.seq).where(C.c.seq > after, C.c.seq <= upto, C.c.deprovision.is_(True))
         )
+    ]
+    if not seqs:
+        return 0
+    have = {
+        r[0]
+        for r in conn.execute(
+            sa.select(CONF.c.seq).where(CONF.c.target == target, CONF.c.seq.in_(seqs))
+        )
+    }
+    rows: list[dict[str, Any]] = []
+    i = 0
+    for seq in sorted(s for s in seqs if s not in have):
+        while i < len(batches) - 1 and seq > batches[i].last_seq:
+            i += 1
+        rows.append({"seq": seq, "target": target, "applied": batches[i].applied})
+    if rows:
+        conn.execute(CONF.insert(), rows)
+    return len(rows)
 
 
 def record_resync(
@@ -355,7 +431,7 @@ def record_resync(
 ) -> None:
     """One transaction: cursor = the snapshot's seq, confirmations for the deprovisions
     the resync carried, last_resync, and the ``sync.resync`` audit event."""
-    with db.write() as conn:
+    with db.write(background=True) as conn:
         before = stored_cursor(conn, target)
         _upsert_target(
             conn, target, cursor=seq, entries=entries, last_resync=applied, last_error=None
@@ -380,7 +456,7 @@ def record_resync(
 def record_drift(
     db: Database, target: str, *, source: str, missing: int, extra: int, wrong: int, seq: int
 ) -> None:
-    with db.write() as conn:
+    with db.write(background=True) as conn:
         audit.append(
             conn,
             "sync.drift",
@@ -396,10 +472,10 @@ def record_drift(
 
 
 def record_drift_check(db: Database, target: str, when: str) -> None:
-    with db.write() as conn:
+    with db.write(background=True) as conn:
         _upsert_target(conn, target, last_drift_check=when)
 
 
 def record_error(db: Database, target: str, error: str | None) -> None:
-    with db.write() as conn:
+    with db.write(background=True) as conn:
         _upsert_target(conn, target, last_error=error[:2000] if error else None)

@@ -17,6 +17,11 @@ def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
         fut.set_result(value)
 
 
+def _resolve_all(futs: list[asyncio.Future[bool]], value: bool) -> None:
+    for fut in futs:
+        _resolve(fut, value)
+
+
 class Waiters:
     """Confirmed cursors per target, the head seq (the newest change any thread saw), and
     the pending waits. Any thread may call any method."""
@@ -50,9 +55,15 @@ class Waiters:
             self._cursors[target] = cursor
             low = self._low()
             done = [w for w in self._futures if w[0] <= low]
-            for w in done:
-                self._futures.remove(w)
-                w[1].call_soon_threadsafe(_resolve, w[2], True)
+            if done:
+                self._futures = [w for w in self._futures if w[0] > low]
+                # One hand-over per event loop, not per wait: each wakes the loop (a write
+                # to its self-pipe), and a batch releases every writer it covers at once.
+                by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
+                for _seq, loop, fut in done:
+                    by_loop.setdefault(loop, []).append(fut)
+                for loop, futs in by_loop.items():
+                    loop.call_soon_threadsafe(_resolve_all, futs, True)
             self._cond.notify_all()
 
     def cursor(self, target: str) -> int:
