@@ -60,7 +60,7 @@ def targets(scim: dict[str, Any], add: Add) -> None:
             b = _cpu(servers, ref, judged, op, "total_server_cpu_ms_per_op")
             if a is not None and b is not None:
                 whole.append(f"{op} {a - b:+.2f}")
-        sp = (scim.get("spread") or {}).get("ops", {})
+        sp = (scim.get("spread") or {}).get("ops", {}) if be == UP_SQLITE else {}
         rounds = [
             x
             for op in ("create", "deactivate")

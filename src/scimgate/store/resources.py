@@ -110,6 +110,10 @@ def _user_values(resource: dict[str, Any]) -> dict[str, Any]:
 # (store.db.Sql) instead of a Core construct built, cache-keyed and compiled per call.
 _USER_COLUMNS = "id, user_name, active, attrs, version, created, last_modified"
 _USER_BY_ID = Sql(f"SELECT {_USER_COLUMNS} FROM scim_users WHERE id = ?")
+_IDP_GROUPS_OF_USER = Sql(
+    "SELECT g.display_name, g.external_id FROM scim_members m "
+    "JOIN scim_groups g ON g.id = m.group_id WHERE m.member_id = ?"
+)
 _USER_WITH_GROUPS = Sql(
     "SELECT u.id, u.user_name, u.active, u.attrs, u.version, u.created, u.last_modified, "
     "g.id, g.display_name FROM scim_users u "
@@ -247,12 +251,9 @@ def groups_of_users(conn: Connection, user_ids: Sequence[str]) -> dict[str, list
 
 def idp_groups_of_user(conn: Connection, user_id: str) -> list[dict[str, Any]]:
     """The user's direct groups as the policy compiler wants them (displayName, externalId)."""
-    q = (
-        sa.select(G.c.display_name, G.c.external_id)
-        .select_from(M.join(G, G.c.id == M.c.group_id))
-        .where(M.c.member_id == user_id)
-    )
-    return [{"displayName": n, "externalId": e} for n, e in conn.execute(q)]
+    return [
+        {"displayName": n, "externalId": e} for n, e in _IDP_GROUPS_OF_USER.run(conn, (user_id,))
+    ]
 
 
 def idp_groups_by_user(conn: Connection) -> dict[str, list[dict[str, Any]]]:
