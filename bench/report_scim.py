@@ -155,13 +155,13 @@ def tables(scim: dict[str, Any], ops: list[str], op_label: dict[str, str]) -> li
                 continue
             a(f"### concurrency {conc}: {title}")
             a("")
-            extra = " API ms | sync ms | HAProxy ms |" if deployed else ""
+            extra = " API ms | sync ms | PostgreSQL ms | HAProxy ms |" if deployed else ""
             a(
                 "| operation | server | ops/s | p50 ms | p99 ms | CPU/op ms |"
                 + extra
                 + " client CPU/op ms | ratio ops/s | ratio p99 | ratio CPU/op |"
             )
-            a("| --- | --- |" + " ---: |" * (10 + (3 if deployed else 0) - 2))
+            a("| --- | --- |" + " ---: |" * (10 + (4 if deployed else 0) - 2))
             for op in ops:
                 for n in [PEER, *names]:
                     r = servers.get(n, {}).get(conc, {}).get(op)
@@ -177,6 +177,7 @@ def tables(scim: dict[str, Any], ops: list[str], op_label: dict[str, str]) -> li
                         cells += [
                             _f(r.get("api_cpu_ms_per_op")),
                             _f(r.get("sync_cpu_ms_per_op")),
+                            _f(r.get("db_cpu_ms_per_op")) if "postgresql" in n else "–",
                             _f(r.get("haproxy_cpu_ms_per_op")),
                         ]
                     cells += [

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             "generated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "mode": mode,
             "env": environment(),
+            "only": [s for s in args.only.split(",") if s],
         }
     )
     if not args.merge:
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 d.mkdir()
                 data = mod.run(SIZES[mode][name], d)
                 data["seconds"] = round(time.monotonic() - t0, 1)
+                data["measured_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 data["loadavg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 result["sections"][name] = data
                 result["skipped"].pop(name, None)
