@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import click
 
 from scimgate.cli.options import config_option, database_of, dir_option, settings_of
 
 
-def iso_option(text: str | None) -> str | None:
-    """Accept RFC 3339 / ISO 8601 (date or date-time); return our fixed-width UTC form."""
+def iso_option(text: str | None, *, date_means: Literal["start", "end"] = "start") -> str | None:
+    """Accept RFC 3339 / ISO 8601 (date or date-time); return our fixed-width UTC form.
+
+    A date alone is a whole UTC day: as a lower bound (``--since``) it starts at 00:00:00, as
+    an upper bound or a moment (``--until``, ``--at``) it ends at 23:59:59.999999, so that
+    ``--until 2026-12-03`` includes everything that happened on the 3rd."""
     if text is None:
         return None
     try:
@@ -21,7 +27,12 @@ def iso_option(text: str | None) -> str | None:
         raise click.BadParameter(f"not an ISO 8601 time: {text!r}") from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
+    if date_means == "end" and _DATE_ONLY.match(text.strip()):
+        dt = dt + timedelta(days=1) - timedelta(microseconds=1)
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_DATE_ONLY = re.compile(r"^\d{4}-?\d{2}-?\d{2}$")
 
 
 @click.group("audit")
@@ -57,8 +68,10 @@ def audit_verify(directory: str | None, config: str | None) -> None:
 @audit_group.command("export")
 @dir_option
 @config_option
-@click.option("--since", default=None, help="ISO 8601 time (inclusive).")
-@click.option("--until", default=None, help="ISO 8601 time (inclusive).")
+@click.option(
+    "--since", default=None, help="ISO 8601 time (inclusive); a date alone: from its start."
+)
+@click.option("--until", default=None, help="ISO 8601 time (inclusive); a date alone: to its end.")
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
@@ -74,7 +87,9 @@ def audit_export(
     from scimgate.app.reports import export_events
 
     db = database_of(settings_of(directory, config))
-    for line in export_events(db, since=iso_option(since), until=iso_option(until), fmt=fmt):
+    for line in export_events(
+        db, since=iso_option(since), until=iso_option(until, date_means="end"), fmt=fmt
+    ):
         sys.stdout.write(line)
 
 

@@ -23,7 +23,7 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
     """
     from scimgate.instance.serve import SERVE_ERRORS, serve as serve_instance
 
-    settings = settings_of(directory, config)
+    settings = settings_of(directory, config, existing=False)
     try:
         serve_instance(settings, host or settings.host, port or settings.port)
     except SERVE_ERRORS as exc:
@@ -97,5 +97,5 @@ def db_upgrade(directory: str | None, config: str | None) -> None:
     Example:
       SCIMGATE_DATABASE_URL=postgresql+psycopg://scimgate@db/scimgate scimgate db upgrade
     """
-    database_of(settings_of(directory, config))
+    database_of(settings_of(directory, config), create=True)
     click.echo("database at head")
