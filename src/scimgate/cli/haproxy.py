@@ -97,13 +97,13 @@ def haproxy_render(
     from scimgate.instance.layout import DemoError
     from scimgate.policy.render import RenderError
 
+    settings = settings_of(directory, config)
+    policy = policy_or_exit(policy_file_of(settings))
     if mode == "full" and not output:
         raise click.UsageError(
             "a full config holds the pseudonym secret: write it to a file with -o FILE "
             "(created mode 0600), not to stdout"
         )
-    settings = settings_of(directory, config)
-    policy = policy_or_exit(policy_file_of(settings))
     try:
         shards = choose_map_shards(settings)
         text = render_instance(
