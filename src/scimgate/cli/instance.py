@@ -99,3 +99,83 @@ def db_upgrade(directory: str | None, config: str | None) -> None:
     """
     database_of(settings_of(directory, config), create=True)
     click.echo("database at head")
+
+
+@click.command("init")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The instance directory to make (created if missing; never overwritten).",
+)
+@click.option("--port", type=int, default=8000, show_default=True, help="scimgate's direct port.")
+@click.option(
+    "--bind", default="127.0.0.1:8080", show_default=True, help="HAProxy's enforcing frontend."
+)
+@click.option(
+    "--scim-bind", default="0.0.0.0:8443", show_default=True, help="HAProxy's TLS port for SCIM."
+)
+@click.option(
+    "--certificate",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="TLS certificate chain + key (one PEM) for the SCIM frontend (default: DIR/tls/scim.pem, "
+    "to be installed).",
+)
+@click.option("--runtime-socket", type=click.Path(), default=None, help="HAProxy's Runtime API.")
+@click.option("--master-socket", type=click.Path(), default=None, help="HAProxy's master CLI.")
+@click.option("--map-dir", type=click.Path(), default=None, help="Where HAProxy loads maps from.")
+@click.option("--database-url", default=None, help="Default: SQLite in DIR.")
+@click.option(
+    "--backend",
+    default="127.0.0.1:8081",
+    show_default=True,
+    help="The application HAProxy protects (host:port).",
+)
+@click.option("--issuer", default="https://idp.example.com/", show_default=True)
+@click.option("--audience", default="my-app", show_default=True)
+@click.option(
+    "--jwt-public-key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Your IdP's PUBLIC KEY PEM (default: a stand-in key pair in DIR/keys).",
+)
+def init(directory: str, **options: object) -> None:
+    """Write a production instance for an HAProxy you run yourself; start nothing.
+
+    A commented scimgate.yaml (database, TLS front, trusted proxies, one target with its
+    Runtime API socket, master CLI and map directory) and policy.yaml, the pseudonym
+    secret and keys in 0600 files, and the empty map files HAProxy loads at start. Prints
+    the commands to run next. Socket and map paths default to DIR/haproxy/.
+
+    \b
+    Example:
+      scimgate init --dir /etc/scimgate --certificate /etc/ssl/private/scim.pem \\
+          --runtime-socket /run/haproxy/admin.sock --master-socket /run/haproxy/master.sock \\
+          --map-dir /var/lib/scimgate/maps
+    """
+    from scimgate.config import ConfigError
+    from scimgate.instance.init import InitChoices, InitError, init_instance
+    from scimgate.policy.model import PolicyError
+
+    paths = {k: Path(v) for k, v in options.items() if isinstance(v, str) and k in _PATH_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in _PATH_OPTIONS and v is not None}
+    try:
+        result = init_instance(InitChoices(directory=Path(directory), **paths, **rest))  # type: ignore[arg-type]
+    except (InitError, ConfigError, PolicyError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    maps = [p for p in result.files if p.suffix == ".map"]
+    for path in result.files:
+        if path not in maps:
+            click.echo(f"wrote {path}", err=True)
+    if maps:
+        click.echo(f"wrote {len(maps)} empty map files in {maps[0].parent}", err=True)
+    click.echo("next:")
+    for number, step in enumerate(result.next_steps, 1):
+        click.echo(f"  {number}. {step}")
+
+
+_PATH_OPTIONS = frozenset(
+    {"certificate", "runtime_socket", "master_socket", "map_dir", "jwt_public_key"}
+)
