@@ -6,6 +6,7 @@ import json
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 import click
@@ -43,14 +44,30 @@ def audit_group() -> None:
 @audit_group.command("verify")
 @dir_option
 @config_option
-def audit_verify(directory: str | None, config: str | None) -> None:
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Verify this exported file (jsonl or csv) offline instead: no database needed.",
+)
+def audit_verify(directory: str | None, config: str | None, export_file: str | None) -> None:
     """Check the whole chain; name the first broken event (exit 1 if any).
 
+    With --export FILE, check an export made by `scimgate audit export` instead, without the
+    database (docs/production.md has the hash recipe and a stand-alone verifier).
+
     \b
-    Example:
+    Examples:
       scimgate audit verify --dir ./demo
       audit chain OK: 1532 events, head 9f2c…
+      scimgate audit verify --export audit-2026-11.jsonl
     """
+    if export_file is not None:
+        if directory is not None or config is not None:
+            raise click.UsageError("--export verifies a file alone: drop --dir/--config")
+        verify_export_file(Path(export_file))
+        return
     from scimgate.app.reports import verify_chain
 
     result, head = verify_chain(database_of(settings_of(directory, config)))
@@ -63,6 +80,37 @@ def audit_verify(directory: str | None, config: str | None) -> None:
         err=True,
     )
     sys.exit(1)
+
+
+def verify_export_file(path: Path) -> None:
+    from scimgate.audit.exported import ExportFormatError, read_export, verify_export
+
+    try:
+        check = verify_export(read_export(path))
+    except (ExportFormatError, ValueError, KeyError) as exc:
+        click.echo(f"export NOT VERIFIED: {exc}", err=True)
+        sys.exit(1)
+    if not check.ok:
+        click.echo(
+            f"export BROKEN at event {check.broken_seq}: {check.reason} "
+            f"({check.events} events verified before it)",
+            err=True,
+        )
+        sys.exit(1)
+    if check.events == 0:
+        click.echo(f"export OK: 0 events in {path}")
+        return
+    click.echo(
+        f"export OK: {check.events} events, seq {check.first_seq}..{check.last_seq}, "
+        f"head {check.head}"
+    )
+    if check.complete_from_start:
+        click.echo("starts at the first event of the trail (prev_hash is the genesis hash)")
+    else:
+        click.echo(
+            f"starts after event {check.first_seq - 1 if check.first_seq else '?'} "
+            f"(prev_hash {check.starts_after}): a partial export"
+        )
 
 
 @audit_group.command("export")

@@ -21,12 +21,13 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
     Example:
       scimgate serve --dir ./demo --port 8000
     """
-    from scimgate.instance.serve import SERVE_ERRORS, serve as serve_instance
+    from scimgate.instance.serve import serve as serve_instance
+    from scimgate.instance.up import startup_errors
 
     settings = settings_of(directory, config, existing=False)
     try:
         serve_instance(settings, host or settings.host, port or settings.port)
-    except SERVE_ERRORS as exc:
+    except startup_errors() as exc:
         raise click.ClickException(str(exc)) from exc
 
 
