@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from scimgate.cli.options import config_option, database_of, dir_option, settings_of
+from scimgate.config import Settings
 
 
 @click.command()
@@ -180,3 +181,107 @@ def init(directory: str, **options: object) -> None:
 _PATH_OPTIONS = frozenset(
     {"certificate", "runtime_socket", "master_socket", "map_dir", "jwt_public_key"}
 )
+
+
+@db_group.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False))
+@dir_option
+@config_option
+def db_backup(file: str, directory: str | None, config: str | None) -> None:
+    """Copy the SQLite database consistently while scimgate runs (file mode 0600).
+
+    Back up hmac.key and keys/ with it (docs/production.md). PostgreSQL: pg_dump -Fc.
+
+    \b
+    Example:
+      scimgate db backup --dir /etc/scimgate /backup/scimgate-$(date +%F).db
+    """
+    from scimgate.app.restore import RestoreError, backup_sqlite, sqlite_file
+
+    settings = settings_of(directory, config)
+    try:
+        head = backup_sqlite(sqlite_file(settings.database_url), Path(file))
+    except RestoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"backed up to {file}: audit head {head.seq}:{head.hash}")
+
+
+@db_group.command("restore")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@dir_option
+@config_option
+@click.option(
+    "--record-only",
+    is_flag=True,
+    help="The database was restored by other means (pg_restore): only record it.",
+)
+@click.option(
+    "--replaced-head",
+    default=None,
+    help="SEQ:HASH of the chain before the restore (with --record-only; from `audit verify`).",
+)
+def db_restore(
+    file: str | None,
+    directory: str | None,
+    config: str | None,
+    record_only: bool,
+    replaced_head: str | None,
+) -> None:
+    """Restore an older SQLite backup in place, and record it in the audit trail.
+
+    Stop scimgate first. The backup's chain is checked, the replaced database is kept as
+    NAME.replaced-TIME, and a `db.restore` event names the restored and the replaced heads.
+    At its next start, scimgate resyncs every HAProxy to the restored state.
+
+    \b
+    Example:
+      scimgate db restore --dir /etc/scimgate /backup/scimgate-2026-12-01.db
+    """
+    from scimgate.app.restore import Head, RestoreError, record_restore, restore_sqlite
+
+    settings = settings_of(directory, config)
+    serving = _serving(settings)
+    if serving:
+        raise click.ClickException(f"scimgate is serving this instance ({serving}): stop it first")
+    try:
+        if record_only:
+            seq = record_restore(
+                database_of(settings),
+                backup=Path(file) if file else None,
+                replaced=Head.parse(replaced_head) if replaced_head else None,
+                replaced_file=None,
+            )
+            click.echo(f"recorded the restore as audit event {seq} (db.restore)")
+            return
+        if file is None:
+            raise click.UsageError("FILE (the backup to restore) is required")
+        result = restore_sqlite(
+            settings.database_url, Path(file), sqlite_synchronous=settings.sqlite_synchronous
+        )
+    except RestoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"restored {file}: audit head {result.restored.seq} -> chain continues at event "
+        f"{result.event_seq} (db.restore)"
+    )
+    if result.replaced_file is not None and result.replaced is not None:
+        click.echo(f"replaced database kept as {result.replaced_file} (head {result.replaced.seq})")
+
+
+def _serving(settings: Settings) -> str | None:
+    """What answers for this instance (its unix socket or its direct port), if anything."""
+    import socket
+
+    if settings.unix_socket is not None and settings.unix_socket.exists():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            try:
+                s.connect(str(settings.unix_socket))
+                return f"{settings.unix_socket} answers"
+            except OSError:
+                pass
+    try:
+        socket.create_connection((settings.host, settings.port), timeout=1).close()
+        return f"{settings.host}:{settings.port} answers"
+    except OSError:
+        return None
