@@ -390,3 +390,14 @@ def test_serve_without_policy_or_target_is_unready_and_says_why(scim_server: Sci
     log = (scim_server.directory / "server.log").read_text()
     assert "not ready: no policy_file in scimgate.yaml" in log
     assert "not ready: no targets in scimgate.yaml" in log
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["init"], ["db", "backup"], ["db", "restore"], ["audit", "verify"], ["haproxy", "render"]],
+    ids=lambda c: "-".join(c),
+)
+def test_new_commands_have_an_example(command: list[str]) -> None:
+    result = cli(*command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout and f"scimgate {' '.join(command)}" in result.stdout
