@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import os
 import signal
+import ssl
 import stat
 import subprocess
 import sys
@@ -134,7 +135,7 @@ def _enforced(d: Path, port: int, web: int, tls: int, token: str, ca: Path) -> N
 
     scim = httpx.Client(
         base_url=f"https://127.0.0.1:{tls}/scim/v2",
-        verify=str(ca),
+        verify=ssl.create_default_context(cafile=str(ca)),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"},
         timeout=10,
     )
