@@ -140,10 +140,14 @@ def test_render_full_passes_haproxy_check(instance: Path, tmp_path: Path) -> Non
     assert ok, output
 
 
-def test_render_full_to_stdout_matches_the_instance(instance: Path) -> None:
-    out = scimgate("haproxy", "render", "--dir", str(instance), "--bind", "127.0.0.1:18080")
+def test_render_full_matches_the_instance(instance: Path, tmp_path: Path) -> None:
+    # issue 15: a full config (it holds the secret) goes to -o FILE only, never to stdout
+    target = tmp_path / "full.cfg"
+    out = scimgate("haproxy", "render", "--dir", str(instance), "--bind", "127.0.0.1:18080",
+                   "-o", str(target))  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout == (instance / "haproxy" / "haproxy.cfg").read_text()
+    assert out.stdout == ""
+    assert target.read_text() == (instance / "haproxy" / "haproxy.cfg").read_text()
 
 
 def test_render_fragment(instance: Path) -> None:

@@ -106,6 +106,27 @@ def run_server(
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """`scimgate serve`: :func:`run_server`, unwinding on SIGTERM/SIGINT as `up` does."""
+    """`scimgate serve`: :func:`run_server`, unwinding on SIGTERM/SIGINT as `up` does.
+
+    As `up` does, every entry is recomputed first under the current policy and pseudonym
+    secret (only differences are logged and audited as ``policy.apply``): an edited policy or
+    a rotated ``hmac.key`` takes effect at this start, and the start-up resync brings every
+    HAProxy to it."""
     unwind_on_signals()
+    if settings.policy_file is not None:
+        from scimgate.app.enforcement import apply_policy
+        from scimgate.instance.database import open_database
+        from scimgate.instance.layout import hmac_secret_path, load_or_create_secret
+        from scimgate.policy.model import load_policy
+
+        db = open_database(settings)
+        try:
+            apply_policy(
+                db,
+                load_policy(settings.policy_file),
+                load_or_create_secret(hmac_secret_path(settings)),
+                settings.policy_file,
+            )
+        finally:
+            db.dispose()
     run_server(settings, host, port)

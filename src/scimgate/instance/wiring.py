@@ -8,6 +8,8 @@ cases (``app``) and the engine behind ``app.propagation.Propagation``.
 
 from __future__ import annotations
 
+import logging
+
 from scimgate.api.app import Api, build_app
 from scimgate.app.authentication import Authenticator
 from scimgate.app.enforcement import PolicyEnforcement
@@ -20,6 +22,24 @@ from scimgate.instance.layout import load_or_create_secret
 from scimgate.metrics import Metrics
 from scimgate.policy.model import load_policy
 from scimgate.sync.engine import SyncEngine
+
+log = logging.getLogger("scimgate.instance")
+
+
+def enforcement_gaps(settings: Settings) -> list[str]:
+    """Why this instance enforces nothing, if it does not: a SCIM endpoint without a policy
+    or without a target stores identities that no HAProxy ever sees (docs/production.md)."""
+    gaps = []
+    if settings.policy_file is None:
+        gaps.append(
+            f"no policy_file in {settings.config_path.name}: identities are stored, "
+            "no map entry is made from them"
+        )
+    if not settings.targets:
+        gaps.append(
+            f"no targets in {settings.config_path.name}: no HAProxy receives the identities"
+        )
+    return gaps
 
 
 class Instance:
@@ -44,13 +64,15 @@ class Instance:
             self.service,
             Authenticator(self.db),
             self.metrics,
-            Readiness(self.db, self.sync),
+            Readiness(self.db, self.sync, enforcement_gaps(settings)),
             propagation=self.sync,
         )
         self.app = build_app(self.api)
         self.metrics.on_render(lambda: refresh_gauges(self.db, self.metrics))
 
     def start(self) -> None:
+        for gap in enforcement_gaps(self.settings):
+            log.warning("not ready: %s (/readyz answers 503)", gap)
         if self.sync is not None:
             self.sync.start()
 
