@@ -23,8 +23,13 @@ def upgrade() -> None:
     # "AgenticApplication" (18 characters) is an audited resource type. SQLite does not
     # enforce VARCHAR lengths (and would copy the whole audit table to alter it).
     if op.get_bind().dialect.name != "sqlite":
-        op.alter_column("audit_events", "resource_type", type_=sa.String(length=32),
-                        existing_type=sa.String(length=16), existing_nullable=True)
+        op.alter_column(
+            "audit_events",
+            "resource_type",
+            type_=sa.String(length=32),
+            existing_type=sa.String(length=16),
+            existing_nullable=True,
+        )
     op.create_table(
         "scim_agents",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -80,8 +85,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
-        op.alter_column("audit_events", "resource_type", type_=sa.String(length=16),
-                        existing_type=sa.String(length=32), existing_nullable=True)
+        op.alter_column(
+            "audit_events",
+            "resource_type",
+            type_=sa.String(length=16),
+            existing_type=sa.String(length=32),
+            existing_nullable=True,
+        )
     op.drop_table("scim_agent_links")
     op.drop_table("scim_agentic_applications")
     op.drop_table("scim_agents")
