@@ -76,8 +76,9 @@ def demo_policy_yaml(
     audience: str = "scimgate-demo",
 ) -> str:
     """The demo policy: '/healthz' public (no identity asked), '/' for any active user,
-    '/admin' for admins, '/eng' for engineering; JWT identity (RS256, claim ``email``);
-    every route answered by HAProxy itself."""
+    '/admin' for admins, '/eng' for engineering, '/api' for engineering and for agents in
+    the Automation group; JWT identity (RS256, claim ``email``; agent tokens carry
+    ``idtyp: app``); every route answered by HAProxy itself."""
     return f"""\
 # scimgate demo policy: HAProxy answers every route itself (no backend needed).
 identity:
@@ -91,10 +92,17 @@ identity:
     scope_claim: scope
     leeway_seconds: 30
   key_attributes: [userName, emails]
+  # machine identities: a token with idtyp=app is an agent's, named by azp/cid/client_id/sub
+  # and matched to the agent's subject, agentUserName or its application's clientId
+  agents:
+    claims: [azp, cid, client_id, sub]
+    key_attributes: [subject, agentUserName, clientId]
+    token: {{idtyp: app, without_user_claim: false}}
 
 groups:
   admins: {{idp_groups: ["Admins"]}}
   engineering: {{idp_groups: ["Engineering"]}}
+  automation: {{idp_groups: ["Automation"]}}
 
 routes:
   - name: health
@@ -105,6 +113,11 @@ routes:
     from: {{hosts: ["*"], path_prefix: /admin}}
     allow_groups: [admins]
     to: {{return: "admin area"}}
+  - name: api
+    from: {{hosts: ["*"], path_prefix: /api}}
+    allow_groups: [engineering]
+    allow_agents: {{groups: [automation]}}
+    to: {{return: "api"}}
   - name: eng
     from: {{hosts: ["*"], path_prefix: /eng}}
     allow_groups: [engineering]
