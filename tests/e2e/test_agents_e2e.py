@@ -47,7 +47,7 @@ ON = {"Operations": [{"op": "replace", "path": "active", "value": True}]}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpStack]:
     directory = tmp_path_factory.mktemp("agents")
-    policy = demo_policy_yaml().replace("  - name: home\n", LIMITED_ROUTE, 1)
+    policy = demo_policy_yaml(agents=True).replace("  - name: home\n", LIMITED_ROUTE, 1)
     (directory / "policy.yaml").write_text(policy)
     up = start_up(directory)
     try:

@@ -27,7 +27,7 @@ LIMITED = """\
 
 
 def _demo(extra_routes: str = "") -> str:
-    text = demo_policy_yaml()
+    text = demo_policy_yaml(agents=True)
     return text.replace("  - name: home\n", extra_routes, 1) if extra_routes else text
 
 
@@ -66,7 +66,7 @@ def test_agent_entries() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (demo_policy_yaml().replace("  agents:\n", "  agents_off:\n", 1), "unknown key"),
+        (demo_policy_yaml(agents=True).replace("  agents:\n", "  agents_off:\n", 1), "unknown key"),
         (_demo(LIMITED).replace("  automation:", "  at-bots: {idp_groups: [X]}\n  automation:"),
          "reserved for agent types"),
         (_demo(LIMITED).replace("types: [autonomous]", "groups: [nope]"), "undefined policy group"),
@@ -100,10 +100,6 @@ def test_rendered_agent_rules() -> None:
     assert "str(group_denied) if scimgate_route_admin !scimgate_agent_token" in cfg
     assert "str(agent_denied) if scimgate_route_admin scimgate_agent_token" in cfg
     # a policy without identity.agents renders no agent rule
-    plain = demo_policy_yaml()
-    start, end = plain.index("  # machine identities"), plain.index("\ngroups:")
-    plain = plain[:start] + plain[end:]
-    plain = plain.replace("    allow_agents: {groups: [automation]}\n", "")
-    cfg = render_config(parse_policy(plain), map_dir="/m", hmac_secret_b64=SECRET_B64,
+    cfg = render_config(parse_policy(demo_policy_yaml()), map_dir="/m", hmac_secret_b64=SECRET_B64,
                         check_files=False)  # fmt: skip
     assert "agent" not in cfg.replace("user_agent", "")

@@ -12,6 +12,10 @@ the entry grammar (``policy.agents``).
 
 Choices where the drafts are silent:
 
+* ``name`` is required (abbey-00); a wzdk-00 body with only ``agentUserName`` takes it as
+  its ``name`` too.
+* An application's ``agents[].display`` is kept as the client sent it (the agent's name
+  when it sent none); an agent deleted since is left out.
 * An agent is *suspended* when it names owners and none of them stands (an active user or
   an existing group); an agent without owners is not suspended. A deleted owner's link row
   is kept, so the agent stays suspended until the IdP names a new owner; an owner the agent
@@ -34,7 +38,12 @@ from scimgate.scim.etag import check_if_match
 from scimgate.scim.patch import apply_patch
 from scimgate.scim.render_agents import agent_resource, application_resource
 from scimgate.scim.resource import normalise
-from scimgate.scim.schema import AGENT_TYPE, AGENTIC_APPLICATION_TYPE, ResourceType
+from scimgate.scim.schema import (
+    AGENT_SCHEMA,
+    AGENT_TYPE,
+    AGENTIC_APPLICATION_TYPE,
+    ResourceType,
+)
 from scimgate.store import agents as st
 from scimgate.store.outbox import MapChange
 
@@ -57,17 +66,30 @@ def load_application(conn: Connection, app_id: str, base_url: str) -> dict[str, 
     row = st.get_application(conn, app_id)
     agents = st.application_agents(conn, app_id)
     names = st.agent_names(conn, list(agents))
+    sent = {
+        str(a.get("value")): a["display"]
+        for a in row.attrs.get("agents") or []
+        if isinstance(a, dict) and isinstance(a.get("display"), str)
+    }
+    order = [str(a.get("value")) for a in row.attrs.get("agents") or [] if isinstance(a, dict)]
+    ids = [a for a in order if a in agents] + sorted(a for a in agents if a not in order)
     return application_resource(
-        row, base_url, [(a, names.get(a, ""), k) for a, k in sorted(agents.items())]
+        row, base_url, [(a, sent.get(a) or names.get(a, ""), agents[a]) for a in ids]
     )
 
 
-def _check_identifier(resource: dict[str, Any]) -> None:
-    # abbey-00 §3.1 requires name; wzdk-00 §2 identifies an agent by agentUserName.
-    if not resource.get("name") and not resource.get("agentUserName"):
-        raise errors.InvalidValue(
-            "attribute 'name': required attribute is missing (an Agent needs name or agentUserName)"
-        )
+def with_default_name(body: Any) -> Any:
+    """abbey-00 §3.1 requires ``name``; wzdk-00 §2 has ``agentUserName`` instead: a body with
+    only the latter gets it as its ``name`` too (keys matched as ``normalise`` matches them:
+    any case, optionally URN-qualified)."""
+    if not isinstance(body, dict):
+        return body
+    prefix = AGENT_SCHEMA.lower() + ":"
+    names = {k.lower().removeprefix(prefix): k for k in body if isinstance(k, str)}
+    user_name = body.get(names["agentusername"]) if "agentusername" in names else None
+    if "name" in names or not isinstance(user_name, str):
+        return body
+    return {**body, "name": user_name}
 
 
 def _owner_links(
@@ -127,8 +149,7 @@ class AgentWrites:
     # --- Agents --------------------------------------------------------------------------
 
     def create_agent(self, conn: Connection, body: Any, actor: audit.Actor, base: str) -> Any:
-        resource = normalise(body, AGENT_TYPE, mode="create")
-        _check_identifier(resource)
+        resource = normalise(with_default_name(body), AGENT_TYPE, mode="create")
         links = _owner_links(conn, resource, {})
         row = st.insert_agent(conn, resource)
         st.set_links(conn, row.id, st.OWNER, links)
@@ -149,7 +170,6 @@ class AgentWrites:
         operation: str,
         before: dict[str, Any],
     ) -> tuple[dict[str, Any], list[MapChange]]:
-        _check_identifier(resource)
         links = _owner_links(conn, resource, st.owners_of(conn, rid))
         row = st.get_agent(conn, rid)
         st.update_agent(conn, row, resource)
@@ -170,7 +190,7 @@ class AgentWrites:
         base: str,
         if_match: str | None,
     ) -> tuple[dict[str, Any], list[MapChange]]:
-        resource = normalise(body, AGENT_TYPE, mode="replace")
+        resource = normalise(with_default_name(body), AGENT_TYPE, mode="replace")
         row = st.get_agent(conn, rid)
         check_if_match(if_match, row.version)
         before = load_agent(conn, rid, base)

@@ -79,7 +79,8 @@ def application_resource(
     row: AgentRecord, base_url: str, agents: Sequence[tuple[str, str, str]] = ()
 ) -> dict[str, Any]:
     """An AgenticApplication; ``agents`` as (agent id, name, kind)."""
-    out: dict[str, Any] = {"schemas": [AGENTIC_APPLICATION_SCHEMA], "id": row.id, **row.attrs}
+    attrs = {k: v for k, v in row.attrs.items() if k != "agents"}  # the links say which
+    out: dict[str, Any] = {"schemas": [AGENTIC_APPLICATION_SCHEMA], "id": row.id, **attrs}
     if agents:
         out["agents"] = [
             {"value": aid, "$ref": f"{base_url}/Agents/{aid}", "display": name, "type": kind}

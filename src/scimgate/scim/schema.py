@@ -316,15 +316,16 @@ def _ref_list(
 
 
 # Both drafts' attribute names: abbey-00 (name, agentType, protocols, parent, owners,
-# subject, applications…) and wzdk-00 (agentUserName, owners). abbey-00 requires ``name``,
-# wzdk-00 identifies by ``agentUserName``: the service asks for at least one of the two.
+# subject, applications…) and wzdk-00 (agentUserName, owners).
 AGENT = Schema(
     AGENT_SCHEMA,
     "Agent",
     "An AI agent or other machine identity (draft-abbey-scim-agent-extension-00, "
     "draft-wzdk-scim-agent-resource-00)",
     (
-        Attribute("name", max_length=NAME_LENGTH),
+        # abbey-00 §3.1: required; a wzdk-00 body without it takes its agentUserName
+        # (scimgate.app.agents.with_default_name), so both drafts' creates succeed.
+        Attribute("name", required=True, max_length=NAME_LENGTH),
         Attribute("agentUserName", uniqueness="server", max_length=NAME_LENGTH),
         Attribute("displayName", max_length=NAME_LENGTH),
         Attribute("description"),

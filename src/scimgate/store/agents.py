@@ -29,7 +29,9 @@ U, G, M = tables.users, tables.groups, tables.members
 OWNER = "owner"
 APPLICATION = "application"
 # Keys of a canonical resource that live in columns, in link rows or are computed.
-_NOT_IN_ATTRS = frozenset({"id", "meta", "schemas", "groups", "applications", "agents"})
+# (An application's ``agents`` stay in ``attrs`` too, for the displays the client sent; the
+# link rows say which agents it has.)
+_NOT_IN_ATTRS = frozenset({"id", "meta", "schemas", "groups", "applications"})
 
 
 @dataclass(frozen=True)
