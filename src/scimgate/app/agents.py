@@ -148,7 +148,9 @@ class AgentWrites:
 
     # --- Agents --------------------------------------------------------------------------
 
-    def create_agent(self, conn: Connection, body: Any, actor: audit.Actor, base: str) -> Any:
+    def create_agent(
+        self, conn: Connection, body: Any, actor: audit.Actor, base: str
+    ) -> tuple[dict[str, Any], list[MapChange]]:
         resource = normalise(with_default_name(body), AGENT_TYPE, mode="create")
         links = _owner_links(conn, resource, {})
         row = st.insert_agent(conn, resource)
