@@ -201,7 +201,7 @@ def ensure_demo_policy(settings: Settings) -> Path:
     if not path.exists():
         if settings.policy_file is not None:
             raise DemoError(f"policy file {path} (from {settings.config_path}) does not exist")
-        write_public(path, demo_policy_yaml(public_key="keys/jwt.pub.pem"))
+        write_public(path, demo_policy_yaml(public_key="keys/jwt.pub.pem", agents=True))
     return path
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from scimgate.policy.agents_model import AGENT_TYPE_PREFIX
 from scimgate.policy.model import ANY_GROUP, Loc, Policy, Route, RouteFrom, header_key
 
 
@@ -139,7 +140,7 @@ def semantic_problems(
     def number(index: int) -> int:
         return route_numbers[index] if route_numbers is not None else index + 1
 
-    out: list[tuple[Loc, str]] = []
+    out: list[tuple[Loc, str]] = agent_group_problems(policy)
     names: dict[str, int] = {}
     backends: dict[str, tuple[int, list[str]]] = {}
     if policy.identity.header is not None:
@@ -162,6 +163,7 @@ def semantic_problems(
         for j, slug in enumerate(route.allow_groups):
             if slug != ANY_GROUP and slug not in policy.groups:
                 out.append(((*where, "allow_groups", j), f"undefined policy group {slug!r}"))
+        out += _agent_problems(where, route, policy)
         if route.require_scopes and policy.identity.source != "jwt":
             out.append(((*where, "require_scopes"), "require_scopes needs identity.source: jwt"))
         problem = _reachability_problem(i, route, policy, number)
@@ -180,3 +182,40 @@ def semantic_problems(
                 )
             backends.setdefault(backend, (i, route.to.servers))
     return out
+
+
+def _agent_problems(where: Loc, route: Route, policy: Policy) -> list[tuple[Loc, str]]:
+    """``allow_agents`` needs agent tokens to be readable and names defined groups."""
+    allow = route.allow_agents
+    if allow is None:
+        return []
+    out: list[tuple[Loc, str]] = []
+    if policy.identity.source != "jwt" or policy.identity.agents is None:
+        out.append(
+            (
+                (*where, "allow_agents"),
+                "allow_agents needs identity.source: jwt and "
+                "identity.agents (how an agent's token is recognised)",
+            )
+        )
+    if ANY_GROUP in allow.groups and (len(allow.groups) > 1 or allow.types):
+        out.append(((*where, "allow_agents"), "'any' cannot be combined with groups or types"))
+    for j, slug in enumerate(allow.groups):
+        if slug != ANY_GROUP and slug not in policy.groups:
+            out.append(((*where, "allow_agents", "groups", j), f"undefined policy group {slug!r}"))
+    return out
+
+
+def agent_group_problems(policy: Policy) -> list[tuple[Loc, str]]:
+    """Agent types travel in map values as ``at-<type>``: no policy group may look like one."""
+    if policy.identity.agents is None:
+        return []
+    return [
+        (
+            ("groups", slug),
+            f"group slugs starting with {AGENT_TYPE_PREFIX!r} are reserved for "
+            "agent types when identity.agents is set",
+        )
+        for slug in policy.groups
+        if slug.startswith(AGENT_TYPE_PREFIX)
+    ]

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from scimgate.policy.agents_model import AgentIdentity, AllowAgents, RateLimit
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 
@@ -230,6 +232,7 @@ class Identity(_Model):
     header: HeaderSource | None = None
     mtls: MtlsSource | None = None
     key_attributes: list[KeyAttribute] = Field(default_factory=lambda: ["userName"], min_length=1)
+    agents: AgentIdentity | None = None  # machine identities (policy.agents_model)
 
     @model_validator(mode="after")
     def _source_configured(self) -> Identity:
@@ -326,20 +329,27 @@ class Route(_Model):
         Annotated[str, _matching(re.compile(r"^(?:any|[a-z0-9_-]{1,32})$"), "group")]
     ] = Field(default_factory=list)
     require_scopes: list[Scope] = Field(default_factory=list)
+    # Agents are let in only where a route says so, separately from people.
+    allow_agents: AllowAgents | None = None
+    rate_limit: RateLimit | None = None  # per pseudonymous identity
     to: RouteTo
 
     @property
     def is_open(self) -> bool:
         """Served without asking for an identity (public or source-limited)."""
-        return not self.allow_groups
+        return not self.allow_groups and self.allow_agents is None
 
     @model_validator(mode="after")
     def _one_access_rule(self) -> Route:
-        rules = [self.public, bool(self.allow_sources), bool(self.allow_groups)]
+        gated = bool(self.allow_groups) or self.allow_agents is not None
+        rules = [self.public, bool(self.allow_sources), gated]
         if sum(rules) != 1:
             raise ValueError(
-                "a route needs exactly one of 'allow_groups', 'public: true' or 'allow_sources'"
+                "a route needs exactly one of 'allow_groups' (and/or 'allow_agents'), "
+                "'public: true' or 'allow_sources'"
             )
+        if self.rate_limit is not None and self.is_open:
+            raise ValueError("rate_limit needs allow_groups or allow_agents (it is per identity)")
         if self.require_scopes and self.is_open:
             raise ValueError("require_scopes needs allow_groups (open routes ask no identity)")
         return self

@@ -37,6 +37,12 @@ from typing import Literal
 
 from scimgate.policy.compiler import VALID_SHARD_COUNTS
 from scimgate.policy.model import FILE_PATH_RE, Policy
+from scimgate.policy.render_agents import (
+    RATE_SC,
+    delegate_lookup_rules,
+    rate_limit_rules,
+    rate_limit_tables,
+)
 from scimgate.policy.render_base import (
     V_DECISION,
     V_GROUPS,
@@ -97,8 +103,10 @@ def _frontend_rules(
         *identity_rules(policy, check_files),
         "",
         *lookup_rules(map_dir, shards),
+        *delegate_lookup_rules(policy, map_dir, shards),
         *scope_rules(policy),
         *gated_route_rules(policy),
+        *rate_limit_rules(policy),
         "",
         "# --- scimgate: allowed ---",
         f"http-request set-var({V_DECISION}) str(allow)",
@@ -216,6 +224,12 @@ def render_config(
                 f"#     backend {JWT_CACHE_TABLE}",
                 f"#         {cache_table}",
             ]
+        for table, line in rate_limit_tables(policy).items():
+            notes += [
+                f"# Needed: a rate-limit table (and no other track-sc{RATE_SC} here):",
+                f"#     backend {table}",
+                f"#         {line}",
+            ]
         if scim_frontend:
             notes.append(
                 "# The SCIM endpoint's own frontend and backend (scim_front): "
@@ -299,6 +313,13 @@ def render_config(
             "# verified tokens (SHA-256 of the whole token -> gpt0 = its exp); never shared with peers",
             f"backend {JWT_CACHE_TABLE}",
             f"    {cache_table}",
+        ]
+    for table, line in rate_limit_tables(policy).items():
+        out += [
+            "",
+            "# per-identity request rates of one route (pseudonym keys)",
+            f"backend {table}",
+            f"    {line}",
         ]
     if scim_frontend:
         out += ["", *scim_frontend]

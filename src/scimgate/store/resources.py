@@ -387,16 +387,19 @@ def member_rows(conn: Connection, group_ids: Sequence[str]) -> dict[str, list[di
     if not group_ids:
         return out
     ug = G.alias("member_group")
+    ag = tables.agents
     q = (
-        sa.select(M.c.group_id, M.c.member_id, M.c.member_type, U.c.user_name, ug.c.display_name)
+        sa.select(M.c.group_id, M.c.member_id, M.c.member_type, U.c.user_name, ug.c.display_name,
+                  ag.c.name)
         .select_from(
             M.outerjoin(U, U.c.id == M.c.member_id).outerjoin(ug, ug.c.id == M.c.member_id)
+            .outerjoin(ag, ag.c.id == M.c.member_id)
         )
         .where(M.c.group_id.in_(list(group_ids)))
         .order_by(M.c.group_id, M.c.member_id)
-    )
-    for gid, mid, mtype, uname, gname in conn.execute(q):
-        out[gid].append({"value": mid, "type": mtype, "display": uname or gname})
+    )  # fmt: skip
+    for gid, mid, mtype, uname, gname, aname in conn.execute(q):
+        out[gid].append({"value": mid, "type": mtype, "display": uname or gname or aname})
     return out
 
 
@@ -409,6 +412,15 @@ def existing_member_types(conn: Connection, ids: Sequence[str]) -> dict[str, str
     if missing:
         found.update(
             {r[0]: "Group" for r in conn.execute(sa.select(G.c.id).where(G.c.id.in_(missing)))}
+        )
+    missing = [i for i in ids if i not in found]
+    if missing:  # agents may be members of groups (draft-abbey-scim-agent-extension-00 §3.1)
+        agents = tables.agents
+        found.update(
+            {
+                r[0]: "Agent"
+                for r in conn.execute(sa.select(agents.c.id).where(agents.c.id.in_(missing)))
+            }
         )
     return found
 
