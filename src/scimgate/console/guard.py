@@ -34,7 +34,9 @@ SECURITY_HEADERS = {
     ),
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` on our
+    # own form posts, and same_origin() would refuse them.
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 
