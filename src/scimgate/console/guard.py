@@ -77,7 +77,7 @@ async def read_form(request: Request) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body (the only kind the console's forms
     send), at most MAX_FORM_BYTES; the first value of each field."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/x-www-form-urlencoded":
+    if ctype not in ("application/x-www-form-urlencoded", ""):  # "": a POST with no body
         raise FormError(415, "forms are application/x-www-form-urlencoded")
     body = b""
     async for chunk in request.stream():
