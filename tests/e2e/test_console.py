@@ -10,12 +10,14 @@ import base64
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from scimgate.app import admins
+from scimgate.audit.log import iter_events
+from scimgate.store.db import Database
 from tests.support.console import chromium_available, csrf_of, launch_chromium, sign_in
 from tests.support.net import free_port
 from tests.support.up import UpStack, scimgate, start_up
@@ -68,16 +70,27 @@ def _operator(stack: UpStack) -> Iterator[httpx.Client]:
         client.close()
 
 
+def _db(stack: UpStack) -> Database:
+    """The instance's own SQLite file, opened beside the running `up` (WAL: concurrent
+    readers, serialised writers), for what a CLI command would do in seconds of start-up."""
+    return Database(f"sqlite:///{stack.directory / 'scimgate.db'}")
+
+
 def _admin(stack: UpStack, name: str, role: str) -> str:
-    out = scimgate("admin", "create", name, "--role", role, "--dir", str(stack.directory))
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    db = _db(stack)
+    try:
+        return admins.create(db, name, role)
+    finally:
+        db.dispose()
 
 
 def _audit(stack: UpStack, kind: str) -> list[dict[str, Any]]:
-    out = scimgate("audit", "export", "--dir", str(stack.directory))
-    assert out.returncode == 0, out.stderr
-    return [e for e in map(json.loads, out.stdout.splitlines()) if e["kind"] == kind]
+    db = _db(stack)
+    try:
+        with db.read() as conn:
+            return [e for e in iter_events(conn) if e["kind"] == kind]
+    finally:
+        db.dispose()
 
 
 # --- HTTP level -------------------------------------------------------------------------
@@ -267,6 +280,7 @@ def test_browser_watch_access_disappear_after_a_scim_deactivation(
 
 
 def test_browser_operator_rotates_a_token(browser: Any, stack: UpStack) -> None:
+    # `scimgate admin create` and `token create` are the CLI over the same use cases
     out = scimgate("token", "create", "okta", "--dir", str(stack.directory))
     assert out.returncode == 0, out.stderr
     page = _signed_in_page(browser, stack, stack.info["admin_name"], stack.info["admin_password"])

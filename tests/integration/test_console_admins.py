@@ -4,6 +4,7 @@ bound on sessions per admin, and every action audited with the admin's name."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,34 @@ def test_names_and_roles_are_checked(db: Database) -> None:
         admins.create(db, "alice", "viewer")
     [info] = admins.list_admins(db)
     assert (info.name, info.role, info.revoked) == ("alice", "viewer", None)
+
+
+def test_admin_cli_create_list_rotate_revoke(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from scimgate.cli import main
+
+    run = CliRunner()
+    d = ["--dir", str(tmp_path)]
+    created = run.invoke(main, ["admin", "create", "alice", "--role", "operator", *d])
+    assert created.exit_code == 0, created.output
+    first = created.stdout.strip().splitlines()[0]
+    assert first.startswith(admins.PREFIX)
+    listed = run.invoke(main, ["admin", "list", "--json", *d])
+    [row] = json.loads(listed.stdout)
+    assert (row["name"], row["role"], row["revoked"]) == ("alice", "operator", None)
+    rotated = run.invoke(main, ["admin", "rotate", "alice", *d])
+    assert rotated.exit_code == 0, rotated.output
+    second = rotated.stdout.strip().splitlines()[0]
+    db = Database(f"sqlite:///{tmp_path / 'scimgate.db'}")
+    try:
+        assert not admins.credential_ok(db, "alice", first)
+        assert admins.credential_ok(db, "alice", second)
+        assert run.invoke(main, ["admin", "revoke", "alice", *d]).exit_code == 0
+        assert not admins.credential_ok(db, "alice", second)
+    finally:
+        db.dispose()
+    again = run.invoke(main, ["admin", "revoke", "alice", *d])
+    assert again.exit_code != 0 and "no active admin" in again.output
+    bad = run.invoke(main, ["admin", "create", "bob", "--role", "root", *d])
+    assert bad.exit_code != 0
