@@ -153,6 +153,15 @@ def person_view(
         groups = reads.groups_of(conn, user_id)
         entries = reads.map_entry_count(conn, user_id)
         timeline = (user_story(conn, user_id) or {}).get("timeline", []) if story else []
+    for line in timeline:
+        changes = line.get("map_changes") or []
+        removed = sum(1 for c in changes if c.get("value") is None)
+        line["changes_summary"] = (
+            f"{len(changes)} HAProxy map change(s): {len(changes) - removed} identity key(s) "
+            f"set, {removed} removed"
+            if changes
+            else ""
+        )
     grants: list[Grant] = []
     if policy is not None:
         state = DirectoryState(users={row.id: UserState(row.user_name, row.active)})
@@ -191,6 +200,7 @@ def groups(db: Database, query: str, after: str) -> list[reads.GroupRow]:
 class GroupView:
     group: reads.GroupRow
     members: list[reads.PersonRow]
+    next_after: str  # the next page's cursor ("" at the end)
     policy_groups: list[str]
     routes: list[str]
 
@@ -200,9 +210,9 @@ def group_view(db: Database, policy: Policy | None, group_id: str, after: str) -
         row = reads.group(conn, group_id)
         if row is None:
             return None
-        members = reads.page_members(conn, group_id, after, PAGE)
+        members, next_after = reads.page_members(conn, group_id, after, PAGE)
     slugs = policy_groups_fed_by(policy, row.display_name, row.external_id)
-    return GroupView(row, members, slugs, routes_opened_by(policy, slugs))
+    return GroupView(row, members, next_after, slugs, routes_opened_by(policy, slugs))
 
 
 # --- access review ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from html import escape
 
 WIDTH, HEIGHT, PAD = 640, 160, 36
+LEFT = 64  # room for the y axis' label
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,10 @@ def latency_chart(points: list[tuple[float, float]], window: float = 3600.0) -> 
         return Chart(svg, 0, None, None)
     values = sorted(ms for _, ms in points)
     top = _nice_ceiling(max(values[-1], 1.0))
-    plot_w, plot_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
+    plot_w, plot_h = WIDTH - LEFT - PAD, HEIGHT - 2 * PAD
     dots = []
     for ago, ms in points:
-        x = PAD + plot_w * (1 - min(max(ago, 0.0), window) / window)
+        x = LEFT + plot_w * (1 - min(max(ago, 0.0), window) / window)
         y = PAD + plot_h * (1 - min(ms, top) / top)
         dots.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5"><title>{ms:.0f} ms</title></circle>'
@@ -48,12 +49,12 @@ def latency_chart(points: list[tuple[float, float]], window: float = 3600.0) -> 
     label = escape(f"propagation latency, last hour: {len(points)} batches, p50 {p50:.0f} ms")
     svg = (
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{label}">'
-        f'<line class="axis" x1="{PAD}" y1="{PAD + plot_h}" x2="{PAD + plot_w}" y2="{PAD + plot_h}"/>'
-        f'<line class="axis" x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{PAD + plot_h}"/>'
-        f'<text x="{PAD - 4}" y="{PAD + 4}" text-anchor="end">{top:.0f} ms</text>'
-        f'<text x="{PAD - 4}" y="{PAD + plot_h}" text-anchor="end">0</text>'
-        f'<text x="{PAD}" y="{HEIGHT - 8}">-60 min</text>'
-        f'<text x="{PAD + plot_w}" y="{HEIGHT - 8}" text-anchor="end">now</text>'
+        f'<line class="axis" x1="{LEFT}" y1="{PAD + plot_h}" x2="{LEFT + plot_w}" y2="{PAD + plot_h}"/>'
+        f'<line class="axis" x1="{LEFT}" y1="{PAD}" x2="{LEFT}" y2="{PAD + plot_h}"/>'
+        f'<text x="{LEFT - 6}" y="{PAD + 4}" text-anchor="end">{top:.0f} ms</text>'
+        f'<text x="{LEFT - 6}" y="{PAD + plot_h}" text-anchor="end">0</text>'
+        f'<text x="{LEFT}" y="{HEIGHT - 8}">-60 min</text>'
+        f'<text x="{LEFT + plot_w}" y="{HEIGHT - 8}" text-anchor="end">now</text>'
         + "".join(dots)
         + "</svg>"
     )

@@ -148,8 +148,7 @@ class Pages:
         )
         if view is None:
             return refusal(request, 404, "no such group")
-        next_after = view.members[-1].user_name if len(view.members) == views.PAGE else ""
-        return self.page("group.html", ctx, view=view, next_after=next_after)
+        return self.page("group.html", ctx, view=view, next_after=view.next_after)
 
     # --- access review ---------------------------------------------------------------------
 

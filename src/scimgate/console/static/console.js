@@ -35,7 +35,7 @@ function drawStory(list, story) {
     const item = el("li");
     item.append(el("time", line.ts), " ", el("strong", line.what), " ",
                 el("span", "by " + (line.actor || "-"), "muted"));
-    if (line.map_changes) item.append(el("div", line.map_changes.length + " map change(s)", "muted"));
+    if (line.changes_summary) item.append(el("div", line.changes_summary, "muted"));
     for (const e of line.enforced || []) {
       item.append(el("div", "enforced on " + e.target + " at " + e.applied +
                      " (+" + Math.round(e.after_ms) + " ms)", "enforced"));

@@ -1,4 +1,4 @@
-"""admin console: admin accounts and their sessions
+"""admin console: admin accounts and their sessions, an index for the people counts
 
 Revision ID: 0002
 Revises: 0001
@@ -17,6 +17,8 @@ SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("scim_users", schema=None) as batch_op:
+        batch_op.create_index("ix_scim_users_active", ["active"], unique=False)
     op.create_table(
         "admin_accounts",
         sa.Column("id", SEQ, autoincrement=True, nullable=False),
@@ -49,3 +51,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_admin_sessions_admin_id"))
     op.drop_table("admin_sessions")
     op.drop_table("admin_accounts")
+    with op.batch_alter_table("scim_users", schema=None) as batch_op:
+        batch_op.drop_index("ix_scim_users_active")
