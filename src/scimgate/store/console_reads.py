@@ -100,11 +100,11 @@ class GroupRow:
 
 
 def page_groups(conn: Connection, query: str, after: str, limit: int) -> list[GroupRow]:
+    """Groups by displayName; member counts for the page's groups only (an index range
+    each, not an aggregate over every membership)."""
     q = query.strip().lower()
-    counts = sa.select(M.c.group_id, sa.func.count().label("n")).group_by(M.c.group_id).subquery()
     stmt = (
-        sa.select(G.c.id, G.c.display_name, G.c.external_id, counts.c.n)
-        .select_from(G.outerjoin(counts, counts.c.group_id == G.c.id))
+        sa.select(G.c.id, G.c.display_name, G.c.external_id)
         .order_by(G.c.display_name_lower)
         .limit(limit)
     )
