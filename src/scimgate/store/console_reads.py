@@ -1,7 +1,7 @@
 """The reads behind the admin console's pages, each one bounded and index-friendly so a page
 stays fast at 100k users: keyset paging (``WHERE key > last ORDER BY key LIMIT n``) and
-prefix search as an index range (``lower >= q AND lower < q || U+FFFF``), on both
-databases.
+prefix search as an index range on SQLite (``lower >= q AND lower < q || U+10FFFF``) and an
+escaped LIKE on PostgreSQL.
 
 Does: page and search users and groups, one user's groups and map-entry count, a group's
 members, audit events by filters (newest first), the recent ``sync.applied`` batches with
@@ -21,7 +21,17 @@ from scimgate.store import tables
 
 U, G, M = tables.users, tables.groups, tables.members
 E, C, ME = tables.audit_events, tables.change_log, tables.map_entries
-_PREFIX_END = "\uffff"
+_PREFIX_END = "\U0010ffff"
+
+
+def _starts_with(conn: Connection, column: Any, prefix: str) -> Any:
+    """``column`` starts with ``prefix``. SQLite compares text by code point, so a range is
+    exact and uses the column's index; PostgreSQL's collation may not order by code point
+    (en_US ignores punctuation at first), so there it is LIKE with the pattern escaped."""
+    if conn.dialect.name == "sqlite":
+        return sa.and_(column >= prefix, column < prefix + _PREFIX_END)
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(escaped + "%", escape="\\")
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ def page_people(conn: Connection, query: str, after: str, limit: int) -> list[Pe
     if q:
         stmt = stmt.where(
             sa.or_(
-                sa.and_(U.c.user_name_lower >= q, U.c.user_name_lower < q + _PREFIX_END),
+                _starts_with(conn, U.c.user_name_lower, q),
                 U.c.id == query.strip(),
                 U.c.external_id == query.strip(),
             )
@@ -109,9 +119,7 @@ def page_groups(conn: Connection, query: str, after: str, limit: int) -> list[Gr
         .limit(limit)
     )
     if q:
-        stmt = stmt.where(
-            sa.and_(G.c.display_name_lower >= q, G.c.display_name_lower < q + _PREFIX_END)
-        )
+        stmt = stmt.where(_starts_with(conn, G.c.display_name_lower, q))
     if after:
         stmt = stmt.where(G.c.display_name_lower > after.lower())
     rows = conn.execute(stmt).all()
