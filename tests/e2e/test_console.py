@@ -225,6 +225,21 @@ def test_pages_show_groups_access_and_policy(stack: UpStack) -> None:
         assert "local" in overview and "<svg" in overview
 
 
+def test_live_json_answers_unchanged_while_the_trail_stands_still(stack: UpStack) -> None:
+    with _operator(stack) as client:
+        url = f"/console/people/{stack.info['user_id']}/live.json"
+        full = client.get(url).json()
+        assert full["user_name"] == USER and "grants" in full
+        # the trail's head moves only with events: ask again naming the head seen
+        for _ in range(20):
+            again = client.get(url, params={"head": full["head"]}).json()
+            if again.get("unchanged"):
+                break
+            full = client.get(url).json()  # a confirmation landed meanwhile
+        assert again == {"head": full["head"], "unchanged": True}
+        assert client.get(url, params={"head": "0"}).json()["user_name"] == USER
+
+
 # --- in a browser ---------------------------------------------------------------------------
 
 

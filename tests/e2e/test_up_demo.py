@@ -53,6 +53,9 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
         text = "".join(output)
         assert "FAIL" not in text, text
         assert text.count(" ok ") == 6, text
+        assert re.search(
+            r"admin console: http://127\.0\.0\.1:\d+/console/ +name demo-admin +password sga_", text
+        ), text
         session = text.split("copy-paste):\n", 1)[1].split("Running.", 1)[0]
         assert "scimgate jwt mint --dir demo alice@example.com" in session
 

@@ -3,9 +3,12 @@ after sign-in, the latency chart, form timestamps."""
 
 from __future__ import annotations
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from scimgate.app import admins
 from scimgate.console.chart import latency_chart
-from scimgate.console.guard import safe_next
+from scimgate.console.guard import safe_next, set_cookie
 from scimgate.console.pages import _timestamp
 
 
@@ -60,3 +63,17 @@ def test_form_timestamps() -> None:
     assert _timestamp("2026-12-03T14:05") == "2026-12-03T14:05:00.000000Z"
     assert _timestamp("2026-12-03T14:05:06.5Z") == "2026-12-03T14:05:06.500000Z"
     assert _timestamp("yesterday") == ""
+
+
+def _request(scheme: str) -> Request:
+    return Request({"type": "http", "scheme": scheme, "method": "GET", "path": "/console/",
+                    "headers": [], "query_string": b"", "server": ("127.0.0.1", 1)})  # fmt: skip
+
+
+def test_cookie_is_secure_exactly_when_the_request_came_over_tls() -> None:
+    for scheme, secure in (("https", True), ("http", False)):
+        response = Response()
+        set_cookie(response, _request(scheme), "scimgate_console", "s", 60)
+        attrs = [a.strip().lower() for a in response.headers["set-cookie"].split(";")]
+        assert ("secure" in attrs) is secure
+        assert "httponly" in attrs and "samesite=strict" in attrs

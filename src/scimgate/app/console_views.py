@@ -141,6 +141,13 @@ class PersonView:
     story: list[dict[str, Any]]
 
 
+def trail_head(db: Database) -> int:
+    """The newest audit event's seq: nothing a person page shows changes while it stands
+    (every SCIM write and every confirmation appends an event)."""
+    with db.read() as conn:
+        return audit.head(conn)[0]
+
+
 def person_view(
     db: Database, policy: Policy | None, user_id: str, *, story: bool = True
 ) -> PersonView | None:

@@ -108,7 +108,12 @@ class Pages:
 
     async def person_live(self, request: Request, ctx: Ctx) -> Response:
         """What the person page shows, as JSON: the page polls it (console.js) and redraws
-        access and story when they change, without a reload."""
+        access and story when they change, without a reload. A poll that names the trail's
+        head it last saw (``?head=N``) gets ``{"unchanged": true}`` while the head has not
+        moved: an idle page costs one indexed read, not a walk of the person's story."""
+        head = await run_in_threadpool(views.trail_head, self.db)
+        if request.query_params.get("head") == str(head):
+            return JSONResponse({"head": head, "unchanged": True}, headers=SECURITY_HEADERS)
         view = await run_in_threadpool(
             views.person_view, self.db, self.active_policy(), request.path_params["id"]
         )
@@ -116,6 +121,7 @@ class Pages:
             return refusal(request, 404, "no such person")
         return JSONResponse(
             {
+                "head": head,
                 "active": view.person.active,
                 "user_name": view.person.user_name,
                 "groups": [name for _, name, _ in view.groups],

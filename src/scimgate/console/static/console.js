@@ -52,14 +52,17 @@ function drawState(holder, active) {
 function follow(section) {
   const url = section.dataset.live;
   let last = "";
+  let head = "";
   async function poll() {
     try {
-      const reply = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+      const query = head ? "?head=" + encodeURIComponent(head) : "";
+      const reply = await fetch(url + query, { credentials: "same-origin", cache: "no-store" });
       if (reply.status === 401) { window.location.reload(); return; } // signed out: sign in again
       if (reply.ok) {
         const data = await reply.json();
+        head = String(data.head);
         const text = JSON.stringify(data);
-        if (text !== last) {
+        if (!data.unchanged && text !== last) {
           last = text;
           drawAccess(document.querySelector("#access tbody"), data.grants);
           drawStory(document.getElementById("story"), data.story);
