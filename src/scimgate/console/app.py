@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from scimgate.app import admins
 from scimgate.app.console_views import StoreHandle as Database
+from scimgate.audit import log as audit
 from scimgate.config import Settings
 from scimgate.console.guard import (
     BASE,
@@ -106,7 +107,9 @@ class Console:
             )
             response.headers["retry-after"] = str(int(wait) + 1)
             return response
-        actor = admins.admin_actor(name[:64], source, request.headers.get("user-agent"))
+        # No admin actor until the credential holds: a failure is audited with the name
+        # tried in its detail, not as that admin's action.
+        actor = audit.Actor(client=source, user_agent=request.headers.get("user-agent"))
         done = await run_in_threadpool(
             admins.sign_in, self.db, name, password, actor,
             lifetime=self.settings.console_session_seconds,
