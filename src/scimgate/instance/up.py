@@ -87,9 +87,12 @@ def ensure_config(directory: Path, port: int | None, console_port: int | None = 
     settings = load_settings(directory=directory)
     if port is not None:
         settings.port = port
+    if settings.console_bind is None:
+        # `up` is the whole local product: an instance made before the console existed gets
+        # one too, on loopback (not written to its config; `serve` follows the config).
+        settings.console_bind = "127.0.0.1:0"
     if console_port is not None:
-        host = settings.console_bind.rpartition(":")[0] if settings.console_bind else "127.0.0.1"
-        settings.console_bind = f"{host}:{console_port}"
+        settings.console_bind = f"{settings.console_bind.rpartition(':')[0]}:{console_port}"
     return settings
 
 
