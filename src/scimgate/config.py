@@ -123,6 +123,12 @@ class Settings:
     client_body_timeout: float = 30.0  # the body, once the headers are in
     max_connections: int = 1000  # open connections on the direct port
     scim_front: ScimFront | None = None
+    # The admin console (docs/console.md): its own listener, ADDRESS:PORT (port 0: any free
+    # port, reported in stack.json); None: no console. Loopback unless you put it behind
+    # a TLS proxy listed in trusted_proxies.
+    console_bind: str | None = None
+    console_session_seconds: float = 28800.0  # a session ends 8 h after sign-in ...
+    console_idle_seconds: float = 1800.0  # ... or 30 min after its last request
 
     @property
     def config_path(self) -> Path:
@@ -154,6 +160,9 @@ class Settings:
             "client_header_timeout": self.client_header_timeout,
             "client_body_timeout": self.client_body_timeout,
             "max_connections": self.max_connections,
+            "console_bind": self.console_bind,
+            "console_session_seconds": self.console_session_seconds,
+            "console_idle_seconds": self.console_idle_seconds,
         }
         if self.scim_front is not None:
             data["scim_front"] = self.scim_front.to_dict(self.base_dir)
@@ -175,6 +184,7 @@ _POSITIVE = frozenset({
     "client_header_timeout", "client_body_timeout", "max_connections", "http_request_timeout",
     "client_timeout", "server_timeout", "max_connections_per_source", "period",
     "hard_stop_after",
+    "console_session_seconds", "console_idle_seconds",
 })  # fmt: skip
 
 
@@ -222,11 +232,13 @@ def _networks(path: Path, key: str, value: Any) -> list[str]:
     return out
 
 
-def parse_bind(text: str) -> tuple[str, int]:
+def parse_bind(text: str, *, allow_any_port: bool = False) -> tuple[str, int]:
     """("127.0.0.1", 8443) from "127.0.0.1:8443"; ("::", 8443) from "[::]:8443"; ValueError
-    for anything else (a host name, a missing port)."""
+    for anything else (a host name, a missing port). ``allow_any_port``: port 0 (any free
+    port) is accepted."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    lowest = 0 if allow_any_port else 1
+    if not sep or not port_text.isdigit() or not lowest <= int(port_text) < 65536:
         raise ValueError("expected ADDRESS:PORT with a port from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -375,6 +387,11 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
         trusted_proxies=_networks(path, "trusted_proxies", data.get("trusted_proxies")),
         scim_front=_scim_front(path, base, data.get("scim_front")),
     )
+    if settings.console_bind is not None:
+        try:
+            parse_bind(settings.console_bind, allow_any_port=True)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: console_bind {settings.console_bind!r}: {exc}") from None
     if env_url := os.environ.get("SCIMGATE_DATABASE_URL"):
         settings.database_url = env_url
     return settings

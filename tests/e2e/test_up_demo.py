@@ -54,6 +54,9 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
         assert "FAIL" not in text, text
         # 6 steps for a person, 4 for an agent and its owner (issue 13)
         assert text.count(" ok ") == 10, text
+        assert re.search(
+            r"admin console: http://127\.0\.0\.1:\d+/console/ +name demo-admin +password sga_", text
+        ), text
         session = text.split("copy-paste):\n", 1)[1].split("Running.", 1)[0]
         assert "scimgate jwt mint --dir demo alice@example.com" in session
 

@@ -99,6 +99,7 @@ def rotate(
     name: str,
     overlap: timedelta = timedelta(hours=24),
     expires_in: timedelta | None = None,
+    actor: audit.Actor = audit.SYSTEM,
 ) -> str:
     """New secret for ``name``; the old one keeps working for ``overlap``, then stops."""
     secret = PREFIX + secrets.token_urlsafe(32)
@@ -110,16 +111,17 @@ def rotate(
         audit.append(
             conn,
             "token.rotated",
+            actor,
             detail={"name": name, "old_secret_valid_until": _iso(now + overlap)},
         )
     return secret
 
 
-def revoke(db: Database, name: str) -> None:
+def revoke(db: Database, name: str, actor: audit.Actor = audit.SYSTEM) -> None:
     with db.write() as conn:
         if not stored.revoke(conn, name):
             raise TokenError(f"no active token named {name!r}")
-        audit.append(conn, "token.revoked", detail={"name": name})
+        audit.append(conn, "token.revoked", actor, detail={"name": name})
 
 
 def list_tokens(db: Database) -> list[TokenInfo]:

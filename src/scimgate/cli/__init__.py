@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from scimgate.cli.admins import admin_group
 from scimgate.cli.audit import audit_group
 from scimgate.cli.haproxy import haproxy_group
 from scimgate.cli.instance import db_group, init, serve, up
@@ -36,6 +37,6 @@ def main() -> None:
 
 for command in (
     init, serve, up, token_group, db_group, audit_group, report_group, policy_group, haproxy_group,
-    jwt_group, status, resync,
+    jwt_group, status, resync, admin_group,
 ):  # fmt: skip
     main.add_command(command)

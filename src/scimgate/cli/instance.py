@@ -49,19 +49,27 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
     help="HAProxy's TLS port for the SCIM endpoint (default: scim_front.bind's, 8443).",
 )
 @click.option("--no-haproxy", is_flag=True, help="Run the SCIM service alone.")
+@click.option(
+    "--console-port",
+    type=int,
+    default=None,
+    help="The admin console's port on loopback (default: console_bind's; a free port).",
+)
 def up(
     directory: str,
     port: int | None,
     haproxy_port: int | None,
     scim_tls_port: int | None,
     no_haproxy: bool,
+    console_port: int | None,
 ) -> None:
     """Bring a whole working instance up in DIR, in the foreground.
 
     Creates (or reuses) the config, the SQLite database, a SCIM token, the demo policy and
     keys, a demo TLS certificate, renders and starts HAProxy (the enforcing frontend and the
     SCIM endpoint's TLS frontend), starts the SCIM endpoint and the sync engine, and writes
-    DIR/stack.json (scim_url, scim_public_url, scim_ca_file, token, pids, haproxy_url, ...).
+    DIR/stack.json (scim_url, scim_public_url, scim_ca_file, token, pids, haproxy_url,
+    console_url, admin_name, admin_password: a demo operator of the admin console, ...).
 
     \b
     Example:
@@ -79,6 +87,7 @@ def up(
             haproxy_port=haproxy_port,
             scim_tls_port=scim_tls_port,
             with_haproxy=not no_haproxy,
+            console_port=console_port,
         )
     except startup_errors() as exc:
         raise click.ClickException(str(exc)) from exc

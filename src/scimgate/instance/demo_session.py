@@ -362,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         if stack.public:
             print(f"    SCIM for the IdP (TLS): {stack.public}   CA: {stack.ca_file}", flush=True)
+        if info.get("console_url"):
+            print(
+                f"    admin console: {info['console_url']}   name {info['admin_name']}   "
+                f"password {info['admin_password']}",
+                flush=True,
+            )
         print("\nself-check (a throwaway user, as the IdP and a browser would):")
         ok = True
         for step, expected, observed in self_check(stack, directory, admins_id):

@@ -17,6 +17,7 @@ from scimgate.app.gauges import refresh_gauges
 from scimgate.app.propagation import Readiness
 from scimgate.app.service import ScimService
 from scimgate.config import Settings
+from scimgate.console import Console, build_console_app
 from scimgate.instance.database import open_database
 from scimgate.instance.layout import load_or_create_secret
 from scimgate.metrics import Metrics
@@ -68,6 +69,13 @@ class Instance:
             propagation=self.sync,
         )
         self.app = build_app(self.api)
+        # The admin console reads through the use cases; served on its own listener.
+        self.console_app = (
+            build_console_app(Console(settings, self.db))
+            if settings.console_bind is not None
+            else None
+        )
+        self.console_url: str | None = None  # set once its listener is bound (serve)
         self.metrics.on_render(lambda: refresh_gauges(self.db, self.metrics))
 
     def start(self) -> None:

@@ -211,3 +211,33 @@ audit_events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# The console's people counts (overview, people page): count(*) WHERE active on an index,
+# not a scan of every row's JSON.
+Index("ix_scim_users_active", users.c.active)
+
+# The admin console (issue 14): admins sign in with a name and a random secret, stored only
+# as its SHA-256 (like api_tokens); a session is a random cookie secret, stored hashed too.
+admin_accounts = Table(
+    "admin_accounts",
+    metadata,
+    Column("id", SeqInt, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created", String(32), nullable=False),
+    Column("rotated", String(32), nullable=True),
+    Column("revoked", String(32), nullable=True),
+    Column("last_sign_in", String(32), nullable=True),
+)
+
+admin_sessions = Table(
+    "admin_sessions",
+    metadata,
+    Column("secret_hash", String(64), primary_key=True),
+    Column("admin_id", SeqInt, nullable=False, index=True),
+    Column("created", String(32), nullable=False),
+    Column("expires", String(32), nullable=False),
+    Column("last_seen", String(32), nullable=False),
+    Column("revoked", String(32), nullable=True),
+)
