@@ -74,10 +74,22 @@ def demo_policy_yaml(
     public_key: str = "keys/jwt.pub.pem",
     issuer: str = "https://idp.example.com/",
     audience: str = "scimgate-demo",
+    ws_port: int | None = None,
 ) -> str:
     """The demo policy: '/healthz' public (no identity asked), '/' for any active user,
     '/admin' for admins, '/eng' for engineering; JWT identity (RS256, claim ``email``);
-    every route answered by HAProxy itself."""
+    every route answered by HAProxy itself. With ``ws_port``, '/ws' (any active user) goes
+    to the WebSocket echo backend `scimgate up` runs on that loopback port."""
+    ws_route = (
+        f"""\
+  - name: ws
+    from: {{hosts: ["*"], path_prefix: /ws}}
+    allow_groups: [any]
+    to: {{backend: demo_ws_echo, servers: ["127.0.0.1:{ws_port}"]}}
+"""
+        if ws_port is not None
+        else ""
+    )
     return f"""\
 # scimgate demo policy: HAProxy answers every route itself (no backend needed).
 identity:
@@ -109,7 +121,7 @@ routes:
     from: {{hosts: ["*"], path_prefix: /eng}}
     allow_groups: [engineering]
     to: {{return: "engineering area"}}
-  - name: home
+{ws_route}  - name: home
     from: {{hosts: ["*"], path_prefix: /}}
     allow_groups: [any]
     to: {{return: "hello, active user"}}
