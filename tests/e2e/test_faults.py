@@ -356,7 +356,9 @@ def test_scimgate_sigkill_during_burst_every_acknowledged_write_enforced(
         print(f"scimgate SIGKILLed after {acked[0]} acknowledged writes", flush=True)
 
         t0 = time.monotonic()
-        up = start_up(directory, haproxy=haproxy_version.path)  # same DIR: replaces the HAProxy the killed run left
+        up = start_up(
+            directory, haproxy=haproxy_version.path
+        )  # same DIR: replaces the HAProxy the killed run left
         st.wait_converged(up, 20)
         report("scimgate SIGKILL -> restart `up`, live maps == desired", time.monotonic() - t0)
         checked = 0
@@ -382,9 +384,7 @@ def test_scimgate_sigkill_during_burst_every_acknowledged_write_enforced(
 # Two targets
 
 
-def test_two_targets_stay_identical(
-    tmp_path: Path, haproxy_version: HAProxyBinary
-) -> None:
+def test_two_targets_stay_identical(tmp_path: Path, haproxy_version: HAProxyBinary) -> None:
     directory = (tmp_path / "two").resolve()
     second = directory / "haproxy2"
     st.write_config(directory, targets=[{
