@@ -52,7 +52,9 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
                 continue
         text = "".join(output)
         assert "FAIL" not in text, text
-        assert text.count(" ok ") == 6, text
+        # 6 HTTP steps and 2 WebSocket steps (open, then cut at the deactivation)
+        assert text.count(" ok ") == 8, text
+        assert "WS  /ws     (deactivated: cut " in text, text
         session = text.split("copy-paste):\n", 1)[1].split("Running.", 1)[0]
         assert "scimgate jwt mint --dir demo alice@example.com" in session
 
@@ -68,6 +70,8 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
             ("/admin", "403"),
             ("/", "403"),
         ], result.stdout + result.stderr
+        # the session's WebSocket (curl holding the tunnel after 101) ended at the deactivation
+        assert "WebSocket /ws -> 101, closed by HAProxy" in result.stdout, result.stdout
 
         pids = json.loads((tmp_path / "demo" / "stack.json").read_text())["pids"]
         haproxy_pid = pids["haproxy"]

@@ -239,7 +239,7 @@ status /admin    # 200
 # 3. she keeps a WebSocket open (the demo echo route /ws; curl holds the tunnel after 101)
 curl -s -N --http1.1 -o /dev/null -w "WebSocket /ws -> %{{http_code}}, closed by HAProxy\\n" \\
   -H "Authorization: Bearer $JWT" -H "Connection: Upgrade" -H "Upgrade: websocket" \\
-  -H "Sec-WebSocket-Version: 13" -H "Sec-WebSocket-Key: c2NpbWdhdGUtZGVtby1rZXk=" "$WEB/ws" &
+  -H "Sec-WebSocket-Version: 13" -H "Sec-WebSocket-Key: c2NpbWdhdGUtZGVtby0xNg==" "$WEB/ws" &
 sleep 1
 #    then the IdP deactivates her: locked out on the very next request, and the open tunnel
 #    is shut at once (HAProxy runs no rule on a tunnel; scimgate cuts it): curl exits
