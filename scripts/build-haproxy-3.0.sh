@@ -37,7 +37,7 @@ fi
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 need=""
-for pkg in libssl-dev libpcre2-dev dpkg-dev make gcc debian-archive-keyring; do
+for pkg in libssl-dev libpcre2-dev libc6-dev dpkg-dev make gcc debian-archive-keyring; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
@@ -66,7 +66,7 @@ log "downloading haproxy $VERSION source"
 # the original tarball but no longer the Debian revision's .dsc / .debian.tar.xz (seen here:
 # 404 for deb13u4's): then we build the verified upstream tarball without Debian's patches.
 (cd "$WORK/src" && apt-get "${APT_OPTS[@]}" -qq source --download-only "haproxy" >/dev/null 2>"$WORK/apt-source.err") \
-  || log "apt-get source was incomplete: $(grep -c 'Failed to fetch' "$WORK/apt-source.err") file(s) missing"
+  || log "apt-get source was incomplete: $(grep -c "404" "$WORK/apt-source.err") file(s) not served"
 
 orig="$WORK/src/haproxy_$VERSION.orig.tar.gz"
 if [ ! -f "$orig" ]; then

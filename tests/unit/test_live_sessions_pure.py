@@ -15,7 +15,7 @@ from scimgate.haproxy.sessions import (
     parse_stream_detail,
 )
 from scimgate.policy.jwtmint import demo_policy_yaml
-from scimgate.policy.model import parse_policy
+from scimgate.policy.model import Policy, parse_policy
 from scimgate.policy.render import render_config
 from scimgate.policy.sessions import (
     SESSIONS_TABLE,
@@ -47,7 +47,7 @@ TABLE_30 = (
 )
 
 
-def policy():  # type: ignore[no-untyped-def]
+def policy() -> Policy:
     return parse_policy(demo_policy_yaml(ws_port=9999))
 
 
