@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from scimgate.haproxy.connection import RuntimeAddress
 from scimgate.haproxy.errors import UnsafeRuntimeArgument
 from scimgate.haproxy.master import master_command, worker_command
+from scimgate.haproxy.runtime import RuntimeClient
 
 STREAM_PTR_RE = re.compile(r"0x[0-9a-f]{1,16}")
 TABLE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
@@ -108,12 +109,24 @@ class WorkerStreams:
     worker and old workers alike, which a connection to the stats socket cannot do. With
     ``pid`` None, ``address`` is a worker's own stats socket."""
 
-    def __init__(self, address: RuntimeAddress, pid: int | None, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        address: RuntimeAddress,
+        pid: int | None,
+        timeout: float = 2.0,
+        *,
+        direct: RuntimeClient | None = None,
+    ) -> None:
         self.address = address
         self.pid = pid
         self.timeout = timeout
+        # A persistent connection that reaches this very worker (its stats socket): no
+        # master hop and no new connection per command on the common path.
+        self.direct = direct
 
     def _run(self, command: str) -> str:
+        if self.direct is not None:
+            return self.direct.execute(command)
         line = command if self.pid is None else worker_command(self.pid, command)
         # master_command: one non-interactive command (``;quit`` appended), whole reply.
         return master_command(self.address, line, self.timeout)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from scimgate.audit import log as audit
 from scimgate.config import Settings, TargetConfig
-from scimgate.haproxy import HAProxyRuntimeError, RuntimeAddress, show_proc
+from scimgate.haproxy import HAProxyRuntimeError, RuntimeAddress, RuntimeClient, show_proc
 from scimgate.haproxy.sessions import Stream, WorkerStreams
 from scimgate.metrics import Metrics
 from scimgate.policy.model import Policy, PolicyError, load_policy
@@ -81,6 +81,7 @@ class SessionCutter:
         self._lock = threading.Lock()
         self._pending: dict[str, str | None] = {}
         self._policy: tuple[float, Policy] | None = None  # (mtime, policy): this thread's
+        self._direct: RuntimeClient | None = None  # this thread's stats-socket connection
         self._next_sweep = time.monotonic() + SWEEP_SECONDS
         self.thread = engine_thread(self._run, f"sync-cut-{target.name}")
 
@@ -111,6 +112,7 @@ class SessionCutter:
                     self._next_sweep = time.monotonic() + SWEEP_SECONDS
                     self.sweep()
             except (HAProxyRuntimeError, OSError) as exc:
+                self._close_direct()
                 # The sweep retries; what this pass missed is cut then.
                 log.warning(
                     "sync: could not cut live sessions",
@@ -118,6 +120,28 @@ class SessionCutter:
                 )
             except Exception:  # a bug must not end the thread
                 log.exception("sync: session cutter error", extra={"target": self.target.name})
+        self._close_direct()
+
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
+
+    def _direct_to(self, pids: list[int]) -> RuntimeClient | None:
+        """The persistent stats-socket connection, if the worker it reaches is one of
+        ``pids`` (after a reload it stays on the old worker: still useful, for that one)."""
+        if self._direct is None:
+            client = RuntimeClient(self.target.runtime_api, WORKER_TIMEOUT)
+            try:
+                client.show_info()  # sets client.worker_pid
+            except (HAProxyRuntimeError, OSError):
+                client.close()
+                raise
+            self._direct = client
+        if self._direct.worker_pid not in pids:
+            self._close_direct()  # its worker is gone: the next pass opens a fresh one
+            return None
+        return self._direct
 
     def _load_policy(self) -> Policy | None:
         path = self._settings.policy_file
@@ -139,7 +163,14 @@ class SessionCutter:
             master = RuntimeAddress.parse(self.target.master_api)
             procs = show_proc(master, WORKER_TIMEOUT)
             pids = procs.worker_pids + [w.pid for w in procs.old_workers]
-            return [WorkerStreams(master, pid, WORKER_TIMEOUT) for pid in pids]
+            direct = self._direct_to(pids)
+            reached = direct.worker_pid if direct is not None else None
+            return [
+                WorkerStreams(
+                    master, pid, WORKER_TIMEOUT, direct=direct if pid == reached else None
+                )
+                for pid in pids
+            ]
         return [WorkerStreams(RuntimeAddress.parse(self.target.runtime_api), None, WORKER_TIMEOUT)]
 
     def cut(self, values: Mapping[str, str | None], reason: str) -> list[Cut]:
