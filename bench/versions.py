@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {},
         "failures": {},
     }
+    if out.exists():  # keep the versions this run does not measure (``--versions 3.0``)
+        kept = json.loads(out.read_text()).get("versions", {})
+        result["versions"] = {k: v for k, v in kept.items() if k not in args.versions.split(",")}
     summary: list[str] = []
     for label in [v for v in args.versions.split(",") if v]:
         binary = find_binary(label)
