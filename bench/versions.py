@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 mod = __import__(f"bench.{name}", fromlist=["run"])
                 d = Path(tmp) / name
                 d.mkdir()
+                load0 = os.getloadavg()[0]
                 try:
                     data = mod.run(SIZES[mode][name], d)
                 except Exception as exc:
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                     result["failures"][f"{label}/{name}"] = f"{type(exc).__name__}: {exc}"
                     continue
                 data["seconds"] = round(time.monotonic() - t0, 1)
+                # a shared machine's load makes tail latencies; say how loaded it was
+                data["loadavg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 per["sections"][name] = data
                 summary += _summary(label, name, data)
                 write_json(out, result)
