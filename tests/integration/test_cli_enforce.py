@@ -63,7 +63,8 @@ routes:
 def test_policy_check_ok(instance: Path) -> None:
     out = scimgate("policy", "check", "--dir", str(instance))
     assert out.returncode == 0, out.stderr
-    assert "OK" in out.stdout and "4 route(s)" in out.stdout  # the demo's health route too
+    # the demo's health route too, and its /ws WebSocket echo route (live-session demo)
+    assert "OK" in out.stdout and "5 route(s)" in out.stdout
     assert "admin" in out.stdout and "any active user" in out.stdout
     assert "public (no identity)" in out.stdout
 
