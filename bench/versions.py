@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {},
         "failures": {},
     }
-    if out.exists():  # keep the versions this run does not measure (``--versions 3.0``)
+    kept: dict[str, Any] = {}
+    if out.exists():  # keep what this run does not measure (``--versions 3.0``, ``--only``)
         kept = json.loads(out.read_text()).get("versions", {})
         result["versions"] = {k: v for k, v in kept.items() if k not in args.versions.split(",")}
     summary: list[str] = []
@@ -124,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         hap.SHARDS = choose_shards(binary.version)  # the layout scimgate picks for it
         per: dict[str, Any] = {"binary": binary.path, "version": ".".join(map(str, binary.version)),
                                "shards": hap.SHARDS, "sections": {}}  # fmt: skip
+        previous = kept.get(label, {})
+        if previous.get("version") == per["version"]:
+            per["sections"] = {
+                k: v for k, v in previous.get("sections", {}).items() if k not in only
+            }
         result["versions"][label] = per
         with tempfile.TemporaryDirectory(prefix=f"scimgate-bench-{label}-") as tmp:
             for name in only:
