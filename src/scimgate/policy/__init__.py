@@ -4,7 +4,8 @@ Does: parse and validate the YAML policy file (identity source, policy groups, r
 typed models with ``file:line:column`` error locations; compile a SCIM user and its groups
 into identity-map entries (HMAC pseudonym key -> comma-wrapped policy group slugs); render
 the HAProxy configuration (full ``haproxy.cfg`` or a frontend fragment) that enforces the
-policy; mint demo JWTs.
+policy, including the live-session tracking rules and the test of which routes a map value
+still allows (``sessions``); mint demo JWTs.
 
 Does not: any I/O except ``load_policy`` reading the policy file and ``render_config``
 checking that the JWT public key file is a ``PUBLIC KEY`` PEM (``check_files=True``); it
