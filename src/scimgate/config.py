@@ -114,6 +114,16 @@ class Settings:
     client_body_timeout: float = 30.0  # the body, once the headers are in
     max_connections: int = 1000  # open connections on the direct port
     scim_front: ScimFront | None = None
+    # The fleet (docs/fleet.md). A follower reads the change log at least this often
+    # (seconds; an agent is also woken by PostgreSQL LISTEN, so it may poll less often).
+    change_poll_interval: float = 0.2
+    # A node whose agent has not beaten for this long is not live: writes do not wait for
+    # it (its HAProxy fails closed by itself after strict_mode_seconds, if strict).
+    node_live_seconds: float = 10.0
+    heartbeat_interval: float = 1.0  # seconds between an agent's beats
+    # Read-your-writes in the API role waits for every live node (bounded by
+    # read_your_writes_timeout); this is how often it looks at the node table.
+    fleet_poll_interval: float = 0.01
 
     @property
     def config_path(self) -> Path:
@@ -164,6 +174,7 @@ _FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool":
 _POSITIVE = frozenset({
     "client_header_timeout", "client_body_timeout", "max_connections", "http_request_timeout",
     "client_timeout", "server_timeout", "max_connections_per_source", "period",
+    "change_poll_interval", "node_live_seconds", "heartbeat_interval", "fleet_poll_interval",
 })  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import click
 
 from scimgate.cli.audit import audit_group
 from scimgate.cli.haproxy import haproxy_group
-from scimgate.cli.instance import db_group, serve, up
+from scimgate.cli.instance import agent, db_group, serve, up
 from scimgate.cli.jwt import jwt_group
 from scimgate.cli.policy import policy_group
 from scimgate.cli.report import report_group
@@ -35,7 +35,7 @@ def main() -> None:
 
 
 for command in (
-    serve, up, token_group, db_group, audit_group, report_group, policy_group, haproxy_group,
+    serve, up, agent, token_group, db_group, audit_group, report_group, policy_group, haproxy_group,
     jwt_group, status, resync,
 ):  # fmt: skip
     main.add_command(command)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from scimgate.cli.options import config_option, database_of, dir_option, settings_of
+from scimgate.config import Settings
 
 
 @click.command()
@@ -14,20 +15,99 @@ from scimgate.cli.options import config_option, database_of, dir_option, setting
 @config_option
 @click.option("--host", default=None, help="Listen address (default from config, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Listen port (default from config, 8000).")
-def serve(directory: str | None, config: str | None, host: str | None, port: int | None) -> None:
-    """Run the SCIM endpoint and the embedded sync engine in the foreground.
+@click.option(
+    "--role",
+    type=click.Choice(["all", "api", "agent"]),
+    default="all",
+    show_default=True,
+    help="all: API + embedded sync engine; api: an API replica of a fleet (no engine; "
+    "read-your-writes waits for the agents' nodes); agent: as `scimgate agent`.",
+)
+@click.option("--name", "node", default=None, help="--role agent: the node's name.")
+def serve(
+    directory: str | None,
+    config: str | None,
+    host: str | None,
+    port: int | None,
+    role: str,
+    node: str | None,
+) -> None:
+    """Run the SCIM endpoint (and, in role `all`, the embedded sync engine) in the foreground.
 
     \b
-    Example:
+    Examples:
       scimgate serve --dir ./demo --port 8000
+      SCIMGATE_DATABASE_URL=postgresql+psycopg://scimgate@db/scimgate \\
+        scimgate serve --dir ./api --role api --port 8001
     """
     from scimgate.instance.serve import SERVE_ERRORS, serve as serve_instance
 
     settings = settings_of(directory, config)
+    if role == "agent":
+        _run_agent(settings, node, None, None, None)
+        return
     try:
-        serve_instance(settings, host or settings.host, port or settings.port)
+        serve_instance(settings, host or settings.host, port or settings.port, role=role)
     except SERVE_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _run_agent(
+    settings: Settings,
+    node: str | None,
+    runtime_api: str | None,
+    master_api: str | None,
+    map_dir: str | None,
+) -> None:
+    from scimgate.config import ConfigError
+    from scimgate.instance.agent import default_node_name, node_target, run_agent
+
+    try:
+        target = node_target(
+            settings, node or default_node_name(), runtime_api=runtime_api,
+            master_api=master_api, map_dir=map_dir,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not settings.database_url.startswith("postgresql"):
+        click.echo(
+            "warning: an agent on SQLite only sees writes of this host (a fleet shares "
+            "one PostgreSQL: SCIMGATE_DATABASE_URL)",
+            err=True,
+        )
+    run_agent(settings, target)
+
+
+@click.command()
+@dir_option
+@config_option
+@click.option("--name", "node", default=None, help="This node's name (default: the host name).")
+@click.option("--runtime-api", default=None, help="The local HAProxy's admin socket (unix:/path).")
+@click.option("--master-api", default=None, help="The local HAProxy's master CLI (unix:/path).")
+@click.option("--map-dir", default=None, help="Where the local HAProxy loads its map files.")
+def agent(
+    directory: str | None,
+    config: str | None,
+    node: str | None,
+    runtime_api: str | None,
+    master_api: str | None,
+    map_dir: str | None,
+) -> None:
+    """Keep the local HAProxy equal to the shared store, beside it (one per HAProxy node).
+
+    Follows the change log in PostgreSQL (LISTEN as a wake-up, a bounded poll as the
+    guarantee), applies through the local admin socket and master CLI exactly as the
+    embedded engine of `scimgate serve` does, and records its node (cursor, worker PID,
+    HAProxy version, heartbeat) for read-your-writes and `scimgate status`.
+
+    \b
+    Example:
+      SCIMGATE_DATABASE_URL=postgresql+psycopg://scimgate@db/scimgate \\
+        scimgate agent --dir /etc/scimgate --name edge-1 \\
+          --runtime-api unix:/run/haproxy/admin.sock \\
+          --master-api unix:/run/haproxy/master.sock --map-dir /var/lib/haproxy/maps
+    """
+    _run_agent(settings_of(directory, config), node, runtime_api, master_api, map_dir)
 
 
 @click.command()

@@ -39,7 +39,12 @@ def unwind_on_signals() -> None:
 
 
 def run_server(
-    settings: Settings, host: str, port: int, *, on_started: Callable[[Any], None] | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    on_started: Callable[[Any], None] | None = None,
+    role: str = "all",
 ) -> None:
     """Serve the instance on host:port (and on ``settings.unix_socket``, HAProxy's way in,
     where forwarded headers are trusted) until SIGTERM/SIGINT."""
@@ -64,7 +69,7 @@ def run_server(
     try:
         if settings.unix_socket is not None:
             unix = listen_unix(settings.unix_socket)
-        instance = Instance(settings)
+        instance = Instance(settings, role="api" if role == "api" else "all")
         instance.start()
         limits = ClientLimits(
             header_timeout=settings.client_header_timeout,
@@ -105,7 +110,8 @@ def run_server(
             unix.close()
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
-    """`scimgate serve`: :func:`run_server`, unwinding on SIGTERM/SIGINT as `up` does."""
+def serve(settings: Settings, host: str, port: int, *, role: str = "all") -> None:
+    """`scimgate serve`: :func:`run_server`, unwinding on SIGTERM/SIGINT as `up` does.
+    ``role``: ``all`` (API + embedded engine), ``api`` (an API replica of a fleet)."""
     unwind_on_signals()
-    run_server(settings, host, port)
+    run_server(settings, host, port, role=role)

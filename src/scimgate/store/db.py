@@ -122,6 +122,11 @@ AUDIT_HEAD = "audit_head"
 # conn.info key: the change-log rows this write transaction logged (``log_committed``).
 LOGGED_CHANGES = "logged_changes"
 _LOCK_AUDIT_HEAD = Sql("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+#: The PostgreSQL channel a write that logged changes notifies (payload-less) at its commit:
+#: a wake-up hint for followers in other processes (``store.changefeed``), never relied on
+#: for correctness (notifications are lost while a listener is away; followers poll).
+CHANGES_CHANNEL = "scimgate_changes"
+_NOTIFY_CHANGES = f"NOTIFY {CHANGES_CHANNEL}"
 
 
 def _is_file_database(url: str) -> bool:
@@ -283,6 +288,10 @@ class Database:
                     self._run_first_check(conn)
                     yield conn
                     logged.extend(conn.info.pop(LOGGED_CHANGES, ()))
+                    if logged:
+                        # Delivered at commit, never on rollback. Writers are already
+                        # serialised, so NOTIFY's commit-time lock costs no extra wait.
+                        raw(conn).execute(_NOTIFY_CHANGES)
                 finally:
                     conn.info.pop(AUDIT_HEAD, None)
                     conn.info.pop(LOGGED_CHANGES, None)
