@@ -101,6 +101,10 @@ def fleet(pg_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
         for i in range(2):
             name = f"node{i + 1}"
             port = free_port()
+            if i == 0:
+                # node1 polls the change log only every 30 s: within the tests' bounds its
+                # changes arrive through LISTEN/NOTIFY (the wake-up is tested, not the poll).
+                write_config(root / name, change_poll_interval=30.0)
             node_settings, layout, info = prepare_node(settings, root / name, haproxy_port=port)
             proc = HAProxyProcess(
                 layout.config, layout.master_socket, pid_file=layout.pid_file,
@@ -109,7 +113,9 @@ def fleet(pg_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
             proc.start()
             started.append(proc)
             agent = start_agent(root / name, name, url)
-            f.nodes.append(Node(name, root / name, proc, agent, info["haproxy_url"], info["runtime_api"]))
+            f.nodes.append(
+                Node(name, root / name, proc, agent, info["haproxy_url"], info["runtime_api"])
+            )
         for i in range(2):
             f.replicas.append(start_replica(api_dir, f"replica{i + 1}", url))
         deadline = time.monotonic() + 30

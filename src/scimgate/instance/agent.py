@@ -34,6 +34,9 @@ log = logging.getLogger("scimgate.agent")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 ACK_SPACING = 0.005  # seconds: at most ~200 node-row writes per second under a burst
+# Longest one LISTEN wait: bounds how long a stop waits for the listening thread (the
+# wake-up itself comes with the notification, whatever this is).
+LISTEN_WAIT = 0.5
 
 
 def default_node_name() -> str:
@@ -114,7 +117,6 @@ class Agent:
             if thread.is_alive():
                 thread.join(5.0)
         self.engine.stop()
-        self.wakeups.close()
         try:
             # A clean stop leaves the fleet at once: writes stop waiting for this node.
             nodes.mark_stopped(self.db, self.node)
@@ -128,16 +130,20 @@ class Agent:
         """LISTEN for commits; each notification nudges the follower. Errors back off: the
         follower's poll keeps the node converging meanwhile."""
         backoff = BACKOFF_MIN
-        poll = self.settings.change_poll_interval
-        while not self._stop.is_set():
-            try:
-                if self.wakeups.wait(poll):
-                    self.engine.notify([])
-                backoff = BACKOFF_MIN
-            except Exception as exc:
-                log.warning("agent: LISTEN failed", extra={"node": self.node, "error": str(exc)})
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self.wakeups.wait(LISTEN_WAIT):
+                        self.engine.notify([])
+                    backoff = BACKOFF_MIN
+                except Exception as exc:
+                    log.warning(
+                        "agent: LISTEN failed", extra={"node": self.node, "error": str(exc)}
+                    )
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            self.wakeups.close()  # by its one user: a wait in progress holds the connection
 
     def _beat_loop(self) -> None:
         while not self._stop.is_set():

@@ -52,15 +52,13 @@ class ChangeWakeups:
             return True  # (re)connected: whatever was notified meanwhile is lost, so look
         dbapi: Any = self._conn.dbapi_connection
         try:
-            for _ in dbapi.notifies(timeout=timeout, stop_after=1):
-                # Drain what else is queued: one read serves every notification so far.
-                for _ in dbapi.notifies(timeout=0):
-                    pass
-                return True
+            # Run the generator to its end (stop_after ends it after the first packet): a
+            # generator left suspended keeps the connection's lock.
+            received = sum(1 for _ in dbapi.notifies(timeout=timeout, stop_after=1))
         except BaseException:
             self.close()
             raise
-        return False
+        return received > 0
 
     def close(self) -> None:
         if self._conn is not None:
