@@ -105,7 +105,7 @@ def fleet(pg_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
                 # node1 polls the change log only every 30 s: within the tests' bounds its
                 # changes arrive through LISTEN/NOTIFY (the wake-up is tested, not the poll).
                 write_config(root / name, change_poll_interval=30.0)
-            node_settings, layout, info = prepare_node(settings, root / name, haproxy_port=port)
+            _settings, layout, info = prepare_node(settings, root / name, haproxy_port=port)
             proc = HAProxyProcess(
                 layout.config, layout.master_socket, pid_file=layout.pid_file,
                 log_path=layout.log, stats_socket=info["runtime_api"],
