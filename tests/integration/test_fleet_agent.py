@@ -210,7 +210,7 @@ def test_a_gone_agent_is_not_waited_for_alerts_and_catches_up_on_restart(fleet: 
     alerts = ""
     while time.monotonic() < deadline:
         metrics = httpx.get(f"http://127.0.0.1:{fleet.replicas[0].port}/metrics", timeout=5).text
-        alerts = "\n".join(l for l in metrics.splitlines() if "node_lag_alerts_total{" in l)
+        alerts = "\n".join(x for x in metrics.splitlines() if "node_lag_alerts_total{" in x)
         if 'node="node2"} 1.0' in alerts:
             break
         time.sleep(0.2)
