@@ -127,12 +127,26 @@ def agent(
     help="HAProxy's TLS port for the SCIM endpoint (default: scim_front.bind's, 8443).",
 )
 @click.option("--no-haproxy", is_flag=True, help="Run the SCIM service alone.")
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="A fleet: N HAProxy nodes, each with its own `scimgate agent` (docs/fleet.md).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --nodes: M API replicas behind a load-balancing frontend (default 1).",
+)
 def up(
     directory: str,
     port: int | None,
     haproxy_port: int | None,
     scim_tls_port: int | None,
     no_haproxy: bool,
+    nodes: int | None,
+    replicas: int | None,
 ) -> None:
     """Bring a whole working instance up in DIR, in the foreground.
 
@@ -142,14 +156,36 @@ def up(
     DIR/stack.json (scim_url, scim_public_url, scim_ca_file, token, pids, haproxy_url, ...).
 
     \b
-    Example:
+    With --nodes N [--replicas M]: a fleet instead (docs/fleet.md): PostgreSQL (a throwaway
+    cluster in DIR/pg unless SCIMGATE_DATABASE_URL is set), M API replicas behind a
+    balancing frontend on --port, N HAProxy nodes on --haproxy-port, +1, ... each with its
+    agent; stack.json lists scim_url, scim_urls, database_url, token and the nodes.
+
+    \b
+    Examples:
       scimgate up --dir ./demo
+      scimgate up --dir ./fleet --nodes 3 --replicas 2
       curl --cacert "$(jq -r .scim_ca_file demo/stack.json)" \\
            -H "Authorization: Bearer $(jq -r .token demo/stack.json)" \\
            "$(jq -r .scim_public_url demo/stack.json)/Users"
     """
     from scimgate.instance.up import bring_up, startup_errors
 
+    if nodes is not None:
+        if no_haproxy or scim_tls_port is not None:
+            raise click.UsageError("--nodes does not combine with --no-haproxy/--scim-tls-port")
+        from scimgate.instance.up_fleet import bring_up_fleet
+
+        try:
+            bring_up_fleet(
+                Path(directory), nodes=nodes, replicas=replicas or 1, port=port,
+                haproxy_port=haproxy_port,
+            )  # fmt: skip
+        except startup_errors() as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    if replicas is not None:
+        raise click.UsageError("--replicas needs --nodes")
     try:
         bring_up(
             Path(directory),
