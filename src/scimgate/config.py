@@ -124,6 +124,11 @@ class Settings:
     # Read-your-writes in the API role waits for every live node (bounded by
     # read_your_writes_timeout); this is how often it looks at the node table.
     fleet_poll_interval: float = 0.01
+    # Strict mode (a fleet node's HAProxy config; docs/fleet.md): identity-gated routes are
+    # denied once the node's agent has not vouched for strict_mode_seconds (it vouches only
+    # while caught up with the change log). `up --nodes` and prepare_node turn it on.
+    strict_mode: bool = False
+    strict_mode_seconds: float = 30.0
 
     @property
     def config_path(self) -> Path:
@@ -175,6 +180,7 @@ _POSITIVE = frozenset({
     "client_header_timeout", "client_body_timeout", "max_connections", "http_request_timeout",
     "client_timeout", "server_timeout", "max_connections_per_source", "period",
     "change_poll_interval", "node_live_seconds", "heartbeat_interval", "fleet_poll_interval",
+    "strict_mode_seconds",
 })  # fmt: skip
 
 

@@ -21,13 +21,19 @@ import dataclasses
 import logging
 import socket
 import threading
+import time
+from typing import Any
 
+from scimgate.audit import log as audit
 from scimgate.config import ConfigError, Settings, TargetConfig
+from scimgate.haproxy import HAProxyRuntimeError
 from scimgate.instance.database import open_database
 from scimgate.metrics import Metrics
 from scimgate.store import nodes
 from scimgate.store.changefeed import ChangeWakeups
+from scimgate.store.db import now_iso
 from scimgate.sync.engine import SyncEngine
+from scimgate.sync.strict import StrictVoucher
 from scimgate.sync.threads import engine_thread
 
 log = logging.getLogger("scimgate.agent")
@@ -76,7 +82,11 @@ class Agent:
                 "agent: runtime API is not a unix socket", extra={"runtime_api": target.runtime_api}
             )
         self.node = target.name
-        self.settings = dataclasses.replace(settings, targets=[target])
+        poll = settings.change_poll_interval
+        if settings.strict_mode:
+            # Vouching needs a recent read of the change log even when nothing changes.
+            poll = min(poll, max(0.2, settings.strict_mode_seconds / 5))
+        self.settings = dataclasses.replace(settings, targets=[target], change_poll_interval=poll)
         self.db = open_database(self.settings)
         self.metrics = Metrics()
         self.engine = SyncEngine.from_settings(self.settings, self.db, self.metrics)
@@ -84,9 +94,17 @@ class Agent:
         self.wakeups = ChangeWakeups(self.db)
         self._stop = threading.Event()
         self._ack = threading.Event()  # a confirmation to report (set by the follower)
+        self.voucher = StrictVoucher(
+            target, fresh_within=poll + 2 * settings.heartbeat_interval + 1.0
+        )
+        # The strict-mode thread's own state: whether HAProxy is failing closed (None:
+        # unknown or strict mode off), the last refresh, transitions not yet recorded.
+        self._fail_closed: bool | None = None
+        self._pending: list[dict[str, Any]] = []
         self._threads = [
             engine_thread(self._listen, "agent-listen"),
             engine_thread(self._beat_loop, "agent-beat"),
+            engine_thread(self._strict_loop, "agent-strict"),
         ]
 
     @property
@@ -94,7 +112,8 @@ class Agent:
         follower = self.engine.followers[0]
         return nodes.NodeBeat(
             self.node, self.engine.waiters.cursor(self.node), follower.worker_pid,
-            follower.haproxy_version, follower.reachable, False, follower.last_error,
+            follower.haproxy_version, follower.reachable, bool(self._fail_closed),
+            follower.last_error,
         )  # fmt: skip
 
     def start(self) -> None:
@@ -158,6 +177,61 @@ class Agent:
                 self._stop.wait(BACKOFF_MIN)
                 continue
             self._stop.wait(ACK_SPACING)
+
+    def _strict_loop(self) -> None:
+        """Vouch for the node while caught up; notice and record when HAProxy fails closed
+        (the entry expired: strict_mode_seconds since the last refresh) and when it opens
+        again. A transition seen while the database is away is recorded once it is back."""
+        follower = self.engine.followers[0]
+        threshold = self.settings.strict_mode_seconds
+        last_refresh = time.monotonic()  # HAProxy may hold a fresh entry from before
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            now = time.monotonic()
+            try:
+                vouched = self.voucher.tick(follower.caught_up_at, now)
+            except (HAProxyRuntimeError, OSError) as exc:
+                log.warning("agent: heartbeat refresh failed", extra={"node": self.node,
+                                                                       "error": str(exc)})  # fmt: skip
+                vouched = False
+            if vouched is None:
+                self._fail_closed = None  # strict mode off in this HAProxy's config
+                continue
+            if vouched:
+                last_refresh = now
+            closed = now - last_refresh >= threshold
+            if closed != self._fail_closed:
+                if self._fail_closed is not None or closed:
+                    self._transition(closed, now - last_refresh)
+                self._fail_closed = closed
+                self._ack.set()  # the node row shows it at once
+            self._record_pending()
+
+    def _transition(self, closed: bool, stale_for: float) -> None:
+        kind = "node.fail_closed" if closed else "node.fail_open"
+        detail = {"node": self.node, "at": now_iso(), "stale_seconds": round(stale_for, 3),
+                  "cursor": self.engine.waiters.cursor(self.node)}  # fmt: skip
+        if closed:
+            log.warning("agent: strict mode: HAProxy fails closed (agent not caught up)",
+                        extra=detail)  # fmt: skip
+        else:
+            log.info("agent: strict mode: caught up, identity-gated routes open again",
+                     extra=detail)  # fmt: skip
+        self._pending.append({"kind": kind, "detail": detail})
+
+    def _record_pending(self) -> None:
+        if not self._pending:
+            return
+        try:
+            with self.db.write(background=True) as conn:
+                for event in self._pending:
+                    # The event's time is its recording; when it happened is detail["at"].
+                    audit.append(conn, event["kind"], operation="strict_mode",
+                                 detail=event["detail"])  # fmt: skip
+        except Exception as exc:
+            log.warning("agent: transition not recorded yet", extra={"node": self.node,
+                                                                      "error": str(exc)})  # fmt: skip
+            return
+        self._pending.clear()
 
 
 def run_agent(settings: Settings, target: TargetConfig) -> None:

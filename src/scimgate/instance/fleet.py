@@ -90,6 +90,10 @@ def prepare_node(
     }
     if map_shards:
         data["map_shards"] = map_shards
+    existing = directory / CONFIG_NAME
+    if not existing.exists() or "strict_mode" not in (yaml.safe_load(existing.read_text()) or {}):
+        # A fleet node fails closed by itself unless told otherwise (docs/fleet.md argues it).
+        data["strict_mode"] = True
     _write_config(directory, data)
     settings = load_settings(directory=directory)
     settings.database_url = api.database_url
