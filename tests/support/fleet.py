@@ -70,7 +70,7 @@ class Replica:
         )
 
 
-def start_replica(api_dir: Path, name: str, database_url: str, timeout: float = 30) -> Replica:
+def start_replica(api_dir: Path, name: str, database_url: str, timeout: float = 90) -> Replica:
     """`scimgate serve --role api` on a free port; waits until /healthz answers."""
     port = free_port()
     proc = spawn(

@@ -94,9 +94,10 @@ class Agent:
         self.wakeups = ChangeWakeups(self.db)
         self._stop = threading.Event()
         self._ack = threading.Event()  # a confirmation to report (set by the follower)
-        self.voucher = StrictVoucher(
-            target, fresh_within=poll + 2 * settings.heartbeat_interval + 1.0
-        )
+        # Fresh: the follower read the whole change log within one poll and one heartbeat
+        # (plus slack for a slow read). HAProxy therefore fails closed between N and
+        # N + fresh_within seconds after the agent's last successful read (docs/fleet.md).
+        self.voucher = StrictVoucher(target, fresh_within=poll + settings.heartbeat_interval + 0.5)
         # The strict-mode thread's own state: whether HAProxy is failing closed (None:
         # unknown or strict mode off), the last refresh, transitions not yet recorded.
         self._fail_closed: bool | None = None

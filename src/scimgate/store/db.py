@@ -88,7 +88,15 @@ def make_engine(
             raw(conn).execute("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
-    engine = sa.create_engine(url, pool_size=16, max_overflow=16)
+    # A peer that vanished (a partition, a failover) must fail a read within seconds, not
+    # after TCP's ~15 minutes of retransmissions: a follower blocked in a read is neither
+    # applying nor failing over (libpq keepalives and tcp_user_timeout; unix sockets
+    # ignore them).
+    connect_args = {
+        "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
+        "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 10_000,
+    }  # fmt: skip
+    engine = sa.create_engine(url, pool_size=16, max_overflow=16, connect_args=connect_args)
 
     # Pre-ping, but only connections idle for a while: a ping is a round trip (a statement
     # for PostgreSQL to run) on every checkout otherwise, i.e. on every transaction. A
