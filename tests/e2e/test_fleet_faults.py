@@ -160,6 +160,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     octet, run_tag = netns.subnet_octet(), f"{os.getpid() % 1000}"
     namespaces: list[netns.NodeNamespace] = []
     haproxies: list[HAProxyProcess] = []
+    nodes: list[FaultNode] = []
+    replicas: list[Replica] = []
     fleet: Fleet | None = None
     pg: TcpPostgres | None = None
     try:
@@ -177,7 +179,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             token = tokens.create(db, "faults")
         finally:
             db.dispose()
-        nodes: list[FaultNode] = []
         for i, ns in enumerate(namespaces, start=1):
             directory = root / f"node{i}"
             write_config(directory, strict_mode_seconds=STRICT_SECONDS)
@@ -198,7 +199,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             )  # fmt: skip
             node.start_agent()
             nodes.append(node)
-        replicas = [start_replica(root / "api", f"replica{j}", url) for j in (1, 2)]
+        for j in (1, 2):
+            replicas.append(start_replica(root / "api", f"replica{j}", url))
         fleet = Fleet(pg, url, root / "api", token, replicas, nodes)
         control = f"control-{tag()}@example.com"
         with replicas[0].client(token) as scim:
@@ -208,10 +210,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             _until(lambda n=node: n.ns.get(n.port, "/", fleet.control_jwt) == 200, 30)  # type: ignore[misc]
         yield fleet
     finally:
-        if fleet is not None:
-            for r in fleet.replicas:
-                r.proc.stop()
-            for n in fleet.nodes:
+        # By what was started, even if the fleet was never complete (the tests may have
+        # replaced a replica or an agent: fleet's lists hold the current ones).
+        for r in fleet.replicas if fleet is not None else replicas:
+            r.proc.stop()
+        for n in nodes:
+            if n.agent is not None:
                 n.agent.stop()
         for h in haproxies:
             h.stop()
