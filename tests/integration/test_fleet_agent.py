@@ -21,6 +21,7 @@ from scimgate.app import tokens
 from scimgate.haproxy.process import HAProxyProcess
 from scimgate.haproxy.runtime import current_worker_pid
 from scimgate.instance.fleet import prepare_api_dir, prepare_node
+from scimgate.instance.up_fleet import wait_vouched
 from scimgate.policy.jwtmint import mint_jwt
 from scimgate.policy.model import load_policy
 from scimgate.store import nodes
@@ -123,6 +124,8 @@ def fleet(pg_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
         while time.monotonic() < deadline and len(f.node_rows()) < 2:
             time.sleep(0.1)
         assert len(f.node_rows()) == 2, [n.agent.output()[-2000:] for n in f.nodes]
+        for n in f.nodes:  # node2 is strict: it denies until its agent's first refresh
+            wait_vouched(n.runtime_api)
         yield f
     finally:
         for r in f.replicas:

@@ -186,7 +186,9 @@ class Agent:
         follower = self.engine.followers[0]
         threshold = self.settings.strict_mode_seconds
         last_refresh = time.monotonic()  # HAProxy may hold a fresh entry from before
-        while not self._stop.wait(self.settings.heartbeat_interval):
+        wait = 0.0  # the first look at once: a fresh HAProxy denies until the first refresh
+        while not self._stop.wait(wait):
+            wait = self.settings.heartbeat_interval
             now = time.monotonic()
             try:
                 vouched = self.voucher.tick(follower.caught_up_at, now)

@@ -207,6 +207,8 @@ def bring_up_fleet(
             },
         }  # fmt: skip
         _wait_nodes(url, [n["name"] for n in node_info], children[:nodes])
+        for node in node_info:  # strict nodes deny until their agent's first refresh
+            wait_vouched(node["runtime_api"])
         write_stack(directory, info)
         print(json.dumps({"event": "scimgate up (fleet)",
                           **{k: v for k, v in info.items() if k != "token"}}), flush=True)  # fmt: skip
@@ -223,6 +225,26 @@ def bring_up_fleet(
         stack = directory / "stack.json"
         if stack.exists():
             stack.unlink()
+
+
+def wait_vouched(runtime_api: str, timeout: float = 60.0) -> None:
+    """Until the node's HAProxy holds its agent's heartbeat entry (strict mode; returns at
+    once for a node without the heartbeat table)."""
+    from scimgate.haproxy import HAProxyRuntimeError, RuntimeClient
+    from scimgate.policy.render_fleet import FLEET_HEARTBEAT_TABLE
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(HAProxyRuntimeError, OSError),
+            RuntimeClient(runtime_api, 2.0, cli_timeout=None) as client,
+        ):
+            if f"table: {FLEET_HEARTBEAT_TABLE}," not in client.execute("show table"):
+                return
+            if "key=1 " in client.execute(f"show table {FLEET_HEARTBEAT_TABLE}"):
+                return
+        time.sleep(0.1)
+    raise DemoError(f"the agent of {runtime_api} did not vouch within {timeout}s (strict mode)")
 
 
 def _wait_nodes(url: str, names: list[str], agents: list[_Child], timeout: float = 60.0) -> None:
