@@ -1,14 +1,16 @@
 """fleet nodes: one row per `scimgate agent` (its HAProxy node)
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0001 (0002 once merged with the agents' migration: see down_revision)
 Create Date: 2026-12-03 13:45:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
+revision = "0003"
+# This branch was cut before main's 0002 (agents); when both are merged, this becomes "0002"
+# (alembic refuses two heads loudly, it never skips one).
 down_revision = "0001"
 branch_labels = None
 depends_on = None
