@@ -34,7 +34,7 @@ from scimgate.instance.fleet import prepare_api_dir, prepare_node
 from scimgate.instance.layout import DemoError, write_private
 from scimgate.instance.pg_cluster import LocalCluster
 from scimgate.instance.serve import Stop, unwind_on_signals
-from scimgate.instance.up import ensure_token, write_stack
+from scimgate.instance.up import ensure_admin, ensure_token, write_stack
 from scimgate.store.db import Database
 
 DEFAULT_SCIM_PORT = 8000
@@ -122,8 +122,11 @@ def bring_up_fleet(
     replicas: int,
     port: int | None = None,
     haproxy_port: int | None = None,
+    console_port: int | None = None,
 ) -> None:
-    """The fleet in the foreground until SIGTERM/SIGINT."""
+    """The fleet in the foreground until SIGTERM/SIGINT. The admin console is served by
+    replica 1 on loopback (``console_port``, else a free port) with a demo operator, as `up`
+    does; the other replicas serve none (one console is enough to look at one store)."""
     if nodes < 1 or replicas < 1:
         raise DemoError("--nodes and --replicas must be at least 1")
     unwind_on_signals()
@@ -143,6 +146,7 @@ def bring_up_fleet(
         db = Database(url)
         try:
             token = ensure_token(db, directory)
+            admin_name, admin_password = ensure_admin(db, directory)
         finally:
             db.dispose()
         base = haproxy_port or DEFAULT_NODE_PORT
@@ -167,11 +171,13 @@ def bring_up_fleet(
                 "haproxy_pid": proc.pid, "agent_pid": agent.popen.pid,
             })  # fmt: skip
         servers: list[tuple[str, int]] = []
+        console = f"127.0.0.1:{console_port or _free_port()}"
         for j in range(1, replicas + 1):
             rport = _free_port()
+            console_args = ["--console-bind", console] if j == 1 else []
             replica = _Child(f"replica{j}", directory / "api" / f"replica{j}.log",
                              ["serve", "--dir", str(api.base_dir), "--role", "api",
-                              "--port", str(rport)], env)  # fmt: skip
+                              "--port", str(rport), *console_args], env)  # fmt: skip
             children.append(replica)
             servers.append((f"replica{j}", rport))
         for (_name, rport), child in zip(servers, children[nodes:], strict=True):
@@ -199,6 +205,10 @@ def bring_up_fleet(
             "token_file": str(directory / "token"),
             "jwt_private_key": str(api.base_dir / "keys" / "jwt.key.pem"),
             "policy_file": str(api.policy_file),
+            "console_url": f"http://{console}/console/",
+            "admin_name": admin_name,
+            "admin_password": admin_password,
+            "admin_file": str(directory / "console-admin"),
             "nodes": node_info,
             "pids": {
                 "up": os.getpid(), "balancer": lb.pid,
@@ -211,7 +221,8 @@ def bring_up_fleet(
             wait_vouched(node["runtime_api"])
         write_stack(directory, info)
         print(json.dumps({"event": "scimgate up (fleet)",
-                          **{k: v for k, v in info.items() if k != "token"}}), flush=True)  # fmt: skip
+                          **{k: v for k, v in info.items()
+                             if k not in ("token", "admin_password")}}), flush=True)  # fmt: skip
         threading.Event().wait()  # until a signal unwinds
     except Stop:
         pass

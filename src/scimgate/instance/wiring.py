@@ -20,6 +20,7 @@ from scimgate.app.gauges import refresh_gauges
 from scimgate.app.propagation import Propagation, Readiness
 from scimgate.app.service import ScimService
 from scimgate.config import Settings
+from scimgate.console import Console, build_console_app
 from scimgate.instance.database import open_database
 from scimgate.instance.layout import load_or_create_secret
 from scimgate.metrics import Metrics
@@ -34,8 +35,27 @@ from scimgate.sync.threads import engine_thread
 Role = Literal["all", "api"]
 MONITOR_INTERVAL = 1.0  # seconds between two looks at the node table (API role)
 
-
 log = logging.getLogger("scimgate.instance")
+
+
+def enforcement_gaps(settings: Settings, role: Role = "all") -> list[str]:
+    """Why this instance enforces nothing, if it does not: a SCIM endpoint without a policy
+    or without a target stores identities that no HAProxy ever sees (docs/production.md).
+
+    An API replica of a fleet (role ``api``) has no targets of its own: the agents push to
+    the nodes, so "no targets" is no gap there (its readiness reports the live nodes
+    instead, docs/fleet.md); it still needs the policy, which makes the entries."""
+    gaps = []
+    if settings.policy_file is None:
+        gaps.append(
+            f"no policy_file in {settings.config_path.name}: identities are stored, "
+            "no map entry is made from them"
+        )
+    if not settings.targets and role != "api":
+        gaps.append(
+            f"no targets in {settings.config_path.name}: no HAProxy receives the identities"
+        )
+    return gaps
 
 
 class Instance:
@@ -75,13 +95,22 @@ class Instance:
             self.service,
             Authenticator(self.db),
             self.metrics,
-            Readiness(self.db, propagation),
+            Readiness(self.db, propagation, enforcement_gaps(settings, role)),
             propagation=propagation,
         )
         self.app = build_app(self.api)
+        # The admin console reads through the use cases; served on its own listener.
+        self.console_app = (
+            build_console_app(Console(settings, self.db))
+            if settings.console_bind is not None
+            else None
+        )
+        self.console_url: str | None = None  # set once its listener is bound (serve)
         self.metrics.on_render(lambda: refresh_gauges(self.db, self.metrics))
 
     def start(self) -> None:
+        for gap in enforcement_gaps(self.settings, self.role):
+            log.warning("not ready: %s (/readyz answers 503)", gap)
         if self.sync is not None:
             self.sync.start()
         if self.fleet_monitor is not None:

@@ -1,17 +1,15 @@
 """fleet nodes: one row per `scimgate agent` (its HAProxy node)
 
-Revision ID: 0003
-Revises: 0001 (0002 once merged with the agents' migration: see down_revision)
+Revision ID: 0004
+Revises: 0003 (the admin console's; the chain is 0001, 0002 agents, 0003 console, 0004 fleet)
 Create Date: 2026-12-03 13:45:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-# This branch was cut before main's 0002 (agents); when both are merged, this becomes "0002"
-# (alembic refuses two heads loudly, it never skips one).
-down_revision = "0001"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
