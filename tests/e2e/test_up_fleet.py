@@ -19,9 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from scimgate.policy.jwtmint import mint_jwt
 from scimgate.policy.model import load_policy
+from tests.support.console import sign_in
 from tests.support.net import free_port
 from tests.support.scim import tag, user_body
 from tests.support.up import pid_alive
@@ -114,6 +116,33 @@ def test_fleet_stack_json_and_a_deactivation_denied_on_every_node(
         # Both replicas serve behind the balanced URL.
         for url in info["scim_urls"]:
             assert httpx.get(f"{url}/Users/{uid}", headers=headers, timeout=10).status_code == 200
+
+
+def test_fleet_console_replica_readiness_and_node_configs(
+    fleet_up: tuple[dict[str, Any], subprocess.Popen[bytes], Path],
+) -> None:
+    """After the merge with h14/h15: replica 1 serves the console (a demo operator signs
+    in), a role api replica is ready without targets of its own (it reports the live
+    nodes), and each node's config carries its target's bind and hard_stop_after."""
+    info, _proc, directory = fleet_up
+    assert info["admin_name"] == "demo-admin" and info["admin_password"].startswith("sga_")
+    client = sign_in(info["console_url"], info["admin_name"], info["admin_password"])
+    try:
+        assert client.get("/console/").status_code == 200
+    finally:
+        client.close()
+    for url in info["scim_urls"]:
+        r = httpx.get(url.removesuffix("/scim/v2") + "/readyz", timeout=10)
+        assert r.status_code == 200, r.text
+        assert "configuration" not in r.json() and r.json()["targets"]["live_nodes"] == 3
+    for node in info["nodes"]:
+        node_dir = directory / "nodes" / node["name"]
+        config = yaml.safe_load((node_dir / "scimgate.yaml").read_text())
+        assert config["hard_stop_after"] == 60.0
+        assert [t["bind"] for t in config["targets"]] == [
+            node["haproxy_url"].removeprefix("http://")
+        ]
+        assert "hard-stop-after 60000ms" in Path(node["haproxy_config"]).read_text()
 
 
 def test_sigterm_stops_every_process_of_the_fleet(

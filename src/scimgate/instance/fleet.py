@@ -37,6 +37,9 @@ def _write_config(directory: Path, data: dict[str, Any]) -> None:
     current: dict[str, Any] = {}
     if path.exists():
         current = yaml.safe_load(path.read_text()) or {}
+    # Written out like `up` and `init` do, so an operator sees (and can change) the bound on
+    # an old worker's life after a reload; an operator's value is kept.
+    current.setdefault("hard_stop_after", Settings.hard_stop_after)
     current.update(data)
     write_private(path, yaml.safe_dump(current, sort_keys=False))
 
