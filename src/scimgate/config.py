@@ -123,6 +123,21 @@ class Settings:
     client_body_timeout: float = 30.0  # the body, once the headers are in
     max_connections: int = 1000  # open connections on the direct port
     scim_front: ScimFront | None = None
+    # The fleet (docs/fleet.md). A follower reads the change log at least this often
+    # (seconds; an agent is also woken by PostgreSQL LISTEN, so it may poll less often).
+    change_poll_interval: float = 0.2
+    # A node whose agent has not beaten for this long is not live: writes do not wait for
+    # it (its HAProxy fails closed by itself after strict_mode_seconds, if strict).
+    node_live_seconds: float = 10.0
+    heartbeat_interval: float = 1.0  # seconds between an agent's beats
+    # Read-your-writes in the API role waits for every live node (bounded by
+    # read_your_writes_timeout); this is how often it looks at the node table.
+    fleet_poll_interval: float = 0.01
+    # Strict mode (a fleet node's HAProxy config; docs/fleet.md): identity-gated routes are
+    # denied once the node's agent has not vouched for strict_mode_seconds (it vouches only
+    # while caught up with the change log). `up --nodes` and prepare_node turn it on.
+    strict_mode: bool = False
+    strict_mode_seconds: float = 30.0
     # The admin console (docs/console.md): its own listener, ADDRESS:PORT (port 0: any free
     # port, reported in stack.json); None: no console. Loopback unless you put it behind
     # a TLS proxy listed in trusted_proxies.
@@ -183,6 +198,8 @@ _FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool":
 _POSITIVE = frozenset({
     "client_header_timeout", "client_body_timeout", "max_connections", "http_request_timeout",
     "client_timeout", "server_timeout", "max_connections_per_source", "period",
+    "change_poll_interval", "node_live_seconds", "heartbeat_interval", "fleet_poll_interval",
+    "strict_mode_seconds",
     "hard_stop_after",
     "console_session_seconds", "console_idle_seconds",
 })  # fmt: skip

@@ -101,6 +101,25 @@ class Metrics:
             "Requests answered 429: their address was over its failed-authentication limit",
             registry=r,
         )
+        # --- the fleet (app/fleet.py): nodes as the node table shows them ------------
+        self.node_live = Gauge(
+            "scimgate_node_live", "Node's agent beat recently (1) or not (0)", ["node"], registry=r
+        )
+        self.node_lag = Gauge(
+            "scimgate_node_lag_changes", "Changes the node has not applied", ["node"], registry=r
+        )
+        self.node_deprovision_lag = Gauge(
+            "scimgate_node_deprovision_lag_seconds",
+            "Age of the oldest deprovision the node has not applied (0: none)",
+            ["node"],
+            registry=r,
+        )
+        self.node_lag_alerts = Counter(
+            "scimgate_node_lag_alerts_total",
+            "Times a node was found lagging on a deprovision past deprovision_alert_seconds",
+            ["node"],
+            registry=r,
+        )
         self._collectors: list[Callable[[], None]] = []
 
     def on_render(self, fn: Callable[[], None]) -> None:

@@ -87,6 +87,9 @@ READ_ONLY = [
     ["haproxy", "render", "--mode", "fragment"],
     ["jwt", "mint", "alice@example.com"],
     ["db", "upgrade"],
+    # The fleet's commands (h11): an agent follows an existing instance, never a new one.
+    ["agent", "--name", "node1"],
+    ["serve", "--role", "agent"],
 ]
 
 

@@ -15,21 +15,113 @@ from scimgate.config import Settings
 @config_option
 @click.option("--host", default=None, help="Listen address (default from config, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Listen port (default from config, 8000).")
-def serve(directory: str | None, config: str | None, host: str | None, port: int | None) -> None:
-    """Run the SCIM endpoint and the embedded sync engine in the foreground.
+@click.option(
+    "--role",
+    type=click.Choice(["all", "api", "agent"]),
+    default="all",
+    show_default=True,
+    help="all: API + embedded sync engine; api: an API replica of a fleet (no engine; "
+    "read-your-writes waits for the agents' nodes); agent: as `scimgate agent`.",
+)
+@click.option("--name", "node", default=None, help="--role agent: the node's name.")
+@click.option(
+    "--console-bind",
+    default=None,
+    help="The admin console's listener ADDRESS:PORT (default: the config's console_bind); "
+    "not with --role agent (an agent serves no HTTP).",
+)
+def serve(
+    directory: str | None,
+    config: str | None,
+    host: str | None,
+    port: int | None,
+    role: str,
+    node: str | None,
+    console_bind: str | None,
+) -> None:
+    """Run the SCIM endpoint (and, in role `all`, the embedded sync engine) in the foreground.
 
     \b
-    Example:
+    Examples:
       scimgate serve --dir ./demo --port 8000
+      SCIMGATE_DATABASE_URL=postgresql+psycopg://scimgate@db/scimgate \\
+        scimgate serve --dir ./api --role api --port 8001
     """
     from scimgate.instance.serve import serve as serve_instance
     from scimgate.instance.up import startup_errors
 
-    settings = settings_of(directory, config, existing=False)
+    # An agent follows an instance's database and policy (like `scimgate agent`, it refuses
+    # a directory without an instance); the API roles may start on a fresh directory.
+    settings = settings_of(directory, config, existing=role == "agent")
+    if console_bind is not None:
+        if role == "agent":
+            raise click.UsageError("--console-bind: an agent serves no console")
+        settings.console_bind = console_bind
+    if role == "agent":
+        _run_agent(settings, node, None, None, None)
+        return
     try:
-        serve_instance(settings, host or settings.host, port or settings.port)
+        serve_instance(settings, host or settings.host, port or settings.port, role=role)
     except startup_errors() as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _run_agent(
+    settings: Settings,
+    node: str | None,
+    runtime_api: str | None,
+    master_api: str | None,
+    map_dir: str | None,
+) -> None:
+    from scimgate.config import ConfigError
+    from scimgate.instance.agent import default_node_name, node_target, run_agent
+
+    try:
+        target = node_target(
+            settings, node or default_node_name(), runtime_api=runtime_api,
+            master_api=master_api, map_dir=map_dir,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not settings.database_url.startswith("postgresql"):
+        click.echo(
+            "warning: an agent on SQLite only sees writes of this host (a fleet shares "
+            "one PostgreSQL: SCIMGATE_DATABASE_URL)",
+            err=True,
+        )
+    run_agent(settings, target)
+
+
+@click.command()
+@dir_option
+@config_option
+@click.option("--name", "node", default=None, help="This node's name (default: the host name).")
+@click.option("--runtime-api", default=None, help="The local HAProxy's admin socket (unix:/path).")
+@click.option("--master-api", default=None, help="The local HAProxy's master CLI (unix:/path).")
+@click.option("--map-dir", default=None, help="Where the local HAProxy loads its map files.")
+def agent(
+    directory: str | None,
+    config: str | None,
+    node: str | None,
+    runtime_api: str | None,
+    master_api: str | None,
+    map_dir: str | None,
+) -> None:
+    """Keep the local HAProxy equal to the shared store, beside it (one per HAProxy node).
+
+    Follows the change log in PostgreSQL (LISTEN as a wake-up, a bounded poll as the
+    guarantee), applies through the local admin socket and master CLI exactly as the
+    embedded engine of `scimgate serve` does, and records its node (cursor, worker PID,
+    HAProxy version, heartbeat) for read-your-writes and `scimgate status`.
+
+    \b
+    Example:
+      SCIMGATE_DATABASE_URL=postgresql+psycopg://scimgate@db/scimgate \\
+        scimgate agent --dir /etc/scimgate --name edge-1 \\
+          --runtime-api unix:/run/haproxy/admin.sock \\
+          --master-api unix:/run/haproxy/master.sock --map-dir /var/lib/haproxy/maps
+    """
+    _run_agent(settings_of(directory, config), node, runtime_api, master_api, map_dir)
 
 
 @click.command()
@@ -50,6 +142,18 @@ def serve(directory: str | None, config: str | None, host: str | None, port: int
 )
 @click.option("--no-haproxy", is_flag=True, help="Run the SCIM service alone.")
 @click.option(
+    "--nodes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="A fleet: N HAProxy nodes, each with its own `scimgate agent` (docs/fleet.md).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --nodes: M API replicas behind a load-balancing frontend (default 1).",
+)
+@click.option(
     "--console-port",
     type=int,
     default=None,
@@ -61,6 +165,8 @@ def up(
     haproxy_port: int | None,
     scim_tls_port: int | None,
     no_haproxy: bool,
+    nodes: int | None,
+    replicas: int | None,
     console_port: int | None,
 ) -> None:
     """Bring a whole working instance up in DIR, in the foreground.
@@ -72,14 +178,36 @@ def up(
     console_url, admin_name, admin_password: a demo operator of the admin console, ...).
 
     \b
-    Example:
+    With --nodes N [--replicas M]: a fleet instead (docs/fleet.md): PostgreSQL (a throwaway
+    cluster in DIR/pg unless SCIMGATE_DATABASE_URL is set), M API replicas behind a
+    balancing frontend on --port, N HAProxy nodes on --haproxy-port, +1, ... each with its
+    agent; stack.json lists scim_url, scim_urls, database_url, token and the nodes.
+
+    \b
+    Examples:
       scimgate up --dir ./demo
+      scimgate up --dir ./fleet --nodes 3 --replicas 2
       curl --cacert "$(jq -r .scim_ca_file demo/stack.json)" \\
            -H "Authorization: Bearer $(jq -r .token demo/stack.json)" \\
            "$(jq -r .scim_public_url demo/stack.json)/Users"
     """
     from scimgate.instance.up import bring_up, startup_errors
 
+    if nodes is not None:
+        if no_haproxy or scim_tls_port is not None:
+            raise click.UsageError("--nodes does not combine with --no-haproxy/--scim-tls-port")
+        from scimgate.instance.up_fleet import bring_up_fleet
+
+        try:
+            bring_up_fleet(
+                Path(directory), nodes=nodes, replicas=replicas or 1, port=port,
+                haproxy_port=haproxy_port, console_port=console_port,
+            )  # fmt: skip
+        except startup_errors() as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    if replicas is not None:
+        raise click.UsageError("--replicas needs --nodes")
     try:
         bring_up(
             Path(directory),

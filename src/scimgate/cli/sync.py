@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -27,49 +28,90 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
       TARGET  REACHABLE  CURSOR  LAG  ENTRIES  LAST RESYNC                  UNCONFIRMED
       local   yes        1042    0    1000     2026-11-28T13:21:02.123456Z  0
     """
+    from scimgate.app.fleet import node_status
     from scimgate.app.targets import target_status
 
     settings = settings_of(directory, config)
-    if not settings.targets:
-        raise click.ClickException("no targets configured (targets: in scimgate.yaml)")
     db = database_of(settings)
     try:
-        all_ok, rows = target_status(db, settings)
+        fleet = node_status(db, settings.node_live_seconds)
+        if not settings.targets and not fleet:
+            raise click.ClickException(
+                "no targets configured (targets: in scimgate.yaml) and no fleet node has "
+                "reported (scimgate agent)"
+            )
+        all_ok, rows = target_status(db, settings) if settings.targets else (True, [])
     finally:
         db.dispose()
+    threshold = settings.deprovision_alert_seconds
+    for n in fleet:
+        oldest = n["oldest_unapplied_deprovision"]
+        n["alert"] = oldest is not None and oldest["age_seconds"] > threshold
+        all_ok = all_ok and n["live"] and not n["alert"]
     if as_json:
-        click.echo(json.dumps({"healthy": all_ok, "targets": rows}, indent=2))
-    else:
-        header = ("TARGET", "REACHABLE", "CURSOR", "LAG", "ENTRIES", "LAST RESYNC", "UNCONFIRMED")
-        table = [header]
-        for r in rows:
-            table.append(
-                (
-                    r["target"],
-                    "yes" if r["reachable"] else "NO",
-                    str(r["cursor"]),
-                    str(r["lag"]),
-                    str(r.get("live_entries", r["entries"])),
-                    r["last_resync"] or "-",
-                    str(r["unconfirmed_deprovisions"]),
-                )
-            )
-        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-        for line in table:
-            click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-        for r in rows:
-            if r.get("probe_error") or r.get("last_error"):
-                click.echo(
-                    f"{r['target']}: {r.get('probe_error') or r.get('last_error')}", err=True
-                )
-            newest = r["newest_unconfirmed_deprovision"]
-            if newest:
-                click.echo(
-                    f"{r['target']}: deprovision seq {newest['seq']} unconfirmed for "
-                    f"{newest['age_seconds']} s",
-                    err=True,
-                )
+        click.echo(json.dumps({"healthy": all_ok, "targets": rows, "nodes": fleet}, indent=2))
+        sys.exit(0 if all_ok else 1)
+    if rows:
+        _print_targets(rows)
+    if fleet:
+        _print_nodes(fleet)
     sys.exit(0 if all_ok else 1)
+
+
+def _print_targets(rows: list[dict[str, Any]]) -> None:
+    header = ("TARGET", "REACHABLE", "CURSOR", "LAG", "ENTRIES", "LAST RESYNC", "UNCONFIRMED")
+    table = [header]
+    for r in rows:
+        table.append(
+            (
+                r["target"],
+                "yes" if r["reachable"] else "NO",
+                str(r["cursor"]),
+                str(r["lag"]),
+                str(r.get("live_entries", r["entries"])),
+                r["last_resync"] or "-",
+                str(r["unconfirmed_deprovisions"]),
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    for r in rows:
+        if r.get("probe_error") or r.get("last_error"):
+            click.echo(f"{r['target']}: {r.get('probe_error') or r.get('last_error')}", err=True)
+        newest = r["newest_unconfirmed_deprovision"]
+        if newest:
+            click.echo(
+                f"{r['target']}: deprovision seq {newest['seq']} unconfirmed for "
+                f"{newest['age_seconds']} s",
+                err=True,
+            )
+
+
+def _print_nodes(fleet: list[dict[str, Any]]) -> None:
+    header = ("NODE", "LIVE", "HEARTBEAT AGE", "CURSOR", "LAG", "DEPROVISION LAG", "WORKER",
+              "HAPROXY", "FAIL-CLOSED")  # fmt: skip
+    table = [header]
+    for n in fleet:
+        oldest = n["oldest_unapplied_deprovision"]
+        table.append(
+            (
+                n["node"],
+                "yes" if n["live"] else "NO",
+                f"{n['heartbeat_age_seconds']:.1f}s",
+                str(n["cursor"]),
+                str(n["lag"]),
+                f"{oldest['age_seconds']:.1f}s" + (" ALERT" if n["alert"] else "")
+                if oldest
+                else "-",
+                str(n["worker_pid"] or "-"),
+                n["haproxy_version"] or "-",
+                "yes" if n["fail_closed"] else "no",
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
 
 
 @click.command("resync")

@@ -173,6 +173,9 @@ def render_instance(
         master_socket=master,
         log_target="stdout format raw",
         scim_frontend=front,
+        strict_seconds=max(1, round(settings.strict_mode_seconds))
+        if settings.strict_mode
+        else None,
         hard_stop_after=settings.hard_stop_after,
         hmac_secret_source=str(secret_file),
     )

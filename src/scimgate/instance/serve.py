@@ -60,7 +60,12 @@ def unwind_on_signals() -> None:
 
 
 def run_server(
-    settings: Settings, host: str, port: int, *, on_started: Callable[[Any], None] | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    on_started: Callable[[Any], None] | None = None,
+    role: str = "all",
 ) -> None:
     """Serve the instance on host:port (and on ``settings.unix_socket``, HAProxy's way in,
     where forwarded headers are trusted) until SIGTERM/SIGINT."""
@@ -89,7 +94,7 @@ def run_server(
             unix = listen_unix(settings.unix_socket)
         if settings.console_bind is not None:
             console = listen_tcp(*parse_bind(settings.console_bind, allow_any_port=True))
-        instance = Instance(settings)
+        instance = Instance(settings, role="api" if role == "api" else "all")
         app: Any = instance.app
         if console is not None and instance.console_app is not None:
             address = console.getsockname()[:2]
@@ -138,8 +143,10 @@ def run_server(
             unix.close()
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
+def serve(settings: Settings, host: str, port: int, *, role: str = "all") -> None:
     """`scimgate serve`: :func:`run_server`, unwinding on SIGTERM/SIGINT as `up` does.
+    ``role``: ``all`` (API + embedded engine), ``api`` (an API replica of a fleet; it serves
+    the console too when ``console_bind`` is set). An agent serves no HTTP (`scimgate agent`).
 
     As `up` does, every entry is recomputed first under the current policy and pseudonym
     secret (only differences are logged and audited as ``policy.apply``): an edited policy or
@@ -162,4 +169,4 @@ def serve(settings: Settings, host: str, port: int) -> None:
             )
         finally:
             db.dispose()
-    run_server(settings, host, port)
+    run_server(settings, host, port, role=role)

@@ -9,12 +9,15 @@ cases (``app``) and the engine behind ``app.propagation.Propagation``.
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Literal
 
 from scimgate.api.app import Api, build_app
 from scimgate.app.authentication import Authenticator
 from scimgate.app.enforcement import PolicyEnforcement
+from scimgate.app.fleet import FleetMonitor, FleetPropagation
 from scimgate.app.gauges import refresh_gauges
-from scimgate.app.propagation import Readiness
+from scimgate.app.propagation import Propagation, Readiness
 from scimgate.app.service import ScimService
 from scimgate.config import Settings
 from scimgate.console import Console, build_console_app
@@ -23,20 +26,32 @@ from scimgate.instance.layout import load_or_create_secret
 from scimgate.metrics import Metrics
 from scimgate.policy.model import load_policy
 from scimgate.sync.engine import SyncEngine
+from scimgate.sync.threads import engine_thread
+
+#: What one `scimgate serve` process does (docs/fleet.md): ``all`` = the SCIM API with the
+#: embedded sync engine pushing to the configured targets (one process, today's default);
+#: ``api`` = an API replica of a fleet: no engine, read-your-writes waits for the agents'
+#: nodes (the node table), a monitor alerts on lagging nodes.
+Role = Literal["all", "api"]
+MONITOR_INTERVAL = 1.0  # seconds between two looks at the node table (API role)
 
 log = logging.getLogger("scimgate.instance")
 
 
-def enforcement_gaps(settings: Settings) -> list[str]:
+def enforcement_gaps(settings: Settings, role: Role = "all") -> list[str]:
     """Why this instance enforces nothing, if it does not: a SCIM endpoint without a policy
-    or without a target stores identities that no HAProxy ever sees (docs/production.md)."""
+    or without a target stores identities that no HAProxy ever sees (docs/production.md).
+
+    An API replica of a fleet (role ``api``) has no targets of its own: the agents push to
+    the nodes, so "no targets" is no gap there (its readiness reports the live nodes
+    instead, docs/fleet.md); it still needs the policy, which makes the entries."""
     gaps = []
     if settings.policy_file is None:
         gaps.append(
             f"no policy_file in {settings.config_path.name}: identities are stored, "
             "no map entry is made from them"
         )
-    if not settings.targets:
+    if not settings.targets and role != "api":
         gaps.append(
             f"no targets in {settings.config_path.name}: no HAProxy receives the identities"
         )
@@ -44,8 +59,9 @@ def enforcement_gaps(settings: Settings) -> list[str]:
 
 
 class Instance:
-    def __init__(self, settings: Settings, *, with_sync: bool = True) -> None:
+    def __init__(self, settings: Settings, *, with_sync: bool = True, role: Role = "all") -> None:
         self.settings = settings
+        self.role = role
         self.db = open_database(settings)
         self.metrics = Metrics()
         self.enforcement: PolicyEnforcement | None = None
@@ -55,18 +71,32 @@ class Instance:
                 load_policy(settings.policy_file), load_or_create_secret(secret_file)
             )
         self.sync: SyncEngine | None = None
-        if with_sync and settings.targets:
+        propagation: Propagation | None = None
+        self.fleet_monitor: FleetMonitor | None = None
+        self._monitor_stop = threading.Event()
+        if role == "api":
+            propagation = FleetPropagation(
+                self.db,
+                live_seconds=settings.node_live_seconds,
+                poll_interval=settings.fleet_poll_interval,
+            )
+            self.fleet_monitor = FleetMonitor(
+                self.db, self.metrics, live_seconds=settings.node_live_seconds,
+                alert_seconds=settings.deprovision_alert_seconds,
+            )  # fmt: skip
+        elif with_sync and settings.targets:
             self.sync = SyncEngine.from_settings(settings, self.db, self.metrics)
             # A committed write wakes the followers at once (they poll the change log too).
             self.db.on_commit(self.sync.notify)
+            propagation = self.sync
         self.service = ScimService(self.db, enforcement=self.enforcement)
         self.api = Api(
             settings,
             self.service,
             Authenticator(self.db),
             self.metrics,
-            Readiness(self.db, self.sync, enforcement_gaps(settings)),
-            propagation=self.sync,
+            Readiness(self.db, propagation, enforcement_gaps(settings, role)),
+            propagation=propagation,
         )
         self.app = build_app(self.api)
         # The admin console reads through the use cases; served on its own listener.
@@ -79,12 +109,24 @@ class Instance:
         self.metrics.on_render(lambda: refresh_gauges(self.db, self.metrics))
 
     def start(self) -> None:
-        for gap in enforcement_gaps(self.settings):
+        for gap in enforcement_gaps(self.settings, self.role):
             log.warning("not ready: %s (/readyz answers 503)", gap)
         if self.sync is not None:
             self.sync.start()
+        if self.fleet_monitor is not None:
+            engine_thread(self._monitor, "fleet-monitor").start()
+
+    def _monitor(self) -> None:
+        monitor = self.fleet_monitor
+        assert monitor is not None
+        while not self._monitor_stop.wait(MONITOR_INTERVAL):
+            try:
+                monitor.check()
+            except Exception:  # the database may be away; the next look tries again
+                log.warning("fleet monitor: check failed", exc_info=True)
 
     def stop(self) -> None:
+        self._monitor_stop.set()
         self.api.close()  # audits pending failed authentications
         if self.sync is not None:
             self.sync.stop()

@@ -53,6 +53,7 @@ from scimgate.policy.render_base import (
     require,
     resolved_file,
 )
+from scimgate.policy.render_fleet import FLEET_HEARTBEAT_TABLE, heartbeat_table, strict_rules
 from scimgate.policy.render_identity import (
     JWT_CACHE_SC,
     JWT_CACHE_TABLE,
@@ -92,6 +93,7 @@ def _frontend_rules(
     shards: int,
     check_files: bool,
     debug_headers: bool,
+    strict_seconds: int | None = None,
 ) -> list[str]:
     request_id = policy.identity_headers.request_id
     out: list[str] = [
@@ -105,6 +107,7 @@ def _frontend_rules(
         f' decision=%[var({V_DECISION})] %HM %{{+Q}}HPO"',
         f"http-after-response set-header {request_id} %[unique-id]",
         *open_route_rules(policy),
+        *(strict_rules() if strict_seconds is not None else []),
         "",
         *identity_rules(policy, check_files),
         "",
@@ -166,6 +169,7 @@ def render_config(
     check_files: bool = True,
     debug_headers: bool = False,
     scim_frontend: Sequence[str] = (),
+    strict_seconds: int | None = None,
     hard_stop_after: float | None = None,
     hmac_secret_source: str = "the instance's hmac.key",
 ) -> str:
@@ -178,11 +182,17 @@ def render_config(
     ``-S <master_socket>,mode,600``). ``log_target`` is the ``log`` address and options
     (``stdout format raw``, ``/dev/log``, ``127.0.0.1:514``); facility local0 is appended.
     ``scim_frontend`` (top-level lines from ``render_scim.render_scim_front``) is appended to a
-    full config; a fragment only notes where to get it. ``hard_stop_after`` (seconds) bounds
+    full config; a fragment only notes where to get it. ``strict_seconds``: a fleet node in
+    strict mode (``render_fleet``): identity-gated routes are denied once the agent's
+    heartbeat entry is that many seconds old. ``hard_stop_after`` (seconds) bounds
     how long an old worker lives after a reload. A fragment never holds the secret itself
     (it goes to stdout, into terminals and CI logs): it names ``hmac_secret_source``.
     ``stats_socket`` is a unix socket path or ``ipv4@ADDRESS:PORT``.
     """
+    require(
+        strict_seconds is None or 1 <= strict_seconds <= 86400,
+        f"strict_seconds must be 1..86400, not {strict_seconds!r}",
+    )
     require(mode in ("full", "fragment"), f"mode must be 'full' or 'fragment', not {mode!r}")
     require(shards in VALID_SHARD_COUNTS, f"shards must be one of {VALID_SHARD_COUNTS}")
     map_dir = map_dir.rstrip("/") or "/"
@@ -201,8 +211,9 @@ def render_config(
     )
 
     rules = _frontend_rules(
-        policy, map_dir=map_dir, shards=shards, check_files=check_files, debug_headers=debug_headers
-    )
+        policy, map_dir=map_dir, shards=shards, check_files=check_files,
+        debug_headers=debug_headers, strict_seconds=strict_seconds,
+    )  # fmt: skip
     hmac_line = f"set-var {V_HMAC} str({hmac_secret_b64})"
     backends = _backends(policy)
     cache_table = jwt_cache_table(policy)
@@ -236,6 +247,12 @@ def render_config(
                 f"{JWT_CACHE_SC} in this frontend):",
                 f"#     backend {JWT_CACHE_TABLE}",
                 f"#         {cache_table}",
+            ]
+        if strict_seconds is not None:
+            notes += [
+                "# Needed: the strict-mode heartbeat table (refreshed by the node's agent):",
+                f"#     backend {FLEET_HEARTBEAT_TABLE}",
+                f"#         {heartbeat_table(strict_seconds)}",
             ]
         for table, line in rate_limit_tables(policy).items():
             notes += [
@@ -326,6 +343,13 @@ def render_config(
             "# verified tokens (SHA-256 of the whole token -> gpt0 = its exp); never shared with peers",
             f"backend {JWT_CACHE_TABLE}",
             f"    {cache_table}",
+        ]
+    if strict_seconds is not None:
+        out += [
+            "",
+            "# strict mode: the node's agent refreshes key 1 while caught up (render_fleet)",
+            f"backend {FLEET_HEARTBEAT_TABLE}",
+            f"    {heartbeat_table(strict_seconds)}",
         ]
     for table, line in rate_limit_tables(policy).items():
         out += [

@@ -88,7 +88,15 @@ def make_engine(
             raw(conn).execute("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
-    engine = sa.create_engine(url, pool_size=16, max_overflow=16)
+    # A peer that vanished (a partition, a failover) must fail a read within seconds, not
+    # after TCP's ~15 minutes of retransmissions: a follower blocked in a read is neither
+    # applying nor failing over (libpq keepalives and tcp_user_timeout; unix sockets
+    # ignore them).
+    connect_args = {
+        "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
+        "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 10_000,
+    }  # fmt: skip
+    engine = sa.create_engine(url, pool_size=16, max_overflow=16, connect_args=connect_args)
 
     # Pre-ping, but only connections idle for a while: a ping is a round trip (a statement
     # for PostgreSQL to run) on every checkout otherwise, i.e. on every transaction. A
@@ -122,6 +130,11 @@ AUDIT_HEAD = "audit_head"
 # conn.info key: the change-log rows this write transaction logged (``log_committed``).
 LOGGED_CHANGES = "logged_changes"
 _LOCK_AUDIT_HEAD = Sql("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+#: The PostgreSQL channel a write that logged changes notifies (payload-less) at its commit:
+#: a wake-up hint for followers in other processes (``store.changefeed``), never relied on
+#: for correctness (notifications are lost while a listener is away; followers poll).
+CHANGES_CHANNEL = "scimgate_changes"
+_NOTIFY_CHANGES = f"NOTIFY {CHANGES_CHANNEL}"
 
 
 def _is_file_database(url: str) -> bool:
@@ -283,6 +296,10 @@ class Database:
                     self._run_first_check(conn)
                     yield conn
                     logged.extend(conn.info.pop(LOGGED_CHANGES, ()))
+                    if logged:
+                        # Delivered at commit, never on rollback. Writers are already
+                        # serialised, so NOTIFY's commit-time lock costs no extra wait.
+                        raw(conn).execute(_NOTIFY_CHANGES)
                 finally:
                     conn.info.pop(AUDIT_HEAD, None)
                     conn.info.pop(LOGGED_CHANGES, None)

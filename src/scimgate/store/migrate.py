@@ -13,6 +13,8 @@ from scimgate.store import tables
 from scimgate.store.db import Database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: The advisory lock key that serialises schema upgrades of processes sharing one database.
+MIGRATION_LOCK = 0x5C1A6A7E
 
 
 def alembic_config(url: str) -> Config:
@@ -25,6 +27,10 @@ def alembic_config(url: str) -> Config:
 def upgrade(db: Database) -> None:
     cfg = alembic_config(db.url)
     with db.engine.begin() as conn:
+        if db.dialect == "postgresql":
+            # Replicas and agents of a fleet start together on one database: one migrates,
+            # the others wait here and find the schema at head (released at commit).
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         seed_writers_row(conn)

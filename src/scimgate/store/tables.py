@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -167,6 +168,25 @@ targets = Table(
     Column("last_drift_check", String(32), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("entries", Integer, nullable=True),
+)
+
+# The fleet: one row per `scimgate agent` (one HAProxy node), written by the agent only.
+# ``cursor`` is the last change the node confirmed; ``heartbeat_epoch`` is the database's
+# clock at the last beat (PostgreSQL: clock_timestamp()), so that liveness is judged on one
+# clock whatever the agents' and replicas' clocks say.
+fleet_nodes = Table(
+    "fleet_nodes",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("cursor", BigInteger, nullable=False),
+    Column("worker_pid", Integer, nullable=True),
+    Column("haproxy_version", String(64), nullable=True),
+    Column("reachable", Boolean, nullable=False),
+    Column("fail_closed", Boolean, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("started", String(32), nullable=False),
+    Column("heartbeat", String(32), nullable=False),
+    Column("heartbeat_epoch", Float, nullable=False),
 )
 
 # When each change took effect on each target (deprovisions are what audits ask about).

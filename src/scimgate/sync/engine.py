@@ -55,6 +55,7 @@ class SyncEngine:
             settings, db, metrics, self.waiters, self.map_files, self._stopping
         )
         self._started = False
+        self._advance_listeners: list[Callable[[str, int], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database, metrics: Metrics) -> SyncEngine:
@@ -96,6 +97,14 @@ class SyncEngine:
     def advanced(self, target: str, cursor: int) -> None:
         self.waiters.advanced(target, cursor)
         self._metrics.target_lag.labels(target).set(self.waiters.lag(target))
+        for listener in self._advance_listeners:
+            listener(target, cursor)
+
+    def on_advance(self, listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(target, cursor)`` on the follower's thread each time a target
+        confirms (the agent reports its cursor to the fleet at once). Register before
+        :meth:`start`; a listener must be cheap and must not raise."""
+        self._advance_listeners.append(listener)
 
     # ---- lifecycle
 

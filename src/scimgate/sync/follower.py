@@ -53,6 +53,7 @@ from scimgate.sync.watch import WorkerWatch
 log = logging.getLogger("scimgate.sync")
 
 TICK = 0.2  # follower wake-up without a notify (other processes' writes, timers)
+# (``settings.change_poll_interval`` overrides it: an agent woken by LISTEN polls less often)
 BATCH = 5000  # change-log rows per read
 BACKLOG_RESYNC = 50_000  # further behind than this: one resync beats replaying the log
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
@@ -134,6 +135,7 @@ class TargetFollower:
         self._cursor = 0
         self._reachable = False
         self._last_error: str | None = None
+        self._haproxy_version: str | None = None
         self._caught_up_at: float | None = None  # monotonic
         self._last_drift_check = time.monotonic()
         self._changes = ChangeLogReader(engine.db)  # this thread's connection to the log
@@ -188,6 +190,16 @@ class TargetFollower:
     def layout(self) -> MapLayout | None:
         return self._layout
 
+    @property
+    def worker_pid(self) -> int | None:
+        """The HAProxy worker our connection reaches (None while not connected)."""
+        client = self._client
+        return client.worker_pid if client is not None else None
+
+    @property
+    def haproxy_version(self) -> str | None:
+        return self._haproxy_version
+
     # ---- thread body
 
     def _run(self) -> None:
@@ -228,7 +240,7 @@ class TargetFollower:
                 continue
             # Cleared by _follow right before each read of the change log: a notify that
             # came after the last read ends this wait at once, none is lost.
-            self.wake.wait(TICK)
+            self.wake.wait(self.engine.settings.change_poll_interval or TICK)
         if self._client is not None:
             self._client.close()
         self._changes.close()
@@ -258,6 +270,7 @@ class TargetFollower:
         if warning:
             log.warning("sync: " + warning, extra={"target": self.name})
         self._client, self._layout = client, layout
+        self._haproxy_version = info.get("Version") or None
         self.watch.connected()
         if self.target.map_dir:
             self._writer = self.engine.map_writer(self.target.map_dir, layout)
