@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from scimgate.cli.options import config_option, database_of, dir_option, settings_of
+from scimgate.cli.options import (
+    config_option,
+    database_of,
+    dir_option,
+    policy_file_of,
+    settings_of,
+)
+from scimgate.config import Settings
+
+if TYPE_CHECKING:
+    from scimgate.instance.jwks_keys import KeyStore
 
 
 @click.command("status")
@@ -37,8 +48,14 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
         all_ok, rows = target_status(db, settings)
     finally:
         db.dispose()
+    store = _key_store(settings)
     if as_json:
-        click.echo(json.dumps({"healthy": all_ok, "targets": rows}, indent=2))
+        out: dict[str, object] = {"healthy": all_ok, "targets": rows}
+        if store is not None:
+            from scimgate.instance.jwks_follower import key_rows
+
+            out["jwt_keys"] = key_rows(store)
+        click.echo(json.dumps(out, indent=2))
     else:
         header = ("TARGET", "REACHABLE", "CURSOR", "LAG", "ENTRIES", "LAST RESYNC", "UNCONFIRMED")
         table = [header]
@@ -69,7 +86,25 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
                     f"{newest['age_seconds']} s",
                     err=True,
                 )
+        if store is not None:
+            from scimgate.instance.jwks_follower import key_table
+
+            click.echo("")
+            for key_line in key_table(store):
+                click.echo(key_line)
     sys.exit(0 if all_ok else 1)
+
+
+def _key_store(settings: Settings) -> KeyStore | None:
+    """The instance's JWKS key store, when its policy takes keys from a JWKS."""
+    from scimgate.instance.haproxy_config import key_store
+    from scimgate.policy.model import PolicyError, load_policy
+
+    try:
+        policy = load_policy(policy_file_of(settings))
+    except PolicyError:
+        return None
+    return key_store(settings, policy)
 
 
 @click.command("resync")

@@ -19,6 +19,7 @@ from typing import Literal
 from scimgate.config import ScimFront, Settings, parse_bind
 from scimgate.haproxy.mapfile import write_map_file
 from scimgate.haproxy.process import binary_version, check_config
+from scimgate.instance.jwks_keys import KeyStore
 from scimgate.instance.layout import (
     TARGET_NAME,
     DemoError,
@@ -148,6 +149,7 @@ def render_instance(
     stats = unix_path(target.runtime_api if target else None, layout.admin_socket)
     master = unix_path(target.master_api if target else None, layout.master_socket)
     secret = load_or_create_secret(hmac_secret_path(settings))
+    store = key_store(settings, policy)
     return render_config(
         policy,
         mode=mode,
@@ -159,7 +161,16 @@ def render_instance(
         master_socket=master,
         log_target="stdout format raw",
         scim_frontend=front,
+        jwt_keys=store.pinned() if store is not None else (),
     )
+
+
+def key_store(settings: Settings, policy: Policy) -> KeyStore | None:
+    """The instance's JWKS key store (``DIR/keys/jwks``), when the policy uses one."""
+    jwt = policy.identity.jwt
+    if policy.identity.source != "jwt" or jwt is None or jwt.jwks is None:
+        return None
+    return KeyStore(Layout(settings.base_dir).keys / "jwks", jwt.jwks, jwt.issuer)
 
 
 def check_rendered(

@@ -24,8 +24,9 @@ from scimgate.config import (
     redact_url,
 )
 from scimgate.instance.database import open_database
+from scimgate.instance.jwks_follower import KeyFollower
 from scimgate.instance.layout import DemoError, write_private
-from scimgate.instance.local_haproxy import start_demo_haproxy
+from scimgate.instance.local_haproxy import start_demo_haproxy, start_key_follower
 from scimgate.instance.serve import SERVE_ERRORS, run_server, unwind_on_signals
 from scimgate.store.db import Database
 
@@ -122,6 +123,7 @@ def bring_up(
         "database_url": redact_url(settings.database_url),
     }
     haproxy = None
+    keys: KeyFollower | None = None
 
     def started(_instance: Any) -> None:
         write_stack(directory, info)
@@ -137,8 +139,12 @@ def bring_up(
             )
             info.update(extra)
             info["pids"]["haproxy"] = haproxy.pid
+            keys = start_key_follower(settings, haproxy, info)
         run_server(settings, settings.host, settings.port, on_started=started)
     finally:
+        if keys is not None:
+            keys.stop()
+            keys.db.dispose()
         if haproxy is not None:
             haproxy.stop()
         stack = directory / "stack.json"

@@ -180,22 +180,99 @@ class JwtVerifiedCache(_Model):
     size: int = Field(default=1_000_000, ge=1, le=10_000_000)
 
 
+#: What the JWKS mode accepts: RSA (>= 2048 bits) and EC P-256 / P-384 keys. PS* needs
+#: HAProxy 2.8, ES512 (P-521) is refused, HS* is never a JWKS key here (a shared secret).
+JWKS_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384")
+JwksAlgorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384"]
+
+
+def _every_jwks_algorithm() -> list[JwksAlgorithm]:
+    return ["RS256", "RS384", "RS512", "ES256", "ES384"]
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``: the only hosts a JWKS may be fetched from over http."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_url(url: str, what: str) -> str:
+    """https, or http to a loopback host only (the keys decide who gets in: a plain-http
+    fetch over a network would let anyone on the path hand HAProxy their own key)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
+        return url
+    raise ValueError(f"{what} {url!r} must be https (http only to a loopback address)")
+
+
+class JwksSource(_Model):
+    """The issuer's signing keys, fetched from its JWKS (OIDC discovery or ``jwks_uri``) and
+    written as one PUBLIC KEY PEM per ``kid``; the algorithm is pinned per key."""
+
+    discovery: bool = True  # {issuer}/.well-known/openid-configuration names the jwks_uri
+    jwks_uri: Annotated[str, _matching(URLISH_RE, "jwks_uri")] | None = None
+    algorithms: list[JwksAlgorithm] = Field(default_factory=_every_jwks_algorithm, min_length=1)
+    # how long a key the JWKS no longer lists is still accepted (tokens it signed live on)
+    overlap_seconds: int = Field(default=3600, ge=0, le=7 * 86400)
+    # refresh: the response's Cache-Control max-age, clamped to [min, max]
+    min_refresh_seconds: int = Field(default=60, ge=1, le=86400)
+    max_refresh_seconds: int = Field(default=3600, ge=1, le=86400)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    retries: int = Field(default=3, ge=0, le=10)
+    max_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
+    max_keys: int = Field(default=32, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _where_from(self) -> JwksSource:
+        if self.jwks_uri is not None:
+            check_key_url(self.jwks_uri, "jwks_uri")
+        elif not self.discovery:
+            raise ValueError("jwks needs 'jwks_uri' when 'discovery' is false")
+        if self.min_refresh_seconds > self.max_refresh_seconds:
+            raise ValueError("min_refresh_seconds is above max_refresh_seconds")
+        return self
+
+
 class JwtSource(_Model):
     """Bearer JWT: signature checked by ``jwt_verify`` with a pinned algorithm; exp/nbf/iss/aud
     checked in config (``jwt_verify`` checks only the signature)."""
 
-    algorithm: JwtAlgorithm
+    algorithm: JwtAlgorithm | None = None  # static key or secret; per key with jwks
     public_key: FilePath | None = None  # PUBLIC KEY PEM, for RS*/ES*
     secret: Annotated[str, _matching(HMAC_SECRET_RE, "HMAC secret")] | None = None  # HS*
+    jwks: JwksSource | None = None
     issuer: Annotated[str, _matching(URLISH_RE, "issuer")]
     audience: Annotated[str, _matching(URLISH_RE, "audience")]
     claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "email"
     scope_claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "scope"
+    # Okta's `scp` is a JSON array; most IdPs send a space-separated string
+    scope_claim_format: Literal["string", "array"] = "string"
     leeway_seconds: int = Field(default=30, ge=0, le=600)
     verified_cache: JwtVerifiedCache = Field(default_factory=JwtVerifiedCache)
+    # token cut-off: a token issued (iat) before the identity's last deprovisioning is refused
+    # after a reprovisioning; a token without iat is refused
+    cutoff: bool = False
 
     @model_validator(mode="after")
     def _key_matches_algorithm(self) -> JwtSource:
+        if self.jwks is not None:
+            if self.algorithm is not None or self.public_key is not None or self.secret:
+                raise ValueError(
+                    "'jwks' pins the algorithm per key: no 'algorithm', 'public_key' or 'secret'"
+                )
+            if self.jwks.discovery and self.jwks.jwks_uri is None:
+                check_key_url(self.issuer, "issuer (for OIDC discovery)")
+            return self
+        if self.algorithm is None:
+            raise ValueError("identity.jwt needs 'algorithm' (or 'jwks')")
         if self.algorithm in HMAC_ALGORITHMS:
             if self.secret is None or self.public_key is not None:
                 raise ValueError(f"{self.algorithm} needs 'secret' (and no 'public_key')")

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from scimgate.policy.compiler import VALID_SHARD_COUNTS
+from scimgate.policy.jwks import PinnedKey
 from scimgate.policy.model import FILE_PATH_RE, Policy
 from scimgate.policy.render_base import (
     V_DECISION,
@@ -79,6 +80,7 @@ def _frontend_rules(
     shards: int,
     check_files: bool,
     debug_headers: bool,
+    jwt_keys: Sequence[PinnedKey] = (),
 ) -> list[str]:
     request_id = policy.identity_headers.request_id
     out: list[str] = [
@@ -93,7 +95,7 @@ def _frontend_rules(
         f"http-after-response set-header {request_id} %[unique-id]",
         *open_route_rules(policy),
         "",
-        *identity_rules(policy, check_files),
+        *identity_rules(policy, check_files, jwt_keys),
         "",
         *lookup_rules(map_dir, shards),
         *scope_rules(policy),
@@ -150,6 +152,7 @@ def render_config(
     check_files: bool = True,
     debug_headers: bool = False,
     scim_frontend: Sequence[str] = (),
+    jwt_keys: Sequence[PinnedKey] = (),
 ) -> str:
     """The HAProxy configuration enforcing ``policy``.
 
@@ -160,7 +163,8 @@ def render_config(
     ``-S <master_socket>,mode,600``). ``log_target`` is the ``log`` address and options
     (``stdout format raw``, ``/dev/log``, ``127.0.0.1:514``); facility local0 is appended.
     ``scim_frontend`` (top-level lines from ``render_scim.render_scim_front``) is appended to a
-    full config; a fragment only notes where to get it.
+    full config; a fragment only notes where to get it. ``jwt_keys``: the issuer's keys in
+    JWKS mode (``identity.jwt.jwks``; none renders a config that refuses every token).
     """
     require(mode in ("full", "fragment"), f"mode must be 'full' or 'fragment', not {mode!r}")
     require(shards in VALID_SHARD_COUNTS, f"shards must be one of {VALID_SHARD_COUNTS}")
@@ -180,7 +184,12 @@ def render_config(
     )
 
     rules = _frontend_rules(
-        policy, map_dir=map_dir, shards=shards, check_files=check_files, debug_headers=debug_headers
+        policy,
+        map_dir=map_dir,
+        shards=shards,
+        check_files=check_files,
+        debug_headers=debug_headers,
+        jwt_keys=jwt_keys,
     )
     hmac_line = f"set-var {V_HMAC} str({hmac_secret_b64})"
     backends = _backends(policy)

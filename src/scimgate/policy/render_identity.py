@@ -43,10 +43,12 @@ Latin-1 byte 0xFC.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from scimgate.policy.compiler import OVERLAY_MAP_NAME, OVERLAY_TOMBSTONE, map_file_name
-from scimgate.policy.model import HMAC_ALGORITHMS, Policy
+from scimgate.policy.jwks import KID_RE, PinnedKey
+from scimgate.policy.model import FILE_PATH_RE, HMAC_ALGORITHMS, JWKS_ALGORITHMS, Policy
 from scimgate.policy.render_base import (
     PRINTABLE_TOKEN_REGEX,
     V_BEARER,
@@ -96,18 +98,71 @@ def _check_public_key(path: str) -> None:
     )
 
 
-def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
+def _signature_rules(
+    policy: Policy,
+    check_files: bool,
+    jwt_keys: Sequence[PinnedKey],
+    *,
+    cached: bool,
+    claims_ok: str,
+) -> tuple[list[str], str, list[str]]:
+    """(the ``scimgate_jwt_sig_ok`` rules, the alg-allow-list ACL pattern, head comments).
+
+    Static mode: one ``jwt_verify`` with the policy's algorithm and key. JWKS mode: the
+    token's ``kid`` selects one key, whose algorithm is pinned as a literal (the token's
+    ``alg`` must equal it, and is never passed to ``jwt_verify``); an unknown kid verifies
+    nothing, so it is refused. The verification runs only once every claim check passed."""
     jwt = policy.identity.jwt
     assert jwt is not None
-    alg = jwt.algorithm
-    if alg in HMAC_ALGORITHMS:
-        assert jwt.secret is not None
-        key = jwt.secret
-    else:
-        assert jwt.public_key is not None
-        key = resolved_file(policy, jwt.public_key, "JWT public key", check_files)
+    bearer = f"var({V_BEARER})"
+    if jwt.jwks is None:
+        alg = jwt.algorithm
+        assert alg is not None
+        if alg in HMAC_ALGORITHMS:
+            assert jwt.secret is not None
+            key = jwt.secret
+        else:
+            assert jwt.public_key is not None
+            key = resolved_file(policy, jwt.public_key, "JWT public key", check_files)
+            if check_files:
+                _check_public_key(key)
+        return (
+            [f'acl scimgate_jwt_sig_ok {bearer},jwt_verify("{alg}","{key}") -m int 1'],
+            alg,
+            [f"# identity: JWT bearer. The algorithm is pinned to the literal {alg} (never the"],
+        )
+    when = f"!scimgate_jwt_cached {claims_ok}" if cached else claims_ok
+    rules = [
+        "# the key is chosen by the token's kid; each key's algorithm is pinned (from the JWKS)",
+        f"http-request set-var(txn.scimgate_jwt_kid) {bearer},jwt_header_query('$.kid')"
+        + (" if !scimgate_jwt_cached" if cached else ""),
+    ]
+    if not jwt_keys:
+        rules.append("# no key fetched yet: every token is refused (401)")
+    for pinned in jwt_keys:
+        kid, pinned_alg, path = pinned.kid, pinned.alg, pinned.path
+        require(bool(KID_RE.fullmatch(kid)), f"unusable kid {kid!r}")
+        require(pinned_alg in JWKS_ALGORITHMS, f"unusable algorithm {pinned_alg!r}")
+        require(bool(FILE_PATH_RE.fullmatch(path)), f"unusable key path {path!r}")
         if check_files:
-            _check_public_key(key)
+            _check_public_key(path)
+        rules.append(
+            f'http-request set-var(txn.scimgate_jwt_sig) {bearer},jwt_verify("{pinned_alg}","{path}")'
+            f" if {when} {{ var(txn.scimgate_jwt_kid) -m str {kid} }}"
+            f" {{ var(txn.scimgate_jwt_alg) -m str {pinned_alg} }}"
+        )
+    rules.append("acl scimgate_jwt_sig_ok var(txn.scimgate_jwt_sig) -m int 1")
+    algs = " ".join(sorted({k.alg for k in jwt_keys})) or "-"
+    return (
+        rules,
+        algs,
+        ["# identity: JWT bearer, keys from the issuer's JWKS. Each algorithm is pinned (never"],
+    )
+
+
+def jwt_rules(policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] = ()) -> list[str]:
+    jwt = policy.identity.jwt
+    assert jwt is not None
     leeway = jwt.leeway_seconds
     bearer = f"var({V_BEARER})"
     forwards_actor = policy.identity_headers.actor is not None and _has_gated_backend(policy)
@@ -120,8 +175,14 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
     # the claim is read on every request (a cache hit needs it too), and becomes the identity
     # only once the token is verified or cached
     identity = f"http-request set-var({V_IDENTITY}) var(txn.scimgate_jwt_identity)"
+    cached = jwt.verified_cache.enabled
+    # With the cache, the claims are decoded only on a miss (a hit re-checks exp, from the entry).
+    unless_cached = " if !scimgate_jwt_cached" if cached else ""
+    signature, algs, title = _signature_rules(
+        policy, check_files, jwt_keys, cached=cached, claims_ok=claims_ok
+    )
     head = [
-        f"# identity: JWT bearer. The algorithm is pinned to the literal {alg} (never the",
+        *title,
         "# token's own 'alg': alg-confusion); jwt_verify checks only the signature, so",
         f"# exp / nbf / iss / aud are checked here (leeway {leeway} s). Signature check runs last.",
         f"http-request set-var({V_BEARER}) http_auth_bearer",
@@ -132,9 +193,6 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         *deny(401, "ambiguous_credentials", "scimgate_auth_repeated", bearer=True),
         "http-request set-var(txn.scimgate_now) date",
     ]
-    cached = jwt.verified_cache.enabled
-    # With the cache, the claims are decoded only on a miss (a hit re-checks exp, from the entry).
-    unless_cached = " if !scimgate_jwt_cached" if cached else ""
     checks = [
         f"http-request set-var(txn.scimgate_jwt_alg) {bearer},jwt_header_query('$.alg'){unless_cached}",
         "# claim types, on the decoded payload text: jwt_payload_query reads a string exp as",
@@ -147,7 +205,7 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"http-request set-var(txn.scimgate_jwt_identity) {bearer},jwt_payload_query('$.{jwt.claim}')",
         "acl scimgate_jwt_identity_ok var(txn.scimgate_jwt_identity) "
         f"-m reg '{PRINTABLE_TOKEN_REGEX}'",
-        f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {alg}",
+        f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {algs}",
         "acl scimgate_jwt_payload_ok var(txn.scimgate_jwt_payload) -m found",
         "acl scimgate_jwt_claim_types_bad var(txn.scimgate_jwt_payload) "
         f"-m reg '{claim_types_bad_regex([jwt.claim, *(['sub'] if forwards_actor else [])])}'",
@@ -156,7 +214,6 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"acl scimgate_jwt_nbf_bad var(txn.scimgate_jwt_nbf),sub(txn.scimgate_now) -m int gt {leeway}",
         f"acl scimgate_jwt_iss_ok var(txn.scimgate_jwt_iss) -m str '{jwt.issuer}'",
         f"acl scimgate_jwt_aud_ok var(txn.scimgate_jwt_aud) -m str '{jwt.audience}'",
-        f'acl scimgate_jwt_sig_ok {bearer},jwt_verify("{alg}","{key}") -m int 1',
     ]
     if forwards_actor:
         checks += [
@@ -169,6 +226,7 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
             f"if scimgate_jwt_has_act !scimgate_actor_ok{' !scimgate_jwt_cached' if cached else ''}",
             "acl scimgate_jwt_act_bad var(txn.scimgate_jwt_act_bad) -m bool",
         ]
+    checks += signature
     if not cached:
         return [*head, *checks, f"{identity} if {claims_ok} scimgate_jwt_sig_ok"]
     sc = JWT_CACHE_SC
@@ -238,11 +296,13 @@ def _mtls_rules(policy: Policy) -> list[str]:
     ]
 
 
-def identity_rules(policy: Policy, check_files: bool) -> list[str]:
+def identity_rules(
+    policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] = ()
+) -> list[str]:
     """Extract the identity; 401 unless it is one printable ASCII token."""
     source = policy.identity.source
     if source == "jwt":
-        out = jwt_rules(policy, check_files)
+        out = jwt_rules(policy, check_files, jwt_keys)
     elif source == "header":
         out = _header_rules(policy)
     else:
