@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 #: base64, hex and dotted kids of Okta, Entra, Google, Auth0 and Keycloak all fit).
 KID_RE = re.compile(r"^[A-Za-z0-9._~+/=:-]{1,128}$")
 MIN_RSA_BITS = 2048
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 _EC_CURVES: dict[str, tuple[ec.EllipticCurve, str]] = {
     "P-256": (ec.SECP256R1(), "ES256"),
@@ -59,6 +60,8 @@ class JwkKey:
 def _b64url_int(value: Any, what: str) -> int:
     if not isinstance(value, str) or not value:
         raise ValueError(f"'{what}' is missing or not a string")
+    if not _B64URL_RE.fullmatch(value):  # the decoder would skip foreign characters
+        raise ValueError(f"'{what}' is not base64url")
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError):

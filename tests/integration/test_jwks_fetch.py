@@ -1,0 +1,136 @@
+"""The JWKS fetcher and key store over real loopback HTTP: ETag revalidation, Cache-Control,
+size limit, bounded retries with backoff, redirects only to https/loopback, the overlap of
+withdrawn keys and a failed fetch keeping the keys."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scimgate.instance.jwks_keys import FetchError, KeyStore, fetch
+from scimgate.policy.model import JwksSource
+from tests.support.jwks_issuer import JwksIssuer
+
+
+@pytest.fixture
+def idp() -> Iterator[JwksIssuer]:
+    with JwksIssuer(max_age=120) as issuer:
+        issuer.add_key("k1")
+        yield issuer
+
+
+def scripted(
+    replies: list[tuple[int, dict[str, str], bytes]],
+) -> tuple[ThreadingHTTPServer, list[str]]:
+    """A server answering each GET with the next scripted reply (the last one repeats)."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            status, headers, body = replies[min(len(seen), len(replies)) - 1]
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def test_etag_and_cache_control(idp: JwksIssuer, tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, JwksSource(), idp.issuer)
+    state, rotation = store.refresh(now=1000.0)
+    assert rotation.added == ["k1"] and state.etag and state.last_error is None
+    assert state.next_fetch == 1000.0 + 120  # max-age=120 within [60, 3600]
+    state, rotation = store.refresh(now=1200.0)
+    assert not rotation and idp.not_modified == 1  # If-None-Match -> 304, keys kept
+    assert [k.kid for k in state.keys] == ["k1"]
+
+
+def test_withdrawn_key_stays_for_the_overlap(idp: JwksIssuer, tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, JwksSource(overlap_seconds=100), idp.issuer)
+    store.refresh(now=1000.0)
+    idp.add_key("k2", "ec256")
+    idp.withdraw("k1")
+    state, rotation = store.refresh(now=2000.0)
+    assert rotation.added == ["k2"] and rotation.removed == ["k1"] and not rotation.expired
+    assert [k.kid for k in store.pinned(now=2099.0)] == ["k1", "k2"]
+    assert state.next_expiry(100) == 2100.0
+    state, rotation = store.refresh(now=2100.0)
+    assert rotation.expired == ["k1"] and [k.kid for k in store.pinned(now=2100.0)] == ["k2"]
+    store.prune_files()
+    assert sorted(p.name for p in tmp_path.glob("kid-*.pem")) == [state.keys[0].file]
+
+
+def test_failed_fetch_keeps_the_keys(idp: JwksIssuer, tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, JwksSource(retries=0), idp.issuer)
+    store.refresh(now=1000.0)
+    idp.__exit__()  # the issuer goes away
+    state, rotation = store.refresh(now=5000.0)
+    assert not rotation and state.last_error and [k.kid for k in state.keys] == ["k1"]
+    assert state.next_fetch == 5000.0 + 60  # retried at the floor
+
+
+def test_retries_with_backoff_then_success() -> None:
+    ok = json.dumps({"keys": []}).encode()
+    server, seen = scripted([(503, {}, b""), (429, {}, b""), (200, {"ETag": '"a"'}, ok)])
+    slept: list[float] = []
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/keys"
+        found = fetch(url, timeout=2, max_bytes=1024, retries=3, sleep=slept.append)
+        assert found.status == 200 and found.etag == '"a"' and len(seen) == 3
+        assert slept == [0.5, 1.0]
+        seen.clear()
+        with pytest.raises(FetchError, match="HTTP 503"):
+            fetch(url, timeout=2, max_bytes=1024, retries=0, sleep=slept.append)
+    finally:
+        server.shutdown()
+
+
+def test_client_errors_are_not_retried_and_size_is_limited() -> None:
+    server, seen = scripted([(404, {}, b"")])
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/keys"
+        with pytest.raises(FetchError, match="HTTP 404"):
+            fetch(url, timeout=2, max_bytes=1024, retries=3, sleep=lambda _s: None)
+        assert len(seen) == 1
+    finally:
+        server.shutdown()
+    server, seen = scripted([(200, {}, b"x" * 5000)])
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/keys"
+        with pytest.raises(FetchError, match="larger than 4096"):
+            fetch(url, timeout=2, max_bytes=4096, retries=0)
+    finally:
+        server.shutdown()
+
+
+def test_redirect_to_plain_http_elsewhere_is_refused() -> None:
+    server, seen = scripted([(302, {"Location": "http://203.0.113.9/keys"}, b"")])
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/keys"
+        with pytest.raises(FetchError, match="must be https"):
+            fetch(url, timeout=2, max_bytes=1024, retries=0)
+    finally:
+        server.shutdown()
+    with pytest.raises(FetchError, match="must be https"):
+        fetch("http://203.0.113.9/keys", timeout=2, max_bytes=1024, retries=0)
+
+
+def test_discovery_issuer_mismatch_is_an_error(idp: JwksIssuer, tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, JwksSource(retries=0), idp.issuer + "/")
+    state, _rotation = store.refresh(now=1.0)
+    assert state.keys == [] and "issuer" in (state.last_error or "")
