@@ -119,7 +119,7 @@ def test_client_errors_are_not_retried_and_size_is_limited() -> None:
 
 
 def test_redirect_to_plain_http_elsewhere_is_refused() -> None:
-    server, seen = scripted([(302, {"Location": "http://203.0.113.9/keys"}, b"")])
+    server, _seen = scripted([(302, {"Location": "http://203.0.113.9/keys"}, b"")])
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/keys"
         with pytest.raises(FetchError, match="must be https"):
