@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from scimgate.audit import log as audit
-from scimgate.policy.compiler import entries_for_user
+from scimgate.policy.compiler import entries_for_user, with_not_before
 from scimgate.policy.model import Policy
 from scimgate.scim.render import user_resource
 from scimgate.store import outbox, resources as rs
@@ -32,6 +32,9 @@ class PolicyEnforcement:
     def __init__(self, policy: Policy, secret: bytes) -> None:
         self.policy = policy
         self.secret = secret
+        jwt = policy.identity.jwt
+        #: token cut-off: entries carry their identity's last deprovisioning time
+        self.cutoff = policy.identity.source == "jwt" and jwt is not None and jwt.cutoff
         self._idp_groups = {g for group in policy.groups.values() for g in group.idp_groups}
 
     def entries(self, user: dict[str, Any], idp_groups: list[dict[str, Any]]) -> dict[str, str]:
@@ -41,11 +44,21 @@ class PolicyEnforcement:
         return display_name in self._idp_groups or external_id in self._idp_groups
 
 
+def _with_cutoffs(entries: dict[str, str], cutoffs: dict[str, int]) -> dict[str, str]:
+    return {k: with_not_before(v, cutoffs.get(k)) for k, v in entries.items()}
+
+
 def refresh_users(
-    conn: Connection, user_ids: Iterable[str], entries_fn: EntriesFn, base_url: str = ""
+    conn: Connection,
+    user_ids: Iterable[str],
+    entries_fn: EntriesFn,
+    base_url: str = "",
+    *,
+    cutoff: bool = False,
 ) -> list[outbox.MapChange]:
     """Recompute the entries of these users (in ``conn``'s write transaction) and log every
-    key that changed; a user gone from the store loses its entries."""
+    key that changed; a user gone from the store loses its entries. ``cutoff``: each entry
+    carries its key's last deprovisioning time, and removed keys record theirs."""
 
     def desired() -> Iterator[tuple[str, dict[str, str]]]:
         for user_id in dict.fromkeys(user_ids):
@@ -54,13 +67,16 @@ def refresh_users(
                 yield user_id, {}
                 continue
             user = user_resource(row, base_url)
-            yield user_id, entries_fn(user, rs.idp_groups_of_user(conn, user_id))
+            entries = entries_fn(user, rs.idp_groups_of_user(conn, user_id))
+            if cutoff and entries:
+                entries = _with_cutoffs(entries, outbox.cutoffs_of(conn, entries))
+            yield user_id, entries
 
-    return outbox.log_user_entries(conn, desired())
+    return outbox.log_user_entries(conn, desired(), record_cutoffs=cutoff)
 
 
 def rebuild_all(
-    conn: Connection, entries_fn: EntriesFn, batch: int = 2000
+    conn: Connection, entries_fn: EntriesFn, batch: int = 2000, *, cutoff: bool = False
 ) -> list[outbox.MapChange]:
     """Recompute every user's entries (after a policy change); log only the differences.
 
@@ -72,10 +88,12 @@ def rebuild_all(
 
     def desired() -> Iterator[tuple[str, dict[str, str]]]:
         groups_by_user = rs.idp_groups_by_user(conn)
+        cutoffs = outbox.cutoffs_of(conn) if cutoff else {}
         for row in rs.all_users(conn):
-            yield row.id, entries_fn(user_resource(row, ""), groups_by_user.get(row.id, []))
+            entries = entries_fn(user_resource(row, ""), groups_by_user.get(row.id, []))
+            yield row.id, _with_cutoffs(entries, cutoffs) if cutoffs else entries
 
-    return outbox.rebuild_entries(conn, desired(), batch)
+    return outbox.rebuild_entries(conn, desired(), batch, record_cutoffs=cutoff)
 
 
 def apply_policy(db: Database, policy: Policy, secret: bytes, policy_file: Path) -> dict[str, str]:
@@ -84,7 +102,7 @@ def apply_policy(db: Database, policy: Policy, secret: bytes, policy_file: Path)
     desired map."""
     enforcement = PolicyEnforcement(policy, secret)
     with db.write() as conn:
-        changes = rebuild_all(conn, enforcement.entries)
+        changes = rebuild_all(conn, enforcement.entries, cutoff=enforcement.cutoff)
         if changes:
             audit.ensure_head(conn)
             digest = hashlib.sha256(policy_file.read_bytes()).hexdigest()

@@ -38,6 +38,9 @@ _MAX_ID_CHARS = 64
 class Enforcement(Protocol):
     """What the handler needs from the policy: entries per user, and which groups matter."""
 
+    #: token cut-off on: entries carry their key's last deprovisioning time
+    cutoff: bool
+
     def entries(self, user: dict[str, Any], idp_groups: list[dict[str, Any]]) -> dict[str, str]: ...
 
     def group_relevant(self, display_name: str | None, external_id: str | None) -> bool: ...
@@ -191,7 +194,9 @@ class ScimService:
     ) -> list[outbox.MapChange]:
         if self.enforcement is None or not user_ids:
             return []
-        return refresh_users(conn, user_ids, self.enforcement.entries, base_url)
+        return refresh_users(
+            conn, user_ids, self.enforcement.entries, base_url, cutoff=self.enforcement.cutoff
+        )
 
     def _refresh_group(
         self,

@@ -51,6 +51,7 @@ from scimgate.policy.render_base import (
 from scimgate.policy.render_identity import (
     JWT_CACHE_SC,
     JWT_CACHE_TABLE,
+    cutoff_rules,
     forwarded_identity_rules,
     identity_rules,
     jwt_cache_table,
@@ -98,6 +99,7 @@ def _frontend_rules(
         *identity_rules(policy, check_files, jwt_keys),
         "",
         *lookup_rules(map_dir, shards),
+        *cutoff_rules(policy),
         *scope_rules(policy),
         *gated_route_rules(policy),
         "",

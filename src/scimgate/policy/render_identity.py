@@ -46,7 +46,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from scimgate.policy.compiler import OVERLAY_MAP_NAME, OVERLAY_TOMBSTONE, map_file_name
+from scimgate.policy.compiler import (
+    NOT_BEFORE_MARK,
+    OVERLAY_MAP_NAME,
+    OVERLAY_TOMBSTONE,
+    map_file_name,
+)
 from scimgate.policy.jwks import KID_RE, PinnedKey
 from scimgate.policy.model import FILE_PATH_RE, HMAC_ALGORITHMS, JWKS_ALGORITHMS, Policy
 from scimgate.policy.render_base import (
@@ -203,6 +208,14 @@ def jwt_rules(policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] =
         f"http-request set-var(txn.scimgate_jwt_iss) {bearer},jwt_payload_query('$.iss'){unless_cached}",
         f"http-request set-var(txn.scimgate_jwt_aud) {bearer},jwt_payload_query('$.aud'){unless_cached}",
         f"http-request set-var(txn.scimgate_jwt_identity) {bearer},jwt_payload_query('$.{jwt.claim}')",
+        *(
+            # read on every request, cache hits too: the cut-off compares it after the lookup
+            [
+                f"http-request set-var(txn.scimgate_jwt_iat) {bearer},jwt_payload_query('$.iat','int')"
+            ]
+            if jwt.cutoff
+            else []
+        ),
         "acl scimgate_jwt_identity_ok var(txn.scimgate_jwt_identity) "
         f"-m reg '{PRINTABLE_TOKEN_REGEX}'",
         f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {algs}",
@@ -348,6 +361,35 @@ def lookup_rules(map_dir: str, shards: int) -> list[str]:
         *out,
         f"acl scimgate_known var({V_GROUPS}) -m beg ,",
         *deny(403, "unknown_identity", "!scimgate_known"),
+    ]
+
+
+def cutoff_rules(policy: Policy) -> list[str]:
+    """Token cut-off: the map value ``,groups,@<not-before>`` of an identity deprovisioned
+    before is split in two, and a token issued (iat) before that time, or without iat, is
+    refused (401: the client must fetch a new token)."""
+    jwt = policy.identity.jwt
+    if policy.identity.source != "jwt" or jwt is None or not jwt.cutoff:
+        return []
+    mark = NOT_BEFORE_MARK
+    has_mark = f"{{ var({V_GROUPS}) -m sub {mark} }}"
+    return [
+        "",
+        "# --- scimgate: token cut-off (a token issued before the identity's last",
+        "# deprovisioning stays refused after a reprovisioning; a token without iat too) ---",
+        f"http-request set-var(txn.scimgate_not_before) var({V_GROUPS}),field(2,{mark}) if {has_mark}",
+        f"http-request set-var({V_GROUPS}) var({V_GROUPS}),field(1,{mark}) if {has_mark}",
+        "http-request set-var(txn.scimgate_iat_margin) var(txn.scimgate_jwt_iat),"
+        "sub(txn.scimgate_not_before) if { var(txn.scimgate_not_before) -m found } "
+        "{ var(txn.scimgate_jwt_iat) -m found }",
+        "acl scimgate_token_cut_off var(txn.scimgate_iat_margin) -m int lt 0",
+        "acl scimgate_jwt_has_iat var(txn.scimgate_jwt_iat) -m found",
+        *deny(
+            401,
+            "token_cut_off",
+            "!scimgate_jwt_has_iat || scimgate_token_cut_off",
+            bearer=True,
+        ),
     ]
 
 
