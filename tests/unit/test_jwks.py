@@ -226,3 +226,45 @@ def test_render_refuses_an_unsafe_kid() -> None:
 
     with pytest.raises(RenderError, match="kid"):
         render(policy_text("jwks: {}"), [PinnedKey("a b", "RS256", "/k/x.pem")])
+
+
+def scope_policy(jwt_extra: str) -> str:
+    return textwrap.dedent(f"""\
+        identity:
+          source: jwt
+          jwt: {{issuer: "https://i/", audience: a, jwks: {{}}, {jwt_extra}}}
+        routes:
+          - name: home
+            from: {{path_prefix: /}}
+            allow_groups: [any]
+            require_scopes: ["api:read"]
+            to: {{return: hi}}
+        """)
+
+
+def test_scp_without_a_format_is_refused_clearly() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(scope_policy("scope_claim: scp"))
+    (problem,) = info.value.problems
+    assert (problem.line, problem.column) == (8, 5)  # the route's require_scopes
+    assert "scope_claim_format" in problem.message and "Okta" in problem.message
+
+
+def test_scope_formats_render() -> None:
+    string = render(scope_policy("scope_claim: scp, scope_claim_format: string"), [])
+    assert (
+        "http-request set-var(txn.scimgate_jwt_scope) var(txn.scimgate_bearer),jwt_payload_query('$.scp')"
+        in string
+    )
+    assert not any("$.scp[" in line for line in string)
+    array = render(
+        scope_policy("scope_claim: scp, scope_claim_format: array, scope_array_max_items: 3"), []
+    )
+    assert [line for line in array if "$.scp[" in line and not line.startswith("#")] == [
+        f"http-request set-var(txn.scimgate_scp_{i}) var(txn.scimgate_bearer),jwt_payload_query('$.scp[{i}]')"
+        for i in range(3)
+    ]
+    assert "acl scimgate_scope_held_0 var(txn.scimgate_scp_2) -m str api:read" in array
+    assert any(line.endswith("if scimgate_route_home !scimgate_scope_held_0") for line in array)
+    # a route without require_scopes needs no format, even for scp
+    parse_policy(scope_policy("scope_claim: scp").replace('require_scopes: ["api:read"]', ""))

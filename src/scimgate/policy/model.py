@@ -253,8 +253,9 @@ class JwtSource(_Model):
     audience: Annotated[str, _matching(URLISH_RE, "audience")]
     claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "email"
     scope_claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "scope"
-    # Okta's `scp` is a JSON array; most IdPs send a space-separated string
-    scope_claim_format: Literal["string", "array"] = "string"
+    # Okta's `scp` is a JSON array, Entra's a space-separated string: `scp` must say which
+    scope_claim_format: Literal["string", "array"] | None = None  # None: string
+    scope_array_max_items: int = Field(default=16, ge=1, le=64)  # array items read
     leeway_seconds: int = Field(default=30, ge=0, le=600)
     verified_cache: JwtVerifiedCache = Field(default_factory=JwtVerifiedCache)
     # token cut-off: a token issued (iat) before the identity's last deprovisioning is refused

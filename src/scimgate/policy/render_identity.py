@@ -393,12 +393,51 @@ def cutoff_rules(policy: Policy) -> list[str]:
     ]
 
 
+def required_scopes(policy: Policy) -> list[str]:
+    """Every scope some route requires, sorted (their index names their ACL)."""
+    return sorted({s for r in policy.routes for s in r.require_scopes})
+
+
+def scope_held(policy: Policy, scope: str) -> str:
+    """The condition "the token holds ``scope``" for a route's deny rule."""
+    jwt = policy.identity.jwt
+    assert jwt is not None
+    if jwt.scope_claim_format == "array":
+        return f"scimgate_scope_held_{required_scopes(policy).index(scope)}"
+    return f"{{ var({V_SCOPES}) -m sub ' {scope} ' }}"
+
+
+def _array_scope_rules(policy: Policy) -> list[str]:
+    jwt = policy.identity.jwt
+    assert jwt is not None
+    claim, items = jwt.scope_claim, jwt.scope_array_max_items
+    out = [
+        "",
+        f"# --- scimgate: scopes ('{claim}' claim, a JSON array as Okta sends it): HAProxy 2.6",
+        f"# reads no array whole, but each item by index ('$.{claim}[0]'; 3.0 too): the first",
+        f"# {items} items are read, and a scope is held when one of them is exactly it ---",
+    ]
+    out += [
+        f"http-request set-var(txn.scimgate_scp_{i}) var({V_BEARER}),"
+        f"jwt_payload_query('$.{claim}[{i}]')"
+        for i in range(items)
+    ]
+    for k, scope in enumerate(required_scopes(policy)):
+        out += [
+            f"acl scimgate_scope_held_{k} var(txn.scimgate_scp_{i}) -m str {scope}"
+            for i in range(items)
+        ]
+    return out
+
+
 def scope_rules(policy: Policy) -> list[str]:
     """The scope claim, space-wrapped for whole-word matching (only when a route needs it)."""
     if not any(r.require_scopes for r in policy.routes):
         return []
     jwt = policy.identity.jwt
     assert jwt is not None
+    if jwt.scope_claim_format == "array":
+        return _array_scope_rules(policy)
     return [
         "",
         f"# --- scimgate: scopes ('{jwt.scope_claim}' claim, space-separated), space-wrapped for whole-word matching ---",
