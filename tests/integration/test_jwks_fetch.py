@@ -134,3 +134,59 @@ def test_discovery_issuer_mismatch_is_an_error(idp: JwksIssuer, tmp_path: Path) 
     store = KeyStore(tmp_path, JwksSource(retries=0), idp.issuer + "/")
     state, _rotation = store.refresh(now=1.0)
     assert state.keys == [] and "issuer" in (state.last_error or "")
+
+
+def test_follower_applies_only_changes_retries_a_failed_apply_and_audits(
+    idp: JwksIssuer, tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from scimgate.instance.jwks_follower import KeyFollower, key_rows
+    from scimgate.store import migrate, tables
+    from scimgate.store.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    migrate.upgrade(db)
+    store = KeyStore(tmp_path / "keys", JwksSource(overlap_seconds=50), idp.issuer)
+    clock = [1000.0]
+    store.refresh(now=clock[0])  # what `up` renders its first config from
+    applied: list[int] = []
+    fail = [False]
+
+    def apply() -> None:
+        if fail[0]:
+            raise RuntimeError("haproxy -c said no")
+        applied.append(len(store.pinned(now=clock[0])))
+
+    follower = KeyFollower(store, db, apply, clock=lambda: clock[0])
+    clock[0] = 1200.0
+    follower.step()  # 304, nothing new
+    assert applied == []
+    idp.add_key("k2", "ec384")
+    idp.withdraw("k1")
+    fail[0] = True
+    clock[0] = 1400.0
+    with pytest.raises(RuntimeError):
+        follower.step()
+    fail[0] = False
+    clock[0] = 1410.0
+    follower.step()  # nothing new in the JWKS, but the failed apply is done now
+    assert applied == [2]  # k1 inside its overlap, k2
+    assert [r["kid"] for r in key_rows(store, now=1410.0)] == ["k1", "k2"]
+    assert str(key_rows(store, now=1410.0)[0]["state"]).startswith("withdrawn, accepted until")
+    clock[0] = 1460.0  # k1's overlap (50 s from 1400) is over
+    follower.step()
+    assert applied == [2, 1]
+    with db.read() as conn:
+        rows = conn.execute(
+            sa.select(tables.audit_events.c.operation, tables.audit_events.c.detail).where(
+                tables.audit_events.c.kind == "jwt.keys"
+            )
+        ).all()
+    assert [
+        (op, [k["kid"] for k in d["added"]], [k["kid"] for k in d["expired"]]) for op, d in rows
+    ] == [
+        ("rotate", ["k2"], []),
+        ("rotate", [], ["k1"]),
+    ]
+    db.dispose()

@@ -63,7 +63,8 @@ class KeyFollower:
         self._thread: threading.Thread | None = None
         self.rotations = 0
         self.failed_applies = 0
-        self._pending = False  # a key change whose config is not applied yet
+        # the keys the running config holds (it was rendered from the store just before)
+        self._applied = self._held(store.load(), clock())
 
     def due_in(self) -> float:
         state = self.store.load()
@@ -74,28 +75,30 @@ class KeyFollower:
             due.append(expiry)
         return max(0.0, min(due) - now)
 
+    def _held(self, state: KeyState, now: float) -> frozenset[tuple[str, str, str]]:
+        overlap = self.store.source.overlap_seconds
+        return frozenset((k.kid, k.alg, k.thumbprint) for k in state.accepted(now, overlap))
+
     def step(self) -> Rotation:
-        """One refresh; the config is applied again when its keys changed."""
-        state, rotation = self.store.refresh(self.clock())
-        if rotation.changes_config or self._pending:
-            self._pending = True
+        """One refresh; the config is applied again when the keys it must hold differ from
+        the ones it was last rendered with (also after `scimgate jwt keys --refresh` ran in
+        another process, or after a failed apply)."""
+        now = self.clock()
+        state, rotation = self.store.refresh(now)
+        if rotation:
+            log.info("JWT keys changed: %s", asdict(rotation))
+            audit_rotation(self.db, state, rotation, initial=False)
+        want = self._held(state, now)
+        if want != self._applied:
             try:
                 self.apply()
             except Exception:  # the running config keeps its keys; applied again next turn
                 self.failed_applies += 1
                 log.exception("applying the new JWT key set failed")
                 raise
-            finally:
-                if rotation:
-                    audit_rotation(self.db, state, rotation, initial=False)
-            self._pending = False
+            self._applied = want
             self.store.prune_files()
             self.rotations += 1
-            log.info("JWT keys changed: %s", asdict(rotation))
-            return rotation
-        if rotation:
-            log.info("JWT keys changed: %s", asdict(rotation))
-            audit_rotation(self.db, state, rotation, initial=False)
         return rotation
 
     def refresh_now(self) -> None:
