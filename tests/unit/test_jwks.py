@@ -203,10 +203,10 @@ def test_render_selects_the_key_by_kid_with_the_algorithm_pinned() -> None:
         'http-request set-var(txn.scimgate_jwt_sig) var(txn.scimgate_bearer),jwt_verify("RS256","/k/kid-1.pem") if !scimgate_jwt_cached scimgate_jwt_alg_ok'
     )
     assert verify[0].endswith(
-        "{ var(txn.scimgate_jwt_kid) -m str k1 } { var(txn.scimgate_jwt_alg) -m str RS256 }"
+        "{ var(txn.scimgate_jwt_kid) -m str -- k1 } { var(txn.scimgate_jwt_alg) -m str RS256 }"
     )
     assert (
-        "{ var(txn.scimgate_jwt_kid) -m str e/1+ } { var(txn.scimgate_jwt_alg) -m str ES384 }"
+        "{ var(txn.scimgate_jwt_kid) -m str -- e/1+ } { var(txn.scimgate_jwt_alg) -m str ES384 }"
         in verify[1]
     )
     # the token's alg is never what jwt_verify is given

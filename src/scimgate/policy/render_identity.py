@@ -153,7 +153,7 @@ def _signature_rules(
             _check_public_key(path)
         rules.append(
             f'http-request set-var(txn.scimgate_jwt_sig) {bearer},jwt_verify("{pinned_alg}","{path}")'
-            f" if {when} {{ var(txn.scimgate_jwt_kid) -m str {kid} }}"
+            f" if {when} {{ var(txn.scimgate_jwt_kid) -m str -- {kid} }}"
             f" {{ var(txn.scimgate_jwt_alg) -m str {pinned_alg} }}"
         )
     rules.append("acl scimgate_jwt_sig_ok var(txn.scimgate_jwt_sig) -m int 1")
