@@ -190,3 +190,40 @@ def test_follower_applies_only_changes_retries_a_failed_apply_and_audits(
         ("rotate", [], ["k1"]),
     ]
     db.dispose()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("kids", [[], ["-k1"], ["k1", "a=b+/c:~.", "e1"]])
+def test_rendered_jwks_configs_pass_haproxy_check(
+    tmp_path: Path, kids: list[str], cache: bool
+) -> None:
+    import base64
+
+    from scimgate.haproxy.process import check_config
+    from scimgate.policy import parse_policy, render_config
+    from scimgate.policy.jwks import PinnedKey
+    from tests.support.jwks_issuer import new_key
+
+    pinned = []
+    for kid in kids:
+        key = new_key(kid, "ec256" if kid.startswith("e") else "rsa2048")
+        path = tmp_path / f"{len(pinned)}.pem"
+        path.write_bytes(key.public_pem())
+        pinned.append(PinnedKey(kid, key.alg, str(path)))
+    for name in ("identities.map", "identities-recent.map"):
+        (tmp_path / name).write_text("")
+    policy = parse_policy(
+        "identity:\n  source: jwt\n  jwt:\n    issuer: https://i.example/\n    audience: a\n"
+        f"    cutoff: true\n    jwks: {{}}\n    verified_cache: {{enabled: {str(cache).lower()}}}\n"
+        "routes:\n  - name: home\n    from: {path_prefix: /}\n    allow_groups: [any]\n"
+        "    to: {return: hi}\n"
+    )
+    cfg = tmp_path / "h.cfg"
+    cfg.write_text(
+        render_config(
+            policy, map_dir=str(tmp_path), hmac_secret_b64=base64.b64encode(b"k" * 32).decode(),
+            stats_socket=str(tmp_path / "s.sock"), jwt_keys=pinned,
+        )
+    )  # fmt: skip
+    ok, output = check_config(cfg)
+    assert ok, output

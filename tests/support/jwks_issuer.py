@@ -71,7 +71,8 @@ def new_key(kid: str, kind: str = "rsa2048") -> SigningKey:
 class JwksIssuer:
     """``with JwksIssuer() as idp:`` serves ``idp.issuer`` until the block ends."""
 
-    def __init__(self, *, max_age: int = 1, audience: str = "scimgate-test") -> None:
+    def __init__(self, *, max_age: int = 1, audience: str = "scimgate-test", port: int = 0) -> None:
+        self.port = port  # 0: any free port
         self.max_age = max_age
         self.audience = audience
         self.keys: dict[str, SigningKey] = {}
@@ -164,7 +165,8 @@ class JwksIssuer:
                 else:
                     self._send(404, b"{}", {"Content-Type": "application/json"})
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

@@ -157,7 +157,8 @@ def _signature_rules(
             f" {{ var(txn.scimgate_jwt_alg) -m str {pinned_alg} }}"
         )
     rules.append("acl scimgate_jwt_sig_ok var(txn.scimgate_jwt_sig) -m int 1")
-    algs = " ".join(sorted({k.alg for k in jwt_keys})) or "-"
+    # no key: a pattern no signing algorithm has (an empty or "-" pattern is a config error)
+    algs = " ".join(sorted({k.alg for k in jwt_keys})) or "no-key-fetched"
     return (
         rules,
         algs,
