@@ -90,6 +90,7 @@ class KeyFollower:
             audit_rotation(self.db, state, rotation, initial=False)
         want = self._held(state, now)
         if want != self._applied:
+            started = time.monotonic()
             try:
                 self.apply()
             except Exception:  # the running config keeps its keys; applied again next turn
@@ -99,6 +100,11 @@ class KeyFollower:
             self._applied = want
             self.store.prune_files()
             self.rotations += 1
+            log.info(
+                "JWT key set applied (config rendered, checked, HAProxy reloaded) in %.3f s: %s",
+                time.monotonic() - started,
+                sorted(kid for kid, _alg, _t in want),
+            )
         return rotation
 
     def refresh_now(self) -> None:
