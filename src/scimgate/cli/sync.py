@@ -13,7 +13,6 @@ from scimgate.cli.options import (
     config_option,
     database_of,
     dir_option,
-    policy_file_of,
     settings_of,
 )
 from scimgate.config import Settings
@@ -98,10 +97,11 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
 def _key_store(settings: Settings) -> KeyStore | None:
     """The instance's JWKS key store, when its policy takes keys from a JWKS."""
     from scimgate.instance.haproxy_config import key_store
+    from scimgate.instance.layout import policy_path
     from scimgate.policy.model import PolicyError, load_policy
 
     try:
-        policy = load_policy(policy_file_of(settings))
+        policy = load_policy(policy_path(settings))  # none (an HAProxy you run): no keys
     except PolicyError:
         return None
     return key_store(settings, policy)
