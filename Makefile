@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-sqlite lint typecheck bench bench-quick system-deps venv clean
 
-# System packages the product and its tests need (Debian 12): HAProxy, PostgreSQL, wrk.
+# System packages the product and its tests need (Debian 12): HAProxy, PostgreSQL, wrk, and
+# chromium for the admin console's browser tests (driven by Playwright; never `playwright install`).
 system-deps:
 	@need=""; \
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need="$$need haproxy"; \
@@ -16,6 +17,7 @@ system-deps:
 	command -v pg_isready >/dev/null || need="$$need postgresql-client"; \
 	command -v wrk >/dev/null || need="$$need wrk"; \
 	command -v curl >/dev/null || need="$$need curl"; \
+	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -24,6 +24,7 @@ from scimgate.policy import (
     parse_policy,
     render_config,
 )
+from scimgate.policy.agents import agent_entries
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
 from tests.support.haproxy import BearerGate, launch
 from tests.support.net import free_port
@@ -48,9 +49,21 @@ ROUTES = """\
     allow_groups: [any]
     require_scopes: ["read:reports", "api:write"]
     to: {return: "reports"}
+  - name: bots
+    from: {hosts: ["*"], path_prefix: /bots}
+    allow_agents: {groups: [any]}
+    to: {return: "bots"}
   - name: home
 """
+# Okta's client-credentials tokens: no e-mail, the app's id in 'cid', 'scp' an array; the
+# agent test's scope is read item by item like a route's (issue 12 item 1 meets issue 13).
+AGENTS = """  agents:
+    claims: [cid]
+    key_attributes: [subject]
+    token: {idtyp: null, without_user_claim: false, scope: "svc:agent"}
+"""
 USER = "okta@example.com"
+BOT = "0oa-bot"
 
 
 @pytest.fixture(scope="module", params=BINARIES)
@@ -65,10 +78,15 @@ def gate(
         "    scope_claim: scope\n",
         "    scope_claim: scp\n    scope_claim_format: array\n    scope_array_max_items: 4\n",
     )
+    text = text.replace("\ngroups:\n", AGENTS + "\ngroups:\n", 1)
     policy = parse_policy(text)
     maps = d / "maps"
     maps.mkdir()
     entries = entries_for_user({"userName": USER}, [], policy, SECRET)
+    bot = {"subject": BOT, "active": True}
+    entries |= agent_entries(
+        bot, [], [], False, policy.identity.agents, policy, frozenset(), SECRET
+    )
     (maps / map_file_names(1)[0]).write_text("".join(f"{k} {v}\n" for k, v in entries.items()))
     (maps / OVERLAY_MAP_NAME).write_text("")
     port = free_port()
@@ -112,3 +130,21 @@ def test_array_scopes_are_read_item_by_item(gate: tuple[BearerGate, str]) -> Non
     # a string where an array is configured: nothing is held (fail closed)
     assert status(gate, "read:reports api:write") == 403
     assert status(gate, ["anything"], path="/") == 200  # routes without scopes unaffected
+
+
+def test_agent_scope_test_reads_array_items(gate: tuple[BearerGate, str]) -> None:
+    bearer, private = gate
+
+    def agent(cid: str, scp: Any) -> int:
+        token = mint_jwt(
+            private, subject_claim="sub", identity=cid, algorithm="RS256",
+            issuer="https://idp.example.com/", audience="scimgate-demo",
+            extra={"cid": cid, "scp": scp},
+        )  # fmt: skip
+        return bearer.get(token, "/bots")[0]
+
+    assert agent(BOT, ["openid", "svc:agent"]) == 200  # item 1 names it an agent
+    assert agent(BOT, ["svc:agent-x"]) == 401  # not an agent's token, and no e-mail
+    assert agent(BOT, "svc:agent") == 401  # a string where an array is configured
+    assert agent("0oa-unknown", ["svc:agent"]) == 403  # an agent with no entry
+    assert status(gate, ["read:reports"], path="/bots") == 403  # a person: agents only

@@ -7,9 +7,10 @@ lands in is known to be safe), so that nothing in a policy can inject configurat
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,22 @@ from pydantic import (
     Field,
     ValidationError,
     model_validator,
+)
+
+from scimgate.policy.agents_model import AgentIdentity, AllowAgents, RateLimit
+from scimgate.policy.jwt_model import (
+    CLAIM_RE as CLAIM_RE,
+    FILE_PATH_RE as FILE_PATH_RE,
+    HMAC_ALGORITHMS as HMAC_ALGORITHMS,
+    HMAC_SECRET_RE as HMAC_SECRET_RE,
+    JWKS_ALGORITHMS as JWKS_ALGORITHMS,
+    RSA_EC_ALGORITHMS as RSA_EC_ALGORITHMS,
+    URLISH_RE as URLISH_RE,
+    JwksSource as JwksSource,
+    JwtSource as JwtSource,
+    JwtVerifiedCache as JwtVerifiedCache,
+    check_key_url as check_key_url,
+    is_loopback_host as is_loopback_host,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -61,16 +78,12 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 HOST_RE = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}$")
 PATH_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~/-]{0,255}$")
 SCOPE_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
-CLAIM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-URLISH_RE = re.compile(r"^[A-Za-z0-9._~:/?&=+@%-]{1,512}$")
-FILE_PATH_RE = re.compile(r"^[A-Za-z0-9._/+-]{1,1024}$")
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 # headers scimgate sets for a backend: an X- name (never a standard header such as Host)
 UPSTREAM_HEADER_RE = re.compile(r"^X-[A-Za-z0-9]+(?:-[A-Za-z0-9]+){0,7}$")
 RETURN_TEXT_RE = re.compile(r"^[A-Za-z0-9 .,:;!?()_/+=@-]{0,256}$")
 BACKEND_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 SERVER_RE = re.compile(rf"^(?:{_LABEL}\.)*{_LABEL}:[0-9]{{1,5}}$")
-HMAC_SECRET_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{32,512}$")
 ENTERPRISE_ATTR_RE = re.compile(r"^urn:[A-Za-z0-9.:_-]+:[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 PLAIN_KEY_ATTRIBUTES = ("userName", "emails", "emails.primary", "externalId")
@@ -153,12 +166,6 @@ Network = Annotated[str, AfterValidator(_check_network)]
 UpstreamHeader = Annotated[str, _matching(UPSTREAM_HEADER_RE, "header name")]
 KeyAttribute = Annotated[str, AfterValidator(_check_key_attribute)]
 
-RSA_EC_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
-JwtAlgorithm = Literal[
-    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "HS256", "HS384", "HS512"
-]
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
@@ -166,120 +173,6 @@ class _Model(BaseModel):
 
 # ---------------------------------------------------------------------------------------------
 # Identity
-
-
-class JwtVerifiedCache(_Model):
-    """A cache of verified tokens: a stick table keyed by SHA-256 of the WHOLE bearer token.
-
-    An entry is created only after ``jwt_verify`` accepted those exact bytes, and a hit skips
-    only the signature check: alg/exp/nbf/iss/aud and the identity claim are still checked on
-    every request, so a cached token still expires at its ``exp``."""
-
-    enabled: bool = True
-    ttl_seconds: int = Field(default=300, ge=1, le=3600)
-    size: int = Field(default=1_000_000, ge=1, le=10_000_000)
-
-
-#: What the JWKS mode accepts: RSA (>= 2048 bits) and EC P-256 / P-384 keys. PS* needs
-#: HAProxy 2.8, ES512 (P-521) is refused, HS* is never a JWKS key here (a shared secret).
-JWKS_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384")
-JwksAlgorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384"]
-
-
-def _every_jwks_algorithm() -> list[JwksAlgorithm]:
-    return ["RS256", "RS384", "RS512", "ES256", "ES384"]
-
-
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 or ``localhost``: the only hosts a JWKS may be fetched from over http."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_key_url(url: str, what: str) -> str:
-    """https, or http to a loopback host only (the keys decide who gets in: a plain-http
-    fetch over a network would let anyone on the path hand HAProxy their own key)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
-        return url
-    raise ValueError(f"{what} {url!r} must be https (http only to a loopback address)")
-
-
-class JwksSource(_Model):
-    """The issuer's signing keys, fetched from its JWKS (OIDC discovery or ``jwks_uri``) and
-    written as one PUBLIC KEY PEM per ``kid``; the algorithm is pinned per key."""
-
-    discovery: bool = True  # {issuer}/.well-known/openid-configuration names the jwks_uri
-    jwks_uri: Annotated[str, _matching(URLISH_RE, "jwks_uri")] | None = None
-    algorithms: list[JwksAlgorithm] = Field(default_factory=_every_jwks_algorithm, min_length=1)
-    # how long a key the JWKS no longer lists is still accepted (tokens it signed live on)
-    overlap_seconds: int = Field(default=3600, ge=0, le=7 * 86400)
-    # refresh: the response's Cache-Control max-age, clamped to [min, max]
-    min_refresh_seconds: int = Field(default=60, ge=1, le=86400)
-    max_refresh_seconds: int = Field(default=3600, ge=1, le=86400)
-    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    retries: int = Field(default=3, ge=0, le=10)
-    max_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
-    max_keys: int = Field(default=32, ge=1, le=256)
-
-    @model_validator(mode="after")
-    def _where_from(self) -> JwksSource:
-        if self.jwks_uri is not None:
-            check_key_url(self.jwks_uri, "jwks_uri")
-        elif not self.discovery:
-            raise ValueError("jwks needs 'jwks_uri' when 'discovery' is false")
-        if self.min_refresh_seconds > self.max_refresh_seconds:
-            raise ValueError("min_refresh_seconds is above max_refresh_seconds")
-        return self
-
-
-class JwtSource(_Model):
-    """Bearer JWT: signature checked by ``jwt_verify`` with a pinned algorithm; exp/nbf/iss/aud
-    checked in config (``jwt_verify`` checks only the signature)."""
-
-    algorithm: JwtAlgorithm | None = None  # static key or secret; per key with jwks
-    public_key: FilePath | None = None  # PUBLIC KEY PEM, for RS*/ES*
-    secret: Annotated[str, _matching(HMAC_SECRET_RE, "HMAC secret")] | None = None  # HS*
-    jwks: JwksSource | None = None
-    issuer: Annotated[str, _matching(URLISH_RE, "issuer")]
-    audience: Annotated[str, _matching(URLISH_RE, "audience")]
-    claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "email"
-    scope_claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "scope"
-    # Okta's `scp` is a JSON array, Entra's a space-separated string: `scp` must say which
-    scope_claim_format: Literal["string", "array"] | None = None  # None: string
-    scope_array_max_items: int = Field(default=16, ge=1, le=64)  # array items read
-    leeway_seconds: int = Field(default=30, ge=0, le=600)
-    verified_cache: JwtVerifiedCache = Field(default_factory=JwtVerifiedCache)
-    # token cut-off: a token issued (iat) before the identity's last deprovisioning is refused
-    # after a reprovisioning; a token without iat is refused
-    cutoff: bool = False
-
-    @model_validator(mode="after")
-    def _key_matches_algorithm(self) -> JwtSource:
-        if self.jwks is not None:
-            if self.algorithm is not None or self.public_key is not None or self.secret:
-                raise ValueError(
-                    "'jwks' pins the algorithm per key: no 'algorithm', 'public_key' or 'secret'"
-                )
-            if self.jwks.discovery and self.jwks.jwks_uri is None:
-                check_key_url(self.issuer, "issuer (for OIDC discovery)")
-            return self
-        if self.algorithm is None:
-            raise ValueError("identity.jwt needs 'algorithm' (or 'jwks')")
-        if self.algorithm in HMAC_ALGORITHMS:
-            if self.secret is None or self.public_key is not None:
-                raise ValueError(f"{self.algorithm} needs 'secret' (and no 'public_key')")
-        elif self.public_key is None or self.secret is not None:
-            raise ValueError(f"{self.algorithm} needs 'public_key' (and no 'secret')")
-        return self
 
 
 class HeaderSource(_Model):
@@ -307,6 +200,7 @@ class Identity(_Model):
     header: HeaderSource | None = None
     mtls: MtlsSource | None = None
     key_attributes: list[KeyAttribute] = Field(default_factory=lambda: ["userName"], min_length=1)
+    agents: AgentIdentity | None = None  # machine identities (policy.agents_model)
 
     @model_validator(mode="after")
     def _source_configured(self) -> Identity:
@@ -403,20 +297,27 @@ class Route(_Model):
         Annotated[str, _matching(re.compile(r"^(?:any|[a-z0-9_-]{1,32})$"), "group")]
     ] = Field(default_factory=list)
     require_scopes: list[Scope] = Field(default_factory=list)
+    # Agents are let in only where a route says so, separately from people.
+    allow_agents: AllowAgents | None = None
+    rate_limit: RateLimit | None = None  # per pseudonymous identity
     to: RouteTo
 
     @property
     def is_open(self) -> bool:
         """Served without asking for an identity (public or source-limited)."""
-        return not self.allow_groups
+        return not self.allow_groups and self.allow_agents is None
 
     @model_validator(mode="after")
     def _one_access_rule(self) -> Route:
-        rules = [self.public, bool(self.allow_sources), bool(self.allow_groups)]
+        gated = bool(self.allow_groups) or self.allow_agents is not None
+        rules = [self.public, bool(self.allow_sources), gated]
         if sum(rules) != 1:
             raise ValueError(
-                "a route needs exactly one of 'allow_groups', 'public: true' or 'allow_sources'"
+                "a route needs exactly one of 'allow_groups' (and/or 'allow_agents'), "
+                "'public: true' or 'allow_sources'"
             )
+        if self.rate_limit is not None and self.is_open:
+            raise ValueError("rate_limit needs allow_groups or allow_agents (it is per identity)")
         if self.require_scopes and self.is_open:
             raise ValueError("require_scopes needs allow_groups (open routes ask no identity)")
         return self
@@ -540,10 +441,13 @@ def parse_policy(
     if problems:
         raise PolicyError(problems)
 
+    from scimgate.policy.checks import semantic_problems  # it reads these models
+
     try:
         policy = Policy.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
-        for error in exc.errors():
+        errors = exc.errors()
+        for error in errors:
             loc = _error_loc(error)
             prefer_key = error.get("type") == "extra_forbidden"
             if loc and loc[-1] == "[key]":  # a bad mapping key: point at the key itself
@@ -551,11 +455,18 @@ def parse_policy(
             if error.get("type") == "missing":
                 loc = loc[:-1]
             where = marks.locate(loc, prefer_key=prefer_key)
-            path = ".".join(str(p) for p in _error_loc(error) if p != "[key]") or "(top level)"
+            path = _shown_path(p for p in _error_loc(error) if p != "[key]")
             problems.append(problem(where, f"{path}: {_format_error(error)}"))
-        raise PolicyError(problems) from None
-
-    from scimgate.policy.checks import semantic_problems  # it reads these models
+        # One pass finds everything: check the cross-references (groups, reachability) of
+        # what is valid, so that a key typo does not hide an undefined group.
+        partial = _valid_part(data, errors, base_dir)
+        if partial is not None:
+            policy_part, numbers = partial
+            problems.extend(
+                problem(marks.locate(loc, prefer_key=True), message)
+                for loc, message in semantic_problems(policy_part, numbers)
+            )
+        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column))) from None
 
     problems.extend(
         problem(marks.locate(loc, prefer_key=True), message)
@@ -564,6 +475,58 @@ def parse_policy(
     if problems:
         raise PolicyError(problems)
     return policy
+
+
+def _shown_path(parts: Iterable[str | int]) -> str:
+    """``routes #2.allow_groups #1``: list positions count from 1, as in every message."""
+    shown = ""
+    for part in parts:
+        if isinstance(part, int):
+            shown += f" #{part + 1}"
+        else:
+            shown += ("." if shown else "") + part
+    return shown or "(top level)"
+
+
+def _valid_part(
+    data: dict[str, Any], errors: list[Any], base_dir: str | None
+) -> tuple[Policy, list[int]] | None:
+    """The policy without its unknown keys and its invalid routes, and the number (from 1)
+    of each route kept; None when what is invalid lies outside the routes (identity,
+    groups: nothing can be cross-checked without them)."""
+    cleaned = copy.deepcopy(data)
+    dropped_routes: set[int] = set()
+    for error in errors:
+        loc = _error_loc(error)
+        if error.get("type") == "extra_forbidden" and _drop_key(cleaned, loc):
+            continue
+        if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
+            dropped_routes.add(loc[1])
+            continue
+        return None
+    routes = cleaned.get("routes")
+    numbers: list[int] = []
+    if isinstance(routes, list):
+        numbers = [i + 1 for i in range(len(routes)) if i not in dropped_routes]
+        cleaned["routes"] = [r for i, r in enumerate(routes) if i not in dropped_routes]
+    try:
+        return Policy.model_validate({**cleaned, "base_dir": base_dir}), numbers
+    except ValidationError:
+        return None
+
+
+def _drop_key(data: Any, loc: Loc) -> bool:
+    """Remove the key at ``loc`` (a YAML alias path); False when the path is not there."""
+    node = data
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if isinstance(node, dict) and loc and loc[-1] in node:
+        del node[loc[-1]]
+        return True
+    return False
 
 
 def load_policy(path: str | Path) -> Policy:

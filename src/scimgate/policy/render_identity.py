@@ -54,6 +54,15 @@ from scimgate.policy.compiler import (
 )
 from scimgate.policy.jwks import KID_RE, PinnedKey
 from scimgate.policy.model import FILE_PATH_RE, HMAC_ALGORITHMS, JWKS_ALGORITHMS, Policy
+from scimgate.policy.render_agents import (
+    DELEGATED_ACL,
+    V_DELEGATE_GROUPS,
+    agent_string_claims,
+    agent_token_rules,
+    agents_of,
+    claims_ok_terms,
+    identity_from_token,
+)
 from scimgate.policy.render_base import (
     PRINTABLE_TOKEN_REGEX,
     V_BEARER,
@@ -178,6 +187,7 @@ def jwt_rules(policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] =
         "scimgate_jwt_aud_ok scimgate_jwt_identity_ok"
         + (" !scimgate_jwt_act_bad" if forwards_actor else "")
     )
+    claims_ok = claims_ok_terms(policy, claims_ok)  # agents: a principal, not the user claim
     # the claim is read on every request (a cache hit needs it too), and becomes the identity
     # only once the token is verified or cached
     identity = f"http-request set-var({V_IDENTITY}) var(txn.scimgate_jwt_identity)"
@@ -222,7 +232,7 @@ def jwt_rules(policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] =
         f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {algs}",
         "acl scimgate_jwt_payload_ok var(txn.scimgate_jwt_payload) -m found",
         "acl scimgate_jwt_claim_types_bad var(txn.scimgate_jwt_payload) "
-        f"-m reg '{claim_types_bad_regex([jwt.claim, *(['sub'] if forwards_actor else [])])}'",
+        f"-m reg '{claim_types_bad_regex([jwt.claim, *(['sub'] if forwards_actor else []), *agent_string_claims(policy)])}'",
         f"acl scimgate_jwt_exp_sane var(txn.scimgate_jwt_exp) -m int le {MAX_EXP}",
         f"acl scimgate_jwt_exp_ok var(txn.scimgate_jwt_exp),add({leeway}),sub(txn.scimgate_now) -m int gt 0",
         f"acl scimgate_jwt_nbf_bad var(txn.scimgate_jwt_nbf),sub(txn.scimgate_now) -m int gt {leeway}",
@@ -240,9 +250,15 @@ def jwt_rules(policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] =
             f"if scimgate_jwt_has_act !scimgate_actor_ok{' !scimgate_jwt_cached' if cached else ''}",
             "acl scimgate_jwt_act_bad var(txn.scimgate_jwt_act_bad) -m bool",
         ]
+    # the agent rules define the principal ACL that claims_ok (in the signature rules) tests
+    checks += agent_token_rules(policy, unless_cached)
     checks += signature
     if not cached:
-        return [*head, *checks, f"{identity} if {claims_ok} scimgate_jwt_sig_ok"]
+        return [
+            *head,
+            *checks,
+            *identity_from_token(policy, identity, f"{claims_ok} scimgate_jwt_sig_ok"),
+        ]
     sc = JWT_CACHE_SC
     store = "{ var(txn.scimgate_jwt_store) -m bool }"
     return [
@@ -272,7 +288,7 @@ def jwt_rules(policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] =
         f"http-request track-sc{sc} var(txn.scimgate_jwt_digest) table {JWT_CACHE_TABLE} "
         f"if {store}",
         f"http-request sc-set-gpt0({sc}) var(txn.scimgate_jwt_exp) if {store}",
-        f"{identity} if scimgate_jwt_cached || scimgate_jwt_verified",
+        *identity_from_token(policy, identity, "scimgate_jwt_cached || scimgate_jwt_verified"),
     ]
 
 
@@ -368,13 +384,15 @@ def lookup_rules(map_dir: str, shards: int) -> list[str]:
 def cutoff_rules(policy: Policy) -> list[str]:
     """Token cut-off: the map value ``,groups,@<not-before>`` of an identity deprovisioned
     before is split in two, and a token issued (iat) before that time, or without iat, is
-    refused (401: the client must fetch a new token)."""
+    refused (401: the client must fetch a new token). An agent's token (its ``agent:<claim>``
+    entry) is treated the same; a delegated token is also cut off by the acting agent's
+    not-before (``act.sub``'s entry): a token minted for the agent's earlier life stays out."""
     jwt = policy.identity.jwt
     if policy.identity.source != "jwt" or jwt is None or not jwt.cutoff:
         return []
     mark = NOT_BEFORE_MARK
     has_mark = f"{{ var({V_GROUPS}) -m sub {mark} }}"
-    return [
+    out = [
         "",
         "# --- scimgate: token cut-off (a token issued before the identity's last",
         "# deprovisioning stays refused after a reprovisioning; a token without iat too) ---",
@@ -384,6 +402,24 @@ def cutoff_rules(policy: Policy) -> list[str]:
         "sub(txn.scimgate_not_before) if { var(txn.scimgate_not_before) -m found } "
         "{ var(txn.scimgate_jwt_iat) -m found }",
         "acl scimgate_token_cut_off var(txn.scimgate_iat_margin) -m int lt 0",
+    ]
+    agents = agents_of(policy)
+    if agents is not None and agents.delegation:
+        acting = f"{DELEGATED_ACL} {{ var({V_DELEGATE_GROUPS}) -m sub {mark} }}"
+        out += [
+            "# the acting agent's own not-before (RFC 8693 act.sub), against the same iat",
+            "http-request set-var(txn.scimgate_delegate_not_before) "
+            f"var({V_DELEGATE_GROUPS}),field(2,{mark}) if {acting}",
+            f"http-request set-var({V_DELEGATE_GROUPS}) var({V_DELEGATE_GROUPS}),field(1,{mark}) "
+            f"if {acting}",
+            "http-request set-var(txn.scimgate_delegate_iat_margin) var(txn.scimgate_jwt_iat),"
+            "sub(txn.scimgate_delegate_not_before) "
+            "if { var(txn.scimgate_delegate_not_before) -m found } "
+            "{ var(txn.scimgate_jwt_iat) -m found }",
+            "acl scimgate_token_cut_off var(txn.scimgate_delegate_iat_margin) -m int lt 0",
+        ]
+    return [
+        *out,
         "acl scimgate_jwt_has_iat var(txn.scimgate_jwt_iat) -m found",
         *deny(
             401,
