@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-sqlite lint typecheck bench bench-quick system-deps venv clean
+.PHONY: demo test test-sqlite lint typecheck bench bench-quick system-deps haproxy30 venv clean
 
 # System packages the product and its tests need (Debian 12): HAProxy, PostgreSQL, wrk, and
 # chromium for the admin console's browser tests (driven by Playwright; never `playwright install`).
@@ -26,6 +26,12 @@ system-deps:
 	  $$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true; \
 	fi
 
+# HAProxy 3.0 LTS beside Debian 12's 2.6: built once from Debian 13's checksum-verified source
+# into ~/.cache/scimgate/haproxy-3.0.11/ (outside the clone), reused while `haproxy -v` agrees.
+HAPROXY30 = $$(bash scripts/build-haproxy-3.0.sh)
+haproxy30: system-deps
+	@bash scripts/build-haproxy-3.0.sh
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
@@ -35,25 +41,29 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## Run the main job: SCIM endpoint + HAProxy enforcing the demo policy (SQLite).
-demo: system-deps venv
+demo: system-deps haproxy30 venv
 	$(BIN)/python -m scimgate.instance.demo_session --dir $(DEMO_DIR)
 
 ## Set everything up and run the whole test suite (SQLite and PostgreSQL).
-test: system-deps venv
-	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+# The enforcement, fault and live-session tests run on 2.6 and on 3.0 (a missing version fails).
+test: system-deps haproxy30 venv
+	SCIMGATE_HAPROXY_30="$(HAPROXY30)" SCIMGATE_REQUIRE_HAPROXY=2.6,3.0 \
+	  $(BIN)/pytest -q -m "not slow" -p no:cacheprovider
 
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: system-deps venv
+bench: system-deps haproxy30 venv
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run
+	SCIMGATE_HAPROXY_30="$(HAPROXY30)" $(BIN)/python -m bench.versions
 
-bench-quick: system-deps venv
+bench-quick: system-deps haproxy30 venv
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run --quick
+	SCIMGATE_HAPROXY_30="$(HAPROXY30)" $(BIN)/python -m bench.versions --quick
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

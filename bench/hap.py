@@ -156,9 +156,10 @@ def lookup_frontend(name: str, port: int, map_dir: Path) -> str:
     ]
     for shard, fname in enumerate(map_file_names(SHARDS)):
         first = "0123456789ABCDEF"[shard]
+        guard = f"{{ var(txn.k) -m beg {first} }} " if SHARDS > 1 else ""  # one map from 2.9
         lines.append(
             f"    http-request set-var(txn.g) var(txn.k),map({map_dir}/{fname}) "
-            f"if {{ var(txn.k) -m beg {first} }} !{{ var(txn.g) -m found }}"
+            f"if {guard}!{{ var(txn.g) -m found }}"
         )
     lines += [
         "    http-request deny deny_status 403 unless { var(txn.g) -m beg , }",

@@ -71,6 +71,13 @@ class Metrics:
         self.drift_repairs = Counter(
             "scimgate_drift_repairs_total", "Drift found and repaired", ["target"], registry=r
         )
+        self.sessions_cut = Counter(
+            "scimgate_sessions_cut_total",
+            "Live streams (WebSocket, CONNECT, long downloads) shut because their identity "
+            "lost the route",
+            ["target"],
+            registry=r,
+        )
         self.resyncs = Counter(
             "scimgate_resyncs_total", "Full atomic resyncs", ["target", "reason"], registry=r
         )

@@ -24,6 +24,7 @@ import pytest
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
 from tests.support.scim import GROUP_SCHEMA, PATCH_SCHEMA, create_user
 from tests.support.up import UpStack, start_up
+from tests.support.versions import HAProxyBinary
 
 pytestmark = pytest.mark.haproxy
 
@@ -40,12 +41,14 @@ REPORTS_ROUTE = """\
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpStack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, haproxy_version: HAProxyBinary
+) -> Iterator[UpStack]:
     directory = tmp_path_factory.mktemp("enf")
     policy = demo_policy_yaml().replace("  - name: home\n", REPORTS_ROUTE, 1)
     assert "require_scopes" in policy
     (directory / "policy.yaml").write_text(policy)  # `up` keeps a policy it finds
-    up = start_up(directory)
+    up = start_up(directory, haproxy=haproxy_version.path)
     try:
         yield up
     finally:

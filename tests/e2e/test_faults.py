@@ -30,6 +30,7 @@ from tests.support.haproxy import started, up_haproxy
 from tests.support.net import free_port
 from tests.support.scim import GROUP_SCHEMA, patch, post_user, set_active
 from tests.support.up import UpStack, pid_alive, start_up
+from tests.support.versions import HAProxyBinary
 
 pytestmark = pytest.mark.haproxy
 
@@ -71,8 +72,10 @@ def ok(r: httpx.Response) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpStack]:
-    up = start_up(tmp_path_factory.mktemp("faults"))
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, haproxy_version: HAProxyBinary
+) -> Iterator[UpStack]:
+    up = start_up(tmp_path_factory.mktemp("faults"), haproxy=haproxy_version.path)
     try:
         yield up
     finally:
@@ -203,10 +206,12 @@ def test_change_acknowledged_just_before_a_reload_is_enforced_by_the_new_worker(
 RYW_TIMEOUT_DOWN = 0.05  # `up` forces read_your_writes on; keep each write's wait short
 
 
-def test_target_down_during_1000_changes_then_converges(tmp_path: Path) -> None:
+def test_target_down_during_1000_changes_then_converges(
+    tmp_path: Path, haproxy_version: HAProxyBinary
+) -> None:
     directory = tmp_path / "down"
     st.write_config(directory, read_your_writes_timeout=RYW_TIMEOUT_DOWN)
-    up = start_up(directory)
+    up = start_up(directory, haproxy=haproxy_version.path)
     try:
         with up.scim() as scim:
             gid = make_groups(scim)
@@ -286,9 +291,11 @@ class Model:
                                                                      "Engineering": False})  # fmt: skip
 
 
-def test_scimgate_sigkill_during_burst_every_acknowledged_write_enforced(tmp_path: Path) -> None:
+def test_scimgate_sigkill_during_burst_every_acknowledged_write_enforced(
+    tmp_path: Path, haproxy_version: HAProxyBinary
+) -> None:
     directory = tmp_path / "crash"
-    up = start_up(directory)
+    up = start_up(directory, haproxy=haproxy_version.path)
     models: list[Model] = []
     lock = threading.Lock()
     acked = [0]
@@ -349,7 +356,9 @@ def test_scimgate_sigkill_during_burst_every_acknowledged_write_enforced(tmp_pat
         print(f"scimgate SIGKILLed after {acked[0]} acknowledged writes", flush=True)
 
         t0 = time.monotonic()
-        up = start_up(directory)  # same DIR: replaces the HAProxy the killed run left
+        up = start_up(
+            directory, haproxy=haproxy_version.path
+        )  # same DIR: replaces the HAProxy the killed run left
         st.wait_converged(up, 20)
         report("scimgate SIGKILL -> restart `up`, live maps == desired", time.monotonic() - t0)
         checked = 0
@@ -375,14 +384,14 @@ def test_scimgate_sigkill_during_burst_every_acknowledged_write_enforced(tmp_pat
 # Two targets
 
 
-def test_two_targets_stay_identical(tmp_path: Path) -> None:
+def test_two_targets_stay_identical(tmp_path: Path, haproxy_version: HAProxyBinary) -> None:
     directory = (tmp_path / "two").resolve()
     second = directory / "haproxy2"
     st.write_config(directory, targets=[{
         "name": "second", "runtime_api": f"unix:{second / 'admin.sock'}",
         "master_api": f"unix:{second / 'master.sock'}", "map_dir": str(second / "maps"),
     }])  # fmt: skip
-    up = start_up(directory)
+    up = start_up(directory, haproxy=haproxy_version.path)
     try:
         conf = yaml.safe_load((directory / "scimgate.yaml").read_text())
         assert [t["name"] for t in conf["targets"]] == ["local", "second"]

@@ -52,12 +52,14 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
                 continue
         text = "".join(output)
         assert "FAIL" not in text, text
-        # 6 steps for a person, 5 for an agent and its owner (issue 13; with issue 12's token
-        # cut-off the owner's return is two steps: the old token 401, a new one 200)
-        assert text.count(" ok ") == 11, text
+        # 6 steps for a person, 5 for an agent and its owner (issue 13; with the token cut-off
+        # the owner's return is two steps: the old token 401, a new one 200), 2 WebSocket
+        # steps (open, then cut at the deactivation; issue 12)
+        assert text.count(" ok ") == 13, text
         assert re.search(
             r"admin console: http://127\.0\.0\.1:\d+/console/ +name demo-admin +password sga_", text
         ), text
+        assert "WS  /ws     (deactivated: cut " in text, text
         session = text.split("copy-paste):\n", 1)[1].split("Running.", 1)[0]
         assert "scimgate jwt mint --dir demo alice@example.com" in session
 
@@ -76,6 +78,8 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
             ("/eng", "403"),
             ("/api", "403"),  # its owner deactivated
         ], result.stdout + result.stderr
+        # the session's WebSocket (curl holding the tunnel after 101) ended at the deactivation
+        assert "WebSocket /ws -> 101, closed by HAProxy" in result.stdout, result.stdout
 
         pids = json.loads((tmp_path / "demo" / "stack.json").read_text())["pids"]
         haproxy_pid = pids["haproxy"]

@@ -63,8 +63,9 @@ routes:
 def test_policy_check_ok(instance: Path) -> None:
     out = scimgate("policy", "check", "--dir", str(instance))
     assert out.returncode == 0, out.stderr
-    # the demo's health route too, and (issue 13) its /api route for people and agents
-    assert "OK" in out.stdout and "5 route(s)" in out.stdout
+    # the demo's health route too, its /api route for people and agents (issue 13) and its
+    # /ws WebSocket echo route (live-session demo, issue 12)
+    assert "OK" in out.stdout and "6 route(s)" in out.stdout
     assert "engineering; agents: automation" in out.stdout
     assert "admin" in out.stdout and "any active user" in out.stdout
     assert "public (no identity)" in out.stdout

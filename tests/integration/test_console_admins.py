@@ -108,6 +108,9 @@ def test_admin_cli_create_list_rotate_revoke(tmp_path: Path) -> None:
 
     run = CliRunner()
     d = ["--dir", str(tmp_path)]
+    # admin commands, like every command but serve/up/init, need an instance directory
+    assert run.invoke(main, ["admin", "list", *d]).exit_code == 2
+    assert run.invoke(main, ["init", *d]).exit_code == 0
     created = run.invoke(main, ["admin", "create", "alice", "--role", "operator", *d])
     assert created.exit_code == 0, created.output
     first = created.stdout.strip().splitlines()[0]

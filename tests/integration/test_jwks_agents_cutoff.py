@@ -1,6 +1,6 @@
 """Where issue 12 (JWKS keys, token cut-off) meets issue 13 (agents, rate limits), against a
 real HAProxy 2.6: one config with a JWKS-pinned key, the verified-token cache (stick counter
-sc2), a per-identity rate limit (sc1), agents with RFC 8693 delegation and the cut-off on.
+sc2), a per-identity rate limit (sc0), the live-session table (sc1), agents with RFC 8693 delegation and the cut-off on.
 
 The map holds agents' values in the one grammar ``,at-<type>,<groups>,@<not-before>``; a
 not-before in the future stands for "deprovisioned and provisioned again after this token
@@ -28,6 +28,7 @@ from scimgate.policy import (
 from scimgate.policy.agents import agent_entries
 from scimgate.policy.compiler import with_not_before
 from scimgate.policy.jwks import PinnedKey
+from scimgate.policy.sessions import SESSIONS_TABLE
 from tests.support.haproxy import BearerGate, launch
 from tests.support.jwks_issuer import SigningKey, new_key
 from tests.support.net import free_port
@@ -103,7 +104,8 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BearerGate,
         )
     )  # fmt: skip
     text = cfg.read_text()
-    assert "track-sc1 " in text and "track-sc2 " in text  # the rate limit and the cache
+    # the rate limit, the live sessions and the cache: three counters, none shared
+    assert all(f"track-sc{n} " in text for n in (0, 1, 2))
     ok, output = check_config(cfg)
     assert ok, output
     hx = launch(cfg, ports=[port], stats_socket=d / "admin.sock")
@@ -132,8 +134,12 @@ def test_agent_tokens_under_jwks_rate_limit_and_cache(gate: tuple[BearerGate, Si
     bearer, key = gate
     token = _agent(key, "fresh-bot")
     codes = [bearer.get(token, "/limited")[0] for _ in range(5)]
-    assert codes == [200, 200, 200, 429, 429], codes  # sc1 counts while sc2 caches
+    assert codes == [200, 200, 200, 429, 429], codes  # sc0 counts while sc2 caches
     assert bearer.table()  # the verified-token cache holds the token
+    # the live-session table tracked the allowed requests of the rate-limited route too
+    # (keys are identity|route|frontend|client; its own counter, not the rate limit's)
+    sessions = bearer.table(SESSIONS_TABLE)
+    assert any("|LIMITED|" in key for key in sessions), sessions  # table() upper-cases
     assert bearer.get(token, "/api")[0] == 200  # the at- type and the group both match
 
 

@@ -30,6 +30,7 @@ from scimgate.policy import (
     render_config,
 )
 from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint_jwt
+from scimgate.policy.sessions import SESSIONS_TABLE
 from tests.support.haproxy import BearerGate, assert_config_valid, launch_gate
 from tests.support.net import free_port
 from tests.support.rendered import SECRET, SECRET_B64
@@ -183,7 +184,14 @@ def test_cache_settings_are_validated(keys: dict[str, str], value: str) -> None:
 def test_disabled_cache_renders_the_old_rules(keys: dict[str, str]) -> None:
     off = render_config(_policy(keys, "{enabled: false}"), map_dir="/m", hmac_secret_b64=SECRET_B64)
     on = render_config(_policy(keys), map_dir="/m", hmac_secret_b64=SECRET_B64)
-    for text in ("scimgate_jwt_cache", "sha2(256)", "track-sc", "sc-set-gpt0", "stick-table"):
+    # (track-sc1 and a string stick-table are the live-session table's, in both configs)
+    for text in (
+        "scimgate_jwt_cache",
+        "sha2(256)",
+        "track-sc2",
+        "sc-set-gpt0",
+        "stick-table type binary",
+    ):
         assert text not in off
         assert text in on
     assert (
@@ -390,6 +398,9 @@ def test_fragment_leaves_a_foreign_sc2_alone(tmp_path: Path, keys: dict[str, str
         policy, mode="fragment", map_dir=str(tmp_path / "maps"), hmac_secret_b64=SECRET_B64
     )
     table_line = frag.split(f"#     backend {TABLE}\n#         ", 1)[1].split("\n", 1)[0]
+    sessions_line = frag.split(f"#     backend {SESSIONS_TABLE}\n#         ", 1)[1].split("\n", 1)[
+        0
+    ]
     port, sock = free_port(), tmp_path / "f.sock"
     cfg = tmp_path / "f.cfg"
     cfg.write_text(
@@ -401,6 +412,7 @@ def test_fragment_leaves_a_foreign_sc2_alone(tmp_path: Path, keys: dict[str, str
         "    http-request track-sc2 src table ratelimit\n"
         + "".join(f"    {line}\n" for line in frag.splitlines())
         + f"backend {TABLE}\n    {table_line}\n"
+        + f"backend {SESSIONS_TABLE}\n    {sessions_line}\n"  # as the fragment's notes ask
         + "backend ratelimit\n    stick-table type ip size 10 expire 60s store gpt0\n"
     )
     assert_config_valid(cfg)

@@ -203,6 +203,10 @@ def test_fragment_passes_haproxy_check(tmp_path: Path, keys: dict[str, str]) -> 
         + "backend scimgate_jwt_cache\n    "
         + fragment.split("#     backend scimgate_jwt_cache\n#         ", 1)[1].split("\n", 1)[0]
         + "\n"
+        # and the live-session table's backend, as the notes ask for it too
+        + "backend scimgate_sessions\n    "
+        + fragment.split("#     backend scimgate_sessions\n#         ", 1)[1].split("\n", 1)[0]
+        + "\n"
     )
     cfg = tmp_path / "f.cfg"
     cfg.write_text(wrapped)

@@ -31,6 +31,7 @@ from scimgate.sync import SyncEngine, choose_shards, overlay as overlay_mod, sta
 from scimgate.sync.drainer import Drainer
 from scimgate.sync.layout import MapLayout
 from tests.fixtures.haproxy import RUNTIME_GLOBAL, RunningHAProxy
+from tests.support.versions import HAProxyBinary
 
 pytestmark = pytest.mark.haproxy
 
@@ -74,6 +75,21 @@ def start_haproxy(
 ) -> Callable[[], RunningHAProxy]:
     def start(overlay: bool = True) -> RunningHAProxy:
         return haproxy_factory(haproxy_config(overlay), files=layout_files(overlay))
+
+    return start
+
+
+@pytest.fixture
+def start_versioned(
+    haproxy_factory: Callable[..., RunningHAProxy], haproxy_version: HAProxyBinary
+) -> Callable[[], RunningHAProxy]:
+    """As ``start_haproxy``, on each HAProxy version in turn (the fault tests: restart,
+    reload, drift; the layout stays the hand-written 16 shards + overlay on both)."""
+
+    def start(overlay: bool = True) -> RunningHAProxy:
+        return haproxy_factory(
+            haproxy_config(overlay), files=layout_files(overlay), binary=haproxy_version.path
+        )
 
     return start
 
@@ -360,9 +376,9 @@ def _sigkill(proc: RunningHAProxy) -> None:
 
 
 def test_sigkill_and_restart_restores_state(
-    sqlite_db: Database, start_haproxy: Callable[[], RunningHAProxy]
+    sqlite_db: Database, start_versioned: Callable[[], RunningHAProxy]
 ) -> None:
-    proc = start_haproxy()
+    proc = start_versioned()
     # No map_dir: the restarted HAProxy loads the empty files, so only the resync restores.
     with running_engine(sqlite_db, [target(proc, "t1", map_dir=False)]) as engine:
         converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(500)}))
@@ -382,9 +398,9 @@ def test_sigkill_and_restart_restores_state(
 
 
 def test_reload_through_master_cli(
-    sqlite_db: Database, start_haproxy: Callable[[], RunningHAProxy]
+    sqlite_db: Database, start_versioned: Callable[[], RunningHAProxy]
 ) -> None:
-    proc = start_haproxy()
+    proc = start_versioned()
     with running_engine(sqlite_db, [target(proc, "t1")]) as engine:
         converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(300)}))
         # The map files follow (debounced): a reload loads near-current state.
@@ -407,9 +423,9 @@ def test_reload_through_master_cli(
 
 
 def test_drift_is_detected_audited_and_repaired(
-    sqlite_db: Database, start_haproxy: Callable[[], RunningHAProxy]
+    sqlite_db: Database, start_versioned: Callable[[], RunningHAProxy]
 ) -> None:
-    proc = start_haproxy()
+    proc = start_versioned()
     with running_engine(sqlite_db, [target(proc, "t1")], drift_check_interval=0.3) as engine:
         converge(sqlite_db, engine, put(sqlite_db, {key(i): ",eng," for i in range(100)}))
         wait_until(lambda: not engine.followers[0].overlay.pending_count)  # the shards hold it all

@@ -176,6 +176,7 @@ def up_haproxy(info: dict[str, Any], directory: Path | None = None) -> RunningHA
     base = directory or Path(info["haproxy_config"]).parent
     return launch(
         base / "haproxy.cfg",
+        binary=info.get("haproxy_binary"),  # the one `up` ran
         master_socket=base / "master.sock",
         stats_socket=base / "admin.sock",
         log=base / "haproxy.log",

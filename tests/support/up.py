@@ -111,22 +111,29 @@ class UpStack:
         return int(self.proc.returncode)
 
 
-def launch(directory: Path, *extra: str) -> UpStack:
+def launch(directory: Path, *extra: str, haproxy: str | None = None) -> UpStack:
+    """``haproxy``: the binary `up` runs (SCIMGATE_HAPROXY), else the default one."""
     directory.mkdir(parents=True, exist_ok=True)
     log = open(directory / "up.log", "ab")  # noqa: SIM115
+    env = dict(os.environ)
+    if haproxy is not None:
+        env["SCIMGATE_HAPROXY"] = haproxy
     proc = subprocess.Popen(
         [sys.executable, "-m", "scimgate.cli", "up", "--dir", str(directory),
          "--port", str(free_port()), "--haproxy-port", str(free_port()),
          "--scim-tls-port", str(free_port()), *extra],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     log.close()
     return UpStack(directory, proc)
 
 
-def start_up(directory: Path, *extra: str, timeout: float = 60) -> UpStack:
-    """Start `scimgate up` and wait until stack.json names this process."""
-    up = launch(directory, *extra)
+def start_up(
+    directory: Path, *extra: str, timeout: float = 60, haproxy: str | None = None
+) -> UpStack:
+    """Start `scimgate up` (on the ``haproxy`` binary if given) and wait until stack.json
+    names this process."""
+    up = launch(directory, *extra, haproxy=haproxy)
     stack = directory / "stack.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

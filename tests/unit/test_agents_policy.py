@@ -94,7 +94,7 @@ def test_rendered_agent_rules() -> None:
     assert "str(agent:),concat(,txn.scimgate_agent_claim,)" in cfg
     assert "jwt_payload_query('$.act.sub')" in cfg
     assert "backend scimgate_rate_limited" in cfg
-    assert "store http_req_rate(60s)" in cfg and "sc_http_req_rate(1) gt 5" in cfg
+    assert "store http_req_rate(60s)" in cfg and "sc_http_req_rate(0) gt 5" in cfg
     assert "deny_status 429" in cfg
     # the person's check on /admin applies to people's tokens only; agents are refused there
     assert "str(group_denied) if scimgate_route_admin !scimgate_agent_token" in cfg

@@ -34,7 +34,7 @@ def admin_create(name: str, directory: str | None, config: str | None, role: str
     Example:
       scimgate admin create alice --role operator --dir ./demo
     """
-    db = database_of(settings_of(directory, config))
+    db = database_of(settings_of(directory, config), create=True)
     try:
         secret = admins.create(db, name, role)
     except admins.AdminError as exc:

@@ -15,6 +15,8 @@ Does:
   - ``replace``: atomic whole-map replacement (``prepare``/payloads/staged-count check/
     ``commit``).
   - ``master``: the master CLI: ``show proc``, commands to old workers, reload vs restart.
+  - ``sessions``: one worker's streams (``show table``, ``show sess``), and a stream shut
+    only after it was re-read and is still the same connection.
   - ``mapfile``: map files written atomically (temp + fsync + rename + fsync dir), so a
     reload or restart always loads the current state.
   - ``process``: find the binary, check a config, start/reload/stop a master-worker

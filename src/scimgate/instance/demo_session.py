@@ -150,8 +150,42 @@ def mint(directory: Path, *subject: str) -> str:
     return out.stdout.strip()
 
 
+def open_tunnel(url: str, jwt: str) -> Any:
+    """A WebSocket to the demo echo route through HAProxy, echoing once (or None)."""
+    from websockets.sync.client import connect
+
+    try:
+        ws = connect(
+            url, additional_headers={"Authorization": f"Bearer {jwt}"}, compression=None,
+            open_timeout=5, ping_interval=None, close_timeout=1,
+        ).__enter__()  # fmt: skip
+        ws.send("hello")
+        if ws.recv(timeout=5) == "hello":
+            return ws
+        ws.close()
+    except (OSError, TimeoutError, ValueError) as exc:
+        print(f"  (could not open {url}: {exc})", flush=True)
+    return None
+
+
+def tunnel_cut_ms(ws: Any, timeout: float = 5.0) -> float | None:
+    """Milliseconds until HAProxy closes the (idle) tunnel, None if still open."""
+    from websockets.exceptions import ConnectionClosed
+
+    start = time.monotonic()
+    try:
+        ws.recv(timeout=timeout)
+    except ConnectionClosed:
+        return (time.monotonic() - start) * 1000
+    except TimeoutError:
+        pass
+    ws.close()
+    return None
+
+
 def self_check(stack: Stack, directory: Path, admins_id: str) -> list[tuple[str, int, int]]:
-    """Run the scenario once with a throwaway user: (step, expected, observed) per step."""
+    """Run the scenario once with a throwaway user: (step, expected, observed) per step
+    (a WebSocket step: 1 = open / closed as expected, 0 = not)."""
     stack.delete_user(CHECK_USER)
     steps: list[tuple[str, int, int]] = []
     status, body = stack.scim_call("POST", "/Users", user_body(CHECK_USER))
@@ -164,7 +198,15 @@ def self_check(stack: Stack, directory: Path, admins_id: str) -> list[tuple[str,
         steps.append(("GET /admin  (not an admin)", 403, stack.web_status("/admin", jwt)))
         stack.scim_call("PATCH", f"/Groups/{admins_id}", add_member_body(user_id))
         steps.append(("GET /admin  (added to Admins)", 200, stack.web_status("/admin", jwt)))
+        ws_url = stack.info.get("demo_ws_url")
+        tunnel = open_tunnel(str(ws_url), jwt) if ws_url else None
+        if ws_url:
+            steps.append(("WS  /ws     (tunnel open, echoing)", 1, int(tunnel is not None)))
         stack.scim_call("PATCH", f"/Users/{user_id}", DEACTIVATE_BODY)
+        if tunnel is not None:
+            cut = tunnel_cut_ms(tunnel)
+            label = f"cut {cut:.1f} ms after SCIM" if cut is not None else "still open"
+            steps.append((f"WS  /ws     (deactivated: {label})", 1, int(cut is not None)))
         steps.append(("GET /admin  (deactivated)", 403, stack.web_status("/admin", jwt)))
         steps.append(("GET /       (deactivated)", 403, stack.web_status("/", jwt)))
         steps.append(("GET /       (no token)", 401, http("GET", stack.web + "/")[0]))
@@ -264,10 +306,17 @@ status /admin    # 403: not in Admins
 curl -s -o /dev/null "${{H[@]}}" -X PATCH "$SCIM/Groups/{admins_id}" -d '{add}'
 status /admin    # 200
 
-# 3. the IdP deactivates her: locked out on the very next request
+# 3. she keeps a WebSocket open (the demo echo route /ws; curl holds the tunnel after 101)
+curl -s -N --http1.1 -o /dev/null -w "WebSocket /ws -> %{{http_code}}, closed by HAProxy\\n" \\
+  -H "Authorization: Bearer $JWT" -H "Connection: Upgrade" -H "Upgrade: websocket" \\
+  -H "Sec-WebSocket-Version: 13" -H "Sec-WebSocket-Key: c2NpbWdhdGUtZGVtby0xNg==" "$WEB/ws" &
+sleep 1
+#    then the IdP deactivates her: locked out on the very next request, and the open tunnel
+#    is shut at once (HAProxy runs no rule on a tunnel; scimgate cuts it): curl exits
 curl -s -o /dev/null "${{H[@]}}" -X PATCH "$SCIM/Users/$USER_ID" -d '{deact}'
 status /admin    # 403
 status /         # 403
+wait             # the WebSocket's curl has ended: the tunnel was cut
 
 # clean up (to run the session again)
 curl -s "${{H[@]}}" -X DELETE "$SCIM/Users/$USER_ID"
@@ -381,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         for step, expected, observed in self_check(stack, directory, admins_id):
             mark = "ok " if observed == expected else "FAIL"
             ok = ok and observed == expected
-            print(f"  {mark} {step:<32} {observed} (expected {expected})")
+            print(f"  {mark} {step:<44} {observed} (expected {expected})")
         stack.delete_user(DEMO_USER)  # left by an earlier session: start clean
         print("\nTry it yourself (bash; copy-paste):\n")
         print(curl_session(stack, directory, admins_id))

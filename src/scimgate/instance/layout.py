@@ -28,6 +28,7 @@ import base64
 import contextlib
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,20 @@ def ensure_demo_policy(settings: Settings) -> Path:
     if not path.exists():
         if settings.policy_file is not None:
             raise DemoError(f"policy file {path} (from {settings.config_path}) does not exist")
-        write_public(path, demo_policy_yaml(public_key="keys/jwt.pub.pem", agents=True))
+        write_public(
+            path,
+            demo_policy_yaml(
+                public_key="keys/jwt.pub.pem", agents=True, ws_port=_free_loopback_port()
+            ),
+        )
     return path
+
+
+def _free_loopback_port() -> int:
+    """A loopback port free now (the demo WebSocket echo backend's, kept in the policy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def hmac_secret_path(settings: Settings) -> Path:

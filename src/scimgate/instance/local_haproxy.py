@@ -20,7 +20,7 @@ from typing import Any
 
 from scimgate.app.enforcement import apply_policy
 from scimgate.config import UNIX_PATH_MAX, Settings, parse_bind
-from scimgate.haproxy.process import HAProxyProcess, check_config, find_haproxy
+from scimgate.haproxy.process import HAProxyProcess, binary_version, check_config, find_haproxy
 from scimgate.instance.database import open_database
 from scimgate.instance.haproxy_config import (
     DEFAULT_BIND,
@@ -128,6 +128,8 @@ def prepare_haproxy(
         "runtime_api": f"unix:{layout.admin_socket}",
         "master_api": f"unix:{layout.master_socket}",
         "haproxy_config": str(layout.config),
+        "haproxy_binary": binary,
+        "haproxy_version": ".".join(map(str, binary_version(binary))),
         "haproxy_log": str(layout.log),
         "map_dir": str(layout.maps),
         "map_shards": shards,
@@ -157,6 +159,7 @@ def start_demo_haproxy(
     proc = HAProxyProcess(
         layout.config,
         layout.master_socket,
+        binary=info["haproxy_binary"],
         pid_file=layout.pid_file,
         log_path=layout.log,
         stats_socket=f"unix:{layout.admin_socket}",

@@ -24,10 +24,12 @@ from scimgate.config import (
     redact_url,
 )
 from scimgate.instance.database import open_database
+from scimgate.instance.demo_ws import demo_ws_address, running_echo
 from scimgate.instance.jwks_follower import KeyFollower
 from scimgate.instance.layout import DemoError, write_private
 from scimgate.instance.local_haproxy import start_demo_haproxy, start_key_follower
 from scimgate.instance.serve import SERVE_ERRORS, run_server, unwind_on_signals
+from scimgate.policy.model import load_policy
 from scimgate.store.db import Database
 
 TOKEN_NAME = "demo"
@@ -172,6 +174,7 @@ def bring_up(
         )
 
     try:
+        echo_address = None
         if with_haproxy:
             haproxy, extra = start_demo_haproxy(
                 settings, haproxy_port=haproxy_port, scim_tls_port=scim_tls_port
@@ -179,7 +182,11 @@ def bring_up(
             info.update(extra)
             info["pids"]["haproxy"] = haproxy.pid
             keys = start_key_follower(settings, haproxy, info)
-        run_server(settings, settings.host, settings.port, on_started=started)
+            echo_address = demo_ws_address(load_policy(extra["policy_file"]))
+            if echo_address is not None:
+                info["demo_ws_url"] = str(extra["haproxy_url"]).replace("http:", "ws:", 1) + "/ws"
+        with running_echo(echo_address):
+            run_server(settings, settings.host, settings.port, on_started=started)
     finally:
         if keys is not None:
             keys.stop()

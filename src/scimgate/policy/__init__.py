@@ -5,7 +5,8 @@ typed models with ``file:line:column`` error locations; compile a SCIM user and 
 into identity-map entries (HMAC pseudonym key -> comma-wrapped policy group slugs, with the
 token cut-off's not-before); read a JWKS into per-kid PUBLIC KEY PEMs (``policy.jwks``);
 render the HAProxy configuration (full ``haproxy.cfg`` or a frontend fragment) that
-enforces the policy; mint demo JWTs.
+enforces the policy, including the live-session tracking rules and the test of which routes
+a map value still allows (``sessions``); mint demo JWTs.
 
 Does not: any I/O except ``load_policy`` reading the policy file and ``render_config``
 checking that the JWT public key file(s) are ``PUBLIC KEY`` PEMs (``check_files=True``); it

@@ -75,11 +75,24 @@ def demo_policy_yaml(
     issuer: str = "https://idp.example.com/",
     audience: str = "scimgate-demo",
     agents: bool = False,
+    ws_port: int | None = None,
 ) -> str:
     """The demo policy: '/healthz' public (no identity asked), '/' for any active user,
     '/admin' for admins, '/eng' for engineering, '/api' for engineering and for agents in
-    the Automation group (with ``agents``: the machine identities of docs/agents.md); JWT identity (RS256, claim ``email``; agent tokens carry
-    ``idtyp: app``); every route answered by HAProxy itself."""
+    the Automation group (with ``agents``: the machine identities of docs/agents.md; agent
+    tokens carry ``idtyp: app``); JWT identity (RS256, claim ``email``); every route answered
+    by HAProxy itself. With ``ws_port``, '/ws' (any active user) goes to the WebSocket echo
+    backend `scimgate up` runs on that loopback port."""
+    ws_route = (
+        f"""\
+  - name: ws
+    from: {{hosts: ["*"], path_prefix: /ws}}
+    allow_groups: [any]
+    to: {{backend: demo_ws_echo, servers: ["127.0.0.1:{ws_port}"]}}
+"""
+        if ws_port is not None
+        else ""
+    )
     text = f"""\
 # scimgate demo policy: HAProxy answers every route itself (no backend needed).
 identity:
@@ -112,7 +125,7 @@ routes:
     from: {{hosts: ["*"], path_prefix: /eng}}
     allow_groups: [engineering]
     to: {{return: "engineering area"}}
-  - name: home
+{ws_route}  - name: home
     from: {{hosts: ["*"], path_prefix: /}}
     allow_groups: [any]
     to: {{return: "hello, active user"}}

@@ -71,6 +71,12 @@ from scimgate.policy.render_routes import (
     hygiene_rules,
     open_route_rules,
 )
+from scimgate.policy.sessions import (
+    SESSIONS_SC,
+    SESSIONS_TABLE,
+    sessions_table,
+    tracking_rules,
+)
 
 __all__ = ["RenderError", "render_config"]
 
@@ -114,6 +120,7 @@ def _frontend_rules(
         "",
         "# --- scimgate: allowed ---",
         f"http-request set-var({V_DECISION}) str(allow)",
+        *tracking_rules(),
     ]
     if debug_headers:
         out += [
@@ -228,6 +235,12 @@ def render_config(
         if backends:
             notes.append("# Needed backends (this fragment routes to them with use_backend):")
             notes += [f"#     {name}: {', '.join(servers)}" for name, servers in backends.items()]
+        notes += [
+            f"# Needed: the live-session table's backend (and no other track-sc{SESSIONS_SC}"
+            " in this frontend):",
+            f"#     backend {SESSIONS_TABLE}",
+            f"#         {sessions_table()}",
+        ]
         if cache_table is not None:
             notes += [
                 "# Needed: the verified-token cache's backend (and no other track-sc"
@@ -332,6 +345,13 @@ def render_config(
             f"backend {table}",
             f"    {line}",
         ]
+    out += [
+        "",
+        "# live identity-gated streams (identity key|route|frontend|client ip:port), so a",
+        "# deprovisioning can shut its tunnels (scimgate.policy.sessions); never shared with peers",
+        f"backend {SESSIONS_TABLE}",
+        f"    {sessions_table()}",
+    ]
     if scim_frontend:
         out += ["", *scim_frontend]
     return "\n".join(out) + "\n"

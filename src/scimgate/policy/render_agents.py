@@ -15,8 +15,8 @@ hold: the person through ``allow_groups``, the acting agent (its own entry, look
 any identity) through ``allow_agents``. A suspended or unknown agent denies the request.
 
 Rate limits: one stick table per limited route (its own backend), keyed by the pseudonym
-key (``txn.scimgate_key``: the agent's or the person's), tracked through stick counter sc1
-(sc2 is the verified-token cache's); over the limit -> 429, logged as
+key (``txn.scimgate_key``: the agent's or the person's), tracked through stick counter sc0
+(sc1 is the live-session table's, sc2 the verified-token cache's); over the limit -> 429, logged as
 ``decision=rate_limited``.
 """
 
@@ -40,7 +40,10 @@ V_AGENT = "txn.scimgate_agent"  # bool: the token is an agent's
 V_AGENT_CLAIM = "txn.scimgate_agent_claim"
 V_DELEGATE = "txn.scimgate_delegate"  # act.sub of a person's token
 V_DELEGATE_GROUPS = "txn.scimgate_delegate_groups"
-RATE_SC = 1
+# sc0: sc1 is the live-session table's (policy.sessions), sc2 the verified-token cache's; a
+# second track-sc1 on a rate-limited route would be a no-op and leave its sessions untracked
+# (sc0 in the SCIM frontend is another proxy's: no clash)
+RATE_SC = 0
 AGENT_ACL = "scimgate_agent_token"
 DELEGATED_ACL = "scimgate_delegated"
 

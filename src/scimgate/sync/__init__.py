@@ -6,6 +6,8 @@ Rooms (one owner per piece of state; threads and locks: docs/architecture.md):
   - ``follower``: per target, the change log into HAProxy, read back, confirmed;
   - ``overlay``: per target, the sole owner of the overlay bookkeeping and its locks;
   - ``drainer``: per target, the shards brought up to the overlay, one key per step;
+  - ``sessions``: per target, live streams of identities that lost a route shut on every
+    worker (old ones too), audited and counted (docs/live-sessions.md);
   - ``recorder``: durable records of confirmed batches, in order, off the followers' path;
   - ``waiters``: read-your-writes (confirmed cursors, head, waits);
   - ``housekeeping``: map files, deprovision alerts, lag gauges;
@@ -25,7 +27,9 @@ Does:
   - keep each ``map_dir``'s identities map files near current (atomic writes, debounced),
     so any reload or restart loads almost current state;
   - alert on deprovisions not confirmed everywhere in time; serve read-your-writes waits,
-    readiness and status (also from the database alone, for the CLI).
+    readiness and status (also from the database alone, for the CLI);
+  - shut the established tunnels (WebSocket, CONNECT, long downloads) of a deprovisioned
+    identity on the routes it lost, off the follower's path.
 
 Does not:
   - decide what the entries are (policy/ compiles them and defines their grammar, store/

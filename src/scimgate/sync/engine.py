@@ -126,8 +126,9 @@ class SyncEngine:
         for f in self.followers:
             f.nudge()
             f.drainer.wake.set()
+            f.cutter.wake.set()
         deadline = time.monotonic() + JOIN_TIMEOUT
-        threads = [t for f in self.followers for t in (f.thread, f.drainer.thread)]
+        threads = [t for f in self.followers for t in (f.thread, f.drainer.thread, f.cutter.thread)]
         for thread in [*threads, self.housekeeper.thread]:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))

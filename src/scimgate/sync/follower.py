@@ -46,6 +46,7 @@ from scimgate.sync.mapfiles import MapFileWriter
 from scimgate.sync.overlay import Overlay
 from scimgate.sync.reasons import ResyncReason, ResyncRequests
 from scimgate.sync.reconcile import drift_check, full_resync
+from scimgate.sync.sessions import SessionCutter
 from scimgate.sync.threads import engine_thread
 from scimgate.sync.watch import WorkerWatch
 
@@ -123,6 +124,9 @@ class TargetFollower:
         self.resyncs = ResyncRequests(ResyncReason.STARTUP)
         self.drainer = Drainer(target, self.overlay, engine.stopping, engine.metrics, self.nudge)
         self.watch = WorkerWatch(target)
+        self.cutter = SessionCutter(
+            target, engine.settings, engine.db, engine.metrics, engine.stopping, engine.record
+        )
         self.thread = engine_thread(self._run, f"sync-{self.name}")
         self._client: RuntimeClient | None = None
         self._layout: MapLayout | None = None
@@ -145,6 +149,7 @@ class TargetFollower:
         self._cursor = cursor
         self.thread.start()
         self.drainer.thread.start()
+        self.cutter.thread.start()
 
     def nudge(self) -> None:
         """Look at the change log now (and on stop: notice it)."""
@@ -404,6 +409,12 @@ class TargetFollower:
             self.resyncs.request(ResyncReason.APPLY_ERROR)
             raise
         deprovisions = any(tc.change.deprovision for tc in batch)
+        if deprovisions:
+            # The map denies the next request now; established streams (WebSockets,
+            # tunnels, long downloads) run no rule again: the cutter shuts them, on its own
+            # thread, while this one writes files and confirms.
+            revoked = {tc.change.identity_key for tc in batch if tc.change.deprovision}
+            self.cutter.offer({k: coalesced[k].value for k in revoked if k in coalesced})
         if self._writer is not None:
             # Files before confirmation: the live worker already denies (applied above); a
             # reload racing this batch must load files that lack the revoked access, and the
