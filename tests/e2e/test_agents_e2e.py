@@ -5,7 +5,8 @@ AgenticApplication's clientId, RFC 8693 delegated ``act.sub``) to a real HAProxy
 limits in stick tables, logged.
 
 Nothing here waits after a SCIM response: `up` runs with read-your-writes, so the next
-request must see the change.
+request must see the change. The only waits are for the token cut-off (the demo policy's
+``identity.jwt.cutoff``): a token is minted in the second after a deprovisioning.
 """
 
 from __future__ import annotations
@@ -93,6 +94,18 @@ def _token(stack: UpStack, claims: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+def _next_second(deprovisioned: float) -> None:
+    """Wait for the second after a deprovisioning (iat has whole seconds: a token of that
+    very second is cut off too); at most about one second."""
+    time.sleep(max(0.0, int(deprovisioned) + 1 - time.time()) + 0.05)
+
+
+def _fresh_token(stack: UpStack, claims: dict[str, Any], deprovisioned: float) -> str:
+    """A token the agent fetches after its reprovisioning (issued after the cut-off)."""
+    _next_second(deprovisioned)
+    return _token(stack, claims)
+
+
 def _get(web: httpx.Client, token: str, path: str) -> int:
     return web.get(path, headers={"Authorization": f"Bearer {token}"}).status_code
 
@@ -125,14 +138,22 @@ def test_agent_token_allowed_on_its_route_only_and_follows_its_owner(
     assert _get(web, token, "/eng") == 403
     # the owner is deactivated: the agent is suspended at the very next request
     assert scim.patch(f"/Users/{owner}", json=OFF).status_code == 200
+    suspended = time.time()
     assert _get(web, token, "/api") == 403
-    # and restored when the owner returns
+    # and restored when the owner returns; the demo policy's token cut-off (issue 12 item 3)
+    # treats the agent like a person: its token of before the suspension stays 401, a
+    # token it fetches after works
     assert scim.patch(f"/Users/{owner}", json=ON).status_code == 200
+    assert _get(web, token, "/api") == 401
+    token = _fresh_token(stack, {"sub": subject, "azp": subject, "idtyp": "app"}, suspended)
     assert _get(web, token, "/api") == 200
     # the agent itself deactivated, then deleted
     assert scim.patch(f"/Agents/{agent['id']}", json=OFF).status_code == 200
+    deactivated = time.time()
     assert _get(web, token, "/api") == 403
     assert scim.patch(f"/Agents/{agent['id']}", json=ON).status_code == 200
+    assert _get(web, token, "/api") == 401
+    token = _fresh_token(stack, {"sub": subject, "azp": subject, "idtyp": "app"}, deactivated)
     assert _get(web, token, "/api") == 200
     # the owner deleted: suspended for good
     assert scim.delete(f"/Users/{owner}").status_code == 204
@@ -206,9 +227,15 @@ def test_delegated_token_needs_both_user_and_agent(
     assert out.returncode == 0, out.stderr
     assert _get(web, out.stdout.strip(), "/api") == 200
     # the agent's owner deactivated: the delegated token is denied too
+    earlier = delegated(bob, subject)
     assert scim.patch(f"/Users/{owner}", json=OFF).status_code == 200
+    suspended = time.time()
     assert _get(web, delegated(bob, subject), "/api") == 403
     assert scim.patch(f"/Users/{owner}", json=ON).status_code == 200
+    # token cut-off by the acting agent's not-before: a delegated token issued before the
+    # agent's suspension stays 401 (bob himself was never deprovisioned)
+    assert _get(web, earlier, "/api") == 401
+    _next_second(suspended)
     assert _get(web, delegated(bob, subject), "/api") == 200
 
 

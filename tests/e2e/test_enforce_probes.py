@@ -85,7 +85,14 @@ def test_issue_claims_and_credentials_are_401(
     stack: UpStack, port: int, tokens: dict[str, str]
 ) -> None:
     now = int(time.time())
-    claims = {"email": "probe-user@example.com", "iss": "", "aud": ""}
+    # iat: the demo policy's token cut-off refuses a token without one, which would hide
+    # the type checks below behind that 401
+    claims: dict[str, object] = {
+        "email": "probe-user@example.com",
+        "iss": "",
+        "aud": "",
+        "iat": now,
+    }
     jwt_settings = st.Minter(stack).jwt
     claims.update(iss=jwt_settings.issuer, aud=jwt_settings.audience)
     base = json.dumps(claims)[:-1]  # '{"email": ..., "aud": "..."' to append raw claims to

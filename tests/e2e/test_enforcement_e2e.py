@@ -174,12 +174,44 @@ def test_delete_denies(stack: UpStack, scim: httpx.Client, browser: httpx.Client
 def test_reactivation_restores_access(
     stack: UpStack, scim: httpx.Client, browser: httpx.Client
 ) -> None:
+    """With the demo policy's token cut-off (identity.jwt.cutoff, issue 12 item 3) only a
+    token issued after the deactivation works again: the one issued before stays 401."""
     name = unique("rae")
     user_id = create_user(scim, name)
     token = stack.mint(name)
+    assert get(browser, "/", token) == 200
     patch(scim, f"/Users/{user_id}", {"op": "replace", "path": "active", "value": False})
+    deactivated = time.time()
     assert get(browser, "/", token) == 403
     patch(scim, f"/Users/{user_id}", {"op": "replace", "path": "active", "value": True})
+    assert get(browser, "/", token) == 401  # issued before the deprovisioning: cut off
+    # iat has whole seconds: a token of the deactivation's own second is cut off too
+    time.sleep(max(0.0, int(deactivated) + 1 - time.time()) + 0.05)
+    assert get(browser, "/", stack.mint(name)) == 200
+    assert get(browser, "/", token) == 401  # and stays so
+
+
+def test_cutoff_survives_delete_and_recreate(
+    stack: UpStack, scim: httpx.Client, browser: httpx.Client
+) -> None:
+    name = unique("rec")
+    token = stack.mint(name)
+    user_id = create_user(scim, name)
+    assert get(browser, "/", token) == 200
+    assert scim.delete(f"/Users/{user_id}").status_code == 204
+    deleted = time.time()
+    create_user(scim, name)  # the same identity, provisioned again
+    assert get(browser, "/", token) == 401
+    time.sleep(max(0.0, int(deleted) + 1 - time.time()) + 0.05)
+    assert get(browser, "/", stack.mint(name)) == 200
+
+
+def test_cutoff_needs_iat(stack: UpStack, known: str, browser: httpx.Client) -> None:
+    body = {k: v for k, v in claims(known).items() if k != "iat"}
+    assert get(browser, "/", pyjwt.encode(body, private_key(stack), algorithm="RS256")) == 401
+    # a never-deprovisioned identity's older token passes (no not-before in its entry)
+    old = int(time.time()) - 3600
+    token = pyjwt.encode(claims(known, iat=old), private_key(stack), algorithm="RS256")
     assert get(browser, "/", token) == 200
 
 

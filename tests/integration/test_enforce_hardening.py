@@ -131,6 +131,9 @@ def hx(
     tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str], echo: int
 ) -> Iterator[BearerGate]:
     text = demo_policy_yaml(public_key=keys["path"], issuer=ISSUER, audience=AUDIENCE)
+    # the claim checks with the token cut-off off (its default; the demo turns it on, and it
+    # refuses a token without iat: tests/e2e/test_enforcement_e2e.py)
+    text = text.replace("    cutoff: true", "    cutoff: false", 1)
     text = text.replace("routes:\n", "routes:\n" + EXTRA_ROUTES.format(port=echo), 1)
     proxy = _start(
         tmp_path_factory.mktemp("hardening"),
@@ -444,6 +447,9 @@ def test_identity_header_names_are_configurable(
     tmp_path: Path, keys: dict[str, str], echo: int
 ) -> None:
     text = demo_policy_yaml(public_key=keys["path"], issuer=ISSUER, audience=AUDIENCE)
+    # the claim checks with the token cut-off off (its default; the demo turns it on, and it
+    # refuses a token without iat: tests/e2e/test_enforcement_e2e.py)
+    text = text.replace("    cutoff: true", "    cutoff: false", 1)
     text = text.replace("routes:\n", "routes:\n" + EXTRA_ROUTES.format(port=echo), 1)
     text += "identity_headers: {user: X-Forwarded-User, groups: X-Forwarded-Groups, email: null}\n"
     proxy = _start(tmp_path, parse_policy(text, "c.yaml"), [(ALICE, []), (BOB, ADMINS)])

@@ -11,7 +11,7 @@ import pytest
 
 from scimgate.policy import PolicyError, parse_policy, render_config
 from scimgate.policy.agents import agent_entries, agent_identity_key
-from scimgate.policy.compiler import identity_key
+from scimgate.policy.compiler import MAP_VALUE_RE, identity_key, with_not_before
 from scimgate.policy.jwtmint import demo_policy_yaml
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -94,7 +94,7 @@ def test_rendered_agent_rules() -> None:
     assert "str(agent:),concat(,txn.scimgate_agent_claim,)" in cfg
     assert "jwt_payload_query('$.act.sub')" in cfg
     assert "backend scimgate_rate_limited" in cfg
-    assert "store http_req_rate(60s)" in cfg and "sc_http_req_rate(1) gt 5" in cfg
+    assert "store http_req_rate(60s)" in cfg and "sc_http_req_rate(0) gt 5" in cfg
     assert "deny_status 429" in cfg
     # the person's check on /admin applies to people's tokens only; agents are refused there
     assert "str(group_denied) if scimgate_route_admin !scimgate_agent_token" in cfg
@@ -103,3 +103,32 @@ def test_rendered_agent_rules() -> None:
     cfg = render_config(parse_policy(demo_policy_yaml()), map_dir="/m", hmac_secret_b64=SECRET_B64,
                         check_files=False)  # fmt: skip
     assert "agent" not in cfg.replace("user_agent", "")
+
+
+def test_cutoff_covers_agents_and_the_acting_agent() -> None:
+    """Token cut-off (issue 12 item 3) with agents (issue 13): an agent's value carries its
+    not-before after its ``at-<type>`` and group slugs, in the one value grammar; the caller's
+    and the acting agent's values are split after both lookups, before any route check."""
+    policy = parse_policy(_demo(LIMITED))
+    assert policy.identity.jwt is not None and policy.identity.jwt.cutoff
+    value = with_not_before(",at-autonomous,automation,", 1764770001)
+    assert MAP_VALUE_RE.fullmatch(value)
+    cfg = render_config(policy, map_dir="/m", hmac_secret_b64=SECRET_B64, check_files=False)
+    delegate_lookup = cfg.index(
+        "set-var(txn.scimgate_delegate_groups) var(txn.scimgate_delegate_key)"
+    )
+    caller_split = cfg.index("set-var(txn.scimgate_groups) var(txn.scimgate_groups),field(1,@)")
+    delegate_split = cfg.index(
+        "set-var(txn.scimgate_delegate_groups) var(txn.scimgate_delegate_groups),field(1,@)"
+    )
+    cut_off = cfg.index("str(token_cut_off)")
+    first_route_check = min(cfg.index("str(agent_denied)"), cfg.index("str(delegation_denied)"))
+    assert delegate_lookup < caller_split < delegate_split < cut_off < first_route_check
+    assert "acl scimgate_token_cut_off var(txn.scimgate_delegate_iat_margin) -m int lt 0" in cfg
+    # without delegation, no delegate split (the caller's cut-off stays)
+    token_line = "    token: {idtyp: app, without_user_claim: false}\n"
+    assert token_line in _demo(LIMITED)
+    text = _demo(LIMITED).replace(token_line, token_line + "    delegation: false\n", 1)
+    cfg = render_config(parse_policy(text), map_dir="/m", hmac_secret_b64=SECRET_B64,
+                        check_files=False)  # fmt: skip
+    assert "scimgate_delegate_not_before" not in cfg and "str(token_cut_off)" in cfg

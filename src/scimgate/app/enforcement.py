@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from scimgate.audit import log as audit
 from scimgate.policy.agents import agent_entries
-from scimgate.policy.compiler import entries_for_user
+from scimgate.policy.compiler import entries_for_user, with_not_before
 from scimgate.policy.model import Policy
 from scimgate.scim.render import user_resource
 from scimgate.store import agents as st_agents, outbox, resources as rs
@@ -35,6 +35,9 @@ class PolicyEnforcement:
     def __init__(self, policy: Policy, secret: bytes) -> None:
         self.policy = policy
         self.secret = secret
+        jwt = policy.identity.jwt
+        #: token cut-off: entries carry their identity's last deprovisioning time
+        self.cutoff = policy.identity.source == "jwt" and jwt is not None and jwt.cutoff
         self._idp_groups = {g for group in policy.groups.values() for g in group.idp_groups}
         self._route_types = frozenset(
             t for r in policy.routes if r.allow_agents is not None for t in r.allow_agents.types
@@ -65,11 +68,21 @@ class PolicyEnforcement:
         return display_name in self._idp_groups or external_id in self._idp_groups
 
 
+def _with_cutoffs(entries: dict[str, str], cutoffs: dict[str, int]) -> dict[str, str]:
+    return {k: with_not_before(v, cutoffs.get(k)) for k, v in entries.items()}
+
+
 def refresh_users(
-    conn: Connection, user_ids: Iterable[str], entries_fn: EntriesFn, base_url: str = ""
+    conn: Connection,
+    user_ids: Iterable[str],
+    entries_fn: EntriesFn,
+    base_url: str = "",
+    *,
+    cutoff: bool = False,
 ) -> list[outbox.MapChange]:
     """Recompute the entries of these users (in ``conn``'s write transaction) and log every
-    key that changed; a user gone from the store loses its entries."""
+    key that changed; a user gone from the store loses its entries. ``cutoff``: each entry
+    carries its key's last deprovisioning time, and removed keys record theirs."""
 
     def desired() -> Iterator[tuple[str, dict[str, str]]]:
         for user_id in dict.fromkeys(user_ids):
@@ -78,9 +91,12 @@ def refresh_users(
                 yield user_id, {}
                 continue
             user = user_resource(row, base_url)
-            yield user_id, entries_fn(user, rs.idp_groups_of_user(conn, user_id))
+            entries = entries_fn(user, rs.idp_groups_of_user(conn, user_id))
+            if cutoff and entries:
+                entries = _with_cutoffs(entries, outbox.cutoffs_of(conn, entries))
+            yield user_id, entries
 
-    return outbox.log_user_entries(conn, desired())
+    return outbox.log_user_entries(conn, desired(), record_cutoffs=cutoff)
 
 
 def agent_desired(
@@ -109,19 +125,26 @@ def refresh_identities(
     entries_fn: EntriesFn,
     agent_entries_fn: AgentEntriesFn | None,
     base_url: str = "",
+    *,
+    cutoff: bool = False,
 ) -> list[outbox.MapChange]:
-    """:func:`refresh_users` over users and agents (an id is one or the other)."""
+    """:func:`refresh_users` over users and agents (an id is one or the other). ``cutoff``
+    applies to both: an agent's ``agent:<claim>`` keys carry their not-before like a
+    person's keys (client-credentials tokens of Entra ID and Okta carry ``iat``)."""
 
     def desired() -> Iterator[tuple[str, dict[str, str]]]:
         for identity_id in dict.fromkeys(ids):
             row = rs.find_user(conn, identity_id)
             if row is not None:
                 user = user_resource(row, base_url)
-                yield identity_id, entries_fn(user, rs.idp_groups_of_user(conn, identity_id))
-                continue
-            yield identity_id, agent_desired(conn, identity_id, agent_entries_fn) or {}
+                entries = entries_fn(user, rs.idp_groups_of_user(conn, identity_id))
+            else:
+                entries = agent_desired(conn, identity_id, agent_entries_fn) or {}
+            if cutoff and entries:
+                entries = _with_cutoffs(entries, outbox.cutoffs_of(conn, entries))
+            yield identity_id, entries
 
-    return outbox.log_user_entries(conn, desired())
+    return outbox.log_user_entries(conn, desired(), record_cutoffs=cutoff)
 
 
 def rebuild_all(
@@ -129,6 +152,8 @@ def rebuild_all(
     entries_fn: EntriesFn,
     batch: int = 2000,
     agent_entries_fn: AgentEntriesFn | None = None,
+    *,
+    cutoff: bool = False,
 ) -> list[outbox.MapChange]:
     """Recompute every user's entries (after a policy change); log only the differences.
 
@@ -140,14 +165,17 @@ def rebuild_all(
 
     def desired() -> Iterator[tuple[str, dict[str, str]]]:
         groups_by_user = rs.idp_groups_by_user(conn)
+        cutoffs = outbox.cutoffs_of(conn) if cutoff else {}
         for row in rs.all_users(conn):
-            yield row.id, entries_fn(user_resource(row, ""), groups_by_user.get(row.id, []))
+            entries = entries_fn(user_resource(row, ""), groups_by_user.get(row.id, []))
+            yield row.id, _with_cutoffs(entries, cutoffs) if cutoffs else entries
         # Then the agents, in id order (few, next to people: one read each is fine).
         agent_ids = [a.id for a in st_agents.all_agents(conn)]
         for agent_id in agent_ids:
-            yield agent_id, agent_desired(conn, agent_id, agent_entries_fn) or {}
+            entries = agent_desired(conn, agent_id, agent_entries_fn) or {}
+            yield agent_id, _with_cutoffs(entries, cutoffs) if cutoffs else entries
 
-    return outbox.rebuild_entries(conn, desired(), batch)
+    return outbox.rebuild_entries(conn, desired(), batch, record_cutoffs=cutoff)
 
 
 def apply_policy(db: Database, policy: Policy, secret: bytes, policy_file: Path) -> dict[str, str]:
@@ -156,7 +184,12 @@ def apply_policy(db: Database, policy: Policy, secret: bytes, policy_file: Path)
     desired map."""
     enforcement = PolicyEnforcement(policy, secret)
     with db.write() as conn:
-        changes = rebuild_all(conn, enforcement.entries, agent_entries_fn=enforcement.agent_entries)
+        changes = rebuild_all(
+            conn,
+            enforcement.entries,
+            agent_entries_fn=enforcement.agent_entries,
+            cutoff=enforcement.cutoff,
+        )
         if changes:
             audit.ensure_head(conn)
             digest = hashlib.sha256(policy_file.read_bytes()).hexdigest()

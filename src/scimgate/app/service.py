@@ -46,6 +46,9 @@ _MAX_ID_CHARS = 64
 class Enforcement(Protocol):
     """What the handler needs from the policy: entries per user, and which groups matter."""
 
+    #: token cut-off on: entries carry their key's last deprovisioning time
+    cutoff: bool
+
     def entries(self, user: dict[str, Any], idp_groups: list[dict[str, Any]]) -> dict[str, str]: ...
 
     def group_relevant(self, display_name: str | None, external_id: str | None) -> bool: ...
@@ -226,8 +229,14 @@ class ScimService:
         if self.enforcement is None or not user_ids:
             return []
         agent_entries = getattr(self.enforcement, "agent_entries", None)
-        return refresh_identities(conn, user_ids, self.enforcement.entries, agent_entries,
-                                  base_url)  # fmt: skip
+        return refresh_identities(
+            conn,
+            user_ids,
+            self.enforcement.entries,
+            agent_entries,
+            base_url,
+            cutoff=getattr(self.enforcement, "cutoff", False),
+        )
 
     def _refresh_group(
         self,

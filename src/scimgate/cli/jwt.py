@@ -98,3 +98,41 @@ def jwt_mint(
     except DemoJwtError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(jwt)
+
+
+@jwt_group.command("keys")
+@dir_option
+@config_option
+@click.option("--refresh", is_flag=True, help="Fetch the JWKS now (audited as jwt.keys).")
+def jwt_keys(directory: str | None, config: str | None, refresh: bool) -> None:
+    """The issuer's keys held for `identity.jwt.jwks` (DIR/keys/jwks), fetched first with
+    --refresh. `scimgate up` follows the JWKS itself; with an HAProxy you run yourself, run
+    this with --refresh, then `scimgate haproxy render` and reload HAProxy.
+
+    Exit status 1 when the policy uses no JWKS or the last fetch failed.
+
+    \b
+    Example:
+      $ scimgate jwt keys --dir ./demo --refresh
+      JWT KEYS (from https://example.okta.com/oauth2/default/v1/keys)
+      KID   ALG    SIZE       FIRST SEEN            AGE  STATE
+      k1    RS256  2048 bits  2026-12-03T13:02:11Z  2h   listed
+    """
+    from scimgate.cli.options import database_of
+    from scimgate.instance.haproxy_config import key_store
+    from scimgate.instance.jwks_follower import audit_rotation, key_table
+
+    settings = settings_of(directory, config)
+    store = key_store(settings, policy_or_exit(policy_file_of(settings)))
+    if store is None:
+        raise click.ClickException("the policy takes no keys from a JWKS (identity.jwt.jwks)")
+    if refresh:
+        state, rotation = store.refresh()
+        db = database_of(settings)
+        try:
+            audit_rotation(db, state, rotation, initial=False)
+        finally:
+            db.dispose()
+    for line in key_table(store):
+        click.echo(line)
+    raise SystemExit(1 if store.load().last_error else 0)

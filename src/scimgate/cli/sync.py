@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from scimgate.cli.options import config_option, database_of, dir_option, settings_of
+from scimgate.cli.options import (
+    config_option,
+    database_of,
+    dir_option,
+    settings_of,
+)
+from scimgate.config import Settings
+
+if TYPE_CHECKING:
+    from scimgate.instance.jwks_keys import KeyStore
 
 
 @click.command("status")
@@ -48,13 +57,25 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
         oldest = n["oldest_unapplied_deprovision"]
         n["alert"] = oldest is not None and oldest["age_seconds"] > threshold
         all_ok = all_ok and n["live"] and not n["alert"]
+    store = _key_store(settings)
     if as_json:
-        click.echo(json.dumps({"healthy": all_ok, "targets": rows, "nodes": fleet}, indent=2))
+        out: dict[str, object] = {"healthy": all_ok, "targets": rows, "nodes": fleet}
+        if store is not None:
+            from scimgate.instance.jwks_follower import key_rows
+
+            out["jwt_keys"] = key_rows(store)
+        click.echo(json.dumps(out, indent=2))
         sys.exit(0 if all_ok else 1)
     if rows:
         _print_targets(rows)
     if fleet:
         _print_nodes(fleet)
+    if store is not None:
+        from scimgate.instance.jwks_follower import key_table
+
+        click.echo("")
+        for key_line in key_table(store):
+            click.echo(key_line)
     sys.exit(0 if all_ok else 1)
 
 
@@ -112,6 +133,19 @@ def _print_nodes(fleet: list[dict[str, Any]]) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _key_store(settings: Settings) -> KeyStore | None:
+    """The instance's JWKS key store, when its policy takes keys from a JWKS."""
+    from scimgate.instance.haproxy_config import key_store
+    from scimgate.instance.layout import policy_path
+    from scimgate.policy.model import PolicyError, load_policy
+
+    try:
+        policy = load_policy(policy_path(settings))  # none (an HAProxy you run): no keys
+    except PolicyError:
+        return None
+    return key_store(settings, policy)
 
 
 @click.command("resync")

@@ -35,6 +35,11 @@ def mint_demo_jwt(
     jwt = policy.identity.jwt
     if policy.identity.source != "jwt" or jwt is None:
         raise DemoJwtError(f"the policy's identity source is {policy.identity.source!r}, not 'jwt'")
+    if jwt.algorithm is None:
+        raise DemoJwtError(
+            "the policy takes its keys from the issuer's JWKS (identity.jwt.jwks): tokens "
+            "come from that issuer, scimgate holds no signing key"
+        )
     try:
         seconds = int(tokens.parse_duration(ttl).total_seconds())
     except tokens.TokenError as exc:

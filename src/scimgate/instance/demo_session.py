@@ -97,6 +97,9 @@ class Stack:
         user = self.find("Users", "userName", user_name)
         if user is not None:
             self.scim_call("DELETE", f"/Users/{user['id']}")
+            # the demo policy's token cut-off refuses tokens issued (iat, whole seconds) in
+            # or before the second of a deprovisioning: the next token is minted after it
+            time.sleep(1.05 - time.time() % 1)
 
     def web_status(self, path: str, jwt: str) -> int:
         return http("GET", self.web + path, token=jwt)[0]
@@ -244,7 +247,12 @@ def agent_check(stack: Stack, directory: Path) -> list[tuple[str, int, int]]:
         stack.scim_call("PATCH", f"/Users/{owner_id}", DEACTIVATE_BODY)
         steps.append(("GET /api    (owner deactivated)", 403, stack.web_status("/api", jwt)))
         stack.scim_call("PATCH", f"/Users/{owner_id}", REACTIVATE_BODY)
-        steps.append(("GET /api    (owner back)", 200, stack.web_status("/api", jwt)))
+        # the token cut-off treats the suspended agent like a deprovisioned person: its token
+        # of before stays refused (401); one minted after the suspension's second works
+        steps.append(("GET /api    (owner back, old token)", 401, stack.web_status("/api", jwt)))
+        time.sleep(1.05 - time.time() % 1)
+        jwt = mint(directory, "--agent", CHECK_AGENT)
+        steps.append(("GET /api    (owner back, new token)", 200, stack.web_status("/api", jwt)))
     finally:
         if agent_id is not None:
             stack.scim_call("DELETE", f"/Agents/{agent_id}")

@@ -19,6 +19,7 @@ from typing import Literal
 from scimgate.config import ScimFront, Settings, TargetConfig, parse_bind
 from scimgate.haproxy.mapfile import write_map_file
 from scimgate.haproxy.process import binary_version, check_config
+from scimgate.instance.jwks_keys import KeyStore
 from scimgate.instance.layout import (
     TARGET_NAME,
     DemoError,
@@ -162,6 +163,7 @@ def render_instance(
         target_maps = target.map_dir if target and target.map_dir else str(layout.maps)
     secret_file = hmac_secret_path(settings)
     secret = load_or_create_secret(secret_file)
+    store = key_store(settings, policy)
     return render_config(
         policy,
         mode=mode,
@@ -176,6 +178,7 @@ def render_instance(
         strict_seconds=max(1, round(settings.strict_mode_seconds))
         if settings.strict_mode
         else None,
+        jwt_keys=store.pinned() if store is not None else (),
         hard_stop_after=settings.hard_stop_after,
         hmac_secret_source=str(secret_file),
     )
@@ -218,6 +221,14 @@ def target_socket(address: str, *, what: str, target: str) -> str:
     raise DemoError(
         f"target {target!r}: {what} {address!r} is neither unix:PATH nor tcp:LOOPBACK:PORT"
     )
+
+
+def key_store(settings: Settings, policy: Policy) -> KeyStore | None:
+    """The instance's JWKS key store (``DIR/keys/jwks``), when the policy uses one."""
+    jwt = policy.identity.jwt
+    if policy.identity.source != "jwt" or jwt is None or jwt.jwks is None:
+        return None
+    return KeyStore(Layout(settings.base_dir).keys / "jwks", jwt.jwks, jwt.issuer)
 
 
 def check_rendered(

@@ -25,11 +25,13 @@ from scimgate.instance.database import open_database
 from scimgate.instance.haproxy_config import (
     DEFAULT_BIND,
     choose_map_shards,
+    key_store,
     public_scim_url,
     render_instance,
     scim_ca_file,
     write_map_files,
 )
+from scimgate.instance.jwks_follower import KeyFollower, audit_rotation
 from scimgate.instance.layout import (
     TARGET_NAME,
     DemoError,
@@ -105,6 +107,14 @@ def prepare_haproxy(
     db = open_database(settings)
     try:
         entries = apply_policy(db, policy, secret, policy_file.resolve())
+        store = key_store(settings, policy)
+        if store is not None:
+            # the issuer's keys before the first config (a failed fetch keeps the keys of
+            # the last run; with none, every token is refused until a fetch succeeds)
+            state, rotation = store.refresh()
+            audit_rotation(db, state, rotation, initial=True)
+            if state.last_error:
+                print(f"warning: JWKS not fetched: {state.last_error}", flush=True)
     finally:
         db.dispose()
     write_map_files(layout.maps, entries, shards)
@@ -156,3 +166,32 @@ def start_demo_haproxy(
     )
     proc.start()  # stops what it started if it does not become ready
     return proc, info
+
+
+def start_key_follower(
+    settings: Settings, proc: HAProxyProcess, info: dict[str, Any]
+) -> KeyFollower | None:
+    """The JWKS follower of `up`'s HAProxy (None unless the policy takes keys from a JWKS):
+    on a key change it renders the config again, checks it with `haproxy -c`, replaces it
+    atomically and reloads HAProxy hitlessly through the master CLI."""
+    policy = load_policy(info["policy_file"])
+    store = key_store(settings, policy)
+    if store is None:
+        return None
+    layout = Layout(settings.base_dir.resolve())
+    bind = info["haproxy_url"].removeprefix("http://")
+
+    def apply() -> None:
+        text = render_instance(settings, policy, bind=bind, shards=info["map_shards"])
+        staged = layout.config.with_name(layout.config.name + ".next")
+        write_private(staged, text)
+        ok, output = check_config(staged, proc.binary)
+        if not ok:
+            staged.unlink()
+            raise DemoError(f"haproxy -c rejected the config with the new keys:\n{output}")
+        staged.replace(layout.config)
+        proc.reload()
+
+    follower = KeyFollower(store, open_database(settings), apply)
+    follower.start()
+    return follower

@@ -25,8 +25,9 @@ from scimgate.config import (
 )
 from scimgate.instance.database import open_database
 from scimgate.instance.demo_ws import demo_ws_address, running_echo
+from scimgate.instance.jwks_follower import KeyFollower
 from scimgate.instance.layout import DemoError, write_private
-from scimgate.instance.local_haproxy import start_demo_haproxy
+from scimgate.instance.local_haproxy import start_demo_haproxy, start_key_follower
 from scimgate.instance.serve import SERVE_ERRORS, run_server, unwind_on_signals
 from scimgate.policy.model import load_policy
 from scimgate.store.db import Database
@@ -151,6 +152,7 @@ def bring_up(
         "database_url": redact_url(settings.database_url),
     }
     haproxy = None
+    keys: KeyFollower | None = None
 
     def started(instance: Any) -> None:
         if instance.console_url is not None:
@@ -179,12 +181,16 @@ def bring_up(
             )
             info.update(extra)
             info["pids"]["haproxy"] = haproxy.pid
+            keys = start_key_follower(settings, haproxy, info)
             echo_address = demo_ws_address(load_policy(extra["policy_file"]))
             if echo_address is not None:
                 info["demo_ws_url"] = str(extra["haproxy_url"]).replace("http:", "ws:", 1) + "/ws"
         with running_echo(echo_address):
             run_server(settings, settings.host, settings.port, on_started=started)
     finally:
+        if keys is not None:
+            keys.stop()
+            keys.db.dispose()
         if haproxy is not None:
             haproxy.stop()
         stack = directory / "stack.json"

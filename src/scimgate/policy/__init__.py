@@ -2,14 +2,15 @@
 
 Does: parse and validate the YAML policy file (identity source, policy groups, routes) into
 typed models with ``file:line:column`` error locations; compile a SCIM user and its groups
-into identity-map entries (HMAC pseudonym key -> comma-wrapped policy group slugs); render
-the HAProxy configuration (full ``haproxy.cfg`` or a frontend fragment) that enforces the
-policy, including the live-session tracking rules and the test of which routes a map value
-still allows (``sessions``); mint demo JWTs.
+into identity-map entries (HMAC pseudonym key -> comma-wrapped policy group slugs, with the
+token cut-off's not-before); read a JWKS into per-kid PUBLIC KEY PEMs (``policy.jwks``);
+render the HAProxy configuration (full ``haproxy.cfg`` or a frontend fragment) that
+enforces the policy, including the live-session tracking rules and the test of which routes
+a map value still allows (``sessions``); mint demo JWTs.
 
 Does not: any I/O except ``load_policy`` reading the policy file and ``render_config``
-checking that the JWT public key file is a ``PUBLIC KEY`` PEM (``check_files=True``); it
-never talks to HAProxy, never writes map files and never touches the store.
+checking that the JWT public key file(s) are ``PUBLIC KEY`` PEMs (``check_files=True``); it
+never fetches a JWKS, talks to HAProxy, writes map or key files or touches the store.
 """
 
 from scimgate.policy.compiler import (

@@ -130,6 +130,11 @@ def _reachability_problem(
     return None
 
 
+def _scope_format_ambiguous(policy: Policy) -> bool:
+    jwt = policy.identity.jwt
+    return jwt is not None and jwt.scope_claim == "scp" and jwt.scope_claim_format is None
+
+
 def semantic_problems(
     policy: Policy, route_numbers: Sequence[int] | None = None
 ) -> list[tuple[Loc, str]]:
@@ -166,6 +171,16 @@ def semantic_problems(
         out += _agent_problems(where, route, policy)
         if route.require_scopes and policy.identity.source != "jwt":
             out.append(((*where, "require_scopes"), "require_scopes needs identity.source: jwt"))
+        elif route.require_scopes and _scope_format_ambiguous(policy):
+            out.append(
+                (
+                    (*where, "require_scopes"),
+                    "require_scopes with scope_claim 'scp' needs identity.jwt.scope_claim_format: "
+                    "Okta's access tokens carry 'scp' as a JSON array (array), Entra's as a "
+                    "space-separated string (string); read the wrong way, every scope is "
+                    "missing and every request 403",
+                )
+            )
         problem = _reachability_problem(i, route, policy, number)
         if problem is None and route.is_open:
             problem = _open_route_problem(route, policy, number)

@@ -159,9 +159,21 @@ OVERLAY_TOMBSTONE = "-"
 #: else ever becomes a key in HAProxy.
 IDENTITY_KEY_RE = re.compile(r"[0-9A-F]{64}")
 #: What an identities-map value looks like: the comma-wrapped policy-group slugs of
-#: :func:`policy_value` (``,`` for an active user in no policy group), or, in the overlay map
-#: only, :data:`OVERLAY_TOMBSTONE`. Checked with ``fullmatch`` before anything is sent.
-MAP_VALUE_RE = re.compile(r"-|,(?:[a-z0-9_-]+,)*")
+#: :func:`policy_value` (``,`` for an active user in no policy group), with the token cut-off's
+#: ``@<not-before>`` (:func:`with_not_before`), or, in the overlay map only,
+#: :data:`OVERLAY_TOMBSTONE`. Checked with ``fullmatch`` before anything is sent.
+MAP_VALUE_RE = re.compile(r"-|,(?:[a-z0-9_-]+,)*(?:@[0-9]{1,10})?")
+#: Separates a value's groups from the identity's not-before time (token cut-off).
+NOT_BEFORE_MARK = "@"
+
+
+def with_not_before(value: str, not_before: int | None) -> str:
+    """``,admins,@1764770000``: the identity's groups and the first second a token of it
+    may have been issued in (its last deprovisioning; token cut-off). HAProxy splits the
+    two with ``field(1,@)`` / ``field(2,@)`` and compares the second with the token's iat."""
+    if not_before is None:
+        return value
+    return f"{value}{NOT_BEFORE_MARK}{not_before}"
 
 
 def map_file_names(shards: int) -> list[str]:

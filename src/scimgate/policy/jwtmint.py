@@ -105,6 +105,7 @@ identity:
     claim: email
     scope_claim: scope
     leeway_seconds: 30
+    cutoff: true                     # tokens issued before a deprovisioning stay refused
   key_attributes: [userName, emails]
 
 groups:

@@ -26,6 +26,20 @@ from pydantic import (
 )
 
 from scimgate.policy.agents_model import AgentIdentity, AllowAgents, RateLimit
+from scimgate.policy.jwt_model import (
+    CLAIM_RE as CLAIM_RE,
+    FILE_PATH_RE as FILE_PATH_RE,
+    HMAC_ALGORITHMS as HMAC_ALGORITHMS,
+    HMAC_SECRET_RE as HMAC_SECRET_RE,
+    JWKS_ALGORITHMS as JWKS_ALGORITHMS,
+    RSA_EC_ALGORITHMS as RSA_EC_ALGORITHMS,
+    URLISH_RE as URLISH_RE,
+    JwksSource as JwksSource,
+    JwtSource as JwtSource,
+    JwtVerifiedCache as JwtVerifiedCache,
+    check_key_url as check_key_url,
+    is_loopback_host as is_loopback_host,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Errors
@@ -64,16 +78,12 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 HOST_RE = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}$")
 PATH_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~/-]{0,255}$")
 SCOPE_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
-CLAIM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-URLISH_RE = re.compile(r"^[A-Za-z0-9._~:/?&=+@%-]{1,512}$")
-FILE_PATH_RE = re.compile(r"^[A-Za-z0-9._/+-]{1,1024}$")
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 # headers scimgate sets for a backend: an X- name (never a standard header such as Host)
 UPSTREAM_HEADER_RE = re.compile(r"^X-[A-Za-z0-9]+(?:-[A-Za-z0-9]+){0,7}$")
 RETURN_TEXT_RE = re.compile(r"^[A-Za-z0-9 .,:;!?()_/+=@-]{0,256}$")
 BACKEND_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 SERVER_RE = re.compile(rf"^(?:{_LABEL}\.)*{_LABEL}:[0-9]{{1,5}}$")
-HMAC_SECRET_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{32,512}$")
 ENTERPRISE_ATTR_RE = re.compile(r"^urn:[A-Za-z0-9.:_-]+:[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 PLAIN_KEY_ATTRIBUTES = ("userName", "emails", "emails.primary", "externalId")
@@ -156,12 +166,6 @@ Network = Annotated[str, AfterValidator(_check_network)]
 UpstreamHeader = Annotated[str, _matching(UPSTREAM_HEADER_RE, "header name")]
 KeyAttribute = Annotated[str, AfterValidator(_check_key_attribute)]
 
-RSA_EC_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
-JwtAlgorithm = Literal[
-    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "HS256", "HS384", "HS512"
-]
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
@@ -169,42 +173,6 @@ class _Model(BaseModel):
 
 # ---------------------------------------------------------------------------------------------
 # Identity
-
-
-class JwtVerifiedCache(_Model):
-    """A cache of verified tokens: a stick table keyed by SHA-256 of the WHOLE bearer token.
-
-    An entry is created only after ``jwt_verify`` accepted those exact bytes, and a hit skips
-    only the signature check: alg/exp/nbf/iss/aud and the identity claim are still checked on
-    every request, so a cached token still expires at its ``exp``."""
-
-    enabled: bool = True
-    ttl_seconds: int = Field(default=300, ge=1, le=3600)
-    size: int = Field(default=1_000_000, ge=1, le=10_000_000)
-
-
-class JwtSource(_Model):
-    """Bearer JWT: signature checked by ``jwt_verify`` with a pinned algorithm; exp/nbf/iss/aud
-    checked in config (``jwt_verify`` checks only the signature)."""
-
-    algorithm: JwtAlgorithm
-    public_key: FilePath | None = None  # PUBLIC KEY PEM, for RS*/ES*
-    secret: Annotated[str, _matching(HMAC_SECRET_RE, "HMAC secret")] | None = None  # HS*
-    issuer: Annotated[str, _matching(URLISH_RE, "issuer")]
-    audience: Annotated[str, _matching(URLISH_RE, "audience")]
-    claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "email"
-    scope_claim: Annotated[str, _matching(CLAIM_RE, "claim name")] = "scope"
-    leeway_seconds: int = Field(default=30, ge=0, le=600)
-    verified_cache: JwtVerifiedCache = Field(default_factory=JwtVerifiedCache)
-
-    @model_validator(mode="after")
-    def _key_matches_algorithm(self) -> JwtSource:
-        if self.algorithm in HMAC_ALGORITHMS:
-            if self.secret is None or self.public_key is not None:
-                raise ValueError(f"{self.algorithm} needs 'secret' (and no 'public_key')")
-        elif self.public_key is None or self.secret is not None:
-            raise ValueError(f"{self.algorithm} needs 'public_key' (and no 'secret')")
-        return self
 
 
 class HeaderSource(_Model):

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from scimgate.policy.compiler import VALID_SHARD_COUNTS
+from scimgate.policy.jwks import PinnedKey
 from scimgate.policy.model import FILE_PATH_RE, Policy
 from scimgate.policy.render_agents import (
     RATE_SC,
@@ -57,6 +58,7 @@ from scimgate.policy.render_fleet import FLEET_HEARTBEAT_TABLE, heartbeat_table,
 from scimgate.policy.render_identity import (
     JWT_CACHE_SC,
     JWT_CACHE_TABLE,
+    cutoff_rules,
     forwarded_identity_rules,
     identity_rules,
     jwt_cache_table,
@@ -94,6 +96,7 @@ def _frontend_rules(
     check_files: bool,
     debug_headers: bool,
     strict_seconds: int | None = None,
+    jwt_keys: Sequence[PinnedKey] = (),
 ) -> list[str]:
     request_id = policy.identity_headers.request_id
     out: list[str] = [
@@ -109,10 +112,11 @@ def _frontend_rules(
         *open_route_rules(policy),
         *(strict_rules() if strict_seconds is not None else []),
         "",
-        *identity_rules(policy, check_files),
+        *identity_rules(policy, check_files, jwt_keys),
         "",
         *lookup_rules(map_dir, shards),
         *delegate_lookup_rules(policy, map_dir, shards),
+        *cutoff_rules(policy),  # after both lookups: splits the caller's and the delegate's
         *scope_rules(policy),
         *gated_route_rules(policy),
         *rate_limit_rules(policy),
@@ -170,6 +174,7 @@ def render_config(
     debug_headers: bool = False,
     scim_frontend: Sequence[str] = (),
     strict_seconds: int | None = None,
+    jwt_keys: Sequence[PinnedKey] = (),
     hard_stop_after: float | None = None,
     hmac_secret_source: str = "the instance's hmac.key",
 ) -> str:
@@ -184,9 +189,11 @@ def render_config(
     ``scim_frontend`` (top-level lines from ``render_scim.render_scim_front``) is appended to a
     full config; a fragment only notes where to get it. ``strict_seconds``: a fleet node in
     strict mode (``render_fleet``): identity-gated routes are denied once the agent's
-    heartbeat entry is that many seconds old. ``hard_stop_after`` (seconds) bounds
-    how long an old worker lives after a reload. A fragment never holds the secret itself
-    (it goes to stdout, into terminals and CI logs): it names ``hmac_secret_source``.
+    heartbeat entry is that many seconds old. ``jwt_keys``: the issuer's keys in JWKS mode
+    (``identity.jwt.jwks``; none renders a config that refuses every token).
+    ``hard_stop_after`` (seconds) bounds how long an old worker lives after a reload. A
+    fragment never holds the secret itself (it goes to stdout, into terminals and CI logs):
+    it names ``hmac_secret_source``.
     ``stats_socket`` is a unix socket path or ``ipv4@ADDRESS:PORT``.
     """
     require(
@@ -211,9 +218,14 @@ def render_config(
     )
 
     rules = _frontend_rules(
-        policy, map_dir=map_dir, shards=shards, check_files=check_files,
-        debug_headers=debug_headers, strict_seconds=strict_seconds,
-    )  # fmt: skip
+        policy,
+        map_dir=map_dir,
+        shards=shards,
+        check_files=check_files,
+        debug_headers=debug_headers,
+        strict_seconds=strict_seconds,
+        jwt_keys=jwt_keys,
+    )
     hmac_line = f"set-var {V_HMAC} str({hmac_secret_b64})"
     backends = _backends(policy)
     cache_table = jwt_cache_table(policy)

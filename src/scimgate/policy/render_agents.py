@@ -15,8 +15,8 @@ hold: the person through ``allow_groups``, the acting agent (its own entry, look
 any identity) through ``allow_agents``. A suspended or unknown agent denies the request.
 
 Rate limits: one stick table per limited route (its own backend), keyed by the pseudonym
-key (``txn.scimgate_key``: the agent's or the person's), tracked through stick counter sc1
-(sc2 is the verified-token cache's); over the limit -> 429, logged as
+key (``txn.scimgate_key``: the agent's or the person's), tracked through stick counter sc0
+(sc1 is the live-session table's, sc2 the verified-token cache's); over the limit -> 429, logged as
 ``decision=rate_limited``.
 """
 
@@ -40,7 +40,10 @@ V_AGENT = "txn.scimgate_agent"  # bool: the token is an agent's
 V_AGENT_CLAIM = "txn.scimgate_agent_claim"
 V_DELEGATE = "txn.scimgate_delegate"  # act.sub of a person's token
 V_DELEGATE_GROUPS = "txn.scimgate_delegate_groups"
-RATE_SC = 1
+# sc0: sc1 is the live-session table's (policy.sessions), sc2 the verified-token cache's; a
+# second track-sc1 on a rate-limited route would be a no-op and leave its sessions untracked
+# (sc0 in the SCIM frontend is another proxy's: no clash)
+RATE_SC = 0
 AGENT_ACL = "scimgate_agent_token"
 DELEGATED_ACL = "scimgate_delegated"
 
@@ -78,7 +81,14 @@ def agent_token_rules(policy: Policy, unless_cached: str) -> list[str]:
         out.append(
             f"http-request set-var({V_AGENT}) bool(1) if !{{ var(txn.scimgate_jwt_identity) -m found }}"
         )
-    if test.scope is not None:
+    if test.scope is not None and jwt.scope_claim_format == "array":
+        # Okta's client-credentials 'scp' is a JSON array: its first items, one by one
+        out += [
+            f"http-request set-var({V_AGENT}) bool(1) if {{ {bearer},"
+            f"jwt_payload_query('$.{jwt.scope_claim}[{i}]') -m str {test.scope} }}"
+            for i in range(jwt.scope_array_max_items)
+        ]
+    elif test.scope is not None:
         out += [
             f"http-request set-var-fmt(txn.scimgate_agent_scopes) \" %[{bearer},jwt_payload_query('$.{jwt.scope_claim}')] \"",
             f"http-request set-var({V_AGENT}) bool(1) "

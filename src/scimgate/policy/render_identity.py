@@ -43,13 +43,23 @@ Latin-1 byte 0xFC.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from scimgate.policy.compiler import OVERLAY_MAP_NAME, OVERLAY_TOMBSTONE, map_file_name
-from scimgate.policy.model import HMAC_ALGORITHMS, Policy
+from scimgate.policy.compiler import (
+    NOT_BEFORE_MARK,
+    OVERLAY_MAP_NAME,
+    OVERLAY_TOMBSTONE,
+    map_file_name,
+)
+from scimgate.policy.jwks import KID_RE, PinnedKey
+from scimgate.policy.model import FILE_PATH_RE, HMAC_ALGORITHMS, JWKS_ALGORITHMS, Policy
 from scimgate.policy.render_agents import (
+    DELEGATED_ACL,
+    V_DELEGATE_GROUPS,
     agent_string_claims,
     agent_token_rules,
+    agents_of,
     claims_ok_terms,
     identity_from_token,
 )
@@ -102,18 +112,72 @@ def _check_public_key(path: str) -> None:
     )
 
 
-def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
+def _signature_rules(
+    policy: Policy,
+    check_files: bool,
+    jwt_keys: Sequence[PinnedKey],
+    *,
+    cached: bool,
+    claims_ok: str,
+) -> tuple[list[str], str, list[str]]:
+    """(the ``scimgate_jwt_sig_ok`` rules, the alg-allow-list ACL pattern, head comments).
+
+    Static mode: one ``jwt_verify`` with the policy's algorithm and key. JWKS mode: the
+    token's ``kid`` selects one key, whose algorithm is pinned as a literal (the token's
+    ``alg`` must equal it, and is never passed to ``jwt_verify``); an unknown kid verifies
+    nothing, so it is refused. The verification runs only once every claim check passed."""
     jwt = policy.identity.jwt
     assert jwt is not None
-    alg = jwt.algorithm
-    if alg in HMAC_ALGORITHMS:
-        assert jwt.secret is not None
-        key = jwt.secret
-    else:
-        assert jwt.public_key is not None
-        key = resolved_file(policy, jwt.public_key, "JWT public key", check_files)
+    bearer = f"var({V_BEARER})"
+    if jwt.jwks is None:
+        alg = jwt.algorithm
+        assert alg is not None
+        if alg in HMAC_ALGORITHMS:
+            assert jwt.secret is not None
+            key = jwt.secret
+        else:
+            assert jwt.public_key is not None
+            key = resolved_file(policy, jwt.public_key, "JWT public key", check_files)
+            if check_files:
+                _check_public_key(key)
+        return (
+            [f'acl scimgate_jwt_sig_ok {bearer},jwt_verify("{alg}","{key}") -m int 1'],
+            alg,
+            [f"# identity: JWT bearer. The algorithm is pinned to the literal {alg} (never the"],
+        )
+    when = f"!scimgate_jwt_cached {claims_ok}" if cached else claims_ok
+    rules = [
+        "# the key is chosen by the token's kid; each key's algorithm is pinned (from the JWKS)",
+        f"http-request set-var(txn.scimgate_jwt_kid) {bearer},jwt_header_query('$.kid')"
+        + (" if !scimgate_jwt_cached" if cached else ""),
+    ]
+    if not jwt_keys:
+        rules.append("# no key fetched yet: every token is refused (401)")
+    for pinned in jwt_keys:
+        kid, pinned_alg, path = pinned.kid, pinned.alg, pinned.path
+        require(bool(KID_RE.fullmatch(kid)), f"unusable kid {kid!r}")
+        require(pinned_alg in JWKS_ALGORITHMS, f"unusable algorithm {pinned_alg!r}")
+        require(bool(FILE_PATH_RE.fullmatch(path)), f"unusable key path {path!r}")
         if check_files:
-            _check_public_key(key)
+            _check_public_key(path)
+        rules.append(
+            f'http-request set-var(txn.scimgate_jwt_sig) {bearer},jwt_verify("{pinned_alg}","{path}")'
+            f" if {when} {{ var(txn.scimgate_jwt_kid) -m str -- {kid} }}"
+            f" {{ var(txn.scimgate_jwt_alg) -m str {pinned_alg} }}"
+        )
+    rules.append("acl scimgate_jwt_sig_ok var(txn.scimgate_jwt_sig) -m int 1")
+    # no key: a pattern no signing algorithm has (an empty or "-" pattern is a config error)
+    algs = " ".join(sorted({k.alg for k in jwt_keys})) or "no-key-fetched"
+    return (
+        rules,
+        algs,
+        ["# identity: JWT bearer, keys from the issuer's JWKS. Each algorithm is pinned (never"],
+    )
+
+
+def jwt_rules(policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] = ()) -> list[str]:
+    jwt = policy.identity.jwt
+    assert jwt is not None
     leeway = jwt.leeway_seconds
     bearer = f"var({V_BEARER})"
     forwards_actor = policy.identity_headers.actor is not None and _has_gated_backend(policy)
@@ -127,8 +191,14 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
     # the claim is read on every request (a cache hit needs it too), and becomes the identity
     # only once the token is verified or cached
     identity = f"http-request set-var({V_IDENTITY}) var(txn.scimgate_jwt_identity)"
+    cached = jwt.verified_cache.enabled
+    # With the cache, the claims are decoded only on a miss (a hit re-checks exp, from the entry).
+    unless_cached = " if !scimgate_jwt_cached" if cached else ""
+    signature, algs, title = _signature_rules(
+        policy, check_files, jwt_keys, cached=cached, claims_ok=claims_ok
+    )
     head = [
-        f"# identity: JWT bearer. The algorithm is pinned to the literal {alg} (never the",
+        *title,
         "# token's own 'alg': alg-confusion); jwt_verify checks only the signature, so",
         f"# exp / nbf / iss / aud are checked here (leeway {leeway} s). Signature check runs last.",
         f"http-request set-var({V_BEARER}) http_auth_bearer",
@@ -139,9 +209,6 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         *deny(401, "ambiguous_credentials", "scimgate_auth_repeated", bearer=True),
         "http-request set-var(txn.scimgate_now) date",
     ]
-    cached = jwt.verified_cache.enabled
-    # With the cache, the claims are decoded only on a miss (a hit re-checks exp, from the entry).
-    unless_cached = " if !scimgate_jwt_cached" if cached else ""
     checks = [
         f"http-request set-var(txn.scimgate_jwt_alg) {bearer},jwt_header_query('$.alg'){unless_cached}",
         "# claim types, on the decoded payload text: jwt_payload_query reads a string exp as",
@@ -152,9 +219,17 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"http-request set-var(txn.scimgate_jwt_iss) {bearer},jwt_payload_query('$.iss'){unless_cached}",
         f"http-request set-var(txn.scimgate_jwt_aud) {bearer},jwt_payload_query('$.aud'){unless_cached}",
         f"http-request set-var(txn.scimgate_jwt_identity) {bearer},jwt_payload_query('$.{jwt.claim}')",
+        *(
+            # read on every request, cache hits too: the cut-off compares it after the lookup
+            [
+                f"http-request set-var(txn.scimgate_jwt_iat) {bearer},jwt_payload_query('$.iat','int')"
+            ]
+            if jwt.cutoff
+            else []
+        ),
         "acl scimgate_jwt_identity_ok var(txn.scimgate_jwt_identity) "
         f"-m reg '{PRINTABLE_TOKEN_REGEX}'",
-        f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {alg}",
+        f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {algs}",
         "acl scimgate_jwt_payload_ok var(txn.scimgate_jwt_payload) -m found",
         "acl scimgate_jwt_claim_types_bad var(txn.scimgate_jwt_payload) "
         f"-m reg '{claim_types_bad_regex([jwt.claim, *(['sub'] if forwards_actor else []), *agent_string_claims(policy)])}'",
@@ -163,7 +238,6 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"acl scimgate_jwt_nbf_bad var(txn.scimgate_jwt_nbf),sub(txn.scimgate_now) -m int gt {leeway}",
         f"acl scimgate_jwt_iss_ok var(txn.scimgate_jwt_iss) -m str '{jwt.issuer}'",
         f"acl scimgate_jwt_aud_ok var(txn.scimgate_jwt_aud) -m str '{jwt.audience}'",
-        f'acl scimgate_jwt_sig_ok {bearer},jwt_verify("{alg}","{key}") -m int 1',
     ]
     if forwards_actor:
         checks += [
@@ -176,7 +250,9 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
             f"if scimgate_jwt_has_act !scimgate_actor_ok{' !scimgate_jwt_cached' if cached else ''}",
             "acl scimgate_jwt_act_bad var(txn.scimgate_jwt_act_bad) -m bool",
         ]
+    # the agent rules define the principal ACL that claims_ok (in the signature rules) tests
     checks += agent_token_rules(policy, unless_cached)
+    checks += signature
     if not cached:
         return [
             *head,
@@ -250,11 +326,13 @@ def _mtls_rules(policy: Policy) -> list[str]:
     ]
 
 
-def identity_rules(policy: Policy, check_files: bool) -> list[str]:
+def identity_rules(
+    policy: Policy, check_files: bool, jwt_keys: Sequence[PinnedKey] = ()
+) -> list[str]:
     """Extract the identity; 401 unless it is one printable ASCII token."""
     source = policy.identity.source
     if source == "jwt":
-        out = jwt_rules(policy, check_files)
+        out = jwt_rules(policy, check_files, jwt_keys)
     elif source == "header":
         out = _header_rules(policy)
     else:
@@ -303,12 +381,100 @@ def lookup_rules(map_dir: str, shards: int) -> list[str]:
     ]
 
 
+def cutoff_rules(policy: Policy) -> list[str]:
+    """Token cut-off: the map value ``,groups,@<not-before>`` of an identity deprovisioned
+    before is split in two, and a token issued (iat) before that time, or without iat, is
+    refused (401: the client must fetch a new token). An agent's token (its ``agent:<claim>``
+    entry) is treated the same; a delegated token is also cut off by the acting agent's
+    not-before (``act.sub``'s entry): a token minted for the agent's earlier life stays out."""
+    jwt = policy.identity.jwt
+    if policy.identity.source != "jwt" or jwt is None or not jwt.cutoff:
+        return []
+    mark = NOT_BEFORE_MARK
+    has_mark = f"{{ var({V_GROUPS}) -m sub {mark} }}"
+    out = [
+        "",
+        "# --- scimgate: token cut-off (a token issued before the identity's last",
+        "# deprovisioning stays refused after a reprovisioning; a token without iat too) ---",
+        f"http-request set-var(txn.scimgate_not_before) var({V_GROUPS}),field(2,{mark}) if {has_mark}",
+        f"http-request set-var({V_GROUPS}) var({V_GROUPS}),field(1,{mark}) if {has_mark}",
+        "http-request set-var(txn.scimgate_iat_margin) var(txn.scimgate_jwt_iat),"
+        "sub(txn.scimgate_not_before) if { var(txn.scimgate_not_before) -m found } "
+        "{ var(txn.scimgate_jwt_iat) -m found }",
+        "acl scimgate_token_cut_off var(txn.scimgate_iat_margin) -m int lt 0",
+    ]
+    agents = agents_of(policy)
+    if agents is not None and agents.delegation:
+        acting = f"{DELEGATED_ACL} {{ var({V_DELEGATE_GROUPS}) -m sub {mark} }}"
+        out += [
+            "# the acting agent's own not-before (RFC 8693 act.sub), against the same iat",
+            "http-request set-var(txn.scimgate_delegate_not_before) "
+            f"var({V_DELEGATE_GROUPS}),field(2,{mark}) if {acting}",
+            f"http-request set-var({V_DELEGATE_GROUPS}) var({V_DELEGATE_GROUPS}),field(1,{mark}) "
+            f"if {acting}",
+            "http-request set-var(txn.scimgate_delegate_iat_margin) var(txn.scimgate_jwt_iat),"
+            "sub(txn.scimgate_delegate_not_before) "
+            "if { var(txn.scimgate_delegate_not_before) -m found } "
+            "{ var(txn.scimgate_jwt_iat) -m found }",
+            "acl scimgate_token_cut_off var(txn.scimgate_delegate_iat_margin) -m int lt 0",
+        ]
+    return [
+        *out,
+        "acl scimgate_jwt_has_iat var(txn.scimgate_jwt_iat) -m found",
+        *deny(
+            401,
+            "token_cut_off",
+            "!scimgate_jwt_has_iat || scimgate_token_cut_off",
+            bearer=True,
+        ),
+    ]
+
+
+def required_scopes(policy: Policy) -> list[str]:
+    """Every scope some route requires, sorted (their index names their ACL)."""
+    return sorted({s for r in policy.routes for s in r.require_scopes})
+
+
+def scope_held(policy: Policy, scope: str) -> str:
+    """The condition "the token holds ``scope``" for a route's deny rule."""
+    jwt = policy.identity.jwt
+    assert jwt is not None
+    if jwt.scope_claim_format == "array":
+        return f"scimgate_scope_held_{required_scopes(policy).index(scope)}"
+    return f"{{ var({V_SCOPES}) -m sub ' {scope} ' }}"
+
+
+def _array_scope_rules(policy: Policy) -> list[str]:
+    jwt = policy.identity.jwt
+    assert jwt is not None
+    claim, items = jwt.scope_claim, jwt.scope_array_max_items
+    out = [
+        "",
+        f"# --- scimgate: scopes ('{claim}' claim, a JSON array as Okta sends it): HAProxy 2.6",
+        f"# reads no array whole, but each item by index ('$.{claim}[0]'; 3.0 too): the first",
+        f"# {items} items are read, and a scope is held when one of them is exactly it ---",
+    ]
+    out += [
+        f"http-request set-var(txn.scimgate_scp_{i}) var({V_BEARER}),"
+        f"jwt_payload_query('$.{claim}[{i}]')"
+        for i in range(items)
+    ]
+    for k, scope in enumerate(required_scopes(policy)):
+        out += [
+            f"acl scimgate_scope_held_{k} var(txn.scimgate_scp_{i}) -m str {scope}"
+            for i in range(items)
+        ]
+    return out
+
+
 def scope_rules(policy: Policy) -> list[str]:
     """The scope claim, space-wrapped for whole-word matching (only when a route needs it)."""
     if not any(r.require_scopes for r in policy.routes):
         return []
     jwt = policy.identity.jwt
     assert jwt is not None
+    if jwt.scope_claim_format == "array":
+        return _array_scope_rules(policy)
     return [
         "",
         f"# --- scimgate: scopes ('{jwt.scope_claim}' claim, space-separated), space-wrapped for whole-word matching ---",

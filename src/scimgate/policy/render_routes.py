@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from scimgate.policy.model import ANY_GROUP, Policy, Route
 from scimgate.policy.render_agents import person_condition, route_agent_rules
-from scimgate.policy.render_base import V_DECISION, V_GROUPS, V_ROUTE, V_SCOPES, acl_name, deny
+from scimgate.policy.render_base import V_DECISION, V_GROUPS, V_ROUTE, acl_name, deny
+from scimgate.policy.render_identity import scope_held
 
 # Refused (400) anywhere in the query-less path (matched case-insensitively):
 _AMBIGUOUS_PATH_PARTS = (
@@ -204,11 +205,7 @@ def gated_route_rules(policy: Policy) -> list[str]:
             out += deny(403, "group_denied", f"{is_route}{people} {lacking}")
         out += route_agent_rules(policy, route)
         for scope in route.require_scopes:
-            out += deny(
-                403,
-                "scope_missing",
-                f"{is_route} !{{ var({V_SCOPES}) -m sub ' {scope} ' }}",
-            )
+            out += deny(403, "scope_missing", f"{is_route} !{scope_held(policy, scope)}")
     return out
 
 

@@ -9,6 +9,7 @@ Does not: decide what a user's entries are (``app.enforcement`` with the policy 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Connection
 from scimgate.store import tables
 from scimgate.store.db import Database, Sql, log_committed, now_iso
 
-E, C = tables.map_entries, tables.change_log
+E, C, CUT = tables.map_entries, tables.change_log, tables.identity_cutoffs
 
 # The per-write path (one user's few keys, inside every SCIM write) as plain statements:
 # building and compiling the Core constructs cost more CPU than the database spends on them.
@@ -46,7 +47,8 @@ class MapChange:
 
 
 def _slugs(value: str | None) -> set[str]:
-    return {s for s in (value or "").split(",") if s}
+    # a value may end with "@<not-before>" (token cut-off, a CLI-safe mark); it holds no group
+    return {s for s in (value or "").split("@")[0].split(",") if s}
 
 
 def is_deprovision(old: str | None, new: str | None) -> bool:
@@ -57,11 +59,15 @@ def is_deprovision(old: str | None, new: str | None) -> bool:
 
 
 def log_user_entries(
-    conn: Connection, desired_by_user: Iterable[tuple[str, dict[str, str]]]
+    conn: Connection,
+    desired_by_user: Iterable[tuple[str, dict[str, str]]],
+    *,
+    record_cutoffs: bool = False,
 ) -> list[MapChange]:
     """Store each user's desired entries (computed by the caller: ``app.enforcement``) and
-    log every key that changed, in order. A user gone from the store has ``{}``."""
-    diff = _EntryDiff(_StoredOwners(conn))
+    log every key that changed, in order. A user gone from the store has ``{}``.
+    ``record_cutoffs``: note when each removed key was deprovisioned (:func:`cutoffs_of`)."""
+    diff = _EntryDiff(_StoredOwners(conn), record_cutoffs)
     for user_id, desired in desired_by_user:
         current = {k: v for k, v in _ENTRIES_OF_USER.run(conn, (user_id,))}
         diff.refresh(user_id, current, desired)
@@ -89,7 +95,11 @@ class _StoredOwners:
 
 
 def rebuild_entries(
-    conn: Connection, desired_by_user: Iterable[tuple[str, dict[str, str]]], batch: int = 2000
+    conn: Connection,
+    desired_by_user: Iterable[tuple[str, dict[str, str]]],
+    batch: int = 2000,
+    *,
+    record_cutoffs: bool = False,
 ) -> list[MapChange]:
     """Replace every map entry by the desired ones (after a policy change); log only the
     differences.
@@ -105,7 +115,7 @@ def rebuild_entries(
     for key, value, user_id in conn.execute(sa.select(E.c.identity_key, E.c.value, E.c.user_id)):
         current_by_user.setdefault(user_id, {})[key] = value
         owner[key] = user_id
-    diff = _EntryDiff(owner)
+    diff = _EntryDiff(owner, record_cutoffs)
     for user_id, desired in desired_by_user:
         diff.refresh(user_id, current_by_user.pop(user_id, {}), desired)
     for user_id in sorted(current_by_user):  # entries whose user no longer exists
@@ -117,8 +127,9 @@ class _EntryDiff:
     """The per-user diff rules, against an owner table (in memory for rebuild_all, the
     store for refresh_users): the changes in order, and the row writes that produce them."""
 
-    def __init__(self, owner: dict[str, str] | _StoredOwners) -> None:
+    def __init__(self, owner: dict[str, str] | _StoredOwners, record_cutoffs: bool) -> None:
         self.owner = owner
+        self.record_cutoffs = record_cutoffs
         self.changes: list[dict[str, Any]] = []
         self.deletes: list[str] = []
         self.inserts: list[dict[str, Any]] = []
@@ -162,6 +173,8 @@ class _EntryDiff:
         # a key its user keeps, so it is neither deleted nor inserted here.
         for i in range(0, len(self.deletes), batch):
             conn.execute(E.delete().where(E.c.identity_key.in_(self.deletes[i : i + batch])))
+        if self.record_cutoffs and self.deletes:
+            _record_cutoffs(conn, self.deletes, batch)
         for i in range(0, len(self.inserts), batch):
             conn.execute(E.insert(), self.inserts[i : i + batch])
         update = (
@@ -190,6 +203,8 @@ class _EntryDiff:
         the seqs follow it)."""
         for key in self.deletes:
             _DELETE_KEY.run(conn, (key,))
+        if self.record_cutoffs and self.deletes:
+            _record_cutoffs(conn, self.deletes, len(self.deletes))
         for row in self.inserts:
             _INSERT_KEY.run(conn, (row["identity_key"], row["value"], row["user_id"]))
         for row in self.updates:
@@ -208,6 +223,26 @@ class _EntryDiff:
             )
         log_committed(conn, out)  # the sync engine wakes once the transaction commits
         return out
+
+
+def _record_cutoffs(conn: Connection, keys: list[str], batch: int) -> None:
+    # the first whole second after now: a token issued in this very second is refused too
+    not_before = int(time.time()) + 1
+    for i in range(0, len(keys), batch):
+        part = keys[i : i + batch]
+        conn.execute(CUT.delete().where(CUT.c.identity_key.in_(part)))
+        conn.execute(CUT.insert(), [{"identity_key": k, "not_before": not_before} for k in part])
+
+
+def cutoffs_of(conn: Connection, keys: Iterable[str] | None = None) -> dict[str, int]:
+    """identity key -> the not-before time of its last deprovisioning (every key: None)."""
+    q = sa.select(CUT.c.identity_key, CUT.c.not_before)
+    if keys is not None:
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        q = q.where(CUT.c.identity_key.in_(wanted))
+    return {k: int(v) for k, v in conn.execute(q)}
 
 
 def desired_entries(conn: Connection) -> dict[str, str]:

@@ -147,6 +147,15 @@ map_entries = Table(
     Column("user_id", String(36), nullable=False, index=True),
 )
 
+# Token cut-off (policy identity.jwt.cutoff): per identity key, the first second after its
+# last deprovisioning; tokens issued (iat) before it stay refused after a reprovisioning.
+identity_cutoffs = Table(
+    "identity_cutoffs",
+    metadata,
+    Column("identity_key", String(64), primary_key=True),
+    Column("not_before", BigInteger, nullable=False),
+)
+
 # The outbox: one row per changed key, in commit order. value NULL means "delete".
 change_log = Table(
     "change_log",
