@@ -19,7 +19,12 @@ BIN="$DEST/haproxy"
 log() { echo "build-haproxy-3.0: $*" >&2; }
 
 cached_ok() {
-  [ -x "$BIN" ] && "$BIN" -v 2>/dev/null | head -n1 | grep -q "version $VERSION"
+  # Read the whole output first: with pipefail, `haproxy -v | head -n1 | grep -q` fails
+  # whenever head or grep exits before haproxy finished writing (SIGPIPE), a race CI lost.
+  local said
+  [ -x "$BIN" ] || return 1
+  said="$("$BIN" -v 2>/dev/null)" || return 1
+  [[ "$said" == *"HAProxy version $VERSION"* ]]
 }
 
 if cached_ok; then
