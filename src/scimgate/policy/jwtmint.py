@@ -83,21 +83,21 @@ def demo_policy_yaml(
 identity:
   source: jwt
   jwt:
-    algorithm: RS256
-    public_key: {public_key}
+    algorithm: RS256                 # pinned literal: the token's own `alg` is never trusted
+    public_key: {public_key}     # a PUBLIC KEY PEM (a certificate PEM fails silently on 2.6)
     issuer: {issuer}
     audience: {audience}
-    claim: email
-    scope_claim: scope
+    claim: email                     # the claim whose value is the identity
+    scope_claim: scope               # space-separated string claim
     leeway_seconds: 30
-  key_attributes: [userName, emails]
+  key_attributes: [userName, emails] # SCIM attributes that produce identity keys
 
-groups:
+groups:                              # policy group slug -> IdP groups (displayName or externalId)
   admins: {{idp_groups: ["Admins"]}}
   engineering: {{idp_groups: ["Engineering"]}}
 
-routes:
-  - name: health
+routes:                              # first match wins; no match = 403
+  - name: health                     # open: no identity asked (load balancers, probes)
     from: {{hosts: ["*"], path_prefix: /healthz}}
     public: true
     to: {{return: "ok"}}
@@ -111,7 +111,7 @@ routes:
     to: {{return: "engineering area"}}
   - name: home
     from: {{hosts: ["*"], path_prefix: /}}
-    allow_groups: [any]
+    allow_groups: [any]              # any active user
     to: {{return: "hello, active user"}}
 
 default: deny
