@@ -51,7 +51,9 @@ def test_every_shell_block_runs_or_says_why_not() -> None:
                 problems.append(f"{block.where}: shell block without a `$ ` command")
             for command in commands:
                 if "…" in command.text:
-                    problems.append(f"{doc.path.name}:{command.line}: elided command {command.text!r}")
+                    problems.append(
+                        f"{doc.path.name}:{command.line}: elided command {command.text!r}"
+                    )
     assert not problems, "\n".join(problems)
     assert run > 0 and skipped >= 0
 

@@ -4,6 +4,7 @@ them). Stopped by its process group id, and any `scimgate up` it started by stac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -41,7 +42,9 @@ class DocShell:
         while marker not in buffer:
             left = deadline - time.monotonic()
             if left <= 0 or self._proc.poll() is not None:
-                raise AssertionError(f"command did not finish in {timeout} s: {command}\n{buffer!r}")
+                raise AssertionError(
+                    f"command did not finish in {timeout} s: {command}\n{buffer!r}"
+                )
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
                 chunk = os.read(fd, 65536)
@@ -67,10 +70,8 @@ class DocShell:
         for cfg in self.workdir.rglob("haproxy.cfg"):
             for pid in haproxy_pids_for(cfg.parent.parent):
                 os.kill(pid, signal.SIGKILL)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._proc.wait(10)
 
 
