@@ -150,6 +150,7 @@ _NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b[0-9a-f]{32}\b"), "<HEX32>"),
     (re.compile(r"\d+\.\d+(?:e[+-]?\d+)?"), "<NUM>"),
     (re.compile(r'"(pid|scimgate|haproxy)": \d+'), r'"\1": <PID>'),
+    (re.compile(r"\(pid \d+\)"), "(pid <PID>)"),
     (re.compile(r"[ \t]+"), " "),
 )
 

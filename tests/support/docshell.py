@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import select
 import signal
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 from tests.support.up import haproxy_pids_for, pid_alive
+
+_JOB_NOTICE = re.compile(r"^bash: line \d+: +\d+ (?:Killed|Terminated)\s.*\n?", re.MULTILINE)
 
 
 class DocShell:
@@ -54,7 +57,10 @@ class DocShell:
         head, _, tail = buffer.partition(marker)
         while not tail.endswith(b"\n"):
             tail += os.read(fd, 64)
-        return head.decode(errors="replace"), int(tail.split()[0])
+        # bash's notice about a background job (the page's `up … &`) that a signal ended:
+        # the shell's, not the command's output (an interactive shell prints `[1]+ Killed`)
+        output = _JOB_NOTICE.sub("", head.decode(errors="replace"))
+        return output, int(tail.split()[0])
 
     def close(self) -> None:
         for stack in self.workdir.rglob("stack.json"):
