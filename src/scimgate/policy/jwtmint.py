@@ -92,11 +92,13 @@ identity:
     leeway_seconds: 30
   key_attributes: [userName, emails] # SCIM attributes that produce identity keys
 
-groups:                              # policy group slug -> IdP groups (displayName or externalId)
+# policy group slug -> IdP groups (displayName or externalId)
+groups:
   admins: {{idp_groups: ["Admins"]}}
   engineering: {{idp_groups: ["Engineering"]}}
 
-routes:                              # first match wins; no match = 403
+# first match wins; no match = 403
+routes:
   - name: health                     # open: no identity asked (load balancers, probes)
     from: {{hosts: ["*"], path_prefix: /healthz}}
     public: true
