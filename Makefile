@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-sqlite lint typecheck bench bench-quick system-deps venv clean
 
 # System packages the product and its tests need (Debian 12): HAProxy, PostgreSQL, wrk, and
-# Apache with mod_auth_openidc (the OIDC login front of docs/browser-sso.md, run by the tests).
+# Apache with mod_auth_openidc (the OIDC login front of docs/browser-sso.md, run by the tests), and
+# chromium for the admin console's browser tests (driven by Playwright; never `playwright install`).
 system-deps:
 	@need=""; \
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need="$$need haproxy"; \
@@ -21,6 +22,7 @@ system-deps:
 	command -v sqlite3 >/dev/null || need="$$need sqlite3"; \
 	[ -x /usr/sbin/apache2 ] || need="$$need apache2"; \
 	[ -f /usr/lib/apache2/modules/mod_auth_openidc.so ] || need="$$need libapache2-mod-auth-openidc"; \
+	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

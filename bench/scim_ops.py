@@ -163,6 +163,7 @@ def measure(srv: Server, reqs: list[Req], conc: int, limit: float) -> dict[str, 
         server_cpu=srv.cpu,
         extra_cpu=srv.extra_cpu,
         warm_path=f"{srv.prefix}/ServiceProviderConfig",
+        probes=srv.probes(),
     )
     out = res.summary()
     if out["ok"] == 0 or out["errors"] > max(2, 0.02 * out["ops"]):
@@ -202,6 +203,7 @@ def bench_server(srv: Server, sizes: dict[str, Any], tag: str) -> dict[str, Any]
             extra_cpu=srv.extra_cpu,
             bodies=bodies,
             warm_path=f"{p}/ServiceProviderConfig",
+            probes=srv.probes(),
         ).summary()
         if r["ok"] == 0 or r["errors"] > max(2, 0.02 * r["ops"]):
             raise HarnessError(f"{srv.name} create: {r['error_samples']}")
@@ -282,43 +284,154 @@ def bench_server(srv: Server, sizes: dict[str, Any], tag: str) -> dict[str, Any]
     return out
 
 
-def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from bench.common import start_postgres, stop_postgres
+# Row names. "up" rows are the product as deployed (`scimgate up`: one HAProxy target kept in
+# sync, read-your-writes, audit); the plain names are `scimgate serve` with no target, kept as
+# the reference the earlier rounds measured.
+UP_SQLITE, UP_PG = "scimgate-up-sqlite", "scimgate-up-postgresql"
+SERVE_SQLITE, SERVE_PG = "scimgate-sqlite", "scimgate-postgresql"
 
-    results: dict[str, Any] = {"sizes": sizes, "servers": {}}
-    # Peer first, then scimgate on SQLite and on PostgreSQL: one server at a time.
-    d = Path(tempfile.mkdtemp(prefix="peer-", dir=workdir))
-    srv = start_peer(d)
+
+def _one(results: dict[str, Any], srv: Server, sizes: dict[str, Any], tag: str) -> None:
     try:
-        results["servers"]["scim2-server"] = bench_server(srv, sizes, "p")
+        results["servers"][srv.name] = bench_server(srv, sizes, tag)
     finally:
         srv.stop()
+
+
+def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from bench.common import start_postgres, start_up, stop_postgres
+
+    results: dict[str, Any] = {"sizes": sizes, "servers": {}, "deployed": {}}
+    # One server at a time, alternating the peer's neighbours: peer, as deployed, reference.
+    d = Path(tempfile.mkdtemp(prefix="peer-", dir=workdir))
+    _one(results, start_peer(d), sizes, "p")
     from scimgate.config import default_sqlite_url
 
     backends = sizes.get("backends", ["sqlite", "postgresql"])
+    deployed = sizes.get("deployed", backends)
+    if "sqlite" in deployed:
+        d = Path(tempfile.mkdtemp(prefix="up-sqlite-", dir=workdir))
+        srv, info = start_up(d, UP_SQLITE)
+        results["deployed"][UP_SQLITE] = _stack_facts(info, d / "up")
+        _one(results, srv, sizes, "u")
     if "sqlite" in backends:
         d = Path(tempfile.mkdtemp(prefix="sg-sqlite-", dir=workdir))
-        srv = start_scimgate(d, default_sqlite_url(d), "scimgate-sqlite")
-        try:
-            results["servers"]["scimgate-sqlite"] = bench_server(srv, sizes, "s")
-        finally:
-            srv.stop()
-    if "postgresql" in backends:
+        _one(results, start_scimgate(d, default_sqlite_url(d), SERVE_SQLITE), sizes, "s")
+    if "postgresql" in backends or "postgresql" in deployed:
         pg = start_postgres()
         try:
             assert pg.proc is not None
-            d = Path(tempfile.mkdtemp(prefix="sg-pg-", dir=workdir))
-            srv = start_scimgate(
-                d, pg.create_database(), "scimgate-postgresql", extra_pids=[pg.proc.pid]
-            )
-            try:
-                results["servers"]["scimgate-postgresql"] = bench_server(srv, sizes, "g")
-            finally:
-                srv.stop()
+            if "postgresql" in deployed:
+                d = Path(tempfile.mkdtemp(prefix="up-pg-", dir=workdir))
+                srv, info = start_up(
+                    d, UP_PG, database_url=pg.create_database(), extra_pids=[pg.proc.pid]
+                )
+                results["deployed"][UP_PG] = _stack_facts(info, d / "up")
+                _one(results, srv, sizes, "v")
+            if "postgresql" in backends:
+                d = Path(tempfile.mkdtemp(prefix="sg-pg-", dir=workdir))
+                srv = start_scimgate(d, pg.create_database(), SERVE_PG, extra_pids=[pg.proc.pid])
+                _one(results, srv, sizes, "g")
         finally:
             stop_postgres(pg)
     results["ratios"] = ratios(results["servers"])
+    if sizes.get("spread_rounds") and "sqlite" in deployed:
+        results["spread"] = spread(sizes, workdir)
     return results
+
+
+SPREAD_OPS = ("create", "lookup", "deactivate")
+
+
+def _three(srv: Server, n: int, tag: str, conc: int, limit: float) -> dict[str, Any]:
+    """create, lookup, deactivate of ``n`` fresh users on one server (one round)."""
+    p = srv.prefix
+    names = [f"{tag}{i:05d}.spread" for i in range(n)]
+    bodies: list[bytes | None] = [None] * n
+    r = run_load(
+        srv.host, srv.port, srv.headers(),
+        [Req("POST", f"{p}/Users", user_body(nm), (201,)) for nm in names], conc,
+        time_limit=limit, server_cpu=srv.cpu, extra_cpu=srv.extra_cpu, bodies=bodies,
+        warm_path=f"{p}/ServiceProviderConfig", probes=srv.probes(),
+    ).summary()  # fmt: skip
+    if r["ok"] == 0 or r["errors"] > max(2, 0.02 * r["ops"]):
+        raise HarnessError(f"{srv.name} create: {r['error_samples']}")
+    ids = [json.loads(b)["id"] for b in bodies if b]
+    eq = [Req("GET", f"{p}/Users?filter=" + q(f'userName eq "{nm}@example.com"')) for nm in names]
+    off = patch([{"op": "replace", "path": "active", "value": False}])
+    return {
+        "create": r,
+        "lookup": measure(srv, eq, conc, limit),
+        "deactivate": measure(
+            srv, [Req("PATCH", f"{p}/Users/{i}", off, (200, 204)) for i in ids], conc, limit
+        ),
+    }
+
+
+def spread(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """The SQLite target ratios again, in alternating rounds with both servers running (peer
+    then product, product then peer, ...), so that the shared machine's drift shows as a
+    spread instead of hiding in one number. Each round uses fresh users."""
+    from bench.common import start_up
+
+    rounds, n, conc = sizes["spread_rounds"], sizes["spread_ops"], 8
+    limit = sizes["time_limit"]
+    peer = start_peer(Path(tempfile.mkdtemp(prefix="spread-peer-", dir=workdir)))
+    try:
+        up, _ = start_up(Path(tempfile.mkdtemp(prefix="spread-up-", dir=workdir)), UP_SQLITE)
+        try:
+            runs: list[dict[str, Any]] = []
+            for k in range(rounds):
+                order = [(peer, "p"), (up, "u")] if k % 2 == 0 else [(up, "u"), (peer, "p")]
+                got = {srv.name: _three(srv, n, f"r{k}{t}", conc, limit) for srv, t in order}
+                runs.append(got)
+                log(
+                    f"  spread round {k + 1}/{rounds}: "
+                    + ", ".join(
+                        f"{op} {got[UP_SQLITE][op]['total_server_cpu_ms_per_op']}/"
+                        f"{got['scim2-server'][op]['total_server_cpu_ms_per_op']} ms"
+                        for op in SPREAD_OPS
+                    )
+                )
+        finally:
+            up.stop()
+    finally:
+        peer.stop()
+    out: dict[str, Any] = {"rounds": rounds, "ops_per_round": n, "concurrency": conc, "ops": {}}
+    for op in SPREAD_OPS:
+        mine = [r[UP_SQLITE][op] for r in runs]
+        theirs = [r["scim2-server"][op] for r in runs]
+        out["ops"][op] = {
+            "ratio_cpu": [
+                round(a["total_server_cpu_ms_per_op"] / b["total_server_cpu_ms_per_op"], 3)
+                for a, b in zip(mine, theirs, strict=True)
+                if a["total_server_cpu_ms_per_op"] and b["total_server_cpu_ms_per_op"]
+            ],
+            "up_cpu_ms": [a["total_server_cpu_ms_per_op"] for a in mine],
+            "up_sync_cpu_ms": [a.get("sync_cpu_ms_per_op") for a in mine],
+            "up_api_cpu_ms": [a.get("api_cpu_ms_per_op") for a in mine],
+            "peer_cpu_ms": [b["total_server_cpu_ms_per_op"] for b in theirs],
+            "up_ops_per_s": [a["ops_per_s"] for a in mine],
+            "peer_ops_per_s": [b["ops_per_s"] for b in theirs],
+        }
+    return out
+
+
+def _stack_facts(info: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """What `scimgate up` started (its stack.json and the scimgate.yaml it wrote), recorded
+    next to the numbers so that the report shows the configuration that was measured."""
+    from scimgate.config import load_settings
+
+    st = load_settings(directory=directory)
+    return {
+        "processes": sorted(info.get("pids", {})),
+        "haproxy_url": info.get("haproxy_url"),
+        "database": st.database_url.split(":", 1)[0],
+        "read_your_writes": st.read_your_writes,
+        "sqlite_synchronous": st.sqlite_synchronous,
+        "log_level": st.log_level,
+        "targets_in_yaml": len(st.targets),
+    }
 
 
 METRICS = [

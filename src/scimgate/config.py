@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 CONFIG_NAME = "scimgate.yaml"
+SQLITE_NAME = "scimgate.db"  # the default database, in the instance directory
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 
 
@@ -36,6 +38,9 @@ class TargetConfig:
     runtime_api: str  # "unix:/path/admin.sock" or "tcp:127.0.0.1:9999"
     master_api: str | None = None  # master CLI, to detect reloads/restarts
     map_dir: str | None = None  # where this target loads its map files from
+    # The enforcing frontend's listen address (ip:port) in the config `haproxy render`
+    # makes for this target; `up --haproxy-port` records it for the local one.
+    bind: str | None = None
 
 
 @dataclass
@@ -106,6 +111,10 @@ class Settings:
     auth_failure_limit: int = 60
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
+    # How long an old HAProxy worker may live after a reload (seconds; the rendered
+    # `hard-stop-after`): it keeps the maps it had, so a connection it still serves (a
+    # WebSocket, a long download) would escape every later deprovision. docs/production.md.
+    hard_stop_after: float = 60.0
     # The direct port (host:port) and HAProxy's way in: a unix socket, where forwarded
     # headers are trusted because only HAProxy (this user and group) can open it.
     unix_socket: Path | None = None
@@ -114,6 +123,12 @@ class Settings:
     client_body_timeout: float = 30.0  # the body, once the headers are in
     max_connections: int = 1000  # open connections on the direct port
     scim_front: ScimFront | None = None
+    # The admin console (docs/console.md): its own listener, ADDRESS:PORT (port 0: any free
+    # port, reported in stack.json); None: no console. Loopback unless you put it behind
+    # a TLS proxy listed in trusted_proxies.
+    console_bind: str | None = None
+    console_session_seconds: float = 28800.0  # a session ends 8 h after sign-in ...
+    console_idle_seconds: float = 1800.0  # ... or 30 min after its last request
 
     @property
     def config_path(self) -> Path:
@@ -137,6 +152,7 @@ class Settings:
             "bulk_max_payload_bytes": self.bulk_max_payload_bytes,
             "sqlite_synchronous": self.sqlite_synchronous,
             "log_level": self.log_level,
+            "hard_stop_after": self.hard_stop_after,
             "unix_socket": relative_path(self.base_dir, self.unix_socket)
             if self.unix_socket
             else None,
@@ -144,6 +160,9 @@ class Settings:
             "client_header_timeout": self.client_header_timeout,
             "client_body_timeout": self.client_body_timeout,
             "max_connections": self.max_connections,
+            "console_bind": self.console_bind,
+            "console_session_seconds": self.console_session_seconds,
+            "console_idle_seconds": self.console_idle_seconds,
         }
         if self.scim_front is not None:
             data["scim_front"] = self.scim_front.to_dict(self.base_dir)
@@ -164,6 +183,8 @@ _FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool":
 _POSITIVE = frozenset({
     "client_header_timeout", "client_body_timeout", "max_connections", "http_request_timeout",
     "client_timeout", "server_timeout", "max_connections_per_source", "period",
+    "hard_stop_after",
+    "console_session_seconds", "console_idle_seconds",
 })  # fmt: skip
 
 
@@ -201,19 +222,23 @@ def _networks(path: Path, key: str, value: Any) -> list[str]:
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise ConfigError(f"{path}: {key}[{i}] must be a CIDR string, not {item!r}")
+            raise ConfigError(f"{path}: {key} #{i + 1} must be a CIDR string, not {item!r}")
         try:
             out.append(str(ipaddress.ip_network(item.strip(), strict=True)))
         except ValueError as exc:
-            raise ConfigError(f"{path}: {key}[{i}] {item!r} is not a CIDR network: {exc}") from None
+            raise ConfigError(
+                f"{path}: {key} #{i + 1} {item!r} is not a CIDR network: {exc}"
+            ) from None
     return out
 
 
-def parse_bind(text: str) -> tuple[str, int]:
+def parse_bind(text: str, *, allow_any_port: bool = False) -> tuple[str, int]:
     """("127.0.0.1", 8443) from "127.0.0.1:8443"; ("::", 8443) from "[::]:8443"; ValueError
-    for anything else (a host name, a missing port)."""
+    for anything else (a host name, a missing port). ``allow_any_port``: port 0 (any free
+    port) is accepted."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    lowest = 0 if allow_any_port else 1
+    if not sep or not port_text.isdigit() or not lowest <= int(port_text) < 65536:
         raise ValueError("expected ADDRESS:PORT with a port from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -287,7 +312,7 @@ def redact_url(url: str) -> str:
 
 
 def default_sqlite_url(base_dir: Path) -> str:
-    return f"sqlite:///{(base_dir / 'scimgate.db').resolve()}"
+    return f"sqlite:///{(base_dir / SQLITE_NAME).resolve()}"
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:
@@ -308,18 +333,30 @@ def load_settings(
     else:
         env_dir = os.environ.get("SCIMGATE_DIR")
         path = Path(env_dir or ".") / CONFIG_NAME
-    base = path.parent.resolve()
     data: dict[str, Any] = {}
+    text = ""
     if path.exists():
+        text = path.read_text()
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            problem = getattr(exc, "problem", None) or exc
+            raise ConfigError(f"{where}: YAML syntax: {problem}") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+            raise ConfigError(f"{path}:1:1: expected a mapping at the top level")
         data = loaded
     elif config is not None:
         raise ConfigError(f"{path}: no such config file")
+    try:
+        return _settings_from(path, data)
+    except ConfigError as exc:
+        raise ConfigError(located(str(exc), path, text)) from None
+
+
+def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
+    base = path.parent.resolve()
     special = {
         "targets", "policy_file", "hmac_secret_file", "unix_socket", "trusted_proxies",
         "scim_front",
@@ -345,11 +382,97 @@ def load_settings(
         **{"database_url": default_sqlite_url(base), **kwargs},
         policy_file=_resolve(base, data.get("policy_file")),
         hmac_secret_file=_resolve(base, data.get("hmac_secret_file")),
-        targets=[TargetConfig(**t) for t in (data.get("targets") or [])],
+        targets=_targets(path, data.get("targets")),
         unix_socket=_resolve(base, unix_socket),
         trusted_proxies=_networks(path, "trusted_proxies", data.get("trusted_proxies")),
         scim_front=_scim_front(path, base, data.get("scim_front")),
     )
+    if settings.console_bind is not None:
+        try:
+            parse_bind(settings.console_bind, allow_any_port=True)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: console_bind {settings.console_bind!r}: {exc}") from None
     if env_url := os.environ.get("SCIMGATE_DATABASE_URL"):
         settings.database_url = env_url
     return settings
+
+
+def _targets(path: Path, value: Any) -> list[TargetConfig]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: targets must be a list of mappings (name, runtime_api, ...)")
+    known = {f.name for f in fields(TargetConfig)}
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{path}: targets #{i + 1} must be a mapping (name, runtime_api)")
+        unknown = set(item) - known
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown targets #{i + 1} setting(s): "
+                f"{', '.join(sorted(map(str, unknown)))} (known: {', '.join(sorted(known))})"
+            )
+        for key in ("name", "runtime_api"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise ConfigError(f"{path}: targets #{i + 1}.{key} must be a non-empty string")
+        for key, entry in item.items():
+            if entry is not None:
+                _of_type(path, f"targets #{i + 1}.{key}", entry, str)
+        out.append(TargetConfig(**item))
+    return out
+
+
+# "port must ...", "scim_front.rate_limit.period must ...", "trusted_proxies #2 ...",
+# "unknown scim_front setting(s): x, y": the setting a message is about.
+_UNKNOWN_RE = re.compile(
+    r"^unknown (?:(?P<parent>[\w.]+(?: #\d+)?) )?setting\(s\): (?P<key>[^,\s]+)"
+)
+_SETTING_RE = re.compile(r"^(?P<key>[A-Za-z_]\w*(?:(?:\.[A-Za-z_]\w*)|(?: #\d+))*)")
+
+
+def located(message: str, path: Path, text: str) -> str:
+    """``FILE: setting ...`` -> ``FILE:LINE:COLUMN: setting ...``, the line and column of
+    the setting in the YAML file (the message as it was when it cannot be placed)."""
+    prefix = f"{path}: "
+    if not message.startswith(prefix) or not text:
+        return message
+    rest = message[len(prefix) :]
+    unknown = _UNKNOWN_RE.match(rest)
+    if unknown:
+        parent = unknown.group("parent")
+        dotted = f"{parent}.{unknown.group('key')}" if parent else unknown.group("key")
+    else:
+        setting = _SETTING_RE.match(rest)
+        if setting is None:
+            return message
+        dotted = setting.group("key")
+    mark = _setting_mark(text, dotted)
+    return f"{path}:{mark[0]}:{mark[1]}: {rest}" if mark else message
+
+
+def _setting_mark(text: str, dotted: str) -> tuple[int, int] | None:
+    """Line and column (from 1) of ``a.b #2.c`` in the YAML text: the deepest part found."""
+    try:
+        node: Any = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    mark = None
+    for part in re.findall(r"[A-Za-z_]\w*| #\d+", dotted):
+        if part.startswith(" #") and isinstance(node, yaml.SequenceNode):
+            index = int(part[2:]) - 1
+            if index >= len(node.value):
+                break
+            node = node.value[index]
+            mark = (node.start_mark.line + 1, node.start_mark.column + 1)
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == part:
+                mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                node = value_node
+                break
+        else:
+            break
+    return mark

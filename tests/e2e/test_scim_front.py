@@ -367,7 +367,7 @@ def test_slow_body_is_cut_on_the_direct_port(up: UpStack) -> None:
     assert "internal error" not in up.log
 
 
-def test_haproxy_render_includes_the_scim_frontend(up: UpStack) -> None:
+def test_haproxy_render_includes_the_scim_frontend(up: UpStack, tmp_path: Path) -> None:
     """A production user gets the same frontend from `haproxy render` as `up` runs (the TLS
     port aside: `up --scim-tls-port` overrides it for one run)."""
 
@@ -375,11 +375,13 @@ def test_haproxy_render_includes_the_scim_frontend(up: UpStack) -> None:
         lines = config[config.index("frontend fe_scimgate_scim") :].splitlines()
         return [re.sub(r"^(    bind [0-9.]+:)[0-9]+", r"\1PORT", line) for line in lines]
 
-    full = scimgate("haproxy", "render", "--dir", up.info["dir"])
+    # issue 15: a full config (it holds the secret) is written only to -o FILE
+    rendered = tmp_path / "full.cfg"
+    full = scimgate("haproxy", "render", "--dir", up.info["dir"], "-o", str(rendered))
     assert full.returncode == 0, full.stderr
     assert "haproxy -c: configuration is valid" in full.stderr
     running = Path(up.info["haproxy_config"]).read_text()
-    assert scim_section(full.stdout) == scim_section(running)
+    assert scim_section(rendered.read_text()) == scim_section(running)
     scim_only = scimgate("haproxy", "render", "--dir", up.info["dir"], "--mode", "scim")
     assert scim_only.returncode == 0, scim_only.stderr
     assert scim_section(scim_only.stdout) == scim_section(running)

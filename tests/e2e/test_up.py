@@ -62,6 +62,7 @@ def test_up_writes_stack_json_files_and_config(up_dir: Path) -> None:
         assert policy["groups"] == {
             "admins": {"idp_groups": ["Admins"]},
             "engineering": {"idp_groups": ["Engineering"]},
+            "automation": {"idp_groups": ["Automation"]},  # issue 13: agents on /api
         }
         assert policy["identity"]["jwt"]["algorithm"] == "RS256"
         assert policy["identity"]["jwt"]["claim"] == "email"

@@ -52,7 +52,11 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
                 continue
         text = "".join(output)
         assert "FAIL" not in text, text
-        assert text.count(" ok ") == 6, text
+        # 6 steps for a person, 4 for an agent and its owner (issue 13)
+        assert text.count(" ok ") == 10, text
+        assert re.search(
+            r"admin console: http://127\.0\.0\.1:\d+/console/ +name demo-admin +password sga_", text
+        ), text
         session = text.split("copy-paste):\n", 1)[1].split("Running.", 1)[0]
         assert "scimgate jwt mint --dir demo alice@example.com" in session
 
@@ -67,6 +71,9 @@ def test_demo_session_prints_a_working_curl_session(tmp_path: Path) -> None:
             ("/admin", "200"),
             ("/admin", "403"),
             ("/", "403"),
+            ("/api", "200"),  # issue 13: an agent in Automation
+            ("/eng", "403"),
+            ("/api", "403"),  # its owner deactivated
         ], result.stdout + result.stderr
 
         pids = json.loads((tmp_path / "demo" / "stack.json").read_text())["pids"]

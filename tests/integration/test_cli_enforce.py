@@ -63,7 +63,9 @@ routes:
 def test_policy_check_ok(instance: Path) -> None:
     out = scimgate("policy", "check", "--dir", str(instance))
     assert out.returncode == 0, out.stderr
-    assert "OK" in out.stdout and "4 route(s)" in out.stdout  # the demo's health route too
+    # the demo's health route too, and (issue 13) its /api route for people and agents
+    assert "OK" in out.stdout and "5 route(s)" in out.stdout
+    assert "engineering; agents: automation" in out.stdout
     assert "admin" in out.stdout and "any active user" in out.stdout
     assert "public (no identity)" in out.stdout
 
@@ -140,10 +142,14 @@ def test_render_full_passes_haproxy_check(instance: Path, tmp_path: Path) -> Non
     assert ok, output
 
 
-def test_render_full_to_stdout_matches_the_instance(instance: Path) -> None:
-    out = scimgate("haproxy", "render", "--dir", str(instance), "--bind", "127.0.0.1:18080")
+def test_render_full_matches_the_instance(instance: Path, tmp_path: Path) -> None:
+    # issue 15: a full config (it holds the secret) goes to -o FILE only, never to stdout
+    target = tmp_path / "full.cfg"
+    out = scimgate("haproxy", "render", "--dir", str(instance), "--bind", "127.0.0.1:18080",
+                   "-o", str(target))  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout == (instance / "haproxy" / "haproxy.cfg").read_text()
+    assert out.stdout == ""
+    assert target.read_text() == (instance / "haproxy" / "haproxy.cfg").read_text()
 
 
 def test_render_fragment(instance: Path) -> None:

@@ -170,9 +170,15 @@ def test_healthz_and_readyz_without_auth(scim_server: ScimServer) -> None:
     r = httpx.get(root(scim_server) + "/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     r = httpx.get(root(scim_server) + "/readyz")
-    assert r.status_code == 200
+    # issue 15: this server has no policy and no target, so it enforces nothing: unready,
+    # and the body says why (the database itself is fine).
+    assert r.status_code == 503
     body = r.json()
-    assert body["status"] == "ready" and body["database"] == "ok"
+    assert body["status"] == "unready" and body["database"] == "ok"
+    assert [reason.split(":")[0] for reason in body["configuration"]] == [
+        "no policy_file in scimgate.yaml",
+        "no targets in scimgate.yaml",
+    ]
     for secret in (
         scim_server.token,
         "sgt_",

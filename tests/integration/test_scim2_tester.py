@@ -6,6 +6,7 @@ a deliberate choice rather than a defect (cited by the README's compatibility se
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 
@@ -37,6 +38,29 @@ EXPECTED_FAILURES: dict[tuple[str, str], str] = {
 }
 
 
+class _WithoutAgentExtension(httpx2.BaseTransport):
+    """scim2-models' ServiceProviderConfig forbids attributes RFC 7643 §5 does not list, so
+    the ``agentExtension`` that draft-abbey-scim-agent-extension-00 requires there (issue 13)
+    would stop every check after discovery. This checker gets the document without it; the
+    agent tests assert it is served (tests/integration/test_scim_agents.py)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx2.HTTPTransport()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = self.inner.handle_request(request)
+        if not request.url.path.endswith("/ServiceProviderConfig") or response.status_code != 200:
+            return response
+        response.read()
+        document = json.loads(response.content)
+        assert document.pop("agentExtension")["agentsSupported"] is True
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+        return httpx2.Response(response.status_code, headers=headers, json=document)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def _label(result: object) -> str:
     return f"{result.title}: {result.reason}"  # type: ignore[attr-defined]
 
@@ -66,6 +90,7 @@ def test_scim2_tester_compliance(empty_server: ScimServer) -> None:
         base_url=scim_server.base_url,
         timeout=30,
         headers={"Authorization": f"Bearer {scim_server.token}"},
+        transport=_WithoutAgentExtension(),
     )
     try:
         results = check_server(SyncSCIMClient(http))

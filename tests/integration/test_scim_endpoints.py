@@ -411,7 +411,9 @@ def test_service_provider_config(scim: httpx.Client) -> None:
 
 def test_resource_types(scim: httpx.Client) -> None:
     r = scim.get("/ResourceTypes").json()
-    assert r["schemas"] == [LIST] and r["totalResults"] == 2
+    assert (
+        r["schemas"] == [LIST] and r["totalResults"] == 4
+    )  # User, Group, Agent, AgenticApplication (issue 13)
     by = {x["id"]: x for x in r["Resources"]}
     assert by["User"]["endpoint"] == "/Users" and by["User"]["schema"] == USER
     assert by["User"]["schemaExtensions"] == [{"schema": ENT, "required": False}]
@@ -430,7 +432,11 @@ def test_schemas(scim: httpx.Client) -> None:
     r = scim.get("/Schemas").json()
     assert r["schemas"] == [LIST]
     by = {s["id"]: s for s in r["Resources"]}
-    assert set(by) == {USER, ENT, GROUP}
+    # issue 13 added the agent drafts' two core schemas
+    agent_schemas = {
+        f"urn:ietf:params:scim:schemas:core:2.0:{n}" for n in ("Agent", "AgenticApplication")
+    }
+    assert set(by) == {USER, ENT, GROUP} | agent_schemas
     for sid, s in by.items():
         one = scim.get(f"/Schemas/{sid}")
         assert one.status_code == 200 and one.json() == s

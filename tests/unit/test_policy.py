@@ -406,7 +406,9 @@ def test_render_fragment(tmp_path: Path) -> None:
         policy, mode="fragment", map_dir="/m", shards=16, hmac_secret_b64=SECRET_B64
     )
     assert "global" not in frag.replace("# Needed in the global", "")
-    assert f"#     set-var proc.scimgate_hmac str({SECRET_B64})" in frag
+    # issue 15: a fragment goes to stdout, so it names the secret's file, never the secret
+    assert SECRET_B64 not in frag
+    assert "#     set-var proc.scimgate_hmac str(<SECRET>)" in frag
     assert "\nfrontend" not in frag and "\nbackend" not in frag
     assert "map(/m/identities-f.map) if { var(txn.scimgate_key) -m beg F }" in frag
 

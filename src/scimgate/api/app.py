@@ -56,6 +56,8 @@ def routes(api: Api) -> list[Route]:
     return [
         *resource_routes(ResourceRoutes(api, "User"), "Users"),
         *resource_routes(ResourceRoutes(api, "Group"), "Groups"),
+        *resource_routes(ResourceRoutes(api, "Agent"), "Agents"),
+        *resource_routes(ResourceRoutes(api, "AgenticApplication"), "AgenticApplications"),
         Route(f"{SCIM}/.search", ResourceRoutes(api, "*").search, methods=["POST"]),
         Route(f"{SCIM}/Bulk", BulkRoutes(api).bulk, methods=["POST"]),
         Route(f"{SCIM}/ServiceProviderConfig", discovery.service_provider_config, methods=["GET"]),

@@ -21,7 +21,13 @@ from scimgate.audit.log import Actor
 from scimgate.scim import errors, text
 from scimgate.scim.schema import BULK_REQUEST_SCHEMA, BULK_RESPONSE_SCHEMA
 
-_PATH_RE = re.compile(r"^/(Users|Groups)(?:/([^/]+))?$")
+_PATH_RE = re.compile(r"^/(Users|Groups|Agents|AgenticApplications)(?:/([^/]+))?$")
+_TYPE_OF_ENDPOINT = {
+    "Users": "User",
+    "Groups": "Group",
+    "Agents": "Agent",
+    "AgenticApplications": "AgenticApplication",
+}
 _BULK_REF = re.compile(r"^bulkId:(.+)$")
 log = logging.getLogger("scimgate.bulk")
 
@@ -161,7 +167,7 @@ def _run_one(
         m = _PATH_RE.match(path)
         if not m:
             raise errors.InvalidPath(f"bad bulk path {text.echo(path, 128)!r}")
-        rtype = "User" if m.group(1) == "Users" else "Group"
+        rtype = _TYPE_OF_ENDPOINT[m.group(1)]
         rid = m.group(2)
         data = _resolve_refs(op.get("data"), ids)
         if_match = op.get("version")
@@ -172,7 +178,7 @@ def _run_one(
             entry["bulkId"] = bulk_id
         if method == "POST":
             if rid is not None:
-                raise errors.InvalidPath("POST goes to /Users or /Groups")
+                raise errors.InvalidPath(f"POST goes to /{m.group(1)}")
             if not isinstance(bulk_id, str) or not bulk_id:
                 raise errors.InvalidSyntax("POST operations need a bulkId")
             result = service.create(rtype, data, actor, base_url)

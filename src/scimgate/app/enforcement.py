@@ -18,14 +18,17 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from scimgate.audit import log as audit
+from scimgate.policy.agents import agent_entries
 from scimgate.policy.compiler import entries_for_user
 from scimgate.policy.model import Policy
 from scimgate.scim.render import user_resource
-from scimgate.store import outbox, resources as rs
+from scimgate.store import agents as st_agents, outbox, resources as rs
 from scimgate.store.db import Database
 
 # (user resource, the user's IdP groups) -> {identity_key: value}; {} for an inactive user.
 EntriesFn = Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, str]]
+# (agent resource, its IdP groups, its client ids, suspended) -> {identity_key: value}
+AgentEntriesFn = Callable[[dict[str, Any], list[dict[str, Any]], list[str], bool], dict[str, str]]
 
 
 class PolicyEnforcement:
@@ -33,9 +36,30 @@ class PolicyEnforcement:
         self.policy = policy
         self.secret = secret
         self._idp_groups = {g for group in policy.groups.values() for g in group.idp_groups}
+        self._route_types = frozenset(
+            t for r in policy.routes if r.allow_agents is not None for t in r.allow_agents.types
+        )
 
     def entries(self, user: dict[str, Any], idp_groups: list[dict[str, Any]]) -> dict[str, str]:
         return entries_for_user(user, idp_groups, self.policy, self.secret)
+
+    def agent_entries(
+        self,
+        agent: dict[str, Any],
+        idp_groups: list[dict[str, Any]],
+        client_ids: list[str],
+        suspended: bool,
+    ) -> dict[str, str]:
+        return agent_entries(
+            agent,
+            idp_groups,
+            client_ids,
+            suspended,
+            self.policy.identity.agents,
+            self.policy,
+            self._route_types,
+            self.secret,
+        )
 
     def group_relevant(self, display_name: str | None, external_id: str | None) -> bool:
         return display_name in self._idp_groups or external_id in self._idp_groups
@@ -59,8 +83,52 @@ def refresh_users(
     return outbox.log_user_entries(conn, desired())
 
 
+def agent_desired(
+    conn: Connection, agent_id: str, agent_entries_fn: AgentEntriesFn | None
+) -> dict[str, str] | None:
+    """An agent's desired entries (None: no agent has this id). Suspended = it names owners
+    and none of them stands (``app.agents``)."""
+    row = st_agents.find_agent(conn, agent_id)
+    if row is None:
+        return None
+    if agent_entries_fn is None:
+        return {}
+    owners = st_agents.owners_of(conn, agent_id)
+    suspended = bool(owners) and not st_agents.live_owners(conn, owners)
+    return agent_entries_fn(
+        {**row.attrs, "active": row.active},
+        rs.idp_groups_of_user(conn, agent_id),
+        st_agents.client_ids_of_agent(conn, agent_id),
+        suspended,
+    )
+
+
+def refresh_identities(
+    conn: Connection,
+    ids: Iterable[str],
+    entries_fn: EntriesFn,
+    agent_entries_fn: AgentEntriesFn | None,
+    base_url: str = "",
+) -> list[outbox.MapChange]:
+    """:func:`refresh_users` over users and agents (an id is one or the other)."""
+
+    def desired() -> Iterator[tuple[str, dict[str, str]]]:
+        for identity_id in dict.fromkeys(ids):
+            row = rs.find_user(conn, identity_id)
+            if row is not None:
+                user = user_resource(row, base_url)
+                yield identity_id, entries_fn(user, rs.idp_groups_of_user(conn, identity_id))
+                continue
+            yield identity_id, agent_desired(conn, identity_id, agent_entries_fn) or {}
+
+    return outbox.log_user_entries(conn, desired())
+
+
 def rebuild_all(
-    conn: Connection, entries_fn: EntriesFn, batch: int = 2000
+    conn: Connection,
+    entries_fn: EntriesFn,
+    batch: int = 2000,
+    agent_entries_fn: AgentEntriesFn | None = None,
 ) -> list[outbox.MapChange]:
     """Recompute every user's entries (after a policy change); log only the differences.
 
@@ -74,6 +142,10 @@ def rebuild_all(
         groups_by_user = rs.idp_groups_by_user(conn)
         for row in rs.all_users(conn):
             yield row.id, entries_fn(user_resource(row, ""), groups_by_user.get(row.id, []))
+        # Then the agents, in id order (few, next to people: one read each is fine).
+        agent_ids = [a.id for a in st_agents.all_agents(conn)]
+        for agent_id in agent_ids:
+            yield agent_id, agent_desired(conn, agent_id, agent_entries_fn) or {}
 
     return outbox.rebuild_entries(conn, desired(), batch)
 
@@ -84,15 +156,20 @@ def apply_policy(db: Database, policy: Policy, secret: bytes, policy_file: Path)
     desired map."""
     enforcement = PolicyEnforcement(policy, secret)
     with db.write() as conn:
-        changes = rebuild_all(conn, enforcement.entries)
+        changes = rebuild_all(conn, enforcement.entries, agent_entries_fn=enforcement.agent_entries)
         if changes:
             audit.ensure_head(conn)
             digest = hashlib.sha256(policy_file.read_bytes()).hexdigest()
             audit.append(
-                conn, "policy.apply", operation="rebuild",
-                detail={"policy_file": str(policy_file), "policy_sha256": digest,
-                        "map_changes": len(changes),
-                        "deprovisions": sum(c.deprovision for c in changes)},
-            )  # fmt: skip
+                conn,
+                "policy.apply",
+                operation="rebuild",
+                detail={
+                    "policy_file": str(policy_file),
+                    "policy_sha256": digest,
+                    "map_changes": len(changes),
+                    "deprovisions": sum(c.deprovision for c in changes),
+                },
+            )
     with db.read() as conn:
         return outbox.desired_entries(conn)

@@ -45,7 +45,15 @@ class PolicyCheck:
             elif ANY_GROUP in route.allow_groups:
                 allowed = "any active user"
             else:
-                allowed = " or ".join(route.allow_groups)
+                allowed = " or ".join(route.allow_groups) or "no people"
+            if route.allow_agents is not None:
+                kinds = [
+                    *route.allow_agents.groups,
+                    *(f"type {t}" for t in route.allow_agents.types),
+                ]
+                allowed += "; agents: " + " or ".join(kinds)
+            if route.rate_limit is not None:
+                allowed += f"; {route.rate_limit.requests}/{route.rate_limit.per} per identity"
             scopes = f" + scopes {' '.join(route.require_scopes)}" if route.require_scopes else ""
             lines.append(
                 f"  {route.name:<12} {hosts} {route.from_.path_prefix:<14} {allowed}{scopes}"

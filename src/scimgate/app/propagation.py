@@ -25,16 +25,27 @@ class Propagation(Protocol):
 class Readiness:
     """Whether the instance is ready to serve: its database and its targets."""
 
-    def __init__(self, db: Database, propagation: Propagation | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        propagation: Propagation | None,
+        configuration_problems: list[str] | None = None,
+    ) -> None:
         self.db = db
         self.propagation = propagation
+        # What the instance's settings lack for enforcement (no policy, no target): such an
+        # instance stores identities that no HAProxy enforces, so it is never ready.
+        self.configuration_problems = list(configuration_problems or [])
 
     def check(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when the database answers and (with a sync engine) every target is ready;
-        the detail says which part is not."""
+        """Ready when the configuration enforces something, the database answers and (with
+        a sync engine) every target is ready; the detail says which part is not."""
         detail: dict[str, Any] = {}
         ok = self.db.reachable()
         detail["database"] = "ok" if ok else "unreachable"
+        if self.configuration_problems:
+            ok = False
+            detail["configuration"] = self.configuration_problems
         if self.propagation is not None:
             sync_ok, sync_detail = self.propagation.ready()
             detail["targets"] = sync_detail

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 
-from scimgate.app.enforcement import refresh_users
+from scimgate.app import agents as agent_cases
+from scimgate.app.enforcement import refresh_identities
 from scimgate.audit import log as audit
 from scimgate.scim import errors
 from scimgate.scim.etag import check_if_match
@@ -24,9 +25,16 @@ from scimgate.scim.filter import Node, parse_filter
 from scimgate.scim.patch import PatchResult, apply_patch
 from scimgate.scim.render import group_resource, user_resource
 from scimgate.scim.resource import normalise
-from scimgate.scim.schema import GROUP_TYPE, RESOURCE_TYPES, USER_TYPE, ResourceType
+from scimgate.scim.schema import (
+    AGENT_TYPE,
+    AGENTIC_APPLICATION_TYPE,
+    GROUP_TYPE,
+    RESOURCE_TYPES,
+    USER_TYPE,
+    ResourceType,
+)
 from scimgate.scim.text import char_problem
-from scimgate.store import outbox, resources as rs
+from scimgate.store import agents as st_agents, outbox, resources as rs
 from scimgate.store.db import Database
 from scimgate.store.filter_sql import compile_filter, user_name_equality
 from scimgate.store.sort_sql import order_by
@@ -41,6 +49,14 @@ class Enforcement(Protocol):
     def entries(self, user: dict[str, Any], idp_groups: list[dict[str, Any]]) -> dict[str, str]: ...
 
     def group_relevant(self, display_name: str | None, external_id: str | None) -> bool: ...
+
+    def agent_entries(
+        self,
+        agent: dict[str, Any],
+        idp_groups: list[dict[str, Any]],
+        client_ids: list[str],
+        suspended: bool,
+    ) -> dict[str, str]: ...
 
 
 @dataclass
@@ -82,6 +98,10 @@ class ScimService:
     ) -> None:
         self.db = db
         self.enforcement = enforcement
+        # Agents and AgenticApplications (app.agents), with this service's refresh and audit.
+        self.agents = agent_cases.AgentWrites(
+            lambda conn, ids: self._refresh(conn, ids, ""), _audit_write
+        )
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -104,12 +124,20 @@ class ScimService:
         if rtype_name == "User":
             row, groups = rs.get_user_with_groups(conn, rid)
             return user_resource(row, base_url, groups)
+        if rtype_name == "Agent":
+            return agent_cases.load_agent(conn, rid, base_url)
+        if rtype_name == "AgenticApplication":
+            return agent_cases.load_application(conn, rid, base_url)
         grow = rs.get_group(conn, rid)
         members = rs.member_rows(conn, [rid])[rid] if include_members else None
         return group_resource(grow, base_url, members)
 
     def version(self, rtype_name: str, rid: str) -> int:
         with self.db.read() as conn:
+            if rtype_name == "Agent":
+                return st_agents.get_agent(conn, rid).version
+            if rtype_name == "AgenticApplication":
+                return st_agents.get_application(conn, rid).version
             row = rs.get_user(conn, rid) if rtype_name == "User" else rs.get_group(conn, rid)
             return row.version
 
@@ -148,6 +176,12 @@ class ScimService:
                 total, urows = rs.page_users(conn, where, order, offset, count)
                 groups = rs.groups_of_users(conn, [r.id for r in urows])
                 return total, [user_resource(r, base_url, groups[r.id]) for r in urows]
+            if rtype is AGENT_TYPE:
+                total, arows = st_agents.page_agents(conn, where, order, offset, count)
+                return total, [agent_cases.load_agent(conn, a.id, base_url) for a in arows]
+            if rtype is AGENTIC_APPLICATION_TYPE:
+                total, prows = st_agents.page_applications(conn, where, order, offset, count)
+                return total, [agent_cases.load_application(conn, p.id, base_url) for p in prows]
             total, grows = rs.page_groups(conn, where, order, offset, count)
             members = rs.member_rows(conn, [g.id for g in grows]) if include_members else {}
             return total, [group_resource(g, base_url, members.get(g.id)) for g in grows]
@@ -191,7 +225,9 @@ class ScimService:
     ) -> list[outbox.MapChange]:
         if self.enforcement is None or not user_ids:
             return []
-        return refresh_users(conn, user_ids, self.enforcement.entries, base_url)
+        agent_entries = getattr(self.enforcement, "agent_entries", None)
+        return refresh_identities(conn, user_ids, self.enforcement.entries, agent_entries,
+                                  base_url)  # fmt: skip
 
     def _refresh_group(
         self,
@@ -210,6 +246,24 @@ class ScimService:
         affected = rs.all_member_ids(conn, gid) + removed if before != after else added + removed
         return self._refresh(conn, affected, base_url)
 
+    def _cascade(
+        self,
+        conn: Connection,
+        owner_id: str,
+        was_active: bool,
+        is_active: bool,
+        actor: audit.Actor,
+        reason: str | None = None,
+        owner_type: str = "User",
+    ) -> list[outbox.MapChange]:
+        """The owner cascade (``app.agents``): an owner deactivated, reactivated or deleted
+        suspends or restores the agents it owns, in this transaction."""
+        if reason is None:
+            if was_active == is_active:
+                return []
+            reason = "owner_reactivated" if is_active else "owner_deactivated"
+        return self.agents.owner_cascade(conn, owner_id, owner_type, reason, actor)
+
     def _group_matters(self, *groups: tuple[str | None, str | None]) -> bool:
         if self.enforcement is None:
             return False
@@ -217,6 +271,13 @@ class ScimService:
 
     def create(self, rtype_name: str, body: Any, actor: audit.Actor, base_url: str) -> WriteResult:
         rtype = _rtype(rtype_name)
+        if rtype in (AGENT_TYPE, AGENTIC_APPLICATION_TYPE):
+            with self.db.write() as conn:
+                if rtype is AGENT_TYPE:
+                    res, achanges = self.agents.create_agent(conn, body, actor, base_url)
+                else:
+                    res, achanges = self.agents.create_application(conn, body, actor, base_url)
+            return WriteResult(res, achanges)
         resource = normalise(body, rtype, mode="create")
         with self.db.write() as conn:
             if rtype is USER_TYPE:
@@ -249,16 +310,27 @@ class ScimService:
     ) -> WriteResult:
         rtype = _rtype(rtype_name)
         _check_id(rtype_name, rid)
-        resource = normalise(body, rtype, mode="replace")
         if isinstance(body, dict) and body.get("id") not in (None, rid):
             raise errors.Mutability("id is immutable and does not match the URL")
+        if rtype in (AGENT_TYPE, AGENTIC_APPLICATION_TYPE):
+            with self.db.write() as conn:
+                replace = (
+                    self.agents.replace_agent
+                    if rtype is AGENT_TYPE
+                    else self.agents.replace_application
+                )
+                res, achanges = replace(conn, rid, body, actor, base_url, if_match)
+            return WriteResult(res, achanges)
+        resource = normalise(body, rtype, mode="replace")
         with self.db.write() as conn:
             if rtype is USER_TYPE:
                 row, groups = rs.get_user_with_groups(conn, rid)
                 check_if_match(if_match, row.version)
                 before = user_resource(row, base_url)
+                was_active = row.active
                 row = rs.update_user(conn, row, resource)
                 changes = self._refresh(conn, [rid], base_url)
+                changes += self._cascade(conn, rid, was_active, row.active, actor)
                 # A user write does not change memberships: the groups read above stand.
                 out = user_resource(row, base_url, groups)
                 detail: dict[str, Any] = {"changed": diff(before, out)}
@@ -298,6 +370,15 @@ class ScimService:
     ) -> WriteResult:
         rtype = _rtype(rtype_name)
         _check_id(rtype_name, rid)
+        if rtype in (AGENT_TYPE, AGENTIC_APPLICATION_TYPE):
+            with self.db.write() as conn:
+                patch = (
+                    self.agents.patch_agent
+                    if rtype is AGENT_TYPE
+                    else self.agents.patch_application
+                )
+                res, achanges = patch(conn, rid, body, actor, base_url, if_match)
+            return WriteResult(res, achanges)
         with self.db.write() as conn:
             if rtype is USER_TYPE:
                 row, groups = rs.get_user_with_groups(conn, rid)
@@ -306,8 +387,10 @@ class ScimService:
                 result: PatchResult = apply_patch(_for_patch(before), body, rtype)
                 changes: list[outbox.MapChange] = []
                 if result.changed:
+                    was_active = row.active
                     row = rs.update_user(conn, row, result.resource)
                     changes = self._refresh(conn, [rid], base_url)
+                    changes += self._cascade(conn, rid, was_active, row.active, actor)
                 # A user write does not change memberships: the groups read above stand.
                 out = user_resource(row, base_url, groups)
                 detail: dict[str, Any] = {"changed": diff(before, out)}
@@ -367,12 +450,20 @@ class ScimService:
     ) -> WriteResult:
         rtype = _rtype(rtype_name)
         _check_id(rtype_name, rid)
+        if rtype in (AGENT_TYPE, AGENTIC_APPLICATION_TYPE):
+            with self.db.write() as conn:
+                if rtype is AGENT_TYPE:
+                    achanges = self.agents.delete_agent(conn, rid, actor, if_match)
+                else:
+                    achanges = self.agents.delete_application(conn, rid, actor, if_match)
+            return WriteResult(None, achanges)
         with self.db.write() as conn:
             if rtype is USER_TYPE:
                 row = rs.get_user(conn, rid)
                 check_if_match(if_match, row.version)
                 group_ids = rs.delete_user(conn, rid)
                 changes = self._refresh(conn, [rid], base_url)
+                changes += self._cascade(conn, rid, row.active, False, actor, "owner_deleted")
                 detail: dict[str, Any] = {
                     "userName": row.user_name,
                     "removed_from_groups": group_ids,
@@ -386,6 +477,7 @@ class ScimService:
                     if self._group_matters((grow.display_name, grow.external_id))
                     else []
                 )
+                changes += self._cascade(conn, rid, True, False, actor, "owner_deleted", "Group")
                 detail = {"displayName": grow.display_name, "members": len(members)}
             _audit_write(conn, actor, rtype, rid, "delete", detail, changes)
         return WriteResult(None, changes)

@@ -38,12 +38,20 @@ class TokenError(Exception):
     pass
 
 
-def parse_duration(text: str) -> timedelta:
-    """`90d`, `12h`, `30m`, `45s`, `2w`."""
-    m = _DURATION_RE.match(text.strip())
+def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
+    """`90d`, `12h`, `30m`, `45s`, `2w`. A lifetime of zero or less is refused: it would make
+    something that is already expired (``allow_zero`` for an overlap, where 0 means "now")."""
+    cleaned = text.strip()
+    if cleaned.startswith("-"):
+        raise TokenError(f"bad duration {text!r}: a lifetime must be positive (e.g. 90d, 12h)")
+    m = _DURATION_RE.match(cleaned)
     if not m:
         raise TokenError(f"bad duration {text!r}: use e.g. 90d, 12h, 30m")
     n, unit = int(m.group(1)), m.group(2)
+    if n == 0 and not allow_zero:
+        raise TokenError(
+            f"bad duration {text!r}: a lifetime of zero would be expired at once (e.g. 90d, 12h)"
+        )
     return timedelta(
         **{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n}
     )
@@ -91,6 +99,7 @@ def rotate(
     name: str,
     overlap: timedelta = timedelta(hours=24),
     expires_in: timedelta | None = None,
+    actor: audit.Actor = audit.SYSTEM,
 ) -> str:
     """New secret for ``name``; the old one keeps working for ``overlap``, then stops."""
     secret = PREFIX + secrets.token_urlsafe(32)
@@ -102,16 +111,17 @@ def rotate(
         audit.append(
             conn,
             "token.rotated",
+            actor,
             detail={"name": name, "old_secret_valid_until": _iso(now + overlap)},
         )
     return secret
 
 
-def revoke(db: Database, name: str) -> None:
+def revoke(db: Database, name: str, actor: audit.Actor = audit.SYSTEM) -> None:
     with db.write() as conn:
         if not stored.revoke(conn, name):
             raise TokenError(f"no active token named {name!r}")
-        audit.append(conn, "token.revoked", detail={"name": name})
+        audit.append(conn, "token.revoked", actor, detail={"name": name})
 
 
 def list_tokens(db: Database) -> list[TokenInfo]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import click
 
+from scimgate.cli.admins import admin_group
 from scimgate.cli.audit import audit_group
 from scimgate.cli.haproxy import haproxy_group
-from scimgate.cli.instance import db_group, serve, up
+from scimgate.cli.instance import db_group, init, serve, up
 from scimgate.cli.jwt import jwt_group
 from scimgate.cli.policy import policy_group
 from scimgate.cli.report import report_group
@@ -35,7 +36,7 @@ def main() -> None:
 
 
 for command in (
-    serve, up, token_group, db_group, audit_group, report_group, policy_group, haproxy_group,
-    jwt_group, status, resync,
+    init, serve, up, token_group, db_group, audit_group, report_group, policy_group, haproxy_group,
+    jwt_group, status, resync, admin_group,
 ):  # fmt: skip
     main.add_command(command)

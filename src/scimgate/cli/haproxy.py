@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -40,9 +41,21 @@ def haproxy_group() -> None:
     "--output",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write here (mode 0600: it holds the pseudonym secret) instead of stdout.",
+    help="Write here (mode 0600: it holds the pseudonym secret). A full config goes only to a "
+    "file; a fragment or the SCIM frontend (no secret in them) go to stdout without -o.",
 )
-@click.option("--bind", default=None, help="Listen address of the full config (127.0.0.1:8080).")
+@click.option(
+    "--target",
+    "target_name",
+    default=None,
+    help="Render for this target of scimgate.yaml: its sockets, map_dir and bind "
+    "(default: the `local` target, or the first).",
+)
+@click.option(
+    "--bind",
+    default=None,
+    help="Listen address of the full config (default: the target's bind, else 127.0.0.1:8080).",
+)
 @click.option(
     "--check/--no-check",
     default=True,
@@ -54,19 +67,23 @@ def haproxy_render(
     config: str | None,
     mode: str,
     output: str | None,
+    target_name: str | None,
     bind: str | None,
     check: bool,
 ) -> None:
     """Render the HAProxy configuration that enforces the instance's policy.
 
     Uses the instance's policy, pseudonym secret, map directory and shard layout and the
-    sockets of its `local` target, so the output matches what the sync engine updates. With
-    `scim_front:` in scimgate.yaml it also renders the SCIM endpoint's TLS frontend (timeouts,
-    body limits, rate limit, allowed sources).
+    sockets, map directory and bind of its `local` target (or of --target NAME), so the output
+    matches what the sync engine updates. With `scim_front:` in scimgate.yaml it also renders
+    the SCIM endpoint's TLS frontend (timeouts, body limits, rate limit, allowed sources).
+    A full config holds the pseudonym secret: it is written only to -o FILE (mode 0600), never
+    to stdout. A fragment names the secret's file instead of printing it.
 
     \b
     Examples:
       scimgate haproxy render --dir ./demo -o /etc/haproxy/haproxy.cfg
+      scimgate haproxy render --dir ./demo --target edge2 -o /etc/haproxy/edge2.cfg
       scimgate haproxy render --dir ./demo --mode fragment > scimgate-rules.cfg
       scimgate haproxy render --dir ./demo --mode scim > scimgate-scim.cfg
     """
@@ -82,17 +99,29 @@ def haproxy_render(
 
     settings = settings_of(directory, config)
     policy = policy_or_exit(policy_file_of(settings))
+    if mode == "full" and not output:
+        raise click.UsageError(
+            "a full config holds the pseudonym secret: write it to a file with -o FILE "
+            "(created mode 0600), not to stdout"
+        )
     try:
         shards = choose_map_shards(settings)
         text = render_instance(
-            settings, policy, mode=cast(RenderMode, mode), bind=bind, shards=shards
+            settings,
+            policy,
+            mode=cast(RenderMode, mode),
+            bind=bind,
+            shards=shards,
+            target_name=target_name,
         )
     except (RenderError, DemoError, HAProxyNotFound) as exc:
         raise click.ClickException(str(exc)) from exc
     if output:
         out = Path(output)
         tmp = out.with_name(out.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # O_EXCL below: the mode is 0600 from the first byte, whatever was there
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         tmp.replace(out)
@@ -105,7 +134,7 @@ def haproxy_render(
         except HAProxyNotFound:
             click.echo("haproxy not found: skipped `haproxy -c`", err=True)
             return
-        ok, detail = check_rendered(settings, policy, shards, bind)
+        ok, detail = check_rendered(settings, policy, shards, bind, target_name)
         if not ok:
             click.echo(f"haproxy -c: INVALID\n{detail}", err=True)
             raise SystemExit(1)

@@ -21,7 +21,7 @@ def jwt_group() -> None:
 
 
 @jwt_group.command("mint")
-@click.argument("subject")
+@click.argument("subject", required=False)
 @dir_option
 @config_option
 @click.option("--scope", "scopes", multiple=True, help="A scope to grant (repeatable).")
@@ -33,13 +33,22 @@ def jwt_group() -> None:
     default=None,
     help="Signing key (default DIR/keys/jwt.key.pem; HS* policies use their secret).",
 )
+@click.option("--agent", default=None, help="Mint an agent's token (idtyp=app, sub=azp=AGENT).")
+@click.option(
+    "--on-behalf-of",
+    "on_behalf_of",
+    default=None,
+    help="With --agent: a delegated token (RFC 8693): this user, act.sub = the agent.",
+)
 def jwt_mint(
-    subject: str,
+    subject: str | None,
     directory: str | None,
     config: str | None,
     scopes: tuple[str, ...],
     ttl: str,
     key_file: str | None,
+    agent: str | None,
+    on_behalf_of: str | None,
 ) -> None:
     """Print a JWT for SUBJECT as the IdP would issue it.
 
@@ -50,11 +59,33 @@ def jwt_mint(
     Example:
       JWT=$(scimgate jwt mint --dir ./demo alice@example.com --scope read:reports)
       curl -H "Authorization: Bearer $JWT" http://127.0.0.1:8080/
+      scimgate jwt mint --dir ./demo --agent ci-bot
+      scimgate jwt mint --dir ./demo --agent ci-bot --on-behalf-of alice@example.com
     """
-    from scimgate.instance.demo_jwt import DemoJwtError, mint_demo_jwt
+    from scimgate.instance.demo_jwt import DemoJwtError, mint_agent_jwt, mint_demo_jwt
 
+    if (subject is None) == (agent is None):
+        raise click.UsageError("give SUBJECT or --agent NAME (not both)")
+    if on_behalf_of is not None and agent is None:
+        raise click.UsageError("--on-behalf-of goes with --agent")
     settings = settings_of(directory, config)
     policy = policy_or_exit(policy_file_of(settings))
+    if agent is not None:
+        try:
+            jwt = mint_agent_jwt(
+                settings,
+                policy,
+                agent,
+                on_behalf_of=on_behalf_of,
+                scopes=scopes,
+                ttl=ttl,
+                key_file=Path(key_file) if key_file else None,
+            )
+        except DemoJwtError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(jwt)
+        return
+    assert subject is not None
     try:
         jwt = mint_demo_jwt(
             settings,

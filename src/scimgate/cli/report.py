@@ -23,7 +23,8 @@ def report_group() -> None:
     "--at",
     "at",
     default=None,
-    help="ISO 8601 time: the access at that moment, rebuilt from the audit trail.",
+    help="ISO 8601 time: the access at that moment, rebuilt from the audit trail (a date "
+    "alone: at the end of that UTC day).",
 )
 def report_access(directory: str | None, config: str | None, fmt: str, at: str | None) -> None:
     """For every route, who can reach it and through which group.
@@ -38,5 +39,7 @@ def report_access(directory: str | None, config: str | None, fmt: str, at: str |
     settings = settings_of(directory, config)
     if settings.policy_file is None:
         raise click.ClickException("this instance has no policy_file")
-    text = access_report(database_of(settings), settings.policy_file, at=iso_option(at), fmt=fmt)
+    text = access_report(
+        database_of(settings), settings.policy_file, at=iso_option(at, date_means="end"), fmt=fmt
+    )
     click.echo(text, nl=False)

@@ -29,7 +29,7 @@ def token_create(
     Example:
       scimgate token create okta --dir ./demo --expires-in 90d
     """
-    db = database_of(settings_of(directory, config))
+    db = database_of(settings_of(directory, config), create=True)
     try:
         secret = tokens.create(db, name, tokens.parse_duration(expires_in) if expires_in else None)
     except tokens.TokenError as exc:
@@ -106,7 +106,7 @@ def token_rotate(
         secret = tokens.rotate(
             database_of(settings_of(directory, config)),
             name,
-            tokens.parse_duration(overlap),
+            tokens.parse_duration(overlap, allow_zero=True),
             tokens.parse_duration(expires_in) if expires_in else None,
         )
     except tokens.TokenError as exc:

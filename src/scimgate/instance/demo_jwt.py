@@ -26,9 +26,12 @@ def mint_demo_jwt(
     scopes: Sequence[str] = (),
     ttl: str = "1h",
     key_file: Path | None = None,
+    subject_claim: str | None = None,
+    extra: dict[str, object] | None = None,
 ) -> str:
     """A JWT for ``subject``: the policy's identity claim is ``subject``, iss and aud come
-    from the policy, iat/nbf are now and exp is now + ``ttl`` (30m, 1h, 2d ...)."""
+    from the policy, iat/nbf are now and exp is now + ``ttl`` (30m, 1h, 2d ...).
+    ``subject_claim`` names another claim for ``subject``; ``extra`` claims are added."""
     jwt = policy.identity.jwt
     if policy.identity.source != "jwt" or jwt is None:
         raise DemoJwtError(f"the policy's identity source is {policy.identity.source!r}, not 'jwt'")
@@ -44,15 +47,54 @@ def mint_demo_jwt(
             key = path.read_text()
         except OSError as exc:
             raise DemoJwtError(f"cannot read signing key {path}: {exc}") from exc
-    extra = {jwt.scope_claim: " ".join(scopes)} if scopes and jwt.scope_claim != "scope" else None
+    claims: dict[str, object] = dict(extra or {})
+    if scopes and jwt.scope_claim != "scope":
+        claims[jwt.scope_claim] = " ".join(scopes)
     return mint_jwt(
         key,
-        subject_claim=jwt.claim,
+        subject_claim=subject_claim or jwt.claim,
         identity=subject,
         algorithm=jwt.algorithm,
         issuer=jwt.issuer,
         audience=jwt.audience,
         scopes=scopes,
         ttl_seconds=seconds,
-        extra=extra,
+        extra=claims or None,
+    )
+
+
+def mint_agent_jwt(
+    settings: Settings,
+    policy: Policy,
+    agent: str,
+    *,
+    on_behalf_of: str | None = None,
+    scopes: Sequence[str] = (),
+    ttl: str = "1h",
+    key_file: Path | None = None,
+) -> str:
+    """A JWT for an agent, as Entra ID issues them: ``idtyp: app``, ``sub`` and ``azp`` =
+    ``agent`` (client credentials, the agent acting alone). With ``on_behalf_of``, a
+    delegated token instead (RFC 8693 §4.1): the user's identity claim is the user and
+    ``act.sub`` the agent."""
+    if on_behalf_of is not None:
+        token = mint_demo_jwt(
+            settings,
+            policy,
+            on_behalf_of,
+            scopes=scopes,
+            ttl=ttl,
+            key_file=key_file,
+            extra={"act": {"sub": agent}},
+        )
+        return token
+    return mint_demo_jwt(
+        settings,
+        policy,
+        agent,
+        scopes=scopes,
+        ttl=ttl,
+        key_file=key_file,
+        subject_claim="sub",
+        extra={"azp": agent, "idtyp": "app"},
     )

@@ -24,8 +24,12 @@ SCIM_JSON = "application/scim+json"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+AGENT_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Agent"
 DEMO_USER = "alice@example.com"
 CHECK_USER = "demo-check@example.com"
+CHECK_OWNER = "demo-agent-owner@example.com"
+CHECK_AGENT = "demo-check-bot"
+DEMO_AGENT = "ci-bot"
 
 
 class DemoFailed(RuntimeError):
@@ -133,9 +137,9 @@ def scimgate_command() -> list[str]:
     return [str(script)]
 
 
-def mint(directory: Path, subject: str) -> str:
+def mint(directory: Path, *subject: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "scimgate.cli", "jwt", "mint", "--dir", str(directory), subject],
+        [sys.executable, "-m", "scimgate.cli", "jwt", "mint", "--dir", str(directory), *subject],
         check=True,
         capture_output=True,
         text=True,
@@ -163,7 +167,57 @@ def self_check(stack: Stack, directory: Path, admins_id: str) -> list[tuple[str,
         steps.append(("GET /       (no token)", 401, http("GET", stack.web + "/")[0]))
     finally:
         stack.scim_call("DELETE", f"/Users/{user_id}")
+    return steps + agent_check(stack, directory)
+
+
+REACTIVATE_BODY = {
+    "schemas": [PATCH_SCHEMA],
+    "Operations": [{"op": "replace", "path": "active", "value": True}],
+}
+
+
+def agent_check(stack: Stack, directory: Path) -> list[tuple[str, int, int]]:
+    """An agent owned by a throwaway user, in Automation: allowed on /api, refused on a
+    people-only route, suspended while its owner is deactivated (docs/agents.md)."""
+    stack.delete_user(CHECK_OWNER)
+    old = stack.find("Agents", "subject", CHECK_AGENT)
+    if old is not None:
+        stack.scim_call("DELETE", f"/Agents/{old['id']}")
+    automation_id = stack.ensure_group("Automation")
+    status, body = stack.scim_call("POST", "/Users", user_body(CHECK_OWNER))
+    if status != 201:
+        raise DemoFailed(f"POST /Users -> {status}: {body}")
+    owner_id = str(body["id"])
+    agent_id = None
+    steps: list[tuple[str, int, int]] = []
+    try:
+        status, body = stack.scim_call("POST", "/Agents", agent_body(CHECK_AGENT, owner_id))
+        if status != 201:
+            raise DemoFailed(f"POST /Agents -> {status}: {body}")
+        agent_id = str(body["id"])
+        stack.scim_call("PATCH", f"/Groups/{automation_id}", add_member_body(agent_id))
+        jwt = mint(directory, "--agent", CHECK_AGENT)
+        steps.append(("GET /api    (agent, Automation)", 200, stack.web_status("/api", jwt)))
+        steps.append(("GET /eng    (agent, people only)", 403, stack.web_status("/eng", jwt)))
+        stack.scim_call("PATCH", f"/Users/{owner_id}", DEACTIVATE_BODY)
+        steps.append(("GET /api    (owner deactivated)", 403, stack.web_status("/api", jwt)))
+        stack.scim_call("PATCH", f"/Users/{owner_id}", REACTIVATE_BODY)
+        steps.append(("GET /api    (owner back)", 200, stack.web_status("/api", jwt)))
+    finally:
+        if agent_id is not None:
+            stack.scim_call("DELETE", f"/Agents/{agent_id}")
+        stack.scim_call("DELETE", f"/Users/{owner_id}")
     return steps
+
+
+def agent_body(subject: str, owner_id: str) -> dict[str, Any]:
+    return {
+        "schemas": [AGENT_SCHEMA],
+        "name": subject,
+        "subject": subject,
+        "agentType": "autonomous",
+        "owners": [{"value": owner_id}],
+    }
 
 
 def curl_session(stack: Stack, directory: Path, admins_id: str) -> str:
@@ -174,6 +228,14 @@ def curl_session(stack: Stack, directory: Path, admins_id: str) -> str:
     add = add.replace('"USER_ID"', "\"'$USER_ID'\"")
     deact = json.dumps(DEACTIVATE_BODY, separators=(",", ":"))
     get_id = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])'"
+    agent_cmd = shlex.join(
+        [*scimgate_command(), "jwt", "mint", "--dir", str(directory), "--agent", DEMO_AGENT]
+    )
+    bob = json.dumps(user_body("bob@example.com"), separators=(",", ":"))
+    agent = json.dumps(agent_body(DEMO_AGENT, "BOB_ID"), separators=(",", ":"))
+    agent = agent.replace('"BOB_ID"', "\"'$BOB'\"")
+    add_agent = json.dumps(add_member_body("AGENT_ID"), separators=(",", ":"))
+    add_agent = add_agent.replace('"AGENT_ID"', "\"'$AGENT_ID'\"")
     # The session talks SCIM as an IdP would: over TLS, through HAProxy.
     scim = stack.public or stack.scim
     cacert = f"--cacert {shlex.quote(stack.ca_file)} " if stack.public and stack.ca_file else ""
@@ -201,6 +263,20 @@ status /         # 403
 
 # clean up (to run the session again)
 curl -s "${{H[@]}}" -X DELETE "$SCIM/Users/$USER_ID"
+
+# 4. an agent ({DEMO_AGENT}) owned by bob, in Automation: /api lets it in (docs/agents.md)
+BOB=$(curl -s "${{H[@]}}" -X POST "$SCIM/Users" -d '{bob}' | {get_id})
+AGENT_ID=$(curl -s "${{H[@]}}" -X POST "$SCIM/Agents" -d '{agent}' | {get_id})
+AUTOMATION=$(curl -s "${{H[@]}}" "$SCIM/Groups?filter=displayName%20eq%20%22Automation%22" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Resources"][0]["id"])')
+curl -s -o /dev/null "${{H[@]}}" -X PATCH "$SCIM/Groups/$AUTOMATION" -d '{add_agent}'
+JWT=$({agent_cmd})
+status /api      # 200: an agent in Automation
+status /eng      # 403: a route for people only
+
+# 5. its owner leaves: the agent is suspended at the next request
+curl -s -o /dev/null "${{H[@]}}" -X PATCH "$SCIM/Users/$BOB" -d '{deact}'
+status /api      # 403
+curl -s "${{H[@]}}" -X DELETE "$SCIM/Agents/$AGENT_ID"; curl -s "${{H[@]}}" -X DELETE "$SCIM/Users/$BOB"
 """
 
 
@@ -286,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         if stack.public:
             print(f"    SCIM for the IdP (TLS): {stack.public}   CA: {stack.ca_file}", flush=True)
+        if info.get("console_url"):
+            print(
+                f"    admin console: {info['console_url']}   name {info['admin_name']}   "
+                f"password {info['admin_password']}",
+                flush=True,
+            )
         print("\nself-check (a throwaway user, as the IdP and a browser would):")
         ok = True
         for step, expected, observed in self_check(stack, directory, admins_id):

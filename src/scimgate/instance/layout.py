@@ -201,7 +201,7 @@ def ensure_demo_policy(settings: Settings) -> Path:
     if not path.exists():
         if settings.policy_file is not None:
             raise DemoError(f"policy file {path} (from {settings.config_path}) does not exist")
-        write_public(path, demo_policy_yaml(public_key="keys/jwt.pub.pem"))
+        write_public(path, demo_policy_yaml(public_key="keys/jwt.pub.pem", agents=True))
     return path
 
 
@@ -209,8 +209,11 @@ def hmac_secret_path(settings: Settings) -> Path:
     return settings.hmac_secret_file or Layout(settings.base_dir).hmac_key
 
 
-def persist_settings(settings: Settings, layout: Layout, policy: Path, shards: int) -> None:
-    """Point the instance at its policy and its local HAProxy (in memory and in scimgate.yaml).
+def persist_settings(
+    settings: Settings, layout: Layout, policy: Path, shards: int, bind: str | None = None
+) -> None:
+    """Point the instance at its policy and its local HAProxy (in memory and in scimgate.yaml);
+    ``bind`` is the local HAProxy's enforcing frontend (what `haproxy render` renders).
 
     Only the keys `up` owns are rewritten; everything else in the file stays as it was
     (including the port, which --port overrides for one run only)."""
@@ -219,6 +222,7 @@ def persist_settings(settings: Settings, layout: Layout, policy: Path, shards: i
         runtime_api=f"unix:{layout.admin_socket}",
         master_api=f"unix:{layout.master_socket}",
         map_dir=str(layout.maps),
+        bind=bind,
     )
     settings.policy_file = policy
     settings.hmac_secret_file = hmac_secret_path(settings)

@@ -23,7 +23,7 @@ from scimgate.config import UNIX_PATH_MAX, Settings, parse_bind
 from scimgate.haproxy.process import HAProxyProcess, check_config, find_haproxy
 from scimgate.instance.database import open_database
 from scimgate.instance.haproxy_config import (
-    DEFAULT_HAPROXY_PORT,
+    DEFAULT_BIND,
     choose_map_shards,
     public_scim_url,
     render_instance,
@@ -31,6 +31,7 @@ from scimgate.instance.haproxy_config import (
     write_map_files,
 )
 from scimgate.instance.layout import (
+    TARGET_NAME,
     DemoError,
     Layout,
     ensure_demo_certificate,
@@ -86,7 +87,14 @@ def prepare_haproxy(
     policy = load_policy(policy_file)
     secret = load_or_create_secret(hmac_secret_path(settings))
     shards = choose_map_shards(settings, binary)
-    persist_settings(settings, layout, policy_file.resolve(), shards)
+    # --haproxy-port is remembered (the local target's bind), so that a later
+    # `haproxy render --dir DIR` renders the port this instance runs on.
+    local = next((t for t in settings.targets if t.name == TARGET_NAME), None)
+    if haproxy_port is not None:
+        bind = f"127.0.0.1:{haproxy_port}"
+    else:
+        bind = local.bind if local is not None and local.bind else DEFAULT_BIND
+    persist_settings(settings, layout, policy_file.resolve(), shards, bind)
 
     front = settings.scim_front
     if front is not None and scim_tls_port is not None:
@@ -100,14 +108,13 @@ def prepare_haproxy(
     finally:
         db.dispose()
     write_map_files(layout.maps, entries, shards)
-    port = haproxy_port or DEFAULT_HAPROXY_PORT
-    text = render_instance(settings, policy, bind=f"127.0.0.1:{port}", shards=shards)
+    text = render_instance(settings, policy, bind=bind, shards=shards)
     write_private(layout.config, text)
     ok, output = check_config(layout.config, binary)
     if not ok:
         raise DemoError(f"haproxy -c rejected {layout.config}:\n{output}")
     info: dict[str, Any] = {
-        "haproxy_url": f"http://127.0.0.1:{port}",
+        "haproxy_url": f"http://{bind}",
         "runtime_api": f"unix:{layout.admin_socket}",
         "master_api": f"unix:{layout.master_socket}",
         "haproxy_config": str(layout.config),

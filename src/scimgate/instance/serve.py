@@ -11,11 +11,32 @@ Does not: parse arguments (``scimgate.cli``) or handle a request (``scimgate.api
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from scimgate.config import Settings
 from scimgate.instance.listeners import ListenError
+
+
+class ByListener:
+    """The console on its own listener, the SCIM API on the others: a request is routed by
+    the local address it arrived on, so neither app is reachable through the other's
+    socket."""
+
+    def __init__(self, api: Any, console: Any, console_address: tuple[str, int]) -> None:
+        self.api, self.console, self.console_address = api, console, console_address
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        server = scope.get("server")
+        on_console = server is not None and (server[0], server[1]) == self.console_address
+        await (self.console if on_console else self.api)(scope, receive, send)
+
+
+def console_url(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/console/"
+
 
 # What serving can fail on that is the user's to fix (a port taken, a socket in the way).
 SERVE_ERRORS: tuple[type[BaseException], ...] = (ListenError,)
@@ -47,6 +68,7 @@ def run_server(
 
     from scimgate import logs
     from scimgate.api.forwarded import TrustedProxies
+    from scimgate.config import parse_bind
     from scimgate.instance.listeners import (
         ClientLimits,
         UnixListener,
@@ -60,11 +82,19 @@ def run_server(
     # Listen first: no other thread exists yet (listen_unix sets the umask for a moment).
     tcp = listen_tcp(host, port)
     unix: UnixListener | None = None
+    console: socket.socket | None = None
     instance: Instance | None = None
     try:
         if settings.unix_socket is not None:
             unix = listen_unix(settings.unix_socket)
+        if settings.console_bind is not None:
+            console = listen_tcp(*parse_bind(settings.console_bind, allow_any_port=True))
         instance = Instance(settings)
+        app: Any = instance.app
+        if console is not None and instance.console_app is not None:
+            address = console.getsockname()[:2]
+            app = ByListener(instance.app, instance.console_app, address)
+            instance.console_url = console_url(address)
         instance.start()
         limits = ClientLimits(
             header_timeout=settings.client_header_timeout,
@@ -73,7 +103,7 @@ def run_server(
         )
         config = uvicorn.Config(
             TrustedProxies(
-                instance.app,
+                app,
                 trusted_proxies=settings.trusted_proxies,
                 trusted_sockets=[str(unix.path)] if unix is not None else [],
             ),
@@ -96,16 +126,40 @@ def run_server(
                 on_started(started_instance)
 
             server.startup = startup  # type: ignore[method-assign]
-        server.run(sockets=[tcp] if unix is None else [tcp, unix.sock])
+        sockets = [tcp] + ([unix.sock] if unix is not None else [])
+        server.run(sockets=sockets + ([console] if console is not None else []))
     finally:
         if instance is not None:
             instance.stop()
         tcp.close()
+        if console is not None:
+            console.close()
         if unix is not None:
             unix.close()
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """`scimgate serve`: :func:`run_server`, unwinding on SIGTERM/SIGINT as `up` does."""
+    """`scimgate serve`: :func:`run_server`, unwinding on SIGTERM/SIGINT as `up` does.
+
+    As `up` does, every entry is recomputed first under the current policy and pseudonym
+    secret (only differences are logged and audited as ``policy.apply``): an edited policy or
+    a rotated ``hmac.key`` takes effect at this start, and the start-up resync brings every
+    HAProxy to it."""
     unwind_on_signals()
+    if settings.policy_file is not None:
+        from scimgate.app.enforcement import apply_policy
+        from scimgate.instance.database import open_database
+        from scimgate.instance.layout import hmac_secret_path, load_or_create_secret
+        from scimgate.policy.model import load_policy
+
+        db = open_database(settings)
+        try:
+            apply_policy(
+                db,
+                load_policy(settings.policy_file),
+                load_or_create_secret(hmac_secret_path(settings)),
+                settings.policy_file,
+            )
+        finally:
+            db.dispose()
     run_server(settings, host, port)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scimgate.app import tokens
+from scimgate.app import admins, tokens
 from scimgate.config import (
     CONFIG_NAME,
     ConfigError,
@@ -30,6 +30,7 @@ from scimgate.instance.serve import SERVE_ERRORS, run_server, unwind_on_signals
 from scimgate.store.db import Database
 
 TOKEN_NAME = "demo"
+ADMIN_NAME = "demo-admin"  # the console's demo admin (an operator)
 
 
 def ensure_token(db: Database, directory: Path) -> str:
@@ -48,7 +49,23 @@ def ensure_token(db: Database, directory: Path) -> str:
     return secret
 
 
-def ensure_config(directory: Path, port: int | None) -> Settings:
+def ensure_admin(db: Database, directory: Path) -> tuple[str, str]:
+    """Reuse DIR/console-admin (NAME and secret, 0600) if it still signs in; otherwise issue
+    a fresh demo operator."""
+    path = directory / "console-admin"
+    if path.exists():
+        name, _, secret = path.read_text().strip().partition("\n")
+        if name and admins.credential_ok(db, name, secret.strip()):
+            return name, secret.strip()
+    try:
+        secret = admins.create(db, ADMIN_NAME, "operator")
+    except admins.AdminError:
+        secret = admins.rotate(db, ADMIN_NAME)
+    write_private(path, f"{ADMIN_NAME}\n{secret}\n")
+    return ADMIN_NAME, secret
+
+
+def ensure_config(directory: Path, port: int | None, console_port: int | None = None) -> Settings:
     directory.mkdir(parents=True, exist_ok=True)
     cfg = directory / CONFIG_NAME
     if not cfg.exists():
@@ -63,11 +80,19 @@ def ensure_config(directory: Path, port: int | None) -> Settings:
             # HAProxy's way to the SCIM endpoint (see instance.layout.Layout.scim_socket).
             unix_socket=directory.resolve() / "scimgate.sock",
             scim_front=ScimFront(),
+            # The console on loopback; port 0: a free port, reported in stack.json.
+            console_bind=f"127.0.0.1:{console_port or 0}",
         )
         write_private(cfg, settings.to_yaml())
     settings = load_settings(directory=directory)
     if port is not None:
         settings.port = port
+    if settings.console_bind is None:
+        # `up` is the whole local product: an instance made before the console existed gets
+        # one too, on loopback (not written to its config; `serve` follows the config).
+        settings.console_bind = "127.0.0.1:0"
+    if console_port is not None:
+        settings.console_bind = f"{settings.console_bind.rpartition(':')[0]}:{console_port}"
     return settings
 
 
@@ -95,6 +120,7 @@ def bring_up(
     haproxy_port: int | None = None,
     scim_tls_port: int | None = None,
     with_haproxy: bool = True,
+    console_port: int | None = None,
 ) -> None:
     """The whole instance in the foreground until SIGTERM/SIGINT; raises one of
     :func:`startup_errors` when it cannot start."""
@@ -102,7 +128,7 @@ def bring_up(
     unwind_on_signals()
 
     directory = directory.resolve()
-    settings = ensure_config(directory, port)
+    settings = ensure_config(directory, port, console_port)
     if not _is_loopback(settings.host):
         # The IdP reaches the SCIM endpoint through HAProxy's TLS frontend (scim_front); the
         # direct port is for local tools only.
@@ -112,6 +138,7 @@ def bring_up(
         )
     db = open_database(settings)
     secret = ensure_token(db, directory)
+    admin_name, admin_password = ensure_admin(db, directory)
     db.dispose()
     info: dict[str, Any] = {
         "dir": str(directory),
@@ -123,10 +150,22 @@ def bring_up(
     }
     haproxy = None
 
-    def started(_instance: Any) -> None:
+    def started(instance: Any) -> None:
+        if instance.console_url is not None:
+            info.update(
+                console_url=instance.console_url,
+                admin_name=admin_name,
+                admin_password=admin_password,
+                admin_file=str(directory / "console-admin"),
+            )
         write_stack(directory, info)
         print(
-            json.dumps({"event": "scimgate up", **{k: v for k, v in info.items() if k != "token"}}),
+            json.dumps(
+                {
+                    "event": "scimgate up",
+                    **{k: v for k, v in info.items() if k not in ("token", "admin_password")},
+                }
+            ),
             flush=True,
         )
 

@@ -12,6 +12,9 @@ more specific path or host: ``/healthz`` out of ``/``) but never cover any of it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+from scimgate.policy.agents_model import AGENT_TYPE_PREFIX
 from scimgate.policy.model import ANY_GROUP, Loc, Policy, Route, RouteFrom, header_key
 
 
@@ -96,7 +99,7 @@ def _carves_out(open_route: Route, gated: Route) -> bool:
     return inner == outer and not hosts_cover(open_route.from_.hosts, gated.from_.hosts)
 
 
-def _open_route_problem(route: Route, policy: Policy) -> str | None:
+def _open_route_problem(route: Route, policy: Policy, number: Callable[[int], int]) -> str | None:
     """An open route may narrow an identity-gated route, never cover any of its paths."""
     for k, gated in enumerate(policy.routes):
         if gated.is_open or not routes_intersect(route, gated):
@@ -106,13 +109,15 @@ def _open_route_problem(route: Route, policy: Policy) -> str | None:
         kind = "public" if route.public else "source-limited"
         return (
             f"{kind} route {route.name!r} overlaps identity-gated route {gated.name!r} "
-            f"(#{k + 1}): an open route may only be more specific than a gated one "
+            f"(#{number(k)}): an open route may only be more specific than a gated one "
             "(compared case-insensitively, whatever the order)"
         )
     return None
 
 
-def _reachability_problem(i: int, route: Route, policy: Policy) -> str | None:
+def _reachability_problem(
+    i: int, route: Route, policy: Policy, number: Callable[[int], int]
+) -> str | None:
     """First match wins among routes of the same kind (open routes go first, as a group)."""
     for k, earlier in enumerate(policy.routes[:i]):
         if earlier.is_open != route.is_open or not route_covers(earlier, route):
@@ -121,13 +126,21 @@ def _reachability_problem(i: int, route: Route, policy: Policy) -> str | None:
             earlier.from_.hosts
         ) == sorted(route.from_.hosts)
         what = "duplicate route" if same else "unreachable route"
-        return f"{what} {route.name!r}: route {earlier.name!r} (#{k + 1}) matches first"
+        return f"{what} {route.name!r}: route {earlier.name!r} (#{number(k)}) matches first"
     return None
 
 
-def semantic_problems(policy: Policy) -> list[tuple[Loc, str]]:
-    """Every cross-reference problem, located at the YAML key it concerns."""
-    out: list[tuple[Loc, str]] = []
+def semantic_problems(
+    policy: Policy, route_numbers: Sequence[int] | None = None
+) -> list[tuple[Loc, str]]:
+    """Every cross-reference problem, located at the YAML key it concerns. Routes are
+    numbered from 1 in messages; ``route_numbers`` gives each route's number in the file
+    when some routes were left out (a policy checked past its invalid routes)."""
+
+    def number(index: int) -> int:
+        return route_numbers[index] if route_numbers is not None else index + 1
+
+    out: list[tuple[Loc, str]] = agent_group_problems(policy)
     names: dict[str, int] = {}
     backends: dict[str, tuple[int, list[str]]] = {}
     if policy.identity.header is not None:
@@ -141,7 +154,7 @@ def semantic_problems(policy: Policy) -> list[tuple[Loc, str]]:
                 )
             )
     for i, route in enumerate(policy.routes):
-        where: Loc = ("routes", i)
+        where: Loc = ("routes", number(i) - 1)
         if route.name in names:
             out.append(((*where, "name"), f"duplicate route name {route.name!r}"))
         names.setdefault(route.name, i)
@@ -150,11 +163,12 @@ def semantic_problems(policy: Policy) -> list[tuple[Loc, str]]:
         for j, slug in enumerate(route.allow_groups):
             if slug != ANY_GROUP and slug not in policy.groups:
                 out.append(((*where, "allow_groups", j), f"undefined policy group {slug!r}"))
+        out += _agent_problems(where, route, policy)
         if route.require_scopes and policy.identity.source != "jwt":
             out.append(((*where, "require_scopes"), "require_scopes needs identity.source: jwt"))
-        problem = _reachability_problem(i, route, policy)
+        problem = _reachability_problem(i, route, policy, number)
         if problem is None and route.is_open:
-            problem = _open_route_problem(route, policy)
+            problem = _open_route_problem(route, policy, number)
         if problem is not None:
             out.append(((*where, "from"), problem))
         backend = route.to.backend
@@ -168,3 +182,40 @@ def semantic_problems(policy: Policy) -> list[tuple[Loc, str]]:
                 )
             backends.setdefault(backend, (i, route.to.servers))
     return out
+
+
+def _agent_problems(where: Loc, route: Route, policy: Policy) -> list[tuple[Loc, str]]:
+    """``allow_agents`` needs agent tokens to be readable and names defined groups."""
+    allow = route.allow_agents
+    if allow is None:
+        return []
+    out: list[tuple[Loc, str]] = []
+    if policy.identity.source != "jwt" or policy.identity.agents is None:
+        out.append(
+            (
+                (*where, "allow_agents"),
+                "allow_agents needs identity.source: jwt and "
+                "identity.agents (how an agent's token is recognised)",
+            )
+        )
+    if ANY_GROUP in allow.groups and (len(allow.groups) > 1 or allow.types):
+        out.append(((*where, "allow_agents"), "'any' cannot be combined with groups or types"))
+    for j, slug in enumerate(allow.groups):
+        if slug != ANY_GROUP and slug not in policy.groups:
+            out.append(((*where, "allow_agents", "groups", j), f"undefined policy group {slug!r}"))
+    return out
+
+
+def agent_group_problems(policy: Policy) -> list[tuple[Loc, str]]:
+    """Agent types travel in map values as ``at-<type>``: no policy group may look like one."""
+    if policy.identity.agents is None:
+        return []
+    return [
+        (
+            ("groups", slug),
+            f"group slugs starting with {AGENT_TYPE_PREFIX!r} are reserved for "
+            "agent types when identity.agents is set",
+        )
+        for slug in policy.groups
+        if slug.startswith(AGENT_TYPE_PREFIX)
+    ]

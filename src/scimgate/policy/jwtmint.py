@@ -74,11 +74,13 @@ def demo_policy_yaml(
     public_key: str = "keys/jwt.pub.pem",
     issuer: str = "https://idp.example.com/",
     audience: str = "scimgate-demo",
+    agents: bool = False,
 ) -> str:
     """The demo policy: '/healthz' public (no identity asked), '/' for any active user,
-    '/admin' for admins, '/eng' for engineering; JWT identity (RS256, claim ``email``);
-    every route answered by HAProxy itself."""
-    return f"""\
+    '/admin' for admins, '/eng' for engineering, '/api' for engineering and for agents in
+    the Automation group (with ``agents``: the machine identities of docs/agents.md); JWT identity (RS256, claim ``email``; agent tokens carry
+    ``idtyp: app``); every route answered by HAProxy itself."""
+    text = f"""\
 # scimgate demo policy: HAProxy answers every route itself (no backend needed).
 identity:
   source: jwt
@@ -117,4 +119,31 @@ routes:
     to: {{return: "hello, active user"}}
 
 default: deny
+"""
+    if not agents:
+        return text
+    text = text.replace("\ngroups:\n", _DEMO_AGENTS + "\ngroups:\n", 1)
+    text = text.replace(
+        '  engineering: {idp_groups: ["Engineering"]}\n',
+        '  engineering: {idp_groups: ["Engineering"]}\n  automation: {idp_groups: ["Automation"]}\n',
+        1,
+    )
+    return text.replace("  - name: eng\n", _DEMO_API_ROUTE + "  - name: eng\n", 1)
+
+
+# The demo's agents (docs/agents.md): a token with idtyp=app is an agent's, named by
+# azp/cid/client_id/sub and matched to the agent's subject, agentUserName or clientId.
+_DEMO_AGENTS = """\
+  # machine identities (docs/agents.md): idtyp=app marks an agent's token
+  agents:
+    claims: [azp, cid, client_id, sub]
+    key_attributes: [subject, agentUserName, clientId]
+    token: {idtyp: app, without_user_claim: false}
+"""
+_DEMO_API_ROUTE = """\
+  - name: api
+    from: {hosts: ["*"], path_prefix: /api}
+    allow_groups: [engineering]
+    allow_agents: {groups: [automation]}
+    to: {return: "api"}
 """

@@ -7,9 +7,10 @@ lands in is known to be safe), so that nothing in a policy can inject configurat
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from scimgate.policy.agents_model import AgentIdentity, AllowAgents, RateLimit
 
 # ---------------------------------------------------------------------------------------------
 # Errors
@@ -229,6 +232,7 @@ class Identity(_Model):
     header: HeaderSource | None = None
     mtls: MtlsSource | None = None
     key_attributes: list[KeyAttribute] = Field(default_factory=lambda: ["userName"], min_length=1)
+    agents: AgentIdentity | None = None  # machine identities (policy.agents_model)
 
     @model_validator(mode="after")
     def _source_configured(self) -> Identity:
@@ -325,20 +329,27 @@ class Route(_Model):
         Annotated[str, _matching(re.compile(r"^(?:any|[a-z0-9_-]{1,32})$"), "group")]
     ] = Field(default_factory=list)
     require_scopes: list[Scope] = Field(default_factory=list)
+    # Agents are let in only where a route says so, separately from people.
+    allow_agents: AllowAgents | None = None
+    rate_limit: RateLimit | None = None  # per pseudonymous identity
     to: RouteTo
 
     @property
     def is_open(self) -> bool:
         """Served without asking for an identity (public or source-limited)."""
-        return not self.allow_groups
+        return not self.allow_groups and self.allow_agents is None
 
     @model_validator(mode="after")
     def _one_access_rule(self) -> Route:
-        rules = [self.public, bool(self.allow_sources), bool(self.allow_groups)]
+        gated = bool(self.allow_groups) or self.allow_agents is not None
+        rules = [self.public, bool(self.allow_sources), gated]
         if sum(rules) != 1:
             raise ValueError(
-                "a route needs exactly one of 'allow_groups', 'public: true' or 'allow_sources'"
+                "a route needs exactly one of 'allow_groups' (and/or 'allow_agents'), "
+                "'public: true' or 'allow_sources'"
             )
+        if self.rate_limit is not None and self.is_open:
+            raise ValueError("rate_limit needs allow_groups or allow_agents (it is per identity)")
         if self.require_scopes and self.is_open:
             raise ValueError("require_scopes needs allow_groups (open routes ask no identity)")
         return self
@@ -462,10 +473,13 @@ def parse_policy(
     if problems:
         raise PolicyError(problems)
 
+    from scimgate.policy.checks import semantic_problems  # it reads these models
+
     try:
         policy = Policy.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
-        for error in exc.errors():
+        errors = exc.errors()
+        for error in errors:
             loc = _error_loc(error)
             prefer_key = error.get("type") == "extra_forbidden"
             if loc and loc[-1] == "[key]":  # a bad mapping key: point at the key itself
@@ -473,11 +487,18 @@ def parse_policy(
             if error.get("type") == "missing":
                 loc = loc[:-1]
             where = marks.locate(loc, prefer_key=prefer_key)
-            path = ".".join(str(p) for p in _error_loc(error) if p != "[key]") or "(top level)"
+            path = _shown_path(p for p in _error_loc(error) if p != "[key]")
             problems.append(problem(where, f"{path}: {_format_error(error)}"))
-        raise PolicyError(problems) from None
-
-    from scimgate.policy.checks import semantic_problems  # it reads these models
+        # One pass finds everything: check the cross-references (groups, reachability) of
+        # what is valid, so that a key typo does not hide an undefined group.
+        partial = _valid_part(data, errors, base_dir)
+        if partial is not None:
+            policy_part, numbers = partial
+            problems.extend(
+                problem(marks.locate(loc, prefer_key=True), message)
+                for loc, message in semantic_problems(policy_part, numbers)
+            )
+        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column))) from None
 
     problems.extend(
         problem(marks.locate(loc, prefer_key=True), message)
@@ -486,6 +507,58 @@ def parse_policy(
     if problems:
         raise PolicyError(problems)
     return policy
+
+
+def _shown_path(parts: Iterable[str | int]) -> str:
+    """``routes #2.allow_groups #1``: list positions count from 1, as in every message."""
+    shown = ""
+    for part in parts:
+        if isinstance(part, int):
+            shown += f" #{part + 1}"
+        else:
+            shown += ("." if shown else "") + part
+    return shown or "(top level)"
+
+
+def _valid_part(
+    data: dict[str, Any], errors: list[Any], base_dir: str | None
+) -> tuple[Policy, list[int]] | None:
+    """The policy without its unknown keys and its invalid routes, and the number (from 1)
+    of each route kept; None when what is invalid lies outside the routes (identity,
+    groups: nothing can be cross-checked without them)."""
+    cleaned = copy.deepcopy(data)
+    dropped_routes: set[int] = set()
+    for error in errors:
+        loc = _error_loc(error)
+        if error.get("type") == "extra_forbidden" and _drop_key(cleaned, loc):
+            continue
+        if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
+            dropped_routes.add(loc[1])
+            continue
+        return None
+    routes = cleaned.get("routes")
+    numbers: list[int] = []
+    if isinstance(routes, list):
+        numbers = [i + 1 for i in range(len(routes)) if i not in dropped_routes]
+        cleaned["routes"] = [r for i, r in enumerate(routes) if i not in dropped_routes]
+    try:
+        return Policy.model_validate({**cleaned, "base_dir": base_dir}), numbers
+    except ValidationError:
+        return None
+
+
+def _drop_key(data: Any, loc: Loc) -> bool:
+    """Remove the key at ``loc`` (a YAML alias path); False when the path is not there."""
+    node = data
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if isinstance(node, dict) and loc and loc[-1] in node:
+        del node[loc[-1]]
+        return True
+    return False
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -37,6 +37,12 @@ from typing import Literal
 
 from scimgate.policy.compiler import VALID_SHARD_COUNTS
 from scimgate.policy.model import FILE_PATH_RE, Policy
+from scimgate.policy.render_agents import (
+    RATE_SC,
+    delegate_lookup_rules,
+    rate_limit_rules,
+    rate_limit_tables,
+)
 from scimgate.policy.render_base import (
     V_DECISION,
     V_GROUPS,
@@ -66,6 +72,7 @@ from scimgate.policy.render_routes import (
 
 __all__ = ["RenderError", "render_config"]
 
+TCP_SOCKET_RE = re.compile(r"^ipv4@[0-9.]{7,15}:[0-9]{1,5}$")
 BIND_RE = re.compile(r"^(?:[0-9.]{7,15}|\*|\[[0-9a-fA-F:.]{2,45}\])?:[0-9]{1,5}$")
 LOG_TARGET_RE = re.compile(r"^[A-Za-z0-9._/:@-]+(?: [A-Za-z0-9._/:@-]+){0,5}$")
 BASE64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
@@ -96,8 +103,10 @@ def _frontend_rules(
         *identity_rules(policy, check_files),
         "",
         *lookup_rules(map_dir, shards),
+        *delegate_lookup_rules(policy, map_dir, shards),
         *scope_rules(policy),
         *gated_route_rules(policy),
+        *rate_limit_rules(policy),
         "",
         "# --- scimgate: allowed ---",
         f"http-request set-var({V_DECISION}) str(allow)",
@@ -150,6 +159,8 @@ def render_config(
     check_files: bool = True,
     debug_headers: bool = False,
     scim_frontend: Sequence[str] = (),
+    hard_stop_after: float | None = None,
+    hmac_secret_source: str = "the instance's hmac.key",
 ) -> str:
     """The HAProxy configuration enforcing ``policy``.
 
@@ -160,7 +171,10 @@ def render_config(
     ``-S <master_socket>,mode,600``). ``log_target`` is the ``log`` address and options
     (``stdout format raw``, ``/dev/log``, ``127.0.0.1:514``); facility local0 is appended.
     ``scim_frontend`` (top-level lines from ``render_scim.render_scim_front``) is appended to a
-    full config; a fragment only notes where to get it.
+    full config; a fragment only notes where to get it. ``hard_stop_after`` (seconds) bounds
+    how long an old worker lives after a reload. A fragment never holds the secret itself
+    (it goes to stdout, into terminals and CI logs): it names ``hmac_secret_source``.
+    ``stats_socket`` is a unix socket path or ``ipv4@ADDRESS:PORT``.
     """
     require(mode in ("full", "fragment"), f"mode must be 'full' or 'fragment', not {mode!r}")
     require(shards in VALID_SHARD_COUNTS, f"shards must be one of {VALID_SHARD_COUNTS}")
@@ -190,8 +204,9 @@ def render_config(
         notes = [
             "# scimgate policy fragment: paste into a 'mode http' frontend (before its own",
             "# http-request rules). Generated; edit the policy file instead.",
-            "# Needed in the global section (the pseudonym secret; keep haproxy.cfg mode 0600):",
-            f"#     {hmac_line}",
+            "# Needed in the global section (the pseudonym secret; keep haproxy.cfg mode 0600),",
+            f"# with the base64 text of {hmac_secret_source} in place of <SECRET>:",
+            f"#     set-var {V_HMAC} str(<SECRET>)",
             "# Needed: the map file(s) below must exist before HAProxy starts (may be empty).",
         ]
         if any(r.is_open for r in policy.routes):
@@ -209,6 +224,12 @@ def render_config(
                 f"#     backend {JWT_CACHE_TABLE}",
                 f"#         {cache_table}",
             ]
+        for table, line in rate_limit_tables(policy).items():
+            notes += [
+                f"# Needed: a rate-limit table (and no other track-sc{RATE_SC} here):",
+                f"#     backend {table}",
+                f"#         {line}",
+            ]
         if scim_frontend:
             notes.append(
                 "# The SCIM endpoint's own frontend and backend (scim_front): "
@@ -218,7 +239,8 @@ def render_config(
 
     require(bool(BIND_RE.fullmatch(bind)), f"invalid bind address {bind!r} (expected ip:port)")
     require(
-        bool(FILE_PATH_RE.fullmatch(stats_socket)), f"invalid stats socket path {stats_socket!r}"
+        bool(FILE_PATH_RE.fullmatch(stats_socket) or TCP_SOCKET_RE.fullmatch(stats_socket)),
+        f"invalid stats socket {stats_socket!r} (a unix socket path or ipv4@ADDRESS:PORT)",
     )
     require(bool(LOG_TARGET_RE.fullmatch(log_target)), f"invalid log target {log_target!r}")
     bind_line = f"bind {bind}"
@@ -237,7 +259,9 @@ def render_config(
     glob = [
         "global",
         f"    log {log_target} local0",
-        f"    stats socket {stats_socket} mode 600 level admin expose-fd listeners",
+        f"    stats socket {stats_socket} level admin"
+        if stats_socket.startswith("ipv4@")
+        else f"    stats socket {stats_socket} mode 600 level admin expose-fd listeners",
         "    # the Runtime API's prompt connections are closed after 10 s idle by default",
         "    stats timeout 1h",
         "    # pseudonym secret (base64) for hmac(sha256,...): keep this file mode 0600",
@@ -247,6 +271,12 @@ def render_config(
         "    # (measured: ~100 -> ~60 us of HAProxy CPU per request, bench/analysis.md)",
         "    tune.pattern.cache-size 0",
     ]
+    if hard_stop_after is not None:
+        require(hard_stop_after > 0, "hard_stop_after must be greater than 0")
+        glob += [
+            "    # an old worker keeps the maps it had: bound how long it serves after a reload",
+            f"    hard-stop-after {max(1, round(hard_stop_after * 1000))}ms",
+        ]
     if master_socket is not None:
         require(
             bool(FILE_PATH_RE.fullmatch(master_socket)),
@@ -283,6 +313,13 @@ def render_config(
             "# verified tokens (SHA-256 of the whole token -> gpt0 = its exp); never shared with peers",
             f"backend {JWT_CACHE_TABLE}",
             f"    {cache_table}",
+        ]
+    for table, line in rate_limit_tables(policy).items():
+        out += [
+            "",
+            "# per-identity request rates of one route (pseudonym keys)",
+            f"backend {table}",
+            f"    {line}",
         ]
     if scim_frontend:
         out += ["", *scim_frontend]

@@ -29,6 +29,7 @@ PRINTABLE_TOKEN_REGEX = "^[!-~]+\\z"
 _UNAUTHENTICATED_BODY = '\'{"error":"unauthenticated","status":401}\''
 _FORBIDDEN_BODY = '\'{"error":"forbidden","status":403}\''
 _BAD_REQUEST_BODY = '\'{"error":"ambiguous request","status":400}\''
+_TOO_MANY_BODY = '\'{"error":"too many requests","status":429}\''
 
 
 def require(ok: bool, message: str) -> None:
@@ -51,6 +52,8 @@ def deny(status: int, decision: str, condition: str, *, bearer: bool = False) ->
         extra = " hdr WWW-Authenticate 'Bearer realm=\"scimgate\"'" if bearer else ""
     elif status == 400:
         body, extra = _BAD_REQUEST_BODY, ""
+    elif status == 429:  # RFC 6585 §4
+        body, extra = _TOO_MANY_BODY, ""
     else:
         body, extra = _FORBIDDEN_BODY, ""
     return [

@@ -47,6 +47,12 @@ from pathlib import Path
 
 from scimgate.policy.compiler import OVERLAY_MAP_NAME, OVERLAY_TOMBSTONE, map_file_name
 from scimgate.policy.model import HMAC_ALGORITHMS, Policy
+from scimgate.policy.render_agents import (
+    agent_string_claims,
+    agent_token_rules,
+    claims_ok_terms,
+    identity_from_token,
+)
 from scimgate.policy.render_base import (
     PRINTABLE_TOKEN_REGEX,
     V_BEARER,
@@ -117,6 +123,7 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         "scimgate_jwt_aud_ok scimgate_jwt_identity_ok"
         + (" !scimgate_jwt_act_bad" if forwards_actor else "")
     )
+    claims_ok = claims_ok_terms(policy, claims_ok)  # agents: a principal, not the user claim
     # the claim is read on every request (a cache hit needs it too), and becomes the identity
     # only once the token is verified or cached
     identity = f"http-request set-var({V_IDENTITY}) var(txn.scimgate_jwt_identity)"
@@ -150,7 +157,7 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"acl scimgate_jwt_alg_ok var(txn.scimgate_jwt_alg) -m str {alg}",
         "acl scimgate_jwt_payload_ok var(txn.scimgate_jwt_payload) -m found",
         "acl scimgate_jwt_claim_types_bad var(txn.scimgate_jwt_payload) "
-        f"-m reg '{claim_types_bad_regex([jwt.claim, *(['sub'] if forwards_actor else [])])}'",
+        f"-m reg '{claim_types_bad_regex([jwt.claim, *(['sub'] if forwards_actor else []), *agent_string_claims(policy)])}'",
         f"acl scimgate_jwt_exp_sane var(txn.scimgate_jwt_exp) -m int le {MAX_EXP}",
         f"acl scimgate_jwt_exp_ok var(txn.scimgate_jwt_exp),add({leeway}),sub(txn.scimgate_now) -m int gt 0",
         f"acl scimgate_jwt_nbf_bad var(txn.scimgate_jwt_nbf),sub(txn.scimgate_now) -m int gt {leeway}",
@@ -169,8 +176,13 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
             f"if scimgate_jwt_has_act !scimgate_actor_ok{' !scimgate_jwt_cached' if cached else ''}",
             "acl scimgate_jwt_act_bad var(txn.scimgate_jwt_act_bad) -m bool",
         ]
+    checks += agent_token_rules(policy, unless_cached)
     if not cached:
-        return [*head, *checks, f"{identity} if {claims_ok} scimgate_jwt_sig_ok"]
+        return [
+            *head,
+            *checks,
+            *identity_from_token(policy, identity, f"{claims_ok} scimgate_jwt_sig_ok"),
+        ]
     sc = JWT_CACHE_SC
     store = "{ var(txn.scimgate_jwt_store) -m bool }"
     return [
@@ -200,7 +212,7 @@ def jwt_rules(policy: Policy, check_files: bool) -> list[str]:
         f"http-request track-sc{sc} var(txn.scimgate_jwt_digest) table {JWT_CACHE_TABLE} "
         f"if {store}",
         f"http-request sc-set-gpt0({sc}) var(txn.scimgate_jwt_exp) if {store}",
-        f"{identity} if scimgate_jwt_cached || scimgate_jwt_verified",
+        *identity_from_token(policy, identity, "scimgate_jwt_cached || scimgate_jwt_verified"),
     ]
 
 

@@ -27,6 +27,7 @@ Express, Go). HAProxy 2.6.12 facts behind the rules (measured with raw requests 
 from __future__ import annotations
 
 from scimgate.policy.model import ANY_GROUP, Policy, Route
+from scimgate.policy.render_agents import person_condition, route_agent_rules
 from scimgate.policy.render_base import V_DECISION, V_GROUPS, V_ROUTE, V_SCOPES, acl_name, deny
 
 # Refused (400) anywhere in the query-less path (matched case-insensitively):
@@ -197,9 +198,11 @@ def gated_route_rules(policy: Policy) -> list[str]:
     for route in routes:
         is_route = acl_name("route", route.name)
         out.append(f"acl {is_route} var({V_ROUTE}) -m str {route.name}")
-        if ANY_GROUP not in route.allow_groups:
+        if route.allow_groups and ANY_GROUP not in route.allow_groups:
             lacking = " ".join(f"!{acl_name('group', g)}" for g in route.allow_groups)
-            out += deny(403, "group_denied", f"{is_route} {lacking}")
+            people = person_condition(policy)  # agents: allow_agents instead
+            out += deny(403, "group_denied", f"{is_route}{people} {lacking}")
+        out += route_agent_rules(policy, route)
         for scope in route.require_scopes:
             out += deny(
                 403,

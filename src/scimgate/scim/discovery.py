@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from scimgate.scim.schema import (
+    AGENT_SCHEMA,
+    AGENTIC_APPLICATION_SCHEMA,
     ALL_SCHEMAS,
     LIST_RESPONSE_SCHEMA,
     RESOURCE_TYPE_SCHEMA,
     RESOURCE_TYPES,
     SPC_SCHEMA,
 )
+
+AGENT_SCHEMAS = (AGENT_SCHEMA, AGENTIC_APPLICATION_SCHEMA)
 
 
 def service_provider_config(
@@ -25,6 +29,12 @@ def service_provider_config(
         "changePassword": {"supported": False},
         "sort": {"supported": True},
         "etag": {"supported": True},
+        # draft-abbey-scim-agent-extension-00 §5: a provider serving agents announces it.
+        "agentExtension": {
+            "supported": True,
+            "agentsSupported": True,
+            "agenticApplicationsSupported": True,
+        },
         "authenticationSchemes": [
             {
                 "type": "oauthbearertoken",
@@ -57,7 +67,8 @@ def resource_type(name: str, base_url: str) -> dict[str, Any]:
 
 def schema(schema_id: str, base_url: str) -> dict[str, Any] | None:
     for s in ALL_SCHEMAS:
-        if s.id == schema_id:
+        # The agent drafts' examples write their URNs in lower case: found either way.
+        if s.id == schema_id or (s.id in AGENT_SCHEMAS and s.id.lower() == schema_id.lower()):
             return s.to_scim(f"{base_url}/Schemas/{s.id}")
     return None
 

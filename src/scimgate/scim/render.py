@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from scimgate.scim.etag import etag
 from scimgate.scim.schema import ENTERPRISE_USER_SCHEMA, GROUP_SCHEMA, USER_SCHEMA
 
+_ENDPOINTS = {"User": "Users", "Group": "Groups", "Agent": "Agents"}
+
 
 class UserRecord(Protocol):
     """What a stored user row gives (``store.resources.UserRow``)."""
@@ -86,7 +88,7 @@ def group_resource(
     out["displayName"] = row.display_name
     if members:
         out["members"] = [
-            {**m, "$ref": f"{base_url}/{'Users' if m['type'] == 'User' else 'Groups'}/{m['value']}"}
+            {**m, "$ref": f"{base_url}/{_ENDPOINTS.get(m['type'], 'Groups')}/{m['value']}"}
             for m in members
         ]
     out["meta"] = {

@@ -207,7 +207,7 @@ def _check_member(element: dict[str, Any], path: str) -> None:
     kind = element.get("type")
     if kind is not None:
         if kind.lower() not in _MEMBER_TYPES:
-            raise _fail(f"{path}.type", "member type must be 'User' or 'Group'")
+            raise _fail(f"{path}.type", "member type must be 'User', 'Group' or 'Agent'")
         element["type"] = _MEMBER_TYPES[kind.lower()]
 
 

@@ -13,6 +13,10 @@ from typing import Any
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_USER_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
+# draft-abbey-scim-agent-extension-00 §3 and draft-wzdk-scim-agent-resource-00 §2 (the
+# drafts' own ResourceType example writes ":agent" in lower case: URNs match case-blind).
+AGENT_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Agent"
+AGENTIC_APPLICATION_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:AgenticApplication"
 LIST_RESPONSE_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 PATCH_OP_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SEARCH_REQUEST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
@@ -273,11 +277,147 @@ GROUP = Schema(
                     "$ref",
                     type="reference",
                     mutability="immutable",
-                    reference_types=("User", "Group"),
+                    reference_types=("User", "Group", "Agent"),
                 ),
                 Attribute("display", mutability="immutable"),
-                Attribute("type", mutability="immutable", canonical_values=("User", "Group")),
+                Attribute(
+                    "type", mutability="immutable", canonical_values=("User", "Group", "Agent")
+                ),
             ),
+        ),
+    ),
+)
+
+
+def _ref_list(
+    name: str,
+    *,
+    reference_types: tuple[str, ...],
+    types: tuple[str, ...] = (),
+    mutability: str = "readWrite",
+    description: str = "",
+) -> Attribute:
+    """A multi-valued reference list (value, $ref, display[, type]): owners, agents, …"""
+    subs: tuple[Attribute, ...] = (
+        Attribute("value", case_exact=True, mutability=mutability, max_length=NAME_LENGTH),
+        Attribute("$ref", type="reference", mutability=mutability, reference_types=reference_types),
+        Attribute("display", mutability=mutability),
+    )
+    if types:
+        subs += (Attribute("type", mutability=mutability, canonical_values=types),)
+    return Attribute(
+        name,
+        type="complex",
+        multi_valued=True,
+        mutability=mutability,
+        sub_attributes=subs,
+        description=description,
+    )
+
+
+# Both drafts' attribute names: abbey-00 (name, agentType, protocols, parent, owners,
+# subject, applications…) and wzdk-00 (agentUserName, owners).
+AGENT = Schema(
+    AGENT_SCHEMA,
+    "Agent",
+    "An AI agent or other machine identity (draft-abbey-scim-agent-extension-00, "
+    "draft-wzdk-scim-agent-resource-00)",
+    (
+        # abbey-00 §3.1: required; a wzdk-00 body without it takes its agentUserName
+        # (scimgate.app.agents.with_default_name), so both drafts' creates succeed.
+        Attribute("name", required=True, max_length=NAME_LENGTH),
+        Attribute("agentUserName", uniqueness="server", max_length=NAME_LENGTH),
+        Attribute("displayName", max_length=NAME_LENGTH),
+        Attribute("description"),
+        Attribute("agentType", max_length=NAME_LENGTH),
+        Attribute("active", type="boolean"),
+        # Correlates with the ``sub`` of the agent's tokens (abbey-00 §3.1).
+        Attribute("subject", case_exact=True, max_length=NAME_LENGTH),
+        _ref_list("owners", reference_types=("User", "Group"), types=("User", "Group")),
+        Attribute(
+            "parent",
+            type="complex",
+            sub_attributes=(
+                Attribute("value", case_exact=True, max_length=NAME_LENGTH),
+                Attribute("$ref", type="reference", reference_types=("Agent",)),
+                Attribute("display"),
+            ),
+        ),
+        Attribute(
+            "protocols",
+            type="complex",
+            multi_valued=True,
+            sub_attributes=(
+                Attribute("type", canonical_values=("A2A", "OpenAPI", "MCP-Client", "MCP-Server")),
+                Attribute("specificationUrl", type="reference", reference_types=("external",)),
+            ),
+        ),
+        _multi("entitlements"),
+        _multi("roles"),
+        Attribute(
+            "groups",
+            type="complex",
+            multi_valued=True,
+            mutability="readOnly",
+            sub_attributes=(
+                Attribute("value", mutability="readOnly"),
+                Attribute(
+                    "$ref", type="reference", mutability="readOnly", reference_types=("Group",)
+                ),
+                Attribute("display", mutability="readOnly"),
+                Attribute("type", mutability="readOnly", canonical_values=("direct",)),
+            ),
+        ),
+        _ref_list(
+            "applications",
+            reference_types=("AgenticApplication",),
+            types=("owned", "authorized", "guest"),
+            mutability="readOnly",
+        ),
+        _multi("x509Certificates", value_type="binary"),
+    ),
+)
+
+AGENTIC_APPLICATION = Schema(
+    AGENTIC_APPLICATION_SCHEMA,
+    "AgenticApplication",
+    "An application agents act in (draft-abbey-scim-agent-extension-00 §4)",
+    (
+        Attribute("name", required=True, max_length=NAME_LENGTH),
+        Attribute("displayName", max_length=NAME_LENGTH),
+        Attribute("description"),
+        Attribute("active", type="boolean"),
+        Attribute(
+            "applicationUrls",
+            type="complex",
+            multi_valued=True,
+            sub_attributes=(
+                Attribute("type", canonical_values=("ssoEndpoint", "loginPage", "api", "homepage")),
+                Attribute("value", type="reference", reference_types=("external",)),
+                Attribute("primary", type="boolean"),
+            ),
+        ),
+        Attribute("lastAccessed", type="dateTime", mutability="readOnly"),
+        Attribute(
+            "oAuthConfiguration",
+            type="complex",
+            multi_valued=True,
+            sub_attributes=(
+                # Okta's cid / Entra's azp+appid / RFC 9068 client_id of the app's tokens.
+                Attribute("clientId", case_exact=True, max_length=NAME_LENGTH),
+                Attribute("audienceUri", type="reference", reference_types=("uri",)),
+                Attribute("issuerUri", type="reference", reference_types=("uri",)),
+                Attribute(
+                    "redirectUri", type="reference", multi_valued=True, reference_types=("uri",)
+                ),
+            ),
+        ),
+        _ref_list("agents", reference_types=("Agent",), types=("owned", "authorized", "guest")),
+        Attribute(
+            "externalIdentifiers",
+            type="complex",
+            multi_valued=True,
+            sub_attributes=(Attribute("type"), Attribute("value"), Attribute("system")),
         ),
     ),
 )
@@ -287,8 +427,18 @@ COMMON_ATTRIBUTES: tuple[Attribute, ...] = (_ID, _EXTERNAL_ID, _META)
 
 USER_TYPE = ResourceType("User", "/Users", USER, (ENTERPRISE_USER,))
 GROUP_TYPE = ResourceType("Group", "/Groups", GROUP)
-RESOURCE_TYPES: dict[str, ResourceType] = {"User": USER_TYPE, "Group": GROUP_TYPE}
-ALL_SCHEMAS: tuple[Schema, ...] = (USER, ENTERPRISE_USER, GROUP)
+AGENT_TYPE = ResourceType("Agent", "/Agents", AGENT)
+AGENTIC_APPLICATION_TYPE = ResourceType(
+    "AgenticApplication", "/AgenticApplications", AGENTIC_APPLICATION
+)
+RESOURCE_TYPES: dict[str, ResourceType] = {
+    "User": USER_TYPE,
+    "Group": GROUP_TYPE,
+    "Agent": AGENT_TYPE,
+    "AgenticApplication": AGENTIC_APPLICATION_TYPE,
+}
+ALL_SCHEMAS: tuple[Schema, ...] = (USER, ENTERPRISE_USER, GROUP, AGENT, AGENTIC_APPLICATION)
+CORE_SCHEMAS = (USER_SCHEMA, GROUP_SCHEMA, AGENT_SCHEMA, AGENTIC_APPLICATION_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -301,7 +451,7 @@ class AttrRef:
 
     @property
     def is_extension(self) -> bool:
-        return self.schema not in (USER_SCHEMA, GROUP_SCHEMA)
+        return self.schema not in CORE_SCHEMAS
 
     @property
     def target(self) -> Attribute:

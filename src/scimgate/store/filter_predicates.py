@@ -264,8 +264,9 @@ class JsonElements(Elements):
 class UserGroups(Elements):
     """User ``groups`` (RFC 7643 §4.1.2), from the members table: direct memberships."""
 
-    def __init__(self, attr: Attribute):
+    def __init__(self, attr: Attribute, owner: Table = users):
         self.attr = attr
+        self.owner = owner  # users, or agents (their ``groups`` are the same rows)
         self.m = members.alias()
         self.g = groups.alias()
 
@@ -283,8 +284,8 @@ class UserGroups(Elements):
         q = (
             select(literal(1))
             .select_from(self.m.join(self.g, self.g.c.id == self.m.c.group_id))
-            .where(self.m.c.member_id == users.c.id)
-            .correlate(users)
+            .where(self.m.c.member_id == self.owner.c.id)
+            .correlate(self.owner)
         )
         return q.where(cond).exists() if cond is not None else q.exists()
 

@@ -49,6 +49,7 @@ from scimgate.scim.schema import (
     ResourceType,
     resolve,
 )
+from scimgate.store.filter_agents import AgentApplications, ApplicationAgents
 from scimgate.store.filter_predicates import (
     Col,
     Const,
@@ -61,7 +62,7 @@ from scimgate.store.filter_predicates import (
     UserGroups,
 )
 from scimgate.store.sql_dialect import Bool, Dialect
-from scimgate.store.tables import groups, members, users
+from scimgate.store.tables import agentic_applications, agents, groups, members, users
 
 # --------------------------------------------------------------------------- resolution
 
@@ -75,6 +76,33 @@ _GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
     "id": groups.c.id,
     "externalid": groups.c.external_id,
 }
+_AGENT_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "id": agents.c.id,
+    "externalid": agents.c.external_id,
+    "active": agents.c.active,
+    "displayname": agents.c.display_name,
+    "subject": agents.c.subject,
+}
+_APPLICATION_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "id": agentic_applications.c.id,
+    "externalid": agentic_applications.c.external_id,
+    "active": agentic_applications.c.active,
+    "displayname": agentic_applications.c.display_name,
+}
+# Case-insensitive names kept lowered in their own column (RFC 7643 §2.2 caseExact=false).
+_LOWERED_COLUMNS: dict[str, dict[str, ColumnElement[Any]]] = {
+    "scim_users": {"username": users.c.user_name_lower},
+    "scim_groups": {"displayname": groups.c.display_name_lower},
+    "scim_agents": {"name": agents.c.name_lower,
+                    "agentusername": agents.c.agent_user_name_lower},
+    "scim_agentic_applications": {"name": agentic_applications.c.name_lower},
+}  # fmt: skip
+_COLUMNS = {
+    "scim_users": _USER_COLUMNS,
+    "scim_groups": _GROUP_COLUMNS,
+    "scim_agents": _AGENT_COLUMNS,
+    "scim_agentic_applications": _APPLICATION_COLUMNS,
+}
 
 
 class Resolver:
@@ -86,6 +114,10 @@ class Resolver:
             self.table = users
         elif rtype.name == "Group":
             self.table = groups
+        elif rtype.name == "Agent":
+            self.table = agents
+        elif rtype.name == "AgenticApplication":
+            self.table = agentic_applications
         else:
             raise ValueError(f"no table for resource type {rtype.name!r}")
 
@@ -117,13 +149,12 @@ class Resolver:
                 if sname == "resourcetype":
                     return Const(self.rtype.name, sub)
                 raise InvalidFilter(f"{path!r} is not filterable")
-            cols = _USER_COLUMNS if t is users else _GROUP_COLUMNS
+            cols = _COLUMNS[t.name]
+            lowered = _LOWERED_COLUMNS[t.name]
+            if sub is None and name in lowered:
+                return Col(lowered[name], attr, lowered=True)
             if sub is None and name in cols:
                 return Col(cols[name], attr)
-            if sub is None and name == "username" and t is users:
-                return Col(users.c.user_name_lower, attr, lowered=True)
-            if sub is None and name == "displayname" and t is groups:
-                return Col(groups.c.display_name_lower, attr, lowered=True)
         keys: tuple[str, ...] = (ref.schema,) if ref.is_extension else ()
         keys += (attr.name,) + ((sub.name,) if sub else ())
         return Json(t.c.attrs, keys, sub or attr)
@@ -132,8 +163,12 @@ class Resolver:
         attr = ref.attribute
         if attr.type != "complex":
             raise InvalidFilter(f"{attr.name!r}: multi-valued simple attributes are not supported")
-        if self.table is users and not ref.is_extension and attr.name == "groups":
-            return UserGroups(attr)
+        if self.table in (users, agents) and not ref.is_extension and attr.name == "groups":
+            return UserGroups(attr, self.table)
+        if self.table is agents and attr.name == "applications":
+            return AgentApplications(attr)
+        if self.table is agentic_applications and attr.name == "agents":
+            return ApplicationAgents(attr)
         if self.table is groups and not ref.is_extension and attr.name == "members":
             return GroupMembers(attr)
         keys = ((ref.schema,) if ref.is_extension else ()) + (attr.name,)
@@ -303,8 +338,9 @@ class MemberFilter:
             self.member_group, self.member_group.c.id == members.c.member_id
         )
         # Both columns hold Python-lowered text (store.resources), as the value is lowered.
+        self.source = self.source.outerjoin(agents, agents.c.id == members.c.member_id)
         self.display = func.coalesce(
-            users.c.user_name_lower, self.member_group.c.display_name_lower
+            users.c.user_name_lower, self.member_group.c.display_name_lower, agents.c.name_lower
         )
 
     def where(self, node: Node) -> ColumnElement[bool]:

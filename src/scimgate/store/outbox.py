@@ -17,9 +17,23 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scimgate.store import tables
-from scimgate.store.db import Database, log_committed, now_iso
+from scimgate.store.db import Database, Sql, log_committed, now_iso
 
 E, C = tables.map_entries, tables.change_log
+
+# The per-write path (one user's few keys, inside every SCIM write) as plain statements:
+# building and compiling the Core constructs cost more CPU than the database spends on them.
+# The set-wise rebuild keeps Core's batched executemany.
+_ENTRIES_OF_USER = Sql("SELECT identity_key, value FROM map_entries WHERE user_id = ?")
+_KEY_OWNED = Sql("SELECT 1 FROM map_entries WHERE identity_key = ?")
+_DELETE_KEY = Sql("DELETE FROM map_entries WHERE identity_key = ?")
+_INSERT_KEY = Sql("INSERT INTO map_entries (identity_key, value, user_id) VALUES (?, ?, ?)")
+_UPDATE_KEY = Sql("UPDATE map_entries SET value = ? WHERE identity_key = ?")
+_LOG_CHANGE = Sql(
+    "INSERT INTO change_log (identity_key, value, user_id, deprovision, created) "
+    "VALUES (?, ?, ?, ?, ?) RETURNING seq"
+)
+_FEW = 32  # at most this many changes: one plain statement per row
 
 
 @dataclass(frozen=True)
@@ -49,12 +63,7 @@ def log_user_entries(
     log every key that changed, in order. A user gone from the store has ``{}``."""
     diff = _EntryDiff(_StoredOwners(conn))
     for user_id, desired in desired_by_user:
-        current = {
-            k: v
-            for k, v in conn.execute(
-                sa.select(E.c.identity_key, E.c.value).where(E.c.user_id == user_id)
-            )
-        }
+        current = {k: v for k, v in _ENTRIES_OF_USER.run(conn, (user_id,))}
         diff.refresh(user_id, current, desired)
     return diff.write(conn, batch=500)
 
@@ -70,8 +79,7 @@ class _StoredOwners:
     def __contains__(self, key: object) -> bool:
         if key in self.local:
             return self.local[key] is not None
-        q = sa.select(E.c.user_id).where(E.c.identity_key == key)
-        return self.conn.execute(q).first() is not None
+        return _KEY_OWNED.run(self.conn, (key,)).fetchone() is not None
 
     def __setitem__(self, key: str, user_id: str) -> None:
         self.local[key] = user_id
@@ -148,6 +156,8 @@ class _EntryDiff:
             )
 
     def write(self, conn: Connection, batch: int) -> list[MapChange]:
+        if len(self.changes) <= _FEW:
+            return self._write_few(conn)
         # Deletes first: a key one user lost may be inserted for another. An update is of
         # a key its user keeps, so it is neither deleted nor inserted here.
         for i in range(0, len(self.deletes), batch):
@@ -170,6 +180,31 @@ class _EntryDiff:
                     int(seq), ch["identity_key"], ch["value"], ch["user_id"], ch["deprovision"]
                 )
                 for seq, ch in zip(seqs, rows, strict=True)
+            )
+        log_committed(conn, out)  # the sync engine wakes once the transaction commits
+        return out
+
+    def _write_few(self, conn: Connection) -> list[MapChange]:
+        """:meth:`write` for the few rows of one SCIM write, in the same order (deletes,
+        inserts, updates, then the change log in change order, one row at a time so that
+        the seqs follow it)."""
+        for key in self.deletes:
+            _DELETE_KEY.run(conn, (key,))
+        for row in self.inserts:
+            _INSERT_KEY.run(conn, (row["identity_key"], row["value"], row["user_id"]))
+        for row in self.updates:
+            _UPDATE_KEY.run(conn, (row["v"], row["k"]))
+        out: list[MapChange] = []
+        now = now_iso()
+        for ch in self.changes:
+            seq = _LOG_CHANGE.run(
+                conn,
+                (ch["identity_key"], ch["value"], ch["user_id"], bool(ch["deprovision"]), now),
+            ).fetchone()[0]
+            out.append(
+                MapChange(
+                    int(seq), ch["identity_key"], ch["value"], ch["user_id"], ch["deprovision"]
+                )
             )
         log_committed(conn, out)  # the sync engine wakes once the transaction commits
         return out

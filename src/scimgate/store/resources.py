@@ -110,6 +110,10 @@ def _user_values(resource: dict[str, Any]) -> dict[str, Any]:
 # (store.db.Sql) instead of a Core construct built, cache-keyed and compiled per call.
 _USER_COLUMNS = "id, user_name, active, attrs, version, created, last_modified"
 _USER_BY_ID = Sql(f"SELECT {_USER_COLUMNS} FROM scim_users WHERE id = ?")
+_IDP_GROUPS_OF_USER = Sql(
+    "SELECT g.display_name, g.external_id FROM scim_members m "
+    "JOIN scim_groups g ON g.id = m.group_id WHERE m.member_id = ?"
+)
 _USER_WITH_GROUPS = Sql(
     "SELECT u.id, u.user_name, u.active, u.attrs, u.version, u.created, u.last_modified, "
     "g.id, g.display_name FROM scim_users u "
@@ -247,12 +251,9 @@ def groups_of_users(conn: Connection, user_ids: Sequence[str]) -> dict[str, list
 
 def idp_groups_of_user(conn: Connection, user_id: str) -> list[dict[str, Any]]:
     """The user's direct groups as the policy compiler wants them (displayName, externalId)."""
-    q = (
-        sa.select(G.c.display_name, G.c.external_id)
-        .select_from(M.join(G, G.c.id == M.c.group_id))
-        .where(M.c.member_id == user_id)
-    )
-    return [{"displayName": n, "externalId": e} for n, e in conn.execute(q)]
+    return [
+        {"displayName": n, "externalId": e} for n, e in _IDP_GROUPS_OF_USER.run(conn, (user_id,))
+    ]
 
 
 def idp_groups_by_user(conn: Connection) -> dict[str, list[dict[str, Any]]]:
@@ -386,16 +387,19 @@ def member_rows(conn: Connection, group_ids: Sequence[str]) -> dict[str, list[di
     if not group_ids:
         return out
     ug = G.alias("member_group")
+    ag = tables.agents
     q = (
-        sa.select(M.c.group_id, M.c.member_id, M.c.member_type, U.c.user_name, ug.c.display_name)
+        sa.select(M.c.group_id, M.c.member_id, M.c.member_type, U.c.user_name, ug.c.display_name,
+                  ag.c.name)
         .select_from(
             M.outerjoin(U, U.c.id == M.c.member_id).outerjoin(ug, ug.c.id == M.c.member_id)
+            .outerjoin(ag, ag.c.id == M.c.member_id)
         )
         .where(M.c.group_id.in_(list(group_ids)))
         .order_by(M.c.group_id, M.c.member_id)
-    )
-    for gid, mid, mtype, uname, gname in conn.execute(q):
-        out[gid].append({"value": mid, "type": mtype, "display": uname or gname})
+    )  # fmt: skip
+    for gid, mid, mtype, uname, gname, aname in conn.execute(q):
+        out[gid].append({"value": mid, "type": mtype, "display": uname or gname or aname})
     return out
 
 
@@ -408,6 +412,15 @@ def existing_member_types(conn: Connection, ids: Sequence[str]) -> dict[str, str
     if missing:
         found.update(
             {r[0]: "Group" for r in conn.execute(sa.select(G.c.id).where(G.c.id.in_(missing)))}
+        )
+    missing = [i for i in ids if i not in found]
+    if missing:  # agents may be members of groups (draft-abbey-scim-agent-extension-00 §3.1)
+        agents = tables.agents
+        found.update(
+            {
+                r[0]: "Agent"
+                for r in conn.execute(sa.select(agents.c.id).where(agents.c.id.in_(missing)))
+            }
         )
     return found
 

@@ -72,6 +72,56 @@ members = Table(
     Index("ix_scim_members_member", "member_id", "group_id"),
 )
 
+# Agents (draft-abbey-scim-agent-extension-00, draft-wzdk-scim-agent-resource-00): a
+# machine identity, keyed in HAProxy by its subject / agentUserName (policy.agents).
+agents = Table(
+    "scim_agents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("name_lower", Text, nullable=False, index=True),
+    Column("agent_user_name", Text, nullable=True),
+    # wzdk-00 §2: agentUserName is the identifier, unique like userName (several NULLs fine).
+    Column("agent_user_name_lower", Text, nullable=True, unique=True),
+    Column("subject", Text, nullable=True, index=True),
+    Column("external_id", Text, nullable=True, index=True),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("display_name", Text, nullable=True),
+    Column("attrs", JsonDoc, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created", String(32), nullable=False),
+    Column("last_modified", String(32), nullable=False),
+)
+
+agentic_applications = Table(
+    "scim_agentic_applications",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("name_lower", Text, nullable=False, index=True),
+    Column("external_id", Text, nullable=True, index=True),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("display_name", Text, nullable=True),
+    Column("attrs", JsonDoc, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created", String(32), nullable=False),
+    Column("last_modified", String(32), nullable=False),
+)
+
+# An agent's links, indexed from the other side too: relation "owner" (other = a User or
+# Group id, kind = "User"/"Group"; kept when the owner is deleted, so the agent stays
+# suspended) and "application" (other = an AgenticApplication id, kind = owned/authorized/
+# guest). "Which agents does this user own" is one index range scan (the owner cascade).
+agent_links = Table(
+    "scim_agent_links",
+    metadata,
+    Column("agent_id", String(36), primary_key=True),
+    Column("other_id", String(36), primary_key=True),
+    Column("relation", String(16), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Index("ix_scim_agent_links_other", "other_id", "relation"),
+)
+
 tokens = Table(
     "api_tokens",
     metadata,
@@ -154,10 +204,40 @@ audit_events = Table(
     Column("client", String(128), nullable=True),
     Column("user_agent", Text, nullable=True),
     Column("request_id", String(64), nullable=True),
-    Column("resource_type", String(16), nullable=True),
+    Column("resource_type", String(32), nullable=True),
     Column("resource_id", String(36), nullable=True, index=True),
     Column("operation", String(32), nullable=True),
     Column("detail", JsonDoc, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# The console's people counts (overview, people page): count(*) WHERE active on an index,
+# not a scan of every row's JSON.
+Index("ix_scim_users_active", users.c.active)
+
+# The admin console (issue 14): admins sign in with a name and a random secret, stored only
+# as its SHA-256 (like api_tokens); a session is a random cookie secret, stored hashed too.
+admin_accounts = Table(
+    "admin_accounts",
+    metadata,
+    Column("id", SeqInt, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created", String(32), nullable=False),
+    Column("rotated", String(32), nullable=True),
+    Column("revoked", String(32), nullable=True),
+    Column("last_sign_in", String(32), nullable=True),
+)
+
+admin_sessions = Table(
+    "admin_sessions",
+    metadata,
+    Column("secret_hash", String(64), primary_key=True),
+    Column("admin_id", SeqInt, nullable=False, index=True),
+    Column("created", String(32), nullable=False),
+    Column("expires", String(32), nullable=False),
+    Column("last_seen", String(32), nullable=False),
+    Column("revoked", String(32), nullable=True),
 )
