@@ -78,8 +78,9 @@ def demo_policy_yaml(
 ) -> str:
     """The demo policy: '/healthz' public (no identity asked), '/' for any active user,
     '/admin' for admins, '/eng' for engineering, '/api' for engineering and for agents in
-    the Automation group (with ``agents``: the machine identities of docs/agents.md); JWT identity (RS256, claim ``email``; agent tokens carry
-    ``idtyp: app``); every route answered by HAProxy itself."""
+    the Automation group (with ``agents``: the machine identities of docs/agents.md); JWT
+    identity (RS256, claim ``email``; agent tokens carry ``idtyp: app``); every route
+    answered by HAProxy itself."""
     text = f"""\
 # scimgate demo policy: HAProxy answers every route itself (no backend needed).
 identity:
@@ -122,7 +123,9 @@ default: deny
 """
     if not agents:
         return text
-    text = text.replace("\ngroups:\n", _DEMO_AGENTS + "\ngroups:\n", 1)
+    # the agents block belongs under `identity:`, right after key_attributes (before the
+    # groups comment, which must stay on its own line)
+    text = text.replace("\n\n# policy group slug", "\n" + _DEMO_AGENTS + "\n# policy group slug", 1)
     text = text.replace(
         '  engineering: {idp_groups: ["Engineering"]}\n',
         '  engineering: {idp_groups: ["Engineering"]}\n  automation: {idp_groups: ["Automation"]}\n',
