@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-sqlite lint typecheck bench bench-quick system-deps haproxy30 venv clean
 
 # System packages the product and its tests need (Debian 12): HAProxy, PostgreSQL, wrk, and
+# Apache with mod_auth_openidc (the OIDC login front of docs/browser-sso.md, run by the tests), and
 # chromium for the admin console's browser tests (driven by Playwright; never `playwright install`).
 system-deps:
 	@need=""; \
@@ -17,6 +18,10 @@ system-deps:
 	command -v pg_isready >/dev/null || need="$$need postgresql-client"; \
 	command -v wrk >/dev/null || need="$$need wrk"; \
 	command -v curl >/dev/null || need="$$need curl"; \
+	command -v jq >/dev/null || need="$$need jq"; \
+	command -v sqlite3 >/dev/null || need="$$need sqlite3"; \
+	[ -x /usr/sbin/apache2 ] || need="$$need apache2"; \
+	[ -f /usr/lib/apache2/modules/mod_auth_openidc.so ] || need="$$need libapache2-mod-auth-openidc"; \
 	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
@@ -24,6 +29,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$need >/dev/null; \
 	  $$SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true; \
 	  $$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+	  $$SUDO systemctl disable --now apache2 >/dev/null 2>&1 || true; \
 	fi
 
 # HAProxy 3.0 LTS beside Debian 12's 2.6: built once from Debian 13's checksum-verified source

@@ -144,6 +144,51 @@ def test_haproxy_sigkill_and_restart_restores_state(
     assert st.mismatch(stack) == ""
 
 
+def _file_value(up: UpStack, user: str) -> str | None:
+    """What a freshly started HAProxy would load for ``user`` from the map files: the
+    overlay file's line first (``-`` is a tombstone), then the user's shard file."""
+    import base64
+
+    from scimgate.policy.compiler import identity_key, shard_of
+
+    secret = base64.b64decode((up.directory / "hmac.key").read_text())
+    key = identity_key(user, secret)
+    lay = st.layout(up)
+    for path in [lay.overlay, lay.paths[shard_of(key, lay.shards)]]:
+        for line in Path(str(path)).read_text().splitlines():
+            if line.startswith(key + " "):
+                return line.split(" ", 1)[1]
+    return None
+
+
+def test_deprovision_while_target_down_reaches_the_map_files_at_once(
+    stack: UpStack, restarted: list[HAProxyProcess]
+) -> None:
+    """Regression (issue 15, docs/operations.md section 3): a user deactivated while HAProxy
+    is down was still granted by the overlay file until the shard files' 10 s debounce, so an
+    HAProxy restarted in that window admitted them. The files now deny within a tick."""
+    if not Path(stack.info["master_api"].removeprefix("unix:")).exists():
+        pytest.skip("no HAProxy running (previous test failed)")
+    dora = unique("dora")
+    with stack.scim() as scim:
+        dora_id = created(post_user(scim, dora))
+    st.wait_converged(stack, 10)
+    token = st.Minter(stack)(dora)
+    st.kill_haproxy(stack.info["master_api"])
+    with stack.scim() as scim:
+        ok(set_active(scim, dora_id, False))
+    deadline = time.monotonic() + 3  # well under SHARD_FILES_DEBOUNCE_SECONDS (10 s)
+    while _file_value(stack, dora) not in (None, "-") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _file_value(stack, dora) in (None, "-")
+    proc = up_haproxy(stack.info)
+    restarted.append(proc)
+    proc.start()
+    with stack.browser() as web:  # the first request, before or after the engine's resync
+        assert st.access(web, token, "/") == 403
+    st.wait_converged(stack, 20)
+
+
 def test_reload_through_master_cli_new_worker_is_current(
     stack: UpStack, groups: dict[str, str]
 ) -> None:

@@ -1,5 +1,5 @@
 """Payload encoding (haproxy/payload.py): bodies and their ``add map @ver <<`` requests, which
-must stay under tune.bufsize (16384 on 2.6: research/haproxy-limits.md §2a)."""
+must stay under tune.bufsize (16384 on 2.6: docs/haproxy-facts.md §2a)."""
 
 from __future__ import annotations
 

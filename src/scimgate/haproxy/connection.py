@@ -1,7 +1,7 @@
 """Connection and pipelined I/O: one persistent interactive CLI connection to one HAProxy
 worker, and the one-request-per-connection form used for bulk payloads.
 
-Facts this relies on (HAProxy 2.6.12, measured: research/haproxy-limits.md §1, §2a):
+Facts this relies on (HAProxy 2.6.12, measured: docs/haproxy-facts.md §1, §2a):
 
 - Pipelining works on a ``prompt`` connection: newline-separated commands run one after the
   other, one reply each. HAProxy stops reading commands once its reply buffer is full, so a

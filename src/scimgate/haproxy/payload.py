@@ -1,7 +1,7 @@
 """Payload encoding: validated ``key value`` bodies, and their ``add map @ver <map> <<``
 requests cut to fit ``tune.bufsize``.
 
-Facts this relies on (HAProxy 2.6.12, measured: research/haproxy-limits.md §2a, §6):
+Facts this relies on (HAProxy 2.6.12, measured: docs/haproxy-facts.md §2a, §6):
 
 - Each ``add map ... <<`` request (command line + payload + the empty line that ends it)
   must fit in ``tune.bufsize`` (16384 on 2.6; the largest accepted was 16,366 bytes). A

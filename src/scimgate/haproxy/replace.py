@@ -1,7 +1,7 @@
 """Atomic whole-map replacement: ``prepare map`` → ``add map @ver <map> <<`` payloads →
 check the staged counts → ``commit map @ver <map>``.
 
-Facts this relies on (HAProxy 2.6.12, measured: research/haproxy-limits.md §2a;
+Facts this relies on (HAProxy 2.6.12, measured: docs/haproxy-facts.md §2a;
 ``bench/resync.py`` measures the whole path at 10k-1M entries):
 
 - Lookups see the old version until ``commit``, then only the new one: a commit is atomic

@@ -1,6 +1,6 @@
 """Reply parsing: what HAProxy's CLI answers, turned into values (pure, no I/O).
 
-Facts this relies on (HAProxy 2.6.12, measured: research/haproxy-limits.md §1, §2a):
+Facts this relies on (HAProxy 2.6.12, measured: docs/haproxy-facts.md §1, §2a):
 
 - Interactive (``prompt``) mode: every reply ends with ``\\n> ``; payload lines are
   acknowledged with ``+ `` prompts. A successful ``add``/``set``/``del``/``commit`` replies

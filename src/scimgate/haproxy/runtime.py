@@ -3,7 +3,7 @@
 Every key, value and map path becomes a :data:`~scimgate.haproxy.words.Word` through the
 client's :class:`~scimgate.haproxy.words.EntryValidator` before a byte is sent; raw commands
 pass :func:`~scimgate.haproxy.words.check_raw_command`. Facts this relies on (HAProxy 2.6.12,
-measured: research/haproxy-limits.md §1, §2b):
+measured: docs/haproxy-facts.md §1, §2b):
 
 - ``set map`` does not create, ``add map`` never checks duplicates (lookups see the first),
   ``del map`` removes all duplicates. Upsert = ``set``, then ``add`` only on

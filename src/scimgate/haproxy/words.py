@@ -1,6 +1,6 @@
 """The Runtime API's grammar: which words may go on the wire, checked once, fail-closed.
 
-Facts this relies on (HAProxy 2.6.12, measured: research/haproxy-limits.md §6):
+Facts this relies on (HAProxy 2.6.12, measured: docs/haproxy-facts.md §6):
 
 - The CLI has no quoting. A raw ``;`` or LF starts a new command, a space or TAB splits a
   word (silently storing the wrong key), any line ending in ``<<`` switches to payload mode,

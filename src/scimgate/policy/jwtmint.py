@@ -98,22 +98,24 @@ def demo_policy_yaml(
 identity:
   source: jwt
   jwt:
-    algorithm: RS256
-    public_key: {public_key}
+    algorithm: RS256                 # pinned literal: the token's own `alg` is never trusted
+    public_key: {public_key}     # a PUBLIC KEY PEM (a certificate PEM fails silently on 2.6)
     issuer: {issuer}
     audience: {audience}
-    claim: email
-    scope_claim: scope
+    claim: email                     # the claim whose value is the identity
+    scope_claim: scope               # space-separated string claim
     leeway_seconds: 30
     cutoff: true                     # tokens issued before a deprovisioning stay refused
-  key_attributes: [userName, emails]
+  key_attributes: [userName, emails] # SCIM attributes that produce identity keys
 
+# policy group slug -> IdP groups (displayName or externalId)
 groups:
   admins: {{idp_groups: ["Admins"]}}
   engineering: {{idp_groups: ["Engineering"]}}
 
+# first match wins; no match = 403
 routes:
-  - name: health
+  - name: health                     # open: no identity asked (load balancers, probes)
     from: {{hosts: ["*"], path_prefix: /healthz}}
     public: true
     to: {{return: "ok"}}
@@ -127,14 +129,16 @@ routes:
     to: {{return: "engineering area"}}
 {ws_route}  - name: home
     from: {{hosts: ["*"], path_prefix: /}}
-    allow_groups: [any]
+    allow_groups: [any]              # any active user
     to: {{return: "hello, active user"}}
 
 default: deny
 """
     if not agents:
         return text
-    text = text.replace("\ngroups:\n", _DEMO_AGENTS + "\ngroups:\n", 1)
+    # the agents block belongs under `identity:`, right after key_attributes (before the
+    # groups comment, which must stay on its own line)
+    text = text.replace("\n\n# policy group slug", "\n" + _DEMO_AGENTS + "\n# policy group slug", 1)
     text = text.replace(
         '  engineering: {idp_groups: ["Engineering"]}\n',
         '  engineering: {idp_groups: ["Engineering"]}\n  automation: {idp_groups: ["Automation"]}\n',

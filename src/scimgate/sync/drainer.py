@@ -2,7 +2,7 @@
 own thread and its own Runtime API connection.
 
 A key's step walks its shard (``del map`` is O(shard) on 2.6: ~3-4 ms at 62k entries,
-``bench/scale_haproxy.py``; about 50 ns per entry, research/haproxy-limits.md §2b), and the
+``bench/scale_haproxy.py``; about 50 ns per entry, docs/haproxy-facts.md §2b), and the
 follower's next change must not queue behind it. So a step takes as many keys as fit a walk
 budget (:func:`keys_per_step`): one at 1M identities in 16 shards, hundreds at a few
 thousand, sent as one pipelined exchange (every ``del``, then every ``add``). The drainer only
@@ -33,7 +33,7 @@ CLIENT_TIMEOUT = 10.0
 #: HAProxy time one step may spend walking shards: bounds the request stall a step causes
 #: (the stall target is 10 ms at 1M identities).
 STEP_WALK_BUDGET_S = 0.003
-WALK_S_PER_ENTRY = 50e-9  # 2.6 ``del map``: 47 ms at 1M entries (haproxy-limits.md §2b)
+WALK_S_PER_ENTRY = 50e-9  # 2.6 ``del map``: 47 ms at 1M entries (docs/haproxy-facts.md §2b)
 MAX_KEYS_PER_STEP = 256
 #: Drained keys waiting to leave the overlay map that are worth nudging the follower for.
 RETIRE_NUDGE_KEYS = 256

@@ -42,6 +42,7 @@ class Housekeeper:
         self.map_files = map_files
         self.stopping = stopping
         self._alerted: set[int] = set()  # deprovision seqs already logged as overdue
+        self._previous_head = -1  # the change-log head at the previous pass
         self.thread = engine_thread(self._run, "sync-housekeeping")
 
     def _run(self) -> None:
@@ -78,8 +79,13 @@ class Housekeeper:
                 w.write_shards_of(self.db, keys)
                 w.mark_written(head)
         for w in writers:
-            if w not in due and w.overlay_due():
+            if w in due:
+                continue
+            # changes that were there a tick ago and that no follower handed in yet (its
+            # target is down): from the store, so a restarted HAProxy loads them
+            if not w.catch_up_overlay(self.db, self._previous_head) and w.overlay_due():
                 w.write_overlay()  # small: the changes the shard files lack
+        self._previous_head = head
 
     def _check_deprovisions(self) -> None:
         """A deprovision not applied everywhere within the threshold: ERROR once per

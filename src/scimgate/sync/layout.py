@@ -20,7 +20,7 @@ from scimgate.policy.compiler import (
 )
 
 #: HAProxy >= 2.9 indexes map entries (set/del are tree operations); 2.6-2.8 walk the whole
-#: entry list on every set/del (~50-66 ms at 1M entries, research/haproxy-limits.md §2b).
+#: entry list on every set/del (~50-66 ms at 1M entries, docs/haproxy-facts.md §2b).
 INDEXED_MAPS_SINCE = (2, 9, 0)
 #: Shards when set/del are O(map size): 1M entries / 16 = 62k per map, ~3 ms per update.
 UNINDEXED_SHARDS = 16

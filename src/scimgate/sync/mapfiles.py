@@ -17,7 +17,12 @@ from scimgate.store.db import Database
 from scimgate.store.outbox import MapChange
 from scimgate.sync.apply import ENTRY_VALIDATOR, valid_entries
 from scimgate.sync.layout import MapLayout
-from scimgate.sync.state import Snapshot, read_entries_of, read_shard_entries
+from scimgate.sync.state import (
+    Snapshot,
+    keys_changed_between,
+    read_entries_of,
+    read_shard_entries,
+)
 
 log = logging.getLogger("scimgate.sync")
 
@@ -110,6 +115,25 @@ class MapFileWriter:
                     self._recent_line[key] = line + b"\n"
             self._noted_seq = max(self._noted_seq, *(c.seq for c in newest.values()))
             return self._write_overlay_locked() if write else False
+
+    def catch_up_overlay(self, db: Database, upto: int) -> bool:
+        """Changes up to ``upto`` that no follower has handed in (every target of this
+        directory down or behind) go into the overlay file from the store, each key with its
+        current desired value. Without this, a user deprovisioned while the target was down
+        kept their line in the overlay file until the shard files' debounce, and an HAProxy
+        restarted in that window admitted them. Returns True if the file was written."""
+        if not self._with_overlay_file:
+            return False
+        with self._overlay_lock:
+            after = max(self._noted_seq, self.written_seq)
+            if self.written_seq < 0 or upto <= after:
+                return False
+        keys = keys_changed_between(db, after, upto)
+        if keys is None:  # a backlog this large is the shard writer's (OVERLAY_FILE_MAX_KEYS)
+            return False
+        current = read_entries_of(db, keys)
+        changes = [MapChange(upto, key, value, None, False) for key, value in current.items()]
+        return self.note(changes, write=True) if changes else False
 
     def write_overlay(self) -> bool:
         """Rewrite the overlay file now (no-op without an overlay, for a writer that is
