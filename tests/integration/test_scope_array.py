@@ -10,6 +10,7 @@ first ``scope_array_max_items`` items by index and compare each exactly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,18 @@ def gate(
     private, public = generate_rsa_keypair()
     (d / "pub.pem").write_text(public)
     text = demo_policy_yaml(public_key=str(d / "pub.pem")).replace("  - name: home\n", ROUTES, 1)
-    text = text.replace(
-        "    scope_claim: scope\n",
-        "    scope_claim: scp\n    scope_claim_format: array\n    scope_array_max_items: 4\n",
+    # the demo policy's lines carry comments: match the settings, not whole lines
+    text, n = re.subn(
+        r"(?m)^    scope_claim: scope\b.*$",
+        "    scope_claim: scp\n    scope_claim_format: array\n    scope_array_max_items: 4",
+        text,
+        count=1,
     )
-    text = text.replace("\ngroups:\n", AGENTS + "\ngroups:\n", 1)
+    assert n == 1
+    text, n = re.subn(
+        r"(?m)^(  key_attributes: \[userName, emails\].*\n)", r"\1" + AGENTS, text, count=1
+    )
+    assert n == 1
     policy = parse_policy(text)
     maps = d / "maps"
     maps.mkdir()
