@@ -9,10 +9,8 @@ first ``scope_array_max_items`` items by index and compare each exactly.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,20 +28,10 @@ from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair, mint
 from tests.support.haproxy import BearerGate, launch
 from tests.support.net import free_port
 from tests.support.rendered import SECRET, SECRET_B64
+from tests.support.versions import HAProxyBinary
 
 pytestmark = pytest.mark.haproxy
 
-HAPROXY_30 = Path(
-    os.environ.get("SCIMGATE_HAPROXY_30", "~/.cache/scimgate/haproxy-3.0.11/haproxy")
-).expanduser()
-BINARIES = [
-    pytest.param("/usr/sbin/haproxy", id="2.6"),
-    pytest.param(
-        str(HAPROXY_30),
-        id="3.0",
-        marks=pytest.mark.skipif(not HAPROXY_30.exists(), reason="HAProxy 3.0.11 not built"),
-    ),
-]
 ROUTES = """\
   - name: reports
     from: {hosts: ["*"], path_prefix: /reports}
@@ -67,9 +55,9 @@ USER = "okta@example.com"
 BOT = "0oa-bot"
 
 
-@pytest.fixture(scope="module", params=BINARIES)
+@pytest.fixture(scope="module")
 def gate(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    haproxy_version: HAProxyBinary, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[BearerGate, str]]:
     d = tmp_path_factory.mktemp("scp")
     private, public = generate_rsa_keypair()
@@ -105,9 +93,9 @@ def gate(
             stats_socket=str(d / "admin.sock"),
         )
     )  # fmt: skip
-    ok, output = check_config(cfg, request.param)
+    ok, output = check_config(cfg, haproxy_version.path)
     assert ok, output
-    hx = launch(cfg, ports=[port], binary=request.param)
+    hx = launch(cfg, ports=[port], binary=haproxy_version.path)
     try:
         yield BearerGate(hx), private
     finally:
