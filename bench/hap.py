@@ -280,7 +280,6 @@ def preload(
     members_per_group: int = 0,
     big_group: int = 0,
     batch: int = 20_000,
-    filler_entries: int = 0,
 ) -> dict[str, Any]:
     """Bulk-insert n_users users (and their map entries when keys are given), `groups`
     groups with `members_per_group` members each, and optionally one group holding the
@@ -319,25 +318,6 @@ def preload(
                 conn.execute(tables.users.insert(), rows)
             if keys is not None:
                 ents = [(keys.key(r["user_name"]), ",", r["id"]) for r in rows]
-                if sqlite:
-                    conn.exec_driver_sql(
-                        "INSERT INTO map_entries (identity_key, value, user_id) VALUES (?, ?, ?)",
-                        ents,
-                    )
-                else:
-                    conn.execute(
-                        tables.map_entries.insert(),
-                        [{"identity_key": a, "value": b, "user_id": c} for a, b, c in ents],
-                    )
-        if filler_entries and keys is not None:
-            # Desired-state rows (map_entries) for identities n_users..n_users+filler: the
-            # engine syncs them like any other; they have no SCIM user row (never touched).
-            filler_owner = str(uuid.UUID(int=(1 << 66)))
-            for start in range(n_users, n_users + filler_entries, batch):
-                ents = [
-                    (keys.key(identity(i)), ",", filler_owner)
-                    for i in range(start, min(n_users + filler_entries, start + batch))
-                ]
                 if sqlite:
                     conn.exec_driver_sql(
                         "INSERT INTO map_entries (identity_key, value, user_id) VALUES (?, ?, ?)",
@@ -410,7 +390,7 @@ def preload(
     out["seconds"] = round(time.monotonic() - t0, 1)
     log(
         f"  preloaded {n_users:,} users{' + map entries' if keys else ''}, "
-        f"{filler_entries:,} filler entries, {groups} groups, "
+        f"{groups} groups, "
         f"big group {big_group:,} in {out['seconds']} s"
     )
     return out

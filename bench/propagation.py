@@ -194,7 +194,8 @@ def _stall(
 def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
     keys = hap.shared_keys(workdir)
     n_users, n_ryw, n_stall = sizes["users"], sizes["ryw_users"], sizes["stall_updates"]
-    # identities 0..M-1 are real SCIM users; the rest are desired-state-only filler
+    # every identity is a real SCIM user: `serve` applies the policy at start as users run
+    # it, and that removes map entries no user owns
     plan = {
         "plain": range(0, n_users),
         "ryw": range(n_users, n_users + n_ryw),
@@ -214,7 +215,7 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
         # Every measured user must exist: at the smallest size the identity count is raised
         # to the number of users the runs need (reported as the actual count).
         n = max(n, m)
-        hap.preload(default_sqlite_url(d), m, keys=keys, filler_entries=n - m)
+        hap.preload(default_sqlite_url(d), n, keys=keys)
         entries = hap.synthetic_entries(keys, n)
         proxies = [hap.start_proxy(d / "h0", keys, entries)]
         try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from scimgate.sync import mapfiles
-from scimgate.sync.mapfiles import drop_lines
+from scimgate.haproxy import mapfile_patch as mapfiles
+from scimgate.haproxy.mapfile_patch import drop_lines
 
 KEYS = [bytes([c]) * 4 for c in b"ABCDEF"] + [b"AAAAB", b"AAA"]
 

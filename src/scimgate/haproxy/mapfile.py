@@ -46,7 +46,7 @@ def write_map_file(
 
 
 def write_map_files(
-    files: Sequence[tuple[str | os.PathLike[str], bytes]],
+    files: Sequence[tuple[str | os.PathLike[str], bytes | Sequence[bytes | memoryview]]],
     mode: int = 0o640,
     *,
     skip_unchanged: bool = True,
@@ -58,12 +58,14 @@ def write_map_files(
     Each file: one write to a temp file in the same directory, fsync, rename over the
     target; then one fsync per directory (not per file). With ``skip_unchanged`` a file
     whose current content is already exactly this is left alone (no write, no fsync).
+    A content given as pieces (``mapfile_patch.patch_sorted``) is written piece by piece
+    (no join: the kernel copies, the GIL is free) and never compared.
     ``fsync=False`` keeps the atomic rename but skips the syncs (crash-durability is then
     the caller's business)."""
-    todo: list[tuple[Path, bytes]] = []
+    todo: list[tuple[Path, bytes | Sequence[bytes | memoryview]]] = []
     for path, data in files:
         target = Path(path)
-        if skip_unchanged and _same_content(target, data):
+        if skip_unchanged and isinstance(data, bytes) and _same_content(target, data):
             continue
         todo.append((target, data))
     written: list[tuple[str, Path]] = []
@@ -74,7 +76,10 @@ def write_map_files(
             )
             written.append((tmp_name, target))
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if isinstance(data, bytes):
+                    f.write(data)
+                else:
+                    f.writelines(data)
                 f.flush()
                 os.fchmod(f.fileno(), mode)
                 if fsync:

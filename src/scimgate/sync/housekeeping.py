@@ -20,6 +20,7 @@ from scimgate.sync.waiters import Waiters
 log = logging.getLogger("scimgate.sync")
 
 TICK = 0.5  # seconds between passes (the map files' debounce is a multiple of it)
+ALERT_LINES = 10  # overdue deprovisions logged one per line per pass; the rest in one summary
 
 
 class Housekeeper:
@@ -97,10 +98,11 @@ class Housekeeper:
         with self.db.read() as conn:
             rows = status.overdue_deprovisions(conn, low, alert)
         self.metrics.unconfirmed.set(len(rows))
-        for seq, created in rows:
-            if seq in self._alerted:
-                continue
-            self._alerted.add(seq)
+        fresh = [(seq, created) for seq, created in rows if seq not in self._alerted]
+        self._alerted.update(seq for seq, _ in fresh)
+        # One line each for the first few; a policy change that deprovisions a million
+        # identities while a target is down gets one summary line, not a million.
+        for seq, created in fresh[:ALERT_LINES]:
             log.error(
                 "sync: deprovision not confirmed in time",
                 extra={
@@ -109,5 +111,18 @@ class Housekeeper:
                     "targets": [t for t, c in cursors.items() if c < seq],
                     "threshold_seconds": alert,
                     "age_seconds": round(state.age_seconds(created), 3),
+                },
+            )
+        if len(fresh) > ALERT_LINES:
+            rest = fresh[ALERT_LINES:]
+            log.error(
+                "sync: more deprovisions not confirmed in time",
+                extra={
+                    "count": len(rest),
+                    "first_seq": rest[0][0],
+                    "last_seq": rest[-1][0],
+                    "targets": [t for t, c in cursors.items() if c < rest[-1][0]],
+                    "threshold_seconds": alert,
+                    "oldest_age_seconds": round(state.age_seconds(rest[0][1]), 3),
                 },
             )

@@ -5,13 +5,16 @@ makes it exact. One writer per directory, however many targets read from it."""
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 
 from scimgate.haproxy import PayloadBody, encode_payload
-from scimgate.haproxy.mapfile import HEADER, render_body, replace_small_file, write_map_files
+from scimgate.haproxy.mapfile import HEADER, replace_small_file, write_map_files
+from scimgate.haproxy.mapfile_patch import SORTED_MARK, drop_lines, is_sorted_file, patch_sorted
 from scimgate.policy.compiler import OVERLAY_TOMBSTONE, shard_of
 from scimgate.store.db import Database
 from scimgate.store.outbox import MapChange
@@ -198,7 +201,7 @@ class MapFileWriter:
             if len(bodies) != self._layout.shards:
                 raise ValueError(f"{len(bodies)} bodies for {self._layout.shards} shards")
             written = write_map_files(
-                [(p, render_body(b)) for p, b in zip(self._layout.paths, bodies, strict=True)]
+                [(p, _sorted_file(b)) for p, b in zip(self._layout.paths, bodies, strict=True)]
             )
             self.written_seq = snapshot.seq
             with self._overlay_lock:
@@ -256,15 +259,22 @@ class MapFileWriter:
                     body = encode_payload(
                         {k: v for k, v in ok.items() if v is not None}, ENTRY_VALIDATOR
                     )
-                    files.append((str(path), render_body(body)))
+                    files.append((str(path), _sorted_file(body)))
                     continue
-                kept = drop_lines(path.read_bytes(), {k.encode("ascii") for k in shard_keys})
+                data = path.read_bytes()  # the read releases the GIL; no copy after it
+                dropped = {k.encode("ascii") for k in shard_keys}
                 add = encode_payload(
                     {k: v for k, v in valid.items() if k in shard_keys and v is not None},
                     ENTRY_VALIDATOR,
                 )
-                files.append((str(path), kept + add.data))
-            return write_map_files(files, fsync=False)
+                if is_sorted_file(data, _HEADER):
+                    lines = {
+                        line.split(b" ", 1)[0]: line for line in add.data.splitlines(keepends=True)
+                    }
+                    files.append((str(path), patch_sorted(data, dropped, lines)))
+                else:  # a file from before sorted files, or hand-made: one linear pass
+                    files.append((str(path), drop_lines(data, dropped) + add.data))
+            return write_map_files(files, fsync=False, skip_unchanged=False)
 
     def _complete(self) -> bool:
         return all(Path(p).exists() for p in self._layout.paths)
@@ -318,31 +328,13 @@ class MapFiles:
                 self.writer_for(d, MapLayout(self._dir(d), shards))
 
 
-#: Up to this many keys, a shard file is patched by searching each key (C-speed ``find``,
-#: ~1 ms per 5 MB file at 1M identities) instead of splitting it into lines in Python
-#: (~15-30 ms per 62k-line shard, holding the GIL against the followers).
-FIND_LIMIT = 64
-
-
-def drop_lines(data: bytes, keys: set[bytes]) -> bytes:
-    """``data`` (map file content) without the lines whose first word is one of ``keys``,
-    ending with a newline when not empty."""
-    if len(keys) <= FIND_LIMIT:
-        out = data
-        for key in keys:
-            while out.startswith(key + b" "):
-                end = out.find(b"\n")
-                out = out[end + 1 :] if end >= 0 else b""
-            needle = b"\n" + key + b" "
-            start = out.find(needle)
-            while start >= 0:
-                end = out.find(b"\n", start + 1)
-                out = out[:start] + (out[end:] if end >= 0 else b"")
-                start = out.find(needle, start)
-    else:
-        out = b"".join(
-            line for line in data.splitlines(keepends=True) if line.split(b" ", 1)[0] not in keys
-        )
-    if out and not out.endswith(b"\n"):
-        out += b"\n"
-    return out
+def _sorted_file(body: PayloadBody) -> bytes:
+    """A shard file's content: the header, the sorted mark and the body's lines in key
+    order (:mod:`scimgate.haproxy.mapfile_patch` then patches it by binary search). Bodies
+    from the store's key-ordered read are sorted already: one linear check, no sort."""
+    lines = body.data.split(b"\n")
+    lines.pop()  # the empty string after the last LF
+    if not all(map(operator.lt, lines, islice(lines, 1, None))):
+        lines.sort()
+    # one join, the header as its first element and b"" for the final LF
+    return b"\n".join([_HEADER + SORTED_MARK[:-1], *lines, b""])

@@ -168,18 +168,23 @@ def read_resync_payloads(
 
 
 def _entry_lines(conn: Connection, dialect: str) -> tuple[int, bytes] | None:
-    """(row count, every entry as ``key value`` LF-terminated lines, in no order), with
+    """(row count, every entry as ``key value`` LF-terminated lines, in key order), with
     the driver's own cursor in the caller's transaction; None for a dialect without it."""
     if dialect not in ("sqlite", "postgresql"):
         return None
     lf = "char(10)" if dialect == "sqlite" else "chr(10)"
     agg = "group_concat" if dialect == "sqlite" else "string_agg"
     E = tables.map_entries
-    # Fixed names and literals only; no parameters.
-    sql = (
-        f"SELECT count(*), {agg}({E.c.identity_key.name} || ' ' || {E.c.value.name} || {lf}, '')"
-        f" FROM {E.name}"
-    )
+    # Fixed names and literals only; no parameters. In key order (the primary key's index),
+    # so the map files need no sort (``mapfiles._sorted_file`` checks, and sorts if not):
+    # PostgreSQL orders the aggregate; SQLite (before 3.44) concatenates in the order of an
+    # ordered subquery, which it does not flatten into an aggregate.
+    key, line = E.c.identity_key.name, f"{E.c.identity_key.name} || ' ' || {E.c.value.name} || {lf}"
+    if dialect == "postgresql":
+        sql = f"SELECT count(*), {agg}({line}, '' ORDER BY {key}) FROM {E.name}"
+    else:
+        sql = f"SELECT count(*), {agg}(line, '') FROM (SELECT {line} AS line FROM {E.name} ORDER BY {key})"
+
     try:
         dbapi = conn.connection.dbapi_connection
     except AttributeError:
@@ -302,7 +307,11 @@ def _confirm_deprovisions(
     have = {
         r[0]
         for r in conn.execute(
-            sa.select(CONF.c.seq).where(CONF.c.target == target, CONF.c.seq.in_(seqs))
+            # a range, not IN (seqs): a policy change can deprovision a million identities
+            # at once, past SQLite's bound on parameters per statement
+            sa.select(CONF.c.seq).where(
+                CONF.c.target == target, CONF.c.seq > after, CONF.c.seq <= upto
+            )
         )
     }
     rows = [{"seq": s, "target": target, "applied": applied} for s in seqs if s not in have]
@@ -404,7 +413,11 @@ def _confirm_batches(
     have = {
         r[0]
         for r in conn.execute(
-            sa.select(CONF.c.seq).where(CONF.c.target == target, CONF.c.seq.in_(seqs))
+            # a range, not IN (seqs): a policy change can deprovision a million identities
+            # at once, past SQLite's bound on parameters per statement
+            sa.select(CONF.c.seq).where(
+                CONF.c.target == target, CONF.c.seq > after, CONF.c.seq <= upto
+            )
         )
     }
     rows: list[dict[str, Any]] = []
