@@ -331,6 +331,36 @@ def test_two_targets_and_one_down_during_1000_changes(
         alerts = [r for r in caplog.records if "deprovision not confirmed" in r.getMessage()]
         assert alerts and all(r.levelname == "ERROR" for r in alerts)
         assert any("b" in getattr(r, "targets", []) for r in alerts)
+
+        # every overdue deprovision is told exactly once: at most ALERT_LINES lines each per
+        # pass, the rest in one summary line per pass
+        with sqlite_db.read() as conn:
+            overdue = conn.execute(
+                sa.select(sa.func.count()).where(
+                    tables.change_log.c.seq >= changes[0].seq,
+                    tables.change_log.c.deprovision.is_(True),
+                )
+            ).scalar_one()
+        assert overdue > 10  # enough to need a summary line
+
+        def told() -> int:
+            recs = caplog.records
+            each = [
+                r.seq for r in recs if r.getMessage() == "sync: deprovision not confirmed in time"
+            ]
+            more = [
+                r for r in recs if r.getMessage() == "sync: more deprovisions not confirmed in time"
+            ]
+            assert len(each) == len(set(each))
+            return len(each) + sum(r.count for r in more)
+
+        wait_until(lambda: told() == overdue)
+        summaries = [
+            r
+            for r in caplog.records
+            if r.getMessage() == "sync: more deprovisions not confirmed in time"
+        ]
+        assert summaries and all(r.levelname == "ERROR" and "b" in r.targets for r in summaries)
         b_status = next(r for r in engine.status() if r["target"] == "b")
         assert b_status["newest_unconfirmed_deprovision"] is not None
         assert not b_status["healthy"] and b_status["reachable"] is False
