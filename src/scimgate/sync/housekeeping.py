@@ -24,7 +24,7 @@ ALERT_LINES = 10  # overdue deprovisions logged one per line per pass; the rest 
 
 
 class Housekeeper:
-    """The housekeeping thread. Its alert memory (``_alerted``) is its own; everything else
+    """The housekeeping thread. Its alert memory (``_told_upto``) is its own; everything else
     it reads through the owners' methods."""
 
     def __init__(
@@ -42,7 +42,7 @@ class Housekeeper:
         self.waiters = waiters
         self.map_files = map_files
         self.stopping = stopping
-        self._alerted: set[int] = set()  # deprovision seqs already logged as overdue
+        self._told_upto = -1  # deprovisions up to this seq were logged as overdue
         self._previous_head = -1  # the change-log head at the previous pass
         self.thread = engine_thread(self._run, "sync-housekeeping")
 
@@ -94,12 +94,15 @@ class Housekeeper:
         alert = self.settings.deprovision_alert_seconds
         cursors = self.waiters.cursors()
         low = min(cursors.values(), default=self.waiters.head)
-        self._alerted = {s for s in self._alerted if s > low}
         with self.db.read() as conn:
-            rows = status.overdue_deprovisions(conn, low, alert)
+            rows = status.overdue_deprovisions(conn, low, alert)  # at most 1000: the gauge
+            # the ones not told yet (past the first 1000 too, which stay overdue meanwhile)
+            fresh = (
+                status.overdue_deprovisions(conn, max(low, self._told_upto), alert) if rows else []
+            )
         self.metrics.unconfirmed.set(len(rows))
-        fresh = [(seq, created) for seq, created in rows if seq not in self._alerted]
-        self._alerted.update(seq for seq, _ in fresh)
+        if fresh:
+            self._told_upto = fresh[-1][0]
         # One line each for the first few; a policy change that deprovisions a million
         # identities while a target is down gets one summary line, not a million.
         for seq, created in fresh[:ALERT_LINES]:

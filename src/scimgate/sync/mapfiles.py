@@ -250,7 +250,7 @@ class MapFileWriter:
                 by_shard.setdefault(shard_of(key, self._layout.shards), set()).add(key)
             current = read_entries_of(db, [k for ks in by_shard.values() for k in ks])
             valid, _rejected = valid_entries(current)
-            files: list[tuple[str, bytes]] = []
+            files: list[tuple[str, bytes | Sequence[bytes | memoryview]]] = []
             for shard, shard_keys in sorted(by_shard.items()):
                 path = Path(self._layout.paths[shard])
                 if not path.exists():
