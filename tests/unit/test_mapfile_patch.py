@@ -74,3 +74,18 @@ def test_patch_of_an_empty_body_and_a_missing_final_lf() -> None:
     assert b"".join(patch_sorted(HEADER + SORTED_MARK + b"A ,\nC ,", {b"C"}, {})) == _render(
         {b"A": b","}
     )
+
+
+# a map line never starts with "#" (a comment) and holds no LF
+LINES = st.binary(min_size=1, max_size=6).map(lambda b: b"k" + b.replace(b"\n", b"x"))
+
+
+@given(st.lists(LINES, unique=True))
+def test_the_writer_sorts_in_piles_to_the_same_order(lines: list[bytes]) -> None:
+    from scimgate.haproxy.mapfile import HEADER as FILE_HEADER
+    from scimgate.sync.mapfiles import _sorted_file
+
+    out = _sorted_file(list(lines))
+    assert is_sorted_file(out, FILE_HEADER.encode())
+    body = out[header_end(out) :]
+    assert body == b"".join(line + b"\n" for line in sorted(lines))

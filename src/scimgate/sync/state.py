@@ -168,22 +168,20 @@ def read_resync_payloads(
 
 
 def _entry_lines(conn: Connection, dialect: str) -> tuple[int, bytes] | None:
-    """(row count, every entry as ``key value`` LF-terminated lines, in key order), with
+    """(row count, every entry as ``key value`` LF-terminated lines, in no order), with
     the driver's own cursor in the caller's transaction; None for a dialect without it."""
     if dialect not in ("sqlite", "postgresql"):
         return None
     lf = "char(10)" if dialect == "sqlite" else "chr(10)"
     agg = "group_concat" if dialect == "sqlite" else "string_agg"
     E = tables.map_entries
-    # Fixed names and literals only; no parameters. In key order (the primary key's index),
-    # so the map files need no sort (``mapfiles._sorted_file`` checks, and sorts if not):
-    # PostgreSQL orders the aggregate; SQLite (before 3.44) concatenates in the order of an
-    # ordered subquery, which it does not flatten into an aggregate.
-    key, line = E.c.identity_key.name, f"{E.c.identity_key.name} || ' ' || {E.c.value.name} || {lf}"
-    if dialect == "postgresql":
-        sql = f"SELECT count(*), {agg}({line}, '' ORDER BY {key}) FROM {E.name}"
-    else:
-        sql = f"SELECT count(*), {agg}(line, '') FROM (SELECT {line} AS line FROM {E.name} ORDER BY {key})"
+    # Fixed names and literals only; no parameters. In no order: ordering by the key walks
+    # the primary key's index and fetches each row (measured 3.0-4.5 s vs 0.56 s at 1M on
+    # SQLite); the map files' writer sorts in small pieces instead (mapfiles._sorted_file).
+    sql = (
+        f"SELECT count(*), {agg}({E.c.identity_key.name} || ' ' || {E.c.value.name} || {lf}, '')"
+        f" FROM {E.name}"
+    )
 
     try:
         dbapi = conn.connection.dbapi_connection
