@@ -174,7 +174,7 @@ def person_view(
         state = DirectoryState(users={row.id: UserState(row.user_name, row.active)})
         for gid, name, ext in groups:
             state.groups[gid] = GroupState(name, ext, {row.id})
-        grants = _grants(access_rows(state, policy))
+        grants = _grants([r for r in access_rows(state, policy) if r.kind == "user"])
     return PersonView(row, groups, grants, entries, timeline)
 
 

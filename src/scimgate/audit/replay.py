@@ -1,5 +1,6 @@
 """Directory state rebuilt from the audit trail (pure): who existed, who was active, who was in
-which group, at any past moment. This is what `report access --at T` and `audit user` read."""
+which group, at any past moment; the agents too (their type, owners and groups). This is what
+`report access --at T` and `audit user` read."""
 
 from __future__ import annotations
 
@@ -23,12 +24,31 @@ class GroupState:
 
 
 @dataclass
+class AgentState:
+    name: str
+    active: bool = True
+    agent_type: str | None = None
+    #: owner ids (users or groups); a deleted owner stays named (the agent stays suspended)
+    owners: set[str] = field(default_factory=set)
+
+
+@dataclass
 class DirectoryState:
     users: dict[str, UserState] = field(default_factory=dict)
     groups: dict[str, GroupState] = field(default_factory=dict)
+    agents: dict[str, AgentState] = field(default_factory=dict)
 
     def groups_of(self, user_id: str) -> list[GroupState]:
         return [g for g in self.groups.values() if user_id in g.members]
+
+    def suspended(self, agent_id: str) -> bool:
+        """As ``app.agents.is_suspended``: it names owners and none stands (an active user or
+        an existing group)."""
+        owners = self.agents[agent_id].owners
+        standing = [
+            o for o in owners if o in self.groups or (o in self.users and self.users[o].active)
+        ]
+        return bool(owners) and not standing
 
 
 def _bool(value: Any) -> bool:
@@ -41,6 +61,42 @@ def _emails(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
     return [e["value"] for e in value if isinstance(e, dict) and isinstance(e.get("value"), str)]
+
+
+def _owner_ids(value: Any) -> set[str]:
+    if not isinstance(value, list):
+        return set()
+    return {str(o["value"]) for o in value if isinstance(o, dict) and o.get("value")}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _apply_agent(state: DirectoryState, rid: str, op: Any, detail: dict[str, Any]) -> None:
+    if op == "create":
+        res = detail.get("resource", {})
+        state.agents[rid] = AgentState(
+            str(res.get("name") or res.get("agentUserName") or ""),
+            _bool(res.get("active", True)),
+            _text(res.get("agentType")),
+            _owner_ids(res.get("owners")),
+        )
+    elif op in ("replace", "patch") and rid in state.agents:
+        agent = state.agents[rid]
+        changed = detail.get("changed", {})
+        if "name" in changed:
+            agent.name = str(changed["name"][1] or "")
+        if "active" in changed:
+            agent.active = _bool(changed["active"][1])
+        if "agentType" in changed:
+            agent.agent_type = _text(changed["agentType"][1])
+        if "owners" in changed:
+            agent.owners = _owner_ids(changed["owners"][1])
+    elif op == "delete":
+        state.agents.pop(rid, None)
+        for g in state.groups.values():
+            g.members.discard(rid)
 
 
 def apply_event(state: DirectoryState, ev: dict[str, Any]) -> None:
@@ -69,6 +125,8 @@ def apply_event(state: DirectoryState, ev: dict[str, Any]) -> None:
             state.users.pop(rid, None)
             for g in state.groups.values():
                 g.members.discard(rid)
+    elif ev.get("resource_type") == "Agent":
+        _apply_agent(state, rid, op, detail)
     elif ev.get("resource_type") == "Group":
         if op == "create":
             res = detail.get("resource", {})
