@@ -148,6 +148,19 @@ def trail_head(db: Database) -> int:
         return audit.head(conn)[0]
 
 
+def summarise_story(timeline: list[dict[str, Any]]) -> None:
+    """Each story line gets ``changes_summary``: how many identity keys it set and removed."""
+    for line in timeline:
+        changes = line.get("map_changes") or []
+        removed = sum(1 for c in changes if c.get("value") is None)
+        line["changes_summary"] = (
+            f"{len(changes)} HAProxy map change(s): {len(changes) - removed} identity key(s) "
+            f"set, {removed} removed"
+            if changes
+            else ""
+        )
+
+
 def person_view(
     db: Database, policy: Policy | None, user_id: str, *, story: bool = True
 ) -> PersonView | None:
@@ -160,15 +173,7 @@ def person_view(
         groups = reads.groups_of(conn, user_id)
         entries = reads.map_entry_count(conn, user_id)
         timeline = (user_story(conn, user_id) or {}).get("timeline", []) if story else []
-    for line in timeline:
-        changes = line.get("map_changes") or []
-        removed = sum(1 for c in changes if c.get("value") is None)
-        line["changes_summary"] = (
-            f"{len(changes)} HAProxy map change(s): {len(changes) - removed} identity key(s) "
-            f"set, {removed} removed"
-            if changes
-            else ""
-        )
+    summarise_story(timeline)
     grants: list[Grant] = []
     if policy is not None:
         state = DirectoryState(users={row.id: UserState(row.user_name, row.active)})
