@@ -1,6 +1,6 @@
 """`scimgate report access` with agents and open routes: agents reach a route through
 ``allow_agents`` (a policy group of their IdP groups, or their ``agentType``) and are told
-apart by the ``kind`` column; a suspended (owners gone) or inactive agent has no row; public
+apart by the ``kind`` column; a suspended (owners gone, or its parent out) or inactive agent has no row; public
 and source-limited routes are listed as such. Now and at a past moment rebuilt from the
 audit trail, on the shared real server (SQLite and PostgreSQL) through real SCIM writes."""
 
@@ -78,14 +78,15 @@ def world(scim_server: ScimServer, tmp_path_factory: pytest.TempPathFactory) -> 
         agent("grouped")
         agent("idle", active=False)
         agent("owned", owners=owned)
-        members = [{"value": ids[k]} for k in ("grouped", "idle", "owned")]
+        agent("kid", parent={"value": ids["typed"]})  # stands and falls with "typed"
+        members = [{"value": ids[k]} for k in ("grouped", "idle", "owned", "kid")]
         r = scim.post(
             "/Groups", json={"schemas": [GROUP], "displayName": automation, "members": members}
         )
         assert r.status_code == 201, r.text
         t_mid = now_iso()
-        # After t_mid: the owner leaves (both owned agents are suspended), "grouped" is
-        # deleted, "late" arrives with the tool type.
+        # After t_mid: the owner leaves (both owned agents are suspended, and "kid" with its
+        # parent), "grouped" is deleted, "late" arrives with the tool type.
         r = scim.patch(
             f"/Users/{ids['owner']}",
             json={"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active",
@@ -125,8 +126,8 @@ def test_agents_now(world: World) -> None:
     rows = report(world)
     assert all(list(r) == COLUMNS for r in rows)
     kind = f"tool-{world.tag}"
-    # The owner is inactive: no user row; both of its agents are suspended; "idle" is
-    # inactive; "grouped" is deleted.
+    # The owner is inactive: no user row; both of its agents are suspended, and "kid" whose
+    # parent is one of them; "idle" is inactive; "grouped" is deleted.
     assert mine(world, rows) == OPEN | {
         ("tools", "agent", "late", f"agentType {kind} → at-{kind}"),
     }
@@ -140,6 +141,7 @@ def test_agents_at_a_past_moment(world: World) -> None:
         ("tools", "agent", "typed", f"agentType {kind.upper()} → at-{kind}"),
         ("api", "agent", "grouped", f"{automation} → automation"),
         ("api", "agent", "owned", f"{automation} → automation"),
+        ("api", "agent", "kid", f"{automation} → automation"),
         ("home", "user", "owner", "any active user"),
     }
 

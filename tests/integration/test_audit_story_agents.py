@@ -5,15 +5,11 @@ policy's agents (SQLite and PostgreSQL), real SCIM writes, the CLI in-process.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from scimgate.config import default_sqlite_url
-from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
-from tests.fixtures.server import ScimServer, start_server
+from tests.fixtures.server import ScimServer
 from tests.integration.test_audit_story import scimgate, story
 from tests.support.scim import (
     GROUP_SCHEMA as GROUP,
@@ -25,31 +21,24 @@ from tests.support.scim import (
 AGENT = "urn:ietf:params:scim:schemas:core:2.0:Agent"
 
 
-@pytest.fixture(scope="module")
-def agents_server(
-    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ScimServer]:
-    """An instance whose policy has the demo's agents (Automation → /api), no HAProxy."""
-    directory = tmp_path_factory.mktemp(f"agent-story-{backend}")
-    (directory / "keys").mkdir()
-    (directory / "keys" / "jwt.pub.pem").write_text(generate_rsa_keypair(1024)[1])
-    (directory / "policy.yaml").write_text(demo_policy_yaml(agents=True))
-    url = (
-        default_sqlite_url(directory)
-        if backend == "sqlite"
-        else request.getfixturevalue("pg_server").create_database()
-    )
-    server = start_server(directory, url, extra_yaml="policy_file: policy.yaml\n")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _patch(scim: httpx.Client, path: str, ops: list[dict[str, Any]]) -> httpx.Response:
     r = scim.patch(path, json={"schemas": [PATCH], "Operations": ops})
     assert r.status_code in (200, 204), r.text
     return r
+
+
+def join_automation(scim: httpx.Client, agent_id: str) -> None:
+    """Put the agent in the demo policy's Automation group (created by the first caller:
+    the server is shared by the session)."""
+    found = scim.get("/Groups", params={"filter": 'displayName eq "Automation"'}).json()
+    if found["totalResults"] == 0:
+        r = scim.post("/Groups", json={"schemas": [GROUP], "displayName": "Automation",
+                                       "members": [{"value": agent_id}]})  # fmt: skip
+        assert r.status_code == 201, r.text
+        return
+    gid = found["Resources"][0]["id"]
+    _patch(scim, f"/Groups/{gid}", [{"op": "add", "path": "members",
+                                     "value": [{"value": agent_id}]}])  # fmt: skip
 
 
 def test_story_of_an_agent(agents_server: ScimServer) -> None:
@@ -65,9 +54,7 @@ def test_story_of_an_agent(agents_server: ScimServer) -> None:
         })  # fmt: skip
         assert r.status_code == 201, r.text
         aid = r.json()["id"]
-        r = scim.post("/Groups", json={"schemas": [GROUP], "displayName": "Automation",
-                                       "members": [{"value": aid}]})  # fmt: skip
-        assert r.status_code == 201, r.text
+        join_automation(scim, aid)
         _patch(scim, f"/Users/{oid}", [{"op": "replace", "path": "active", "value": False}])
         _patch(scim, f"/Users/{oid}", [{"op": "replace", "path": "active", "value": True}])
         _patch(scim, f"/Agents/{aid}", [{"op": "replace", "path": "name", "value": f"b2-{t}"}])

@@ -1,6 +1,7 @@
 """What the admin console shows of agents, as use cases: the agents beside the people
 (search by name, agentUserName, id, subject or externalId), and one agent's page: its
-state (active, inactive, or suspended because its owners are gone), owners, groups,
+state (active, inactive, or suspended because its owners or its parent are out), owners,
+parent, groups,
 applications, the routes the policy opens to it (and why), its identity keys in the HAProxy
 maps and its story from the audit trail.
 
@@ -14,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from scimgate.app.agents import is_suspended
 from scimgate.app.console_views import PAGE, Grant, summarise_story
-from scimgate.audit.replay import AgentState, DirectoryState, GroupState, UserState
+from scimgate.audit.replay import AgentState, DirectoryState, GroupState
 from scimgate.audit.report import access_rows
 from scimgate.audit.story import user_story
 from scimgate.policy.model import Policy
@@ -33,13 +35,8 @@ def agents(db: Database, query: str, after: str) -> tuple[list[AgentListing], tu
     """A page of agents matching ``query`` with their state, and (agents, active agents)."""
     with db.read() as conn:
         rows = reads.page_agents(conn, query, after, PAGE)
-        listed = [AgentListing(r, _state(r.active, _suspended(conn, r.id))) for r in rows]
+        listed = [AgentListing(r, _state(r.active, is_suspended(conn, r.id))) for r in rows]
         return listed, reads.count_agents(conn)
-
-
-def _suspended(conn: Any, agent_id: str) -> bool:
-    owners = st.owners_of(conn, agent_id)
-    return bool(owners) and not st.live_owners(conn, owners)
 
 
 def _state(active: bool, suspended: bool) -> str:
@@ -61,6 +58,8 @@ class AgentView:
     agent: st.AgentRow
     state: str
     owners: list[Owner]
+    #: (id, name, stands) of the parent agent; name "" when it is gone
+    parent: tuple[str, str, bool] | None
     groups: list[tuple[str, str, str | None]]
     applications: list[tuple[str, str, str]]
     grants: list[Grant]
@@ -86,32 +85,39 @@ def agent_view(
         apps = st.applications_of(conn, agent_id)
         entries = reads.map_entry_count(conn, agent_id)
         timeline = (user_story(conn, agent_id) or {}).get("timeline", []) if story else []
+        suspended = is_suspended(conn, agent_id)
+        parent = st.parent_of(conn, agent_id)
+        parent_row = st.find_agent(conn, parent) if parent else None
+        parent_stands = parent_row is not None and parent_row.active
+        if parent_stands and parent is not None:
+            parent_stands = not is_suspended(conn, parent)
     summarise_story(timeline)
-    suspended = bool(links) and not live
     grants: list[Grant] = []
-    if policy is not None:
+    if policy is not None and not suspended:
+        # standing is decided above (owners and parents): the rows need only its groups
         kind = row.attrs.get("agentType")
         state = DirectoryState(
             agents={
-                row.id: AgentState(
-                    row.name, row.active, kind if isinstance(kind, str) else None, set(links)
-                )
+                row.id: AgentState(row.name, row.active, kind if isinstance(kind, str) else None)
             }
         )
-        for o in owners:  # only whether each owner stands matters to the rows
-            if o.stands and o.kind == "User":
-                state.users[o.id] = UserState(o.name)
-            elif o.stands:
-                state.groups[o.id] = GroupState(o.name)
         for gid, name, ext in groups:
-            state.groups.setdefault(gid, GroupState(name, ext)).members.add(row.id)
+            state.groups[gid] = GroupState(name, ext, {row.id})
         grants = [
             Grant(r.route, r.path_prefix, r.via, r.requires_scopes)
             for r in access_rows(state, policy)
             if r.kind == "agent"
         ]
     return AgentView(
-        row, _state(row.active, suspended), owners, groups, apps, grants, entries, timeline
+        row,
+        _state(row.active, suspended),
+        owners,
+        (parent, parent_row.name if parent_row else "", parent_stands) if parent else None,
+        groups,
+        apps,
+        grants,
+        entries,
+        timeline,
     )
 
 

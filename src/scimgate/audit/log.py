@@ -203,7 +203,12 @@ def current_state(conn: Connection) -> Any:
         state.agents[r.id] = AgentState(
             r.name, bool(r.active), kind if isinstance(kind, str) else None
         )
-    owned = sa.select(links.c.agent_id, links.c.other_id).where(links.c.relation == "owner")
-    for aid, oid in conn.execute(owned):
-        state.agents[aid].owners.add(oid)
+    linked = sa.select(links.c.agent_id, links.c.other_id, links.c.relation).where(
+        links.c.relation.in_(("owner", "parent"))
+    )
+    for aid, oid, relation in conn.execute(linked):
+        if relation == "owner":
+            state.agents[aid].owners.add(oid)
+        else:
+            state.agents[aid].parent = oid
     return state

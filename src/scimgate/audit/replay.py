@@ -30,6 +30,8 @@ class AgentState:
     agent_type: str | None = None
     #: owner ids (users or groups); a deleted owner stays named (the agent stays suspended)
     owners: set[str] = field(default_factory=set)
+    #: the parent agent's id; a deleted parent stays named (the agent stays suspended)
+    parent: str | None = None
 
 
 @dataclass
@@ -42,13 +44,24 @@ class DirectoryState:
         return [g for g in self.groups.values() if user_id in g.members]
 
     def suspended(self, agent_id: str) -> bool:
-        """As ``app.agents.is_suspended``: it names owners and none stands (an active user or
-        an existing group)."""
-        owners = self.agents[agent_id].owners
-        standing = [
-            o for o in owners if o in self.groups or (o in self.users and self.users[o].active)
-        ]
-        return bool(owners) and not standing
+        """As ``app.agents.is_suspended``: it names owners and none stands (an active user
+        or an existing group), or its parent, up the chain, is inactive, suspended or gone."""
+        seen: set[str] = set()
+        current = agent_id
+        while True:
+            owners = self.agents[current].owners
+            standing = [
+                o for o in owners if o in self.groups or (o in self.users and self.users[o].active)
+            ]
+            if owners and not standing:
+                return True
+            seen.add(current)
+            parent = self.agents[current].parent
+            if parent is None:
+                return False
+            if parent not in self.agents or not self.agents[parent].active or parent in seen:
+                return True
+            current = parent
 
 
 def _bool(value: Any) -> bool:
@@ -73,6 +86,10 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _parent_id(value: Any) -> str | None:
+    return str(value["value"]) if isinstance(value, dict) and value.get("value") else None
+
+
 def _apply_agent(state: DirectoryState, rid: str, op: Any, detail: dict[str, Any]) -> None:
     if op == "create":
         res = detail.get("resource", {})
@@ -81,6 +98,7 @@ def _apply_agent(state: DirectoryState, rid: str, op: Any, detail: dict[str, Any
             _bool(res.get("active", True)),
             _text(res.get("agentType")),
             _owner_ids(res.get("owners")),
+            _parent_id(res.get("parent")),
         )
     elif op in ("replace", "patch") and rid in state.agents:
         agent = state.agents[rid]
@@ -93,6 +111,8 @@ def _apply_agent(state: DirectoryState, rid: str, op: Any, detail: dict[str, Any
             agent.agent_type = _text(changed["agentType"][1])
         if "owners" in changed:
             agent.owners = _owner_ids(changed["owners"][1])
+        if "parent" in changed:
+            agent.parent = _parent_id(changed["parent"][1])
     elif op == "delete":
         state.agents.pop(rid, None)
         for g in state.groups.values():

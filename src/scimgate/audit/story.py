@@ -248,6 +248,10 @@ def user_story(conn: Connection, identity: str) -> dict[str, Any] | None:
             for c in detail.get("map_changes", [])
             if c.get("user_id") == uid or c.get("agent_id") == uid
         ]
+        if not what and changes and kind == "agent" and ev["resource_type"] == "Agent":
+            # a write of an agent above it (a parent up the chain) moved its entries
+            said, _ = _describe_agent_write(ev["operation"], detail)
+            what.append(f"parent line: agent {ev['resource_id']} {'; '.join(said)}")
         if not what and not changes:
             continue
         if not what and kind == "agent" and all(int(c["seq"]) in narrated for c in changes):
