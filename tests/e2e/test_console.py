@@ -409,6 +409,13 @@ def test_people_page_lists_agents_and_an_agent_page_shows_access_owners_story(
         # the access review tells the agent row apart and links to its page
         reach = client.get("/console/access", params={"route": "api", "at": ""}).text
         assert "<td>agent</td>" in reach and f"/console/agents/{aid}" in reach
+        # a sub-agent's page links its parent
+        with stack.scim() as scim:
+            child = scim.post("/Agents", json={"schemas": [AGENT], "name": "Robo Junior",
+                                               "parent": {"value": aid}})  # fmt: skip
+            assert child.status_code == 201, child.text
+        junior = client.get(f"/console/agents/{child.json()['id']}").text
+        assert f'<a href="/console/agents/{aid}">Robo Reporter</a>' in junior
         assert client.get("/console/agents/no-such-agent").status_code == 404
         assert client.get("/console/agents/no-such-agent/live.json").status_code == 404
 
