@@ -407,6 +407,9 @@ def test_people_page_lists_agents_and_an_agent_page_shows_access_owners_story(
             {"id": robot["owner"], "kind": "User", "name": "dora@example.com", "stands": True}
         ]
         # the access review tells the agent row apart and links to its page
+        matrix = client.get("/console/access").text
+        assert '<tr id="agents-row"><th>agents</th>' in matrix
+        assert '<td class="cell">automation</td>' in matrix  # the demo's /api
         reach = client.get("/console/access", params={"route": "api", "at": ""}).text
         assert "<td>agent</td>" in reach and f"/console/agents/{aid}" in reach
         # a sub-agent's page links its parent

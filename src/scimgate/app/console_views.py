@@ -237,6 +237,8 @@ class AccessMatrix:
     rows: list[tuple[str, list[str], dict[str, bool]]]
     any_user_routes: list[str]
     public_routes: list[str]
+    #: route → what lets agents in (``allow_agents``): "any agent", policy groups, types
+    agent_routes: dict[str, str] = field(default_factory=dict)
 
 
 def access_matrix(policy: Policy) -> AccessMatrix:
@@ -250,6 +252,14 @@ def access_matrix(policy: Policy) -> AccessMatrix:
         rows,
         [r.name for r in policy.routes if ANY_GROUP in r.allow_groups],
         [r.name for r in policy.routes if r.public],
+        {
+            r.name: ", ".join(
+                ["any agent" if g == ANY_GROUP else g for g in r.allow_agents.groups]
+                + [f"type {t}" for t in r.allow_agents.types]
+            )
+            for r in policy.routes
+            if r.allow_agents is not None
+        },
     )
 
 
