@@ -1,7 +1,8 @@
 """Agents at the proxy, end to end: an IdP provisions agents over SCIM, agents present
 tokens (Entra-shaped ``idtyp: app`` with ``azp``, Okta-shaped ``cid`` through an
 AgenticApplication's clientId, RFC 8693 delegated ``act.sub``) to a real HAProxy started by
-``scimgate up``; the owner cascade takes effect at the very next request; per-identity rate
+``scimgate up``; the owner cascade and a parent's deactivation take effect at the very next
+request; per-identity rate
 limits in stick tables, logged.
 
 Nothing here waits after a SCIM response: `up` runs with read-your-writes, so the next
@@ -158,6 +159,27 @@ def test_agent_token_allowed_on_its_route_only_and_follows_its_owner(
     # the owner deleted: suspended for good
     assert scim.delete(f"/Users/{owner}").status_code == 204
     assert _get(web, token, "/api") == 403
+
+
+def test_a_sub_agent_is_refused_once_its_parent_is_deactivated(
+    stack: UpStack, scim: httpx.Client, web: httpx.Client, automation: str
+) -> None:
+    """abbey-00 ``parent``: a child stands and falls with its parent (docs/agents.md)."""
+    parent = _agent(scim, automation, subject=_name("planner"))
+    child_subject = _name("worker")
+    _agent(scim, automation, subject=child_subject, parent={"value": parent["id"]})
+    claims = {"sub": child_subject, "azp": child_subject, "idtyp": "app"}
+    token = _token(stack, dict(claims))
+    assert _get(web, token, "/api") == 200
+    assert scim.patch(f"/Agents/{parent['id']}", json=OFF).status_code == 200
+    cut = time.time()
+    assert _get(web, token, "/api") == 403  # the very next request, no wait
+    assert scim.patch(f"/Agents/{parent['id']}", json=ON).status_code == 200
+    assert _get(web, _fresh_token(stack, dict(claims), cut), "/api") == 200
+    # a cycle is refused before anything changes
+    r = scim.patch(f"/Agents/{parent['id']}", json={"Operations": [
+        {"op": "replace", "path": "parent", "value": {"value": parent["id"]}}]})  # fmt: skip
+    assert r.status_code == 400 and r.json()["scimType"] == "invalidValue", r.text
 
 
 def test_agents_need_the_route_group_and_their_own_namespace(

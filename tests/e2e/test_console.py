@@ -1,8 +1,9 @@
 """The admin console on a real `scimgate up` (HAProxy, SQLite, the sync engine): HTTP-level
 checks (no session → sign-in or 401, CSRF, cookies, roles, the listener split) and, in one
 module-scoped Debian chromium, what an admin does: sign in, find a person, watch their
-access disappear after a SCIM deactivation without a reload, rotate a token, and the
-refusals a browser gets (a POST without CSRF, a viewer's operator action)."""
+access disappear after a SCIM deactivation without a reload, find an agent beside the people
+and watch it suspended when its owner leaves, rotate a token, and the refusals a browser
+gets (a POST without CSRF, a viewer's operator action)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ from tests.support.up import UpStack, scimgate, start_up
 pytestmark = pytest.mark.haproxy
 
 USER = "carol@example.com"
-PAGES = ["/console/", "/console/people", "/console/people/x", "/console/groups",
+PAGES = ["/console/", "/console/people", "/console/people/x", "/console/agents/x", "/console/groups",
          "/console/groups/x", "/console/access", "/console/audit", "/console/tokens",
          "/console/policy"]  # fmt: skip
-DATA = ["/console/people/x/live.json", "/console/access/export.csv", "/console/audit/export.csv"]
+DATA = ["/console/people/x/live.json", "/console/agents/x/live.json",
+        "/console/access/export.csv", "/console/audit/export.csv"]  # fmt: skip
 POSTS = ["/console/sign-out", "/console/audit/verify", "/console/tokens/demo/rotate",
          "/console/tokens/demo/revoke"]  # fmt: skip
 
@@ -196,7 +198,7 @@ def test_exports_and_verify_are_audited_with_the_admins_name(stack: UpStack) -> 
     with _operator(stack) as client:
         csv = client.get("/console/access/export.csv", params={"route": "admin"})
         assert csv.status_code == 200 and USER in csv.text
-        assert csv.text.splitlines()[0].startswith("route,path_prefix,user_id")
+        assert csv.text.splitlines()[0].startswith("route,path_prefix,kind,user_id")
         events = client.get("/console/audit/export.csv")
         assert events.status_code == 200 and events.text.startswith("seq,ts,kind")
         csrf = csrf_of(client.get("/console/audit").text)
@@ -348,6 +350,105 @@ def test_browser_viewer_is_refused_an_operator_action(browser: Any, stack: UpSta
     assert status == 403
     with stack.scim() as scim:
         assert scim.get("/Users").status_code == 200
+
+
+# --- agents ------------------------------------------------------------------------------
+
+AGENT = "urn:ietf:params:scim:schemas:core:2.0:Agent"
+
+
+@pytest.fixture(scope="module")
+def robot(stack: UpStack) -> dict[str, str]:
+    """An agent owned by dora, in the demo policy's Automation group (→ /api)."""
+    with stack.scim() as scim:
+        owner = scim.post("/Users", json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "dora@example.com",
+        })  # fmt: skip
+        assert owner.status_code == 201, owner.text
+        agent = scim.post("/Agents", json={
+            "schemas": [AGENT], "name": "Robo Reporter", "agentUserName": "robo-reporter",
+            "subject": "robo-client", "agentType": "reporting",
+            "owners": [{"value": owner.json()["id"]}],
+        })  # fmt: skip
+        assert agent.status_code == 201, agent.text
+        group = scim.post("/Groups", json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": "Automation", "members": [{"value": agent.json()["id"]}],
+        })  # fmt: skip
+        assert group.status_code == 201, group.text
+    return {"owner": owner.json()["id"], "agent": agent.json()["id"]}
+
+
+def test_people_page_lists_agents_and_an_agent_page_shows_access_owners_story(
+    stack: UpStack, robot: dict[str, str]
+) -> None:
+    aid = robot["agent"]
+    with _operator(stack) as client:
+        people = client.get("/console/people", params={"q": "robo"}).text
+        assert 'id="agents"' in people and f"/console/agents/{aid}" in people
+        assert "Robo Reporter" in people and "reporting" in people
+        # searched by subject (exact), not listed for an unrelated prefix
+        assert (
+            f"/console/agents/{aid}"
+            in client.get("/console/people", params={"q": "robo-client"}).text
+        )
+        assert aid not in client.get("/console/people", params={"q": "carol"}).text
+        page = client.get(f"/console/agents/{aid}").text.replace("&gt;", ">")
+        assert "Robo Reporter" in page and "robo-reporter" in page
+        assert "dora@example.com" in page and f"/console/people/{robot['owner']}" in page
+        assert "Automation → automation" in page and "<code>/api</code>" in page
+        assert "created as agent Robo Reporter" in page and "added to group Automation" in page
+        live = client.get(f"/console/agents/{aid}/live.json").json()
+        assert live["state"] == "active" and live["name"] == "Robo Reporter"
+        assert [g["route"] for g in live["grants"]] == ["api"]
+        assert live["map_entries"] == 2  # the demo keys agents by subject and agentUserName
+        assert live["owners"] == [
+            {"id": robot["owner"], "kind": "User", "name": "dora@example.com", "stands": True}
+        ]
+        # the access review tells the agent row apart and links to its page
+        matrix = client.get("/console/access").text
+        assert '<tr id="agents-row"><th>agents</th>' in matrix
+        assert '<td class="cell">automation</td>' in matrix  # the demo's /api
+        reach = client.get("/console/access", params={"route": "api", "at": ""}).text
+        assert "<td>agent</td>" in reach and f"/console/agents/{aid}" in reach
+        # a sub-agent's page links its parent
+        with stack.scim() as scim:
+            child = scim.post("/Agents", json={"schemas": [AGENT], "name": "Robo Junior",
+                                               "parent": {"value": aid}})  # fmt: skip
+            assert child.status_code == 201, child.text
+        junior = client.get(f"/console/agents/{child.json()['id']}").text
+        assert f'<a href="/console/agents/{aid}">Robo Reporter</a>' in junior
+        assert client.get("/console/agents/no-such-agent").status_code == 404
+        assert client.get("/console/agents/no-such-agent/live.json").status_code == 404
+
+
+def test_browser_watch_an_agent_suspended_when_its_owner_is_deactivated(
+    browser: Any, stack: UpStack, robot: dict[str, str]
+) -> None:
+    from playwright.sync_api import expect
+
+    page = _signed_in_page(browser, stack, stack.info["admin_name"], stack.info["admin_password"])
+    page.click("nav >> text=People")
+    page.fill("#q", "robo")
+    page.click("#search")
+    page.click("#agents >> text=Robo Reporter")
+    assert "Automation → automation" in page.inner_text("#access")
+    assert page.inner_text("#state") == "active"
+    page.evaluate("window.__notReloaded = true")
+    with stack.scim() as scim:
+        reply = scim.patch(f"/Users/{robot['owner']}", json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "active", "value": False}],
+        })  # fmt: skip
+        assert reply.status_code == 200, reply.text
+    expect(page.locator("#access")).to_contain_text("no route is open to this agent",
+                                                    timeout=20_000)  # fmt: skip
+    expect(page.locator("#state")).to_have_text("suspended", timeout=20_000)
+    suspended = page.locator("#story li", has_text="suspended: owner User")
+    expect(suspended).to_contain_text("enforced on local", timeout=20_000)
+    assert page.evaluate("window.__notReloaded") is True  # the same document, no reload
+    expect(page.locator("#entries")).to_have_text("0", timeout=20_000)
 
 
 # Last: it throttles this module's source address for the rest of the window.

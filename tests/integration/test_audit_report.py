@@ -26,7 +26,7 @@ from scimgate.policy.jwtmint import demo_policy_yaml, generate_rsa_keypair
 from tests.fixtures.server import ScimServer
 from tests.support.scim import GROUP_SCHEMA as GROUP, PATCH_SCHEMA as PATCH, USER_SCHEMA as USER
 
-COLUMNS = ["route", "path_prefix", "user_id", "user_name", "via", "requires_scopes"]
+COLUMNS = ["route", "path_prefix", "kind", "user_id", "user_name", "via", "requires_scopes"]
 
 
 def scimgate(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -182,12 +182,13 @@ def test_csv_and_md_formats(world: World) -> None:
     p = scimgate(world.directory, "report", "access", "--format", "md", "--at", world.t_mid)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0] == "| route | path | user | via | scopes |"
-    assert lines[1] == "|---|---|---|---|---|"
+    assert lines[0] == "| route | path | kind | who | via | scopes |"
+    assert lines[1] == "|---|---|---|---|---|---|"
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    assert all(len(c) == 5 for c in cells)
+    assert all(len(c) == 6 for c in cells)
     assert len(cells) == len(report(world, "--at", world.t_mid))
-    assert ["admin", "`/admin`", world.names["ben"], f"{world.admins} → admins", "-"] in cells
+    row = ["admin", "`/admin`", "user", world.names["ben"], f"{world.admins} → admins", "-"]
+    assert row in cells
 
 
 def test_report_needs_a_policy_and_a_valid_time(world: World, scim_server: ScimServer) -> None:

@@ -79,3 +79,41 @@ def test_keyset_pages_cover_everyone_once(db: Database) -> None:
         assert reads.count_people(conn) == (len(NAMES), sum(1 for i in range(len(NAMES)) if i % 3))
         [group] = reads.page_groups(conn, "", "", 50)
         assert group.members == 110
+
+
+def test_agent_pages_search_and_page_through_equal_names(db: Database) -> None:
+    """Agent names are not unique: the keyset is (name, id), so 7 agents called "Bot" split
+    over pages of 3 are each shown once; search by name or agentUserName prefix (LIKE's
+    characters literally), or exactly by id, subject or externalId."""
+    now = now_iso()
+    rows = [
+        {"id": f"a{i}", "name": "Bot", "name_lower": "bot", "agent_user_name": f"b_{i}",
+         "agent_user_name_lower": f"b_{i}", "subject": f"sub-{i}", "external_id": f"x{i}",
+         "active": i % 2 == 0, "display_name": None, "attrs": {"agentType": "tool"},
+         "version": 1, "created": now, "last_modified": now}
+        for i in range(7)
+    ] + [
+        {"id": "z", "name": "Helper", "name_lower": "helper", "agent_user_name": None,
+         "agent_user_name_lower": None, "subject": None, "external_id": None, "active": True,
+         "display_name": None, "attrs": {}, "version": 1, "created": now, "last_modified": now}
+    ]  # fmt: skip
+    with db.write() as conn:
+        conn.execute(tables.agents.insert(), rows)
+    with db.read() as conn:
+        seen: list[str] = []
+        after = ""
+        for _ in range(10):
+            page = reads.page_agents(conn, "", after, 3)
+            seen += [a.id for a in page]
+            if len(page) < 3:
+                break
+            after = page[-1].id
+        assert seen == [f"a{i}" for i in range(7)] + ["z"]
+        assert [a.id for a in reads.page_agents(conn, "HEL", "", 50)] == ["z"]
+        assert len(reads.page_agents(conn, "b_", "", 50)) == 7  # agentUserName prefix
+        assert reads.page_agents(conn, "b%", "", 50) == []
+        assert [a.id for a in reads.page_agents(conn, "sub-3", "", 50)] == ["a3"]
+        assert [a.id for a in reads.page_agents(conn, "x5", "", 50)] == ["a5"]
+        [first] = reads.page_agents(conn, "a0", "", 50)
+        assert (first.name, first.agent_type, first.active) == ("Bot", "tool", True)
+        assert reads.count_agents(conn) == (8, 5)

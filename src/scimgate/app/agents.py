@@ -23,6 +23,16 @@ Choices where the drafts are silent:
   gone, any new owner must exist (400 ``invalidValue``).
 * An application's ``agents`` must exist (400); an application's OAuth ``clientId`` is an
   identity of the agents it *owns* (``type: owned``), while the application is active.
+* ``parent`` (abbey-00 §3.1; its ``$ref`` is an Agent) must name an existing Agent (400
+  ``invalidValue``), not the agent itself and not one of its descendants (no cycle: 400
+  ``invalidValue``); a parent the agent already names may be sent back even when deleted
+  (as owners). ``display`` is filled with the parent's name when the client sends none.
+* An agent is also *suspended* while its parent is inactive, suspended or deleted (as an
+  Entra Agent ID blueprint's agent identities stop with it): a child never outlives the
+  standing of the agent that spawned it. A deleted parent's link is kept, so the child
+  stays suspended until the IdP names another parent or removes it. Every write that can
+  change an agent's standing (its ``active``, owners or parent; its deletion; an owner
+  cascade) recomputes its descendants in the same transaction.
 """
 
 from __future__ import annotations
@@ -118,6 +128,55 @@ def _owner_links(
     return links
 
 
+def _parent_link(
+    conn: Connection, resource: dict[str, Any], agent_id: str | None, current: str | None
+) -> str | None:
+    """The parent a canonical Agent names (checked: see the module docstring), or None."""
+    parent = resource.get("parent")
+    if not parent:
+        return None
+    pid = parent.get("value")
+    if not pid:
+        raise errors.InvalidValue("attribute 'parent': needs a value (an Agent id)")
+    pid = str(pid)
+    if pid == agent_id:
+        raise errors.InvalidValue("attribute 'parent': an agent cannot be its own parent")
+    row = st.find_agent(conn, pid)
+    if row is None and pid != current:
+        raise errors.InvalidValue(f"attribute 'parent': no Agent has id {pid!r}")
+    # No cycle: walking up from the new parent must not reach this agent (every stored
+    # chain is acyclic, so the walk ends; ``seen`` bounds it all the same).
+    seen: set[str] = set()
+    ancestor: str | None = pid
+    while agent_id is not None and ancestor is not None and ancestor not in seen:
+        if ancestor == agent_id:
+            raise errors.InvalidValue(
+                f"attribute 'parent': {pid!r} descends from this agent (a cycle)"
+            )
+        seen.add(ancestor)
+        ancestor = st.parent_of(conn, ancestor)
+    if row is not None and not parent.get("display"):
+        parent["display"] = row.name
+    parent.pop("$ref", None)  # rendered from the id (scim.render_agents)
+    return pid
+
+
+def descendants(conn: Connection, agent_ids: Sequence[str]) -> list[str]:
+    """Every agent below these ones through ``parent``, breadth first, each once."""
+    seen = set(agent_ids)
+    out: list[str] = []
+    level = list(agent_ids)
+    while level:
+        level = [c for c in st.children_of(conn, level) if c not in seen]
+        seen.update(level)
+        out += level
+    return out
+
+
+def _set_parent(conn: Connection, agent_id: str, parent_id: str | None) -> None:
+    st.set_links(conn, agent_id, st.PARENT, {parent_id: "Agent"} if parent_id else {})
+
+
 def _agent_links(conn: Connection, resource: dict[str, Any]) -> dict[str, str]:
     """An application's agents (agent id -> owned/authorized/guest), each checked to exist."""
     agents = resource.get("agents") or []
@@ -153,8 +212,10 @@ class AgentWrites:
     ) -> tuple[dict[str, Any], list[MapChange]]:
         resource = normalise(with_default_name(body), AGENT_TYPE, mode="create")
         links = _owner_links(conn, resource, {})
+        parent = _parent_link(conn, resource, None, None)
         row = st.insert_agent(conn, resource)
         st.set_links(conn, row.id, st.OWNER, links)
+        _set_parent(conn, row.id, parent)
         changes = self.refresh(conn, [row.id])
         out = load_agent(conn, row.id, base)
         self.audit_write(
@@ -173,10 +234,13 @@ class AgentWrites:
         before: dict[str, Any],
     ) -> tuple[dict[str, Any], list[MapChange]]:
         links = _owner_links(conn, resource, st.owners_of(conn, rid))
+        parent = _parent_link(conn, resource, rid, st.parent_of(conn, rid))
         row = st.get_agent(conn, rid)
         st.update_agent(conn, row, resource)
         st.set_links(conn, rid, st.OWNER, links)
-        changes = self.refresh(conn, [rid])
+        _set_parent(conn, rid, parent)
+        # its descendants stand or fall with it
+        changes = self.refresh(conn, [rid, *descendants(conn, [rid])])
         out = load_agent(conn, rid, base)
         self.audit_write(
             conn, actor, AGENT_TYPE, rid, operation, {"changed": _diff(before, out)}, changes
@@ -222,7 +286,8 @@ class AgentWrites:
         row = st.get_agent(conn, rid)
         check_if_match(if_match, row.version)
         groups, apps = st.delete_agent(conn, rid)
-        changes = self.refresh(conn, [rid])
+        # its children keep naming it: they (and theirs) are suspended now
+        changes = self.refresh(conn, [rid, *descendants(conn, [rid])])
         detail = {
             "name": row.name,
             "removed_from_groups": groups,
@@ -345,6 +410,7 @@ class AgentWrites:
         owned = st.agents_owned_by(conn, [owner_id])
         if not owned:
             return []
+        owned += [a for a in descendants(conn, owned) if a not in owned]
         changes = self.refresh(conn, owned)
         named = []
         for agent_id in owned:
@@ -381,9 +447,22 @@ class AgentWrites:
 
 
 def is_suspended(conn: Connection, agent_id: str) -> bool:
-    """An agent whose owners are all gone or inactive (see the module docstring)."""
-    owners = st.owners_of(conn, agent_id)
-    return bool(owners) and not st.live_owners(conn, owners)
+    """An agent whose owners are all gone or inactive, or whose parent (up the chain) is
+    inactive, suspended or gone (see the module docstring)."""
+    seen: set[str] = set()
+    current = agent_id
+    while True:
+        owners = st.owners_of(conn, current)
+        if owners and not st.live_owners(conn, owners):
+            return True
+        seen.add(current)
+        parent = st.parent_of(conn, current)
+        if parent is None:
+            return False
+        row = st.find_agent(conn, parent)
+        if row is None or not row.active or parent in seen:  # a cycle cannot be stored
+            return True
+        current = parent
 
 
 def _view(resource: dict[str, Any]) -> dict[str, Any]:

@@ -148,6 +148,19 @@ def trail_head(db: Database) -> int:
         return audit.head(conn)[0]
 
 
+def summarise_story(timeline: list[dict[str, Any]]) -> None:
+    """Each story line gets ``changes_summary``: how many identity keys it set and removed."""
+    for line in timeline:
+        changes = line.get("map_changes") or []
+        removed = sum(1 for c in changes if c.get("value") is None)
+        line["changes_summary"] = (
+            f"{len(changes)} HAProxy map change(s): {len(changes) - removed} identity key(s) "
+            f"set, {removed} removed"
+            if changes
+            else ""
+        )
+
+
 def person_view(
     db: Database, policy: Policy | None, user_id: str, *, story: bool = True
 ) -> PersonView | None:
@@ -160,21 +173,13 @@ def person_view(
         groups = reads.groups_of(conn, user_id)
         entries = reads.map_entry_count(conn, user_id)
         timeline = (user_story(conn, user_id) or {}).get("timeline", []) if story else []
-    for line in timeline:
-        changes = line.get("map_changes") or []
-        removed = sum(1 for c in changes if c.get("value") is None)
-        line["changes_summary"] = (
-            f"{len(changes)} HAProxy map change(s): {len(changes) - removed} identity key(s) "
-            f"set, {removed} removed"
-            if changes
-            else ""
-        )
+    summarise_story(timeline)
     grants: list[Grant] = []
     if policy is not None:
         state = DirectoryState(users={row.id: UserState(row.user_name, row.active)})
         for gid, name, ext in groups:
             state.groups[gid] = GroupState(name, ext, {row.id})
-        grants = _grants(access_rows(state, policy))
+        grants = _grants([r for r in access_rows(state, policy) if r.kind == "user"])
     return PersonView(row, groups, grants, entries, timeline)
 
 
@@ -232,6 +237,8 @@ class AccessMatrix:
     rows: list[tuple[str, list[str], dict[str, bool]]]
     any_user_routes: list[str]
     public_routes: list[str]
+    #: route → what lets agents in (``allow_agents``): "any agent", policy groups, types
+    agent_routes: dict[str, str] = field(default_factory=dict)
 
 
 def access_matrix(policy: Policy) -> AccessMatrix:
@@ -245,6 +252,14 @@ def access_matrix(policy: Policy) -> AccessMatrix:
         rows,
         [r.name for r in policy.routes if ANY_GROUP in r.allow_groups],
         [r.name for r in policy.routes if r.public],
+        {
+            r.name: ", ".join(
+                ["any agent" if g == ANY_GROUP else g for g in r.allow_agents.groups]
+                + [f"type {t}" for t in r.allow_agents.types]
+            )
+            for r in policy.routes
+            if r.allow_agents is not None
+        },
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from scimgate.app.agents import is_suspended
 from scimgate.audit import log as audit
 from scimgate.policy.agents import agent_entries
 from scimgate.policy.compiler import entries_for_user, with_not_before
@@ -103,14 +104,13 @@ def agent_desired(
     conn: Connection, agent_id: str, agent_entries_fn: AgentEntriesFn | None
 ) -> dict[str, str] | None:
     """An agent's desired entries (None: no agent has this id). Suspended = it names owners
-    and none of them stands (``app.agents``)."""
+    and none of them stands, or its parent is out (``app.agents``)."""
     row = st_agents.find_agent(conn, agent_id)
     if row is None:
         return None
     if agent_entries_fn is None:
         return {}
-    owners = st_agents.owners_of(conn, agent_id)
-    suspended = bool(owners) and not st_agents.live_owners(conn, owners)
+    suspended = is_suspended(conn, agent_id)
     return agent_entries_fn(
         {**row.attrs, "active": row.active},
         rs.idp_groups_of_user(conn, agent_id),

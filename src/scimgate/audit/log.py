@@ -185,7 +185,7 @@ def verify(conn: Connection) -> VerifyResult:
 
 def current_state(conn: Connection) -> Any:
     """The directory now, from the resource tables (same shape as a replay of the trail)."""
-    from scimgate.audit.replay import DirectoryState, GroupState, UserState, _emails
+    from scimgate.audit.replay import AgentState, DirectoryState, GroupState, UserState, _emails
 
     state = DirectoryState()
     u, g, m = tables.users, tables.groups, tables.members
@@ -197,4 +197,18 @@ def current_state(conn: Connection) -> Any:
         state.groups[gid] = GroupState(name, ext)
     for gid, mid in conn.execute(sa.select(m.c.group_id, m.c.member_id)):
         state.groups[gid].members.add(mid)
+    a, links = tables.agents, tables.agent_links
+    for r in conn.execute(sa.select(a.c.id, a.c.name, a.c.active, a.c.attrs)):
+        kind = (r.attrs or {}).get("agentType")
+        state.agents[r.id] = AgentState(
+            r.name, bool(r.active), kind if isinstance(kind, str) else None
+        )
+    linked = sa.select(links.c.agent_id, links.c.other_id, links.c.relation).where(
+        links.c.relation.in_(("owner", "parent"))
+    )
+    for aid, oid, relation in conn.execute(linked):
+        if relation == "owner":
+            state.agents[aid].owners.add(oid)
+        else:
+            state.agents[aid].parent = oid
     return state

@@ -1,5 +1,6 @@
 """Directory state rebuilt from the audit trail (pure): who existed, who was active, who was in
-which group, at any past moment. This is what `report access --at T` and `audit user` read."""
+which group, at any past moment; the agents too (their type, owners and groups). This is what
+`report access --at T` and `audit user` read."""
 
 from __future__ import annotations
 
@@ -23,12 +24,44 @@ class GroupState:
 
 
 @dataclass
+class AgentState:
+    name: str
+    active: bool = True
+    agent_type: str | None = None
+    #: owner ids (users or groups); a deleted owner stays named (the agent stays suspended)
+    owners: set[str] = field(default_factory=set)
+    #: the parent agent's id; a deleted parent stays named (the agent stays suspended)
+    parent: str | None = None
+
+
+@dataclass
 class DirectoryState:
     users: dict[str, UserState] = field(default_factory=dict)
     groups: dict[str, GroupState] = field(default_factory=dict)
+    agents: dict[str, AgentState] = field(default_factory=dict)
 
     def groups_of(self, user_id: str) -> list[GroupState]:
         return [g for g in self.groups.values() if user_id in g.members]
+
+    def suspended(self, agent_id: str) -> bool:
+        """As ``app.agents.is_suspended``: it names owners and none stands (an active user
+        or an existing group), or its parent, up the chain, is inactive, suspended or gone."""
+        seen: set[str] = set()
+        current = agent_id
+        while True:
+            owners = self.agents[current].owners
+            standing = [
+                o for o in owners if o in self.groups or (o in self.users and self.users[o].active)
+            ]
+            if owners and not standing:
+                return True
+            seen.add(current)
+            parent = self.agents[current].parent
+            if parent is None:
+                return False
+            if parent not in self.agents or not self.agents[parent].active or parent in seen:
+                return True
+            current = parent
 
 
 def _bool(value: Any) -> bool:
@@ -41,6 +74,49 @@ def _emails(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
     return [e["value"] for e in value if isinstance(e, dict) and isinstance(e.get("value"), str)]
+
+
+def _owner_ids(value: Any) -> set[str]:
+    if not isinstance(value, list):
+        return set()
+    return {str(o["value"]) for o in value if isinstance(o, dict) and o.get("value")}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _parent_id(value: Any) -> str | None:
+    return str(value["value"]) if isinstance(value, dict) and value.get("value") else None
+
+
+def _apply_agent(state: DirectoryState, rid: str, op: Any, detail: dict[str, Any]) -> None:
+    if op == "create":
+        res = detail.get("resource", {})
+        state.agents[rid] = AgentState(
+            str(res.get("name") or res.get("agentUserName") or ""),
+            _bool(res.get("active", True)),
+            _text(res.get("agentType")),
+            _owner_ids(res.get("owners")),
+            _parent_id(res.get("parent")),
+        )
+    elif op in ("replace", "patch") and rid in state.agents:
+        agent = state.agents[rid]
+        changed = detail.get("changed", {})
+        if "name" in changed:
+            agent.name = str(changed["name"][1] or "")
+        if "active" in changed:
+            agent.active = _bool(changed["active"][1])
+        if "agentType" in changed:
+            agent.agent_type = _text(changed["agentType"][1])
+        if "owners" in changed:
+            agent.owners = _owner_ids(changed["owners"][1])
+        if "parent" in changed:
+            agent.parent = _parent_id(changed["parent"][1])
+    elif op == "delete":
+        state.agents.pop(rid, None)
+        for g in state.groups.values():
+            g.members.discard(rid)
 
 
 def apply_event(state: DirectoryState, ev: dict[str, Any]) -> None:
@@ -69,6 +145,8 @@ def apply_event(state: DirectoryState, ev: dict[str, Any]) -> None:
             state.users.pop(rid, None)
             for g in state.groups.values():
                 g.members.discard(rid)
+    elif ev.get("resource_type") == "Agent":
+        _apply_agent(state, rid, op, detail)
     elif ev.get("resource_type") == "Group":
         if op == "create":
             res = detail.get("resource", {})

@@ -148,7 +148,8 @@ def audit_export(
 @click.option("--json", "as_json", is_flag=True)
 def audit_user(identity: str, directory: str | None, config: str | None, as_json: bool) -> None:
     """The story of one person: created, groups gained/lost, deactivated, deleted, and
-    when each HAProxy enforced each change. IDENTITY is a userName, e-mail or SCIM id.
+    when each HAProxy enforced each change. IDENTITY is a userName, e-mail or SCIM id; or,
+    when no person has it, an agent's name, agentUserName, subject or SCIM id.
 
     \b
     Example:
@@ -158,11 +159,11 @@ def audit_user(identity: str, directory: str | None, config: str | None, as_json
 
     story = person_story(database_of(settings_of(directory, config)), identity)
     if story is None:
-        raise click.ClickException(f"no user {identity!r} in the store or the audit trail")
+        raise click.ClickException(f"no user or agent {identity!r} in the store or the audit trail")
     if as_json:
         click.echo(json.dumps(story, indent=2, ensure_ascii=False))
         return
-    click.echo(f"user {story['user_name']} (id {story['user_id']})")
+    click.echo(f"{story['kind']} {story['user_name']} (id {story['user_id']})")
     for line in story["timeline"]:
         click.echo(f"  {line['ts']}  {line['what']}")
         for e in line.get("enforced", []):

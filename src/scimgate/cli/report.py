@@ -1,4 +1,5 @@
-"""`scimgate report access`: for every route, who can reach it and through which group."""
+"""`scimgate report access`: for every route, who can reach it (people, agents, or anyone
+on an open route) and through which group."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def report_group() -> None:
     "alone: at the end of that UTC day).",
 )
 def report_access(directory: str | None, config: str | None, fmt: str, at: str | None) -> None:
-    """For every route, who can reach it and through which group.
+    """For every route, who can reach it and through which group: people (kind user),
+    agents (kind agent, through allow_agents), and open routes (kind public or sources).
 
     \b
     Example:

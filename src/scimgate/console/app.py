@@ -144,6 +144,8 @@ def build_console_app(console: Console) -> Starlette:
         Route(f"{BASE}/people", page(pages.people), methods=["GET"]),
         Route(f"{BASE}/people/{{id}}", page(pages.person), methods=["GET"]),
         Route(f"{BASE}/people/{{id}}/live.json", page(pages.person_live), methods=["GET"]),
+        Route(f"{BASE}/agents/{{id}}", page(pages.agent), methods=["GET"]),
+        Route(f"{BASE}/agents/{{id}}/live.json", page(pages.agent_live), methods=["GET"]),
         Route(f"{BASE}/groups", page(pages.groups), methods=["GET"]),
         Route(f"{BASE}/groups/{{id}}", page(pages.group), methods=["GET"]),
         Route(f"{BASE}/access", page(pages.access), methods=["GET"]),

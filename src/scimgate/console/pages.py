@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from scimgate.app import admins, console_views as views, reports, tokens
+from scimgate.app import admins, console_agents, console_views as views, reports, tokens
 from scimgate.console.app import Console
 from scimgate.console.chart import latency_chart
 from scimgate.console.guard import BASE, COOKIE, SECURITY_HEADERS, Ctx, refusal
@@ -92,11 +92,50 @@ class Pages:
     async def people(self, request: Request, ctx: Ctx) -> Response:
         q = request.query_params.get("q", "")[:256]
         after = request.query_params.get("after", "")[:256]
+        agents_after = request.query_params.get("agents_after", "")[:64]
         rows, counts = await run_in_threadpool(views.people, self.db, q, after)
+        agents, agent_counts = await run_in_threadpool(
+            console_agents.agents, self.db, q, agents_after
+        )
         return self.page(
             "people.html", ctx, q=q, rows=rows, counts=counts,
             next_after=rows[-1].user_name if len(rows) == views.PAGE else "",
+            agents=agents, agent_counts=agent_counts,
+            agents_next=agents[-1].row.id if len(agents) == views.PAGE else "",
         )  # fmt: skip
+
+    async def agent(self, request: Request, ctx: Ctx) -> Response:
+        view = await run_in_threadpool(
+            console_agents.agent_view, self.db, self.active_policy(), request.path_params["id"]
+        )
+        if view is None:
+            return refusal(request, 404, "no such agent")
+        return self.page("agent.html", ctx, view=view)
+
+    async def agent_live(self, request: Request, ctx: Ctx) -> Response:
+        """The agent page's data as JSON, polled like the person page's (``person_live``)."""
+        head = await run_in_threadpool(views.trail_head, self.db)
+        if request.query_params.get("head") == str(head):
+            return JSONResponse({"head": head, "unchanged": True}, headers=SECURITY_HEADERS)
+        view = await run_in_threadpool(
+            console_agents.agent_view, self.db, self.active_policy(), request.path_params["id"]
+        )
+        if view is None:
+            return refusal(request, 404, "no such agent")
+        return JSONResponse(
+            {
+                "head": head,
+                "active": view.state == "active",
+                "state": view.state,
+                "name": view.agent.name,
+                "owners": [asdict(o) for o in view.owners],
+                "groups": [name for _, name, _ in view.groups],
+                "map_entries": view.map_entries,
+                "grants": [asdict(g) for g in view.grants],
+                "story": view.story,
+            },
+            headers=SECURITY_HEADERS,
+        )
 
     async def person(self, request: Request, ctx: Ctx) -> Response:
         view = await run_in_threadpool(

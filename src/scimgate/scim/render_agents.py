@@ -56,6 +56,9 @@ def agent_resource(
             {**o, "$ref": f"{base_url}/{_ENDPOINTS.get(o.get('type', ''), 'Users')}/{o['value']}"}
             for o in owners
         ]
+    parent = out.get("parent")
+    if isinstance(parent, dict) and parent.get("value"):
+        out["parent"] = {**parent, "$ref": f"{base_url}/Agents/{parent['value']}"}
     if groups:
         out["groups"] = [
             {"value": gid, "$ref": f"{base_url}/Groups/{gid}", "display": name, "type": "direct"}

@@ -28,6 +28,7 @@ U, G, M = tables.users, tables.groups, tables.members
 
 OWNER = "owner"
 APPLICATION = "application"
+PARENT = "parent"  # other = the parent Agent's id (abbey-00 ``parent``), kind = "Agent"
 # Keys of a canonical resource that live in columns, in link rows or are computed.
 # (An application's ``agents`` stay in ``attrs`` too, for the displays the client sent; the
 # link rows say which agents it has.)
@@ -214,6 +215,27 @@ def set_application_agents(conn: Connection, app_id: str, links: dict[str, str])
 def owners_of(conn: Connection, agent_id: str) -> dict[str, str]:
     q = sa.select(L.c.other_id, L.c.kind).where(L.c.agent_id == agent_id, L.c.relation == OWNER)
     return {r[0]: r[1] for r in conn.execute(q)}
+
+
+def parent_of(conn: Connection, agent_id: str) -> str | None:
+    """The id the agent names as its parent (kept when that agent is deleted)."""
+    q = sa.select(L.c.other_id).where(L.c.agent_id == agent_id, L.c.relation == PARENT)
+    row = conn.execute(q).first()
+    return str(row[0]) if row is not None else None
+
+
+def children_of(conn: Connection, parent_ids: Iterable[str]) -> list[str]:
+    """The agents that name any of these agents as their parent (one index range each)."""
+    ids = list(dict.fromkeys(parent_ids))
+    if not ids:
+        return []
+    q = (
+        sa.select(L.c.agent_id)
+        .where(L.c.other_id.in_(ids), L.c.relation == PARENT)
+        .distinct()
+        .order_by(L.c.agent_id)
+    )
+    return [r[0] for r in conn.execute(q)]
 
 
 def agents_owned_by(conn: Connection, owner_ids: Iterable[str]) -> list[str]:

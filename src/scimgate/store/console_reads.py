@@ -3,8 +3,8 @@ stays fast at 100k users: keyset paging (``WHERE key > last ORDER BY key LIMIT n
 prefix search as an index range on SQLite (``lower >= q AND lower < q || U+10FFFF``) and an
 escaped LIKE on PostgreSQL.
 
-Does: page and search users and groups, one user's groups and map-entry count, a group's
-members, audit events by filters (newest first), the recent ``sync.applied`` batches with
+Does: page and search users, agents and groups, one user's (or agent's) groups and
+map-entry count, a group's members, audit events by filters (newest first), the recent ``sync.applied`` batches with
 the time their first change was logged, the newest event of a kind.
 Does not: decide what a page shows (``app.console_views``) or format anything.
 """
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from scimgate.store import tables
 
 U, G, M = tables.users, tables.groups, tables.members
+A = tables.agents
 E, C, ME = tables.audit_events, tables.change_log, tables.map_entries
 _PREFIX_END = "\U0010ffff"
 
@@ -99,6 +100,59 @@ def groups_of(conn: Connection, user_id: str) -> list[tuple[str, str, str | None
 
 def map_entry_count(conn: Connection, user_id: str) -> int:
     return int(conn.execute(sa.select(sa.func.count()).where(ME.c.user_id == user_id)).scalar_one())
+
+
+@dataclass(frozen=True)
+class AgentListRow:
+    id: str
+    name: str
+    agent_user_name: str | None
+    agent_type: str | None
+    active: bool
+    last_modified: str
+
+
+_AGENT_COLS = (A.c.id, A.c.name, A.c.agent_user_name, A.c.attrs, A.c.active, A.c.last_modified)
+
+
+def _agent_row(r: Any) -> AgentListRow:
+    kind = (r.attrs or {}).get("agentType")
+    return AgentListRow(r.id, r.name, r.agent_user_name, kind if isinstance(kind, str) else None,
+                        bool(r.active), r.last_modified)  # fmt: skip
+
+
+def page_agents(conn: Connection, query: str, after: str, limit: int) -> list[AgentListRow]:
+    """Agents whose name or agentUserName starts with ``query`` (case-insensitive; or whose
+    id, subject or externalId is exactly ``query``), by name then id (names are not unique),
+    after the agent whose id is ``after``."""
+    q, exact = query.strip().lower(), query.strip()
+    stmt = sa.select(*_AGENT_COLS).order_by(A.c.name_lower, A.c.id).limit(limit)
+    if q:
+        stmt = stmt.where(
+            sa.or_(
+                _starts_with(conn, A.c.name_lower, q),
+                _starts_with(conn, A.c.agent_user_name_lower, q),
+                A.c.id == exact,
+                A.c.subject == exact,
+                A.c.external_id == exact,
+            )
+        )
+    if after:
+        last = conn.execute(sa.select(A.c.name_lower).where(A.c.id == after)).first()
+        if last is not None:
+            stmt = stmt.where(
+                sa.or_(A.c.name_lower > last[0], sa.and_(A.c.name_lower == last[0], A.c.id > after))
+            )
+    return [_agent_row(r) for r in conn.execute(stmt)]
+
+
+def count_agents(conn: Connection) -> tuple[int, int]:
+    """(agents, active agents)."""
+    total = conn.execute(sa.select(sa.func.count()).select_from(A)).scalar_one()
+    active = conn.execute(
+        sa.select(sa.func.count()).select_from(A).where(A.c.active.is_(True))
+    ).scalar_one()
+    return int(total or 0), int(active or 0)
 
 
 @dataclass(frozen=True)

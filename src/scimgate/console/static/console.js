@@ -1,5 +1,6 @@
 // scimgate console: the little script it needs, no dependencies, no build step.
-// 1. The person page polls its live.json and redraws access and story when they change.
+// 1. The person and agent pages poll their live.json and redraw access and story when
+//    they change.
 // 2. Forms with data-confirm ask first.
 "use strict";
 
@@ -10,11 +11,11 @@ function el(tag, text, cls) {
   return node;
 }
 
-function drawAccess(tbody, grants) {
+function drawAccess(tbody, grants, none) {
   tbody.replaceChildren();
   if (grants.length === 0) {
     const row = el("tr", undefined, "none");
-    const cell = el("td", "no route is open to this person");
+    const cell = el("td", none || "no route is open to this person");
     cell.colSpan = 4;
     row.append(cell);
     tbody.append(row);
@@ -45,8 +46,10 @@ function drawStory(list, story) {
   }
 }
 
-function drawState(holder, active) {
-  holder.replaceChildren(el("span", active ? "active" : "inactive", active ? "badge ok" : "badge bad"));
+function drawState(holder, active, state) {
+  // an agent's page says which way it is out: "inactive" or "suspended" (owners gone)
+  const text = state || (active ? "active" : "inactive");
+  holder.replaceChildren(el("span", text, active ? "badge ok" : "badge bad"));
 }
 
 function follow(section) {
@@ -64,9 +67,9 @@ function follow(section) {
         const text = JSON.stringify(data);
         if (!data.unchanged && text !== last) {
           last = text;
-          drawAccess(document.querySelector("#access tbody"), data.grants);
+          drawAccess(document.querySelector("#access tbody"), data.grants, section.dataset.none);
           drawStory(document.getElementById("story"), data.story);
-          drawState(document.getElementById("state"), data.active);
+          drawState(document.getElementById("state"), data.active, data.state);
           document.getElementById("entries").textContent = String(data.map_entries);
         }
         document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
