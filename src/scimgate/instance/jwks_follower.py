@@ -4,7 +4,10 @@ Does: refresh the key store when the JWKS is due (its Cache-Control) or a remove
 overlap ends; when the keys the config must hold changed, call ``apply`` (under `up`:
 render the config again, `haproxy -c`, hitless reload through the master CLI; the sync
 engine then carries the identity maps across the reload as for any reload), and audit every
-rotation as a ``jwt.keys`` event.
+rotation as a ``jwt.keys`` event. Poll HAProxy's unknown-kid table
+(``policy.render_identity.JWT_KID_MISS_TABLE``) every second and fetch the JWKS at once when
+a token brought a kid no held key has, at most once per ``unknown_kid_refresh_seconds``
+(audited as ``jwt.keys.refresh``, operation ``unknown_kid``).
 Does not: fetch or parse keys itself (``instance.jwks_keys``, ``policy.jwks``), render rules.
 """
 
@@ -17,8 +20,31 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from scimgate.audit import log as audit
+from scimgate.haproxy.connection import RuntimeAddress
+from scimgate.haproxy.sessions import WorkerStreams
 from scimgate.instance.jwks_keys import KeyState, KeyStore, Rotation
+from scimgate.policy.jwks import KID_RE
+from scimgate.policy.render_identity import (
+    JWT_KID_MISS_TABLE,
+    KID_MISS_EXPIRE_SECONDS,
+    KID_MISS_TABLE_SIZE,
+)
 from scimgate.store.db import Database
+
+MISS_POLL_SECONDS = 1.0
+_AUDIT_KIDS = 3  # kids named in a forced refresh's audit event (the count says the rest)
+_AUDIT_KID_CHARS = 64
+
+
+def read_kid_misses(address: RuntimeAddress, timeout: float = 2.0) -> list[str]:
+    """The kids HAProxy recorded in its unknown-kid table (one worker's stats socket).
+
+    The command is a constant (``show table`` and a constant table name); the reply is
+    parsed line by line, and only keys of a JWKS kid's shape are kept, at most as many as
+    the table can hold."""
+    entries = WorkerStreams(address, None, timeout).table(JWT_KID_MISS_TABLE)
+    kids = [e.key for e in entries[:KID_MISS_TABLE_SIZE] if KID_RE.fullmatch(e.key)]
+    return list(dict.fromkeys(kids))
 
 log = logging.getLogger("scimgate.jwks")
 
@@ -53,11 +79,19 @@ class KeyFollower:
         apply: Callable[[], None],
         *,
         clock: Callable[[], float] = time.time,
+        misses: Callable[[], list[str]] | None = None,
+        poll_seconds: float = MISS_POLL_SECONDS,
     ) -> None:
         self.store = store
         self.db = db
         self.apply = apply
         self.clock = clock
+        # HAProxy's unknown kids (None: not followed, e.g. refresh_on_unknown_kid is off)
+        self.misses = misses if store.source.refresh_on_unknown_kid else None
+        self.poll_seconds = poll_seconds
+        self.forced_refreshes = 0
+        self._last_forced: float | None = None
+        self._tried: dict[str, float] = {}  # kid -> when a forced refresh looked for it
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,19 +141,68 @@ class KeyFollower:
             )
         return rotation
 
+    def unknown_kids(self) -> list[str]:
+        """Kids HAProxy recorded that the running config does not hold."""
+        assert self.misses is not None
+        held = {kid for kid, _alg, _t in self._applied}
+        return [kid for kid in self.misses() if kid not in held]
+
+    def check_misses(self) -> bool:
+        """Fetch the JWKS now if HAProxy recorded a kid not looked for yet (a kid is looked
+        for once per table expiry) and the last forced fetch is ``unknown_kid_refresh_seconds``
+        old; True when it fetched. A flood of random kids costs one fetch per interval."""
+        now = self.clock()
+        interval = self.store.source.unknown_kid_refresh_seconds
+        self._tried = {k: t for k, t in self._tried.items() if now - t < KID_MISS_EXPIRE_SECONDS}
+        fresh = [kid for kid in self.unknown_kids() if kid not in self._tried]
+        if not fresh:
+            return False
+        if self._last_forced is not None and now - self._last_forced < interval:
+            return False
+        self._last_forced = now
+        for kid in fresh[: max(0, 4 * KID_MISS_TABLE_SIZE - len(self._tried))]:
+            self._tried[kid] = now
+        self.forced_refreshes += 1
+        log.info("token with unknown kid(s) %s: fetching the JWKS now", fresh[:_AUDIT_KIDS])
+        try:
+            self.step()
+        finally:
+            held = {k.kid for k in self.store.load().accepted(now, self.store.source.overlap_seconds)}
+            self._audit_forced(fresh, held)
+        return True
+
+    def _audit_forced(self, kids: list[str], held: set[str]) -> None:
+        detail = {
+            "reason": "unknown_kid",
+            "kids": [kid[:_AUDIT_KID_CHARS] for kid in kids[:_AUDIT_KIDS]],
+            "unknown_kids": len(kids),
+            "found": [kid[:_AUDIT_KID_CHARS] for kid in kids if kid in held][:_AUDIT_KIDS],
+            "min_interval_seconds": self.store.source.unknown_kid_refresh_seconds,
+        }
+        with self.db.write() as conn:
+            audit.ensure_head(conn)
+            audit.append(conn, "jwt.keys.refresh", operation="unknown_kid", detail=detail)
+
     def refresh_now(self) -> None:
         """Ask for a refresh at once (the next loop turn)."""
         self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.due_in())
+            wait = self.due_in()
+            if self.misses is not None:
+                wait = min(wait, self.poll_seconds)
+            woke = self._wake.wait(wait)
             if self._stop.is_set():
                 return
             self._wake.clear()
             try:
-                self.step()
-            except Exception:
+                if woke or self.misses is None or self.due_in() <= 0:
+                    self.step()
+                else:
+                    self.check_misses()
+            except Exception:  # logged where it failed; HAProxy may be reloading
+                log.debug("JWKS follower turn failed", exc_info=True)
                 self._stop.wait(1.0)
 
     def start(self) -> None:

@@ -100,6 +100,10 @@ class JwksSource(_Model):
     retries: int = Field(default=3, ge=0, le=10)
     max_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
     max_keys: int = Field(default=32, ge=1, le=256)
+    # a token whose kid matches no held key (and whose claims pass) makes HAProxy record the
+    # kid; scimgate then fetches the JWKS at once, at most once per this many seconds
+    refresh_on_unknown_kid: bool = True
+    unknown_kid_refresh_seconds: int = Field(default=30, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _where_from(self) -> JwksSource:
