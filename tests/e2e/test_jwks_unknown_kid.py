@@ -91,9 +91,7 @@ def forced_refreshes(stack: UpStack) -> list[dict[str, object]]:
     return [json.loads(r[0]) for r in rows]
 
 
-def test_new_key_signed_at_once_is_accepted_within_seconds(
-    stack: UpStack, idp: JwksIssuer
-) -> None:
+def test_new_key_signed_at_once_is_accepted_within_seconds(stack: UpStack, idp: JwksIssuer) -> None:
     assert get(stack, idp.mint("k1", USER)) == 200
     fetches = idp.jwks_fetches
     # the IdP publishes k2 and signs with it at the same moment (Keycloak, Auth0)
@@ -142,9 +140,7 @@ def test_kids_of_bad_shape_or_failing_claims_are_not_recorded(
     assert "key=k1 " not in table and "key=k2 " not in table
 
 
-def test_flood_of_random_kids_costs_one_fetch_per_interval(
-    stack: UpStack, idp: JwksIssuer
-) -> None:
+def test_flood_of_random_kids_costs_one_fetch_per_interval(stack: UpStack, idp: JwksIssuer) -> None:
     idp.add_key("flood", publish=False)
     time.sleep(INTERVAL + 0.5)  # the previous tests' forced fetches are one interval back
     before_fetches = idp.jwks_fetches

@@ -46,11 +46,20 @@ def read_kid_misses(address: RuntimeAddress, timeout: float = 2.0) -> list[str]:
     kids = [e.key for e in entries[:KID_MISS_TABLE_SIZE] if KID_RE.fullmatch(e.key)]
     return list(dict.fromkeys(kids))
 
+
 log = logging.getLogger("scimgate.jwks")
 
 
-def audit_rotation(db: Database, state: KeyState, rotation: Rotation, *, initial: bool) -> None:
-    """One ``jwt.keys`` audit event for a refresh that changed the key set."""
+def audit_rotation(
+    db: Database,
+    state: KeyState,
+    rotation: Rotation,
+    *,
+    initial: bool,
+    note: dict[str, object] | None = None,
+) -> None:
+    """One ``jwt.keys`` audit event for a refresh that changed the key set (``note``: more
+    detail, e.g. how `serve` reloads each target)."""
     if not rotation:
         return
     by_kid = {k.kid: k for k in state.keys}
@@ -63,6 +72,7 @@ def audit_rotation(db: Database, state: KeyState, rotation: Rotation, *, initial
             for part, kids in asdict(rotation).items()
         },
         "keys": sorted(by_kid),
+        **(note or {}),
     }
     with db.write() as conn:
         audit.ensure_head(conn)
@@ -81,6 +91,7 @@ class KeyFollower:
         clock: Callable[[], float] = time.time,
         misses: Callable[[], list[str]] | None = None,
         poll_seconds: float = MISS_POLL_SECONDS,
+        note: dict[str, object] | None = None,
     ) -> None:
         self.store = store
         self.db = db
@@ -89,6 +100,7 @@ class KeyFollower:
         # HAProxy's unknown kids (None: not followed, e.g. refresh_on_unknown_kid is off)
         self.misses = misses if store.source.refresh_on_unknown_kid else None
         self.poll_seconds = poll_seconds
+        self.note = note  # added to each rotation's audit event
         self.forced_refreshes = 0
         self._last_forced: float | None = None
         self._tried: dict[str, float] = {}  # kid -> when a forced refresh looked for it
@@ -121,7 +133,7 @@ class KeyFollower:
         state, rotation = self.store.refresh(now)
         if rotation:
             log.info("JWT keys changed: %s", asdict(rotation))
-            audit_rotation(self.db, state, rotation, initial=False)
+            audit_rotation(self.db, state, rotation, initial=False, note=self.note)
         want = self._held(state, now)
         if want != self._applied:
             started = time.monotonic()
@@ -140,6 +152,10 @@ class KeyFollower:
                 sorted(kid for kid, _alg, _t in want),
             )
         return rotation
+
+    def forget_applied(self) -> None:
+        """The running config's keys are unknown (a failed apply): the next turn applies."""
+        self._applied = frozenset()
 
     def unknown_kids(self) -> list[str]:
         """Kids HAProxy recorded that the running config does not hold."""
@@ -167,7 +183,9 @@ class KeyFollower:
         try:
             self.step()
         finally:
-            held = {k.kid for k in self.store.load().accepted(now, self.store.source.overlap_seconds)}
+            held = {
+                k.kid for k in self.store.load().accepted(now, self.store.source.overlap_seconds)
+            }
             self._audit_forced(fresh, held)
         return True
 
@@ -265,4 +283,11 @@ def key_table(store: KeyStore) -> list[str]:
     ]
     if state.last_error:
         out.append(f"last JWKS fetch failed: {state.last_error}")
+    for target, mark in sorted(store.reload_needed().items()):
+        since = mark.get("since")
+        when = _iso(since) if isinstance(since, (int, float)) else "?"
+        out.append(
+            f"reload needed: target {target} runs keys from before {when} "
+            f"(scimgate haproxy render --target {target} -o FILE, then reload its HAProxy)"
+        )
     return out

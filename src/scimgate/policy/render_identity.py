@@ -175,7 +175,9 @@ def _signature_rules(
             f" if {when} {{ var(txn.scimgate_jwt_kid) -m str -- {kid} }}"
             f" {{ var(txn.scimgate_jwt_alg) -m str {pinned_alg} }}"
         )
-    rules += _kid_miss_rules(policy, jwt_keys, when.replace("scimgate_jwt_alg_ok", "scimgate_jwt_alg_listed"))
+    rules += _kid_miss_rules(
+        policy, jwt_keys, when.replace("scimgate_jwt_alg_ok", "scimgate_jwt_alg_listed")
+    )
     rules.append("acl scimgate_jwt_sig_ok var(txn.scimgate_jwt_sig) -m int 1")
     # no key: a pattern no signing algorithm has (an empty or "-" pattern is a config error)
     algs = " ".join(sorted({k.alg for k in jwt_keys})) or "no-key-fetched"
@@ -206,7 +208,11 @@ def _kid_miss_rules(policy: Policy, jwt_keys: Sequence[PinnedKey], when: str) ->
         "# a kid no held key has, on a token whose claims pass: recorded for scimgate, which",
         "# then fetches the JWKS at once (an IdP may sign with a key it has just published)",
         f"acl scimgate_jwt_kid_shape var(txn.scimgate_jwt_kid) -m reg '{KID_SHAPE_REGEX}'",
-        *([f"acl scimgate_jwt_kid_known var(txn.scimgate_jwt_kid) -m str -- {known}"] if known else []),
+        *(
+            [f"acl scimgate_jwt_kid_known var(txn.scimgate_jwt_kid) -m str -- {known}"]
+            if known
+            else []
+        ),
         f"acl scimgate_jwt_alg_listed var(txn.scimgate_jwt_alg) -m str {' '.join(jwt.jwks.algorithms)}",
         f"http-request track-sc{sc} var(txn.scimgate_jwt_kid) table {JWT_KID_MISS_TABLE} "
         f"if {record} !{{ sc_tracked({sc}) }}",
