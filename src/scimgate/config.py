@@ -46,6 +46,11 @@ class TargetConfig:
     # keys change (identity.jwt.jwks); without, the keys wait for a reload by hand.
     config_file: str | None = None
 
+    def as_yaml(self) -> dict[str, str | None]:
+        """The target as scimgate.yaml holds it (config_file only where set: the files
+        written before it existed stay the same)."""
+        return {k: v for k, v in self.__dict__.items() if k != "config_file" or v is not None}
+
 
 @dataclass
 class RateLimit:
@@ -161,11 +166,7 @@ class Settings:
             "policy_file": str(self.policy_file) if self.policy_file else None,
             "hmac_secret_file": str(self.hmac_secret_file) if self.hmac_secret_file else None,
             "map_shards": self.map_shards,
-            # config_file only where set (files written before it existed stay the same)
-            "targets": [
-                {k: v for k, v in t.__dict__.items() if k != "config_file" or v is not None}
-                for t in self.targets
-            ],
+            "targets": [t.as_yaml() for t in self.targets],
             "read_your_writes": self.read_your_writes,
             "read_your_writes_timeout": self.read_your_writes_timeout,
             "drift_check_interval": self.drift_check_interval,
