@@ -66,7 +66,7 @@ def test_missing_alg_takes_the_key_types_default(
     [
         ({"alg": "ES256"}, "does not fit an RSA key"),
         ({"alg": "HS256"}, "does not fit an RSA key"),
-        ({"alg": "PS256"}, "does not fit an RSA key"),
+        ({"alg": "PS256K"}, "does not fit an RSA key"),
         ({"alg": "none"}, "does not fit an RSA key"),
         ({"use": "enc"}, "not 'sig'"),
         ({"kty": "oct", "k": "c2VjcmV0"}, "private or symmetric"),
@@ -268,3 +268,14 @@ def test_scope_formats_render() -> None:
     assert any(line.endswith("if scimgate_route_home !scimgate_scope_held_0") for line in array)
     # a route without require_scopes needs no format, even for scp
     parse_policy(scope_policy("scope_claim: scp").replace('require_scopes: ["api:read"]', ""))
+
+
+@pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512"])
+def test_pss_rsa_keys_are_held_with_their_alg(alg: str) -> None:
+    # RFC 7518 §3.5: RSASSA-PSS uses an RSA key (rendered only for HAProxy >= 2.8)
+    jwk = new_key("p", alg.lower()).jwk()
+    keys, refused = parse_jwks(jwks(jwk), algorithms=(*ALGS, alg), max_keys=8)
+    assert refused == [] and [(k.kid, k.alg, k.kty) for k in keys] == [("p", alg, "RSA")]
+    # not in the policy's algorithms: refused with that reason
+    keys, refused = parse_jwks(jwks(jwk), algorithms=ALGS, max_keys=8)
+    assert keys == [] and "not in the policy's jwks.algorithms" in refused[0]

@@ -22,8 +22,10 @@ from dataclasses import asdict
 from scimgate.audit import log as audit
 from scimgate.haproxy.connection import RuntimeAddress
 from scimgate.haproxy.sessions import WorkerStreams
+from scimgate.instance.haproxy_config import verifies_pss
 from scimgate.instance.jwks_keys import KeyState, KeyStore, Rotation
 from scimgate.policy.jwks import KID_RE
+from scimgate.policy.jwt_model import PSS_ALGORITHMS
 from scimgate.policy.render_identity import (
     JWT_KID_MISS_TABLE,
     KID_MISS_EXPIRE_SECONDS,
@@ -239,7 +241,14 @@ def key_rows(store: KeyStore, now: float | None = None) -> list[dict[str, object
     now = time.time() if now is None else now
     overlap = store.source.overlap_seconds
     rows: list[dict[str, object]] = []
-    for key in store.load().accepted(now, overlap):
+    keys = store.load().accepted(now, overlap)
+    pss = any(k.alg in PSS_ALGORITHMS for k in keys) and not verifies_pss()
+    for key in keys:
+        left_out = (
+            "; left out: this HAProxy cannot verify PS* (2.8+)"
+            if pss and key.alg in PSS_ALGORITHMS
+            else ""
+        )
         rows.append(
             {
                 "kid": key.kid,
@@ -247,9 +256,12 @@ def key_rows(store: KeyStore, now: float | None = None) -> list[dict[str, object
                 "size": key.size,
                 "first_seen": _iso(key.first_seen),
                 "age_seconds": int(now - key.first_seen),
-                "state": "listed"
-                if key.removed is None
-                else f"withdrawn, accepted until {_iso(key.removed + overlap)}",
+                "state": (
+                    "listed"
+                    if key.removed is None
+                    else f"withdrawn, accepted until {_iso(key.removed + overlap)}"
+                )
+                + left_out,
             }
         )
     return rows

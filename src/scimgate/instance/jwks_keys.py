@@ -35,6 +35,7 @@ from scimgate.policy.jwks import (
     jwks_uri_from_discovery,
     parse_jwks,
 )
+from scimgate.policy.jwt_model import PSS_ALGORITHMS
 from scimgate.policy.model import JwksSource, check_key_url, is_loopback_host
 
 log = logging.getLogger("scimgate.jwks")
@@ -207,11 +208,17 @@ class KeyStore:
     def save(self, state: KeyState) -> None:
         self._write(self.state_path, json.dumps(asdict(state), indent=2) + "\n", 0o644)
 
-    def pinned(self, now: float | None = None) -> list[PinnedKey]:
-        """The keys the rendered config holds now."""
+    def pinned(self, now: float | None = None, *, pss: bool = True) -> list[PinnedKey]:
+        """The keys the rendered config holds now (``pss`` False: for an HAProxy that cannot
+        verify PS* signatures, those keys are marked not verifiable)."""
         state = self.load()
         keys = state.accepted(time.time() if now is None else now, self.source.overlap_seconds)
-        return [PinnedKey(k.kid, k.alg, str(self.directory / k.file)) for k in keys]
+        return [
+            PinnedKey(
+                k.kid, k.alg, str(self.directory / k.file), pss or k.alg not in PSS_ALGORITHMS
+            )
+            for k in keys
+        ]
 
     def jwks_uri(self, state: KeyState) -> str:
         if self.source.jwks_uri is not None:

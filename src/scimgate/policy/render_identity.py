@@ -168,6 +168,10 @@ def _signature_rules(
         require(bool(KID_RE.fullmatch(kid)), f"unusable kid {kid!r}")
         require(pinned_alg in JWKS_ALGORITHMS, f"unusable algorithm {pinned_alg!r}")
         require(bool(FILE_PATH_RE.fullmatch(path)), f"unusable key path {path!r}")
+        if not pinned.verifiable:
+            # (HAProxy 2.6 refuses the whole config with a PS* jwt_verify; its tokens are 401)
+            rules.append(f"# key {kid} ({pinned_alg}) left out: this HAProxy cannot verify it")
+            continue
         if check_files:
             _check_public_key(path)
         rules.append(
@@ -180,7 +184,7 @@ def _signature_rules(
     )
     rules.append("acl scimgate_jwt_sig_ok var(txn.scimgate_jwt_sig) -m int 1")
     # no key: a pattern no signing algorithm has (an empty or "-" pattern is a config error)
-    algs = " ".join(sorted({k.alg for k in jwt_keys})) or "no-key-fetched"
+    algs = " ".join(sorted({k.alg for k in jwt_keys if k.verifiable})) or "no-key-fetched"
     return (
         rules,
         algs,
