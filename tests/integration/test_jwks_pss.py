@@ -9,7 +9,6 @@ still loads and every other key works); from 2.8 they verify like RS* keys, alg 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import jwt as pyjwt
