@@ -160,9 +160,10 @@ class KeyFollower:
         self._applied = frozenset()
 
     def unknown_kids(self) -> list[str]:
-        """Kids HAProxy recorded that the running config does not hold."""
+        """Kids HAProxy recorded that the key store does not hold (a held kid the running
+        config lacks is an apply to retry, not a reason to fetch)."""
         assert self.misses is not None
-        held = {kid for kid, _alg, _t in self._applied}
+        held = {kid for kid, _alg, _t in self._held(self.store.load(), self.clock())}
         return [kid for kid in self.misses() if kid not in held]
 
     def check_misses(self) -> bool:
