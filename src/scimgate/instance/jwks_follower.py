@@ -21,7 +21,8 @@ from dataclasses import asdict
 
 from scimgate.audit import log as audit
 from scimgate.haproxy.connection import RuntimeAddress
-from scimgate.haproxy.sessions import WorkerStreams
+from scimgate.haproxy.master import master_command
+from scimgate.haproxy.sessions import parse_show_table
 from scimgate.instance.haproxy_config import verifies_pss
 from scimgate.instance.jwks_keys import KeyState, KeyStore, Rotation
 from scimgate.policy.jwks import KID_RE
@@ -38,18 +39,18 @@ _AUDIT_KIDS = 3  # kids named in a forced refresh's audit event (the count says 
 _AUDIT_KID_CHARS = 64
 
 
+def kids_of_table(reply: str) -> list[str]:
+    """The kids in a ``show table`` reply of the unknown-kid table: entry lines only
+    (``0x...: key=<kid> use=...``), keys of a JWKS kid's shape only, no duplicates, at most
+    as many as the table holds; anything else in the reply is ignored."""
+    entries = parse_show_table(reply)[:KID_MISS_TABLE_SIZE]
+    return list(dict.fromkeys(e.key for e in entries if KID_RE.fullmatch(e.key)))
+
+
 def read_kid_misses(address: RuntimeAddress, timeout: float = 2.0) -> list[str]:
-    """The kids HAProxy recorded in its unknown-kid table (one worker's stats socket).
-
-    The command is a constant (``show table`` and a constant table name); the reply is
-    parsed line by line, and only keys of a JWKS kid's shape are kept, at most as many as
-    the table can hold."""
-    entries = WorkerStreams(address, None, timeout).table(JWT_KID_MISS_TABLE)
-    kids = [e.key for e in entries[:KID_MISS_TABLE_SIZE] if KID_RE.fullmatch(e.key)]
-    return list(dict.fromkeys(kids))
-
-
-log = logging.getLogger("scimgate.jwks")
+    """The kids HAProxy recorded in its unknown-kid table (one worker's stats socket); the
+    command is a constant (``show table`` and the constant table name)."""
+    return kids_of_table(master_command(address, f"show table {JWT_KID_MISS_TABLE}", timeout))
 
 
 def audit_rotation(
