@@ -200,6 +200,11 @@ def test_serve_reloads_declared_targets_and_flags_the_others(
             h2.reload()
             wait_for(lambda: status_of(b, k2) == 200, 15, "k2 accepted by edge2 after its reload")
             assert "reload needed" not in cli("status", "--dir", str(d)).stdout
+        except BaseException:
+            # shown with the failure: what serve did (reloads, warnings, fetch errors)
+            print((tmp_path / "serve.log").read_text()[-6000:])
+            print(h1.output()[-2000:], h2.output()[-2000:])
+            raise
         finally:
             serve.send_signal(signal.SIGTERM)
             try:

@@ -53,6 +53,9 @@ def read_kid_misses(address: RuntimeAddress, timeout: float = 2.0) -> list[str]:
     return kids_of_table(master_command(address, f"show table {JWT_KID_MISS_TABLE}", timeout))
 
 
+log = logging.getLogger("scimgate.jwks")
+
+
 def audit_rotation(
     db: Database,
     state: KeyState,
