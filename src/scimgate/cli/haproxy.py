@@ -82,7 +82,9 @@ def haproxy_render(
     matches what the sync engine updates. With `scim_front:` in scimgate.yaml it also renders
     the SCIM endpoint's TLS frontend (timeouts, body limits, rate limit, allowed sources).
     A full config holds the pseudonym secret: it is written only to -o FILE (mode 0600), never
-    to stdout. A fragment names the secret's file instead of printing it.
+    to stdout. A fragment names the secret's file instead of printing it. With keys from a
+    JWKS (identity.jwt.jwks), name the file as the target's `config_file` in scimgate.yaml:
+    `scimgate serve` then renders it again and reloads HAProxy (master_api) on a key change.
 
     \b
     Examples:
