@@ -41,6 +41,15 @@ class TargetConfig:
     # The enforcing frontend's listen address (ip:port) in the config `haproxy render`
     # makes for this target; `up --haproxy-port` records it for the local one.
     bind: str | None = None
+    # The HAProxy config file rendered for this target (`haproxy render --target NAME -o
+    # FILE`): with master_api, `serve` renders it again and reloads HAProxy when the JWKS
+    # keys change (identity.jwt.jwks); without, the keys wait for a reload by hand.
+    config_file: str | None = None
+
+    def as_yaml(self) -> dict[str, str | None]:
+        """The target as scimgate.yaml holds it (config_file only where set: the files
+        written before it existed stay the same)."""
+        return {k: v for k, v in self.__dict__.items() if k != "config_file" or v is not None}
 
 
 @dataclass
@@ -157,7 +166,7 @@ class Settings:
             "policy_file": str(self.policy_file) if self.policy_file else None,
             "hmac_secret_file": str(self.hmac_secret_file) if self.hmac_secret_file else None,
             "map_shards": self.map_shards,
-            "targets": [t.__dict__ for t in self.targets],
+            "targets": [t.as_yaml() for t in self.targets],
             "read_your_writes": self.read_your_writes,
             "read_your_writes_timeout": self.read_your_writes_timeout,
             "drift_check_interval": self.drift_check_interval,
@@ -436,6 +445,9 @@ def _targets(path: Path, value: Any) -> list[TargetConfig]:
         for key, entry in item.items():
             if entry is not None:
                 _of_type(path, f"targets #{i + 1}.{key}", entry, str)
+        config_file = item.get("config_file")
+        if config_file is not None and not Path(config_file).is_absolute():
+            raise ConfigError(f"{path}: targets #{i + 1}.config_file must be an absolute path")
         out.append(TargetConfig(**item))
     return out
 

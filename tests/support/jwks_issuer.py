@@ -59,7 +59,10 @@ class SigningKey:
 
 
 def new_key(kid: str, kind: str = "rsa2048") -> SigningKey:
-    """``rsa2048``, ``rsa1024`` (too weak), ``rsa3072``, ``ec256``, ``ec384``, ``ec521``."""
+    """``rsa2048``, ``rsa1024`` (too weak), ``rsa3072``, ``ec256``, ``ec384``, ``ec521``,
+    ``ps256``, ``ps384``, ``ps512`` (an RSA 2048 key signing RSASSA-PSS)."""
+    if kind.startswith("ps"):
+        return SigningKey(kid, kind.upper(), rsa.generate_private_key(65537, 2048))
     if kind.startswith("rsa"):
         bits = int(kind[3:])
         return SigningKey(kid, "RS256", rsa.generate_private_key(65537, bits))

@@ -31,3 +31,16 @@ def test_redact_url_hides_the_password() -> None:
     out = redact_url("postgresql+psycopg://scimgate:s3cr3t@db.internal/scimgate")
     assert "s3cr3t" not in out
     assert out == "postgresql+psycopg://scimgate:***@db.internal/scimgate"
+
+
+def test_target_config_file_is_absolute_and_only_written_when_set(tmp_path: Path) -> None:
+    base = "targets:\n- name: edge\n  runtime_api: unix:/run/a.sock\n"
+    (tmp_path / "scimgate.yaml").write_text(base + "  config_file: haproxy.cfg\n")
+    with pytest.raises(ConfigError, match="config_file must be an absolute path"):
+        load_settings(directory=tmp_path)
+    (tmp_path / "scimgate.yaml").write_text(base + "  config_file: /etc/haproxy/h.cfg\n")
+    settings = load_settings(directory=tmp_path)
+    assert settings.targets[0].config_file == "/etc/haproxy/h.cfg"
+    assert "config_file: /etc/haproxy/h.cfg" in settings.to_yaml()
+    (tmp_path / "scimgate.yaml").write_text(base)
+    assert "config_file:" not in load_settings(directory=tmp_path).to_yaml()

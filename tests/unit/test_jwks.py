@@ -66,7 +66,7 @@ def test_missing_alg_takes_the_key_types_default(
     [
         ({"alg": "ES256"}, "does not fit an RSA key"),
         ({"alg": "HS256"}, "does not fit an RSA key"),
-        ({"alg": "PS256"}, "does not fit an RSA key"),
+        ({"alg": "PS256K"}, "does not fit an RSA key"),
         ({"alg": "none"}, "does not fit an RSA key"),
         ({"use": "enc"}, "not 'sig'"),
         ({"kty": "oct", "k": "c2VjcmV0"}, "private or symmetric"),
@@ -268,3 +268,33 @@ def test_scope_formats_render() -> None:
     assert any(line.endswith("if scimgate_route_home !scimgate_scope_held_0") for line in array)
     # a route without require_scopes needs no format, even for scp
     parse_policy(scope_policy("scope_claim: scp").replace('require_scopes: ["api:read"]', ""))
+
+
+@pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512"])
+def test_pss_rsa_keys_are_held_with_their_alg(alg: str) -> None:
+    # RFC 7518 §3.5: RSASSA-PSS uses an RSA key (rendered only for HAProxy >= 2.8)
+    jwk = new_key("p", alg.lower()).jwk()
+    keys, refused = parse_jwks(jwks(jwk), algorithms=(*ALGS, alg), max_keys=8)
+    assert refused == [] and [(k.kid, k.alg, k.kty) for k in keys] == [("p", alg, "RSA")]
+    # not in the policy's algorithms: refused with that reason
+    keys, refused = parse_jwks(jwks(jwk), algorithms=ALGS, max_keys=8)
+    assert keys == [] and "not in the policy's jwks.algorithms" in refused[0]
+
+
+def test_unknown_kid_table_reply_is_parsed_defensively() -> None:
+    from scimgate.instance.jwks_follower import kids_of_table
+
+    reply = (
+        "# table: scimgate_jwt_kid_miss, type: string, size:1000, used:5\n"
+        "0x55d1c0a0: key=k2 use=0 exp=59000 http_req_cnt=1\n"
+        "0x55d1c0b0: key=k2 use=0 exp=59000 http_req_cnt=3\n"  # duplicate
+        "0x55d1c0c0: key=has\\x20space use=0 exp=1 http_req_cnt=1\n"  # not a kid's shape
+        f"0x55d1c0d0: key={'a' * 129} use=0 exp=1 http_req_cnt=1\n"  # too long
+        "key=notanentry use=0 \n"  # not an entry line
+        "0x55d1c0e0: key=a.b~c+/=:- use=1 exp=2 http_req_cnt=1 shard=0\n"  # 3.0's shard=
+        "Unknown command\n"
+    )
+    assert kids_of_table(reply) == ["k2", "a.b~c+/=:-"]
+    assert kids_of_table("") == [] and kids_of_table("No such table\n") == []
+    many = "".join(f"0x1: key=k{i} use=0 exp=1 \n" for i in range(5000))
+    assert len(kids_of_table(many)) == 1000  # at most the table's size

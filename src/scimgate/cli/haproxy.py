@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -17,6 +17,10 @@ from scimgate.cli.options import (
     policy_or_exit,
     settings_of,
 )
+
+if TYPE_CHECKING:
+    from scimgate.config import Settings
+    from scimgate.policy.model import Policy
 
 
 @click.group("haproxy")
@@ -78,7 +82,9 @@ def haproxy_render(
     matches what the sync engine updates. With `scim_front:` in scimgate.yaml it also renders
     the SCIM endpoint's TLS frontend (timeouts, body limits, rate limit, allowed sources).
     A full config holds the pseudonym secret: it is written only to -o FILE (mode 0600), never
-    to stdout. A fragment names the secret's file instead of printing it.
+    to stdout. A fragment names the secret's file instead of printing it. With keys from a
+    JWKS (identity.jwt.jwks), name the file as the target's `config_file` in scimgate.yaml:
+    `scimgate serve` then renders it again and reloads HAProxy (master_api) on a key change.
 
     \b
     Examples:
@@ -126,6 +132,8 @@ def haproxy_render(
             f.write(text)
         tmp.replace(out)
         click.echo(f"wrote {out} ({mode})", err=True)
+        if mode == "full":
+            _rendered_keys(settings, policy, target_name)
     else:
         sys.stdout.write(text)
     if mode == "full" and check:
@@ -139,3 +147,16 @@ def haproxy_render(
             click.echo(f"haproxy -c: INVALID\n{detail}", err=True)
             raise SystemExit(1)
         click.echo("haproxy -c: configuration is valid", err=True)
+
+
+def _rendered_keys(settings: Settings, policy: Policy, target_name: str | None) -> None:
+    """A full config for the target now holds the current JWKS keys: it no longer waits for
+    a reload by hand after `serve` saw a rotation (once this file is loaded)."""
+    from scimgate.instance.haproxy_config import key_store, render_target
+
+    store = key_store(settings, policy)
+    target = render_target(settings, target_name)
+    if store is None or target is None or target.name not in store.reload_needed():
+        return
+    store.clear_reload_needed(target.name)
+    click.echo(f"JWT keys: reload HAProxy (target {target.name}) to load them", err=True)

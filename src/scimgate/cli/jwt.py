@@ -106,8 +106,9 @@ def jwt_mint(
 @click.option("--refresh", is_flag=True, help="Fetch the JWKS now (audited as jwt.keys).")
 def jwt_keys(directory: str | None, config: str | None, refresh: bool) -> None:
     """The issuer's keys held for `identity.jwt.jwks` (DIR/keys/jwks), fetched first with
-    --refresh. `scimgate up` follows the JWKS itself; with an HAProxy you run yourself, run
-    this with --refresh, then `scimgate haproxy render` and reload HAProxy.
+    --refresh. `scimgate up` and `scimgate serve` follow the JWKS themselves (serve reloads
+    the targets that declare config_file and master_api); for another HAProxy, run this with
+    --refresh, then `scimgate haproxy render` and reload HAProxy.
 
     Exit status 1 when the policy uses no JWKS or the last fetch failed.
 

@@ -64,6 +64,8 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
             from scimgate.instance.jwks_follower import key_rows
 
             out["jwt_keys"] = key_rows(store)
+            # targets whose HAProxy runs keys from before a rotation (`serve`, no config_file)
+            out["jwt_reload_needed"] = sorted(store.reload_needed())
         click.echo(json.dumps(out, indent=2))
         sys.exit(0 if all_ok else 1)
     if rows:

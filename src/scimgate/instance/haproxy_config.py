@@ -18,7 +18,7 @@ from typing import Literal
 
 from scimgate.config import ScimFront, Settings, TargetConfig, parse_bind
 from scimgate.haproxy.mapfile import write_map_file
-from scimgate.haproxy.process import binary_version, check_config
+from scimgate.haproxy.process import HAProxyNotFound, binary_version, check_config
 from scimgate.instance.jwks_keys import KeyStore
 from scimgate.instance.layout import (
     TARGET_NAME,
@@ -28,6 +28,7 @@ from scimgate.instance.layout import (
     load_or_create_secret,
 )
 from scimgate.policy.compiler import OVERLAY_MAP_NAME, map_file_names, shard_of
+from scimgate.policy.jwt_model import PSS_MIN_HAPROXY
 from scimgate.policy.model import Policy
 from scimgate.policy.render import render_config
 from scimgate.policy.render_scim import render_scim_front, upstream_address
@@ -178,7 +179,7 @@ def render_instance(
         strict_seconds=max(1, round(settings.strict_mode_seconds))
         if settings.strict_mode
         else None,
-        jwt_keys=store.pinned() if store is not None else (),
+        jwt_keys=store.pinned(pss=verifies_pss()) if store is not None else (),
         hard_stop_after=settings.hard_stop_after,
         hmac_secret_source=str(secret_file),
     )
@@ -221,6 +222,16 @@ def target_socket(address: str, *, what: str, target: str) -> str:
     raise DemoError(
         f"target {target!r}: {what} {address!r} is neither unix:PATH nor tcp:LOOPBACK:PORT"
     )
+
+
+def verifies_pss(binary: str | None = None) -> bool:
+    """The HAProxy binary (the one `up` runs and `haproxy -c` checks with) verifies PS*
+    signatures (2.8 and later). Unknown (no binary): True, the keys are rendered and the
+    config's own check, where there is one, says the rest."""
+    try:
+        return binary_version(binary) >= PSS_MIN_HAPROXY
+    except (HAProxyNotFound, RuntimeError, OSError, ValueError):
+        return True
 
 
 def key_store(settings: Settings, policy: Policy) -> KeyStore | None:

@@ -206,6 +206,9 @@ targets:
     master_api: unix:{master}
     map_dir: {maps}
     bind: {bind}
+    # With keys from a JWKS (identity.jwt.jwks): the config file you render for this
+    # target; `serve` renders it again, checks it and reloads HAProxy on a key change.
+    # config_file: /etc/haproxy/haproxy.cfg
 """
 
 POLICY_TEMPLATE = """\

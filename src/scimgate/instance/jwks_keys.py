@@ -35,11 +35,14 @@ from scimgate.policy.jwks import (
     jwks_uri_from_discovery,
     parse_jwks,
 )
+from scimgate.policy.jwt_model import PSS_ALGORITHMS
 from scimgate.policy.model import JwksSource, check_key_url, is_loopback_host
 
 log = logging.getLogger("scimgate.jwks")
 
 STATE_NAME = "state.json"
+# targets whose HAProxy scimgate cannot reload and whose config predates the key set
+RELOAD_NEEDED_NAME = "reload-needed.json"
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 8.0
 
@@ -205,11 +208,17 @@ class KeyStore:
     def save(self, state: KeyState) -> None:
         self._write(self.state_path, json.dumps(asdict(state), indent=2) + "\n", 0o644)
 
-    def pinned(self, now: float | None = None) -> list[PinnedKey]:
-        """The keys the rendered config holds now."""
+    def pinned(self, now: float | None = None, *, pss: bool = True) -> list[PinnedKey]:
+        """The keys the rendered config holds now (``pss`` False: for an HAProxy that cannot
+        verify PS* signatures, those keys are marked not verifiable)."""
         state = self.load()
         keys = state.accepted(time.time() if now is None else now, self.source.overlap_seconds)
-        return [PinnedKey(k.kid, k.alg, str(self.directory / k.file)) for k in keys]
+        return [
+            PinnedKey(
+                k.kid, k.alg, str(self.directory / k.file), pss or k.alg not in PSS_ALGORITHMS
+            )
+            for k in keys
+        ]
 
     def jwks_uri(self, state: KeyState) -> str:
         if self.source.jwks_uri is not None:
@@ -289,6 +298,36 @@ class KeyStore:
             if key.removed is not None and now >= key.removed + overlap:
                 state.keys.remove(key)
                 rotation.expired.append(key.kid)
+
+    # ---- targets to reload by hand (`serve`, a target without master_api and config_file)
+
+    def reload_needed(self) -> dict[str, dict[str, Any]]:
+        """target name -> {"since": when the keys changed (epoch s), "keys": the kids}."""
+        try:
+            raw = json.loads((self.directory / RELOAD_NEEDED_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+        return (
+            {str(k): v for k, v in raw.items() if isinstance(v, dict)}
+            if isinstance(raw, dict)
+            else {}
+        )
+
+    def _save_reload_needed(self, marks: dict[str, dict[str, Any]]) -> None:
+        self._write(self.directory / RELOAD_NEEDED_NAME, json.dumps(marks, indent=2) + "\n", 0o644)
+
+    def mark_reload_needed(self, target: str, kids: list[str], now: float) -> None:
+        marks = self.reload_needed()
+        since = marks.get(target, {}).get("since", now)  # the first change not applied yet
+        marks[target] = {"since": since, "keys": sorted(kids)}
+        self._save_reload_needed(marks)
+
+    def clear_reload_needed(self, target: str) -> None:
+        """The target's config was rendered with the current keys (by `haproxy render -o`,
+        or by `serve`, which also reloaded it)."""
+        marks = self.reload_needed()
+        if marks.pop(target, None) is not None:
+            self._save_reload_needed(marks)
 
     def prune_files(self) -> None:
         """Remove PEM files no key of the state names (once the config no longer does)."""

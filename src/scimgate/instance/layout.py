@@ -265,7 +265,7 @@ def persist_settings(
     data["hmac_secret_file"] = rel(settings.hmac_secret_file)
     data["map_shards"] = shards
     data["read_your_writes"] = True
-    data["targets"] = [t.__dict__ for t in settings.targets]
+    data["targets"] = [t.as_yaml() for t in settings.targets]
     text = yaml.safe_dump(data, sort_keys=False)
     if not cfg.exists() or cfg.read_text() != text:
         write_private(cfg, text)

@@ -20,6 +20,7 @@ from typing import Any
 
 from scimgate.app.enforcement import apply_policy
 from scimgate.config import UNIX_PATH_MAX, Settings, parse_bind
+from scimgate.haproxy.connection import RuntimeAddress
 from scimgate.haproxy.process import HAProxyProcess, binary_version, check_config, find_haproxy
 from scimgate.instance.database import open_database
 from scimgate.instance.haproxy_config import (
@@ -31,7 +32,7 @@ from scimgate.instance.haproxy_config import (
     scim_ca_file,
     write_map_files,
 )
-from scimgate.instance.jwks_follower import KeyFollower, audit_rotation
+from scimgate.instance.jwks_follower import KeyFollower, audit_rotation, read_kid_misses
 from scimgate.instance.layout import (
     TARGET_NAME,
     DemoError,
@@ -192,6 +193,9 @@ def start_key_follower(
         staged.replace(layout.config)
         proc.reload()
 
-    follower = KeyFollower(store, open_database(settings), apply)
+    admin = RuntimeAddress.parse(info["runtime_api"])
+    follower = KeyFollower(
+        store, open_database(settings), apply, misses=lambda: read_kid_misses(admin)
+    )
     follower.start()
     return follower

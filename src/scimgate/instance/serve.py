@@ -169,4 +169,16 @@ def serve(settings: Settings, host: str, port: int, *, role: str = "all") -> Non
             )
         finally:
             db.dispose()
-    run_server(settings, host, port, role=role)
+    follower = None
+    if role == "all" and settings.policy_file is not None:
+        # identity.jwt.jwks: follow the issuer's keys for the targets (instance.jwks_serve)
+        from scimgate.instance.jwks_serve import start_serve_follower
+        from scimgate.policy.model import load_policy
+
+        follower = start_serve_follower(settings, load_policy(settings.policy_file))
+    try:
+        run_server(settings, host, port, role=role)
+    finally:
+        if follower is not None:
+            follower.stop()
+            follower.db.dispose()

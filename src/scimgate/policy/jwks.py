@@ -33,7 +33,7 @@ _EC_CURVES: dict[str, tuple[ec.EllipticCurve, str]] = {
     "P-256": (ec.SECP256R1(), "ES256"),
     "P-384": (ec.SECP384R1(), "ES384"),
 }
-_RSA_ALGS = ("RS256", "RS384", "RS512")
+_RSA_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")  # RFC 7518 §3.3, §3.5
 
 
 class JwksError(ValueError):
@@ -96,7 +96,7 @@ def _one_key(jwk: dict[str, Any], allowed: tuple[str, ...]) -> JwkKey:
         # Entra publishes no 'alg': RS256 is what its (and OIDC's default) tokens use
         alg = alg or "RS256"
         if alg not in _RSA_ALGS:
-            raise ValueError(f"'alg' {alg} does not fit an RSA key (RS256/RS384/RS512)")
+            raise ValueError(f"'alg' {alg} does not fit an RSA key (RS256/384/512, PS256/384/512)")
         key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey = rsa.RSAPublicNumbers(e, n).public_key()
         size = f"{n.bit_length()} bits"
     elif kty == "EC":
@@ -204,8 +204,11 @@ def cache_seconds(cache_control: str | None, *, low: int, high: int) -> int:
 
 @dataclass(frozen=True)
 class PinnedKey:
-    """A key as the rendered config uses it: its kid, pinned algorithm and PEM file path."""
+    """A key as the rendered config uses it: its kid, pinned algorithm and PEM file path.
+    ``verifiable`` False: the HAProxy it is rendered for cannot verify its algorithm (PS* before
+    2.8): the config names the kid as known, but verifies nothing with it."""
 
     kid: str
     alg: str
     path: str
+    verifiable: bool = True

@@ -51,14 +51,20 @@ class JwtVerifiedCache(_Model):
     size: int = Field(default=1_000_000, ge=1, le=10_000_000)
 
 
-#: What the JWKS mode accepts: RSA (>= 2048 bits) and EC P-256 / P-384 keys. PS* needs
-#: HAProxy 2.8, ES512 (P-521) is refused, HS* is never a JWKS key here (a shared secret).
-JWKS_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384")
-JwksAlgorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384"]
+#: What the JWKS mode accepts: RSA (>= 2048 bits) and EC P-256 / P-384 keys. ES512 (P-521)
+#: is refused, HS* is never a JWKS key here (a shared secret). PS* (RSASSA-PSS) keys are
+#: held, but rendered only for an HAProxy that verifies them (PSS_MIN_HAPROXY).
+JWKS_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+JwksAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
+PSS_ALGORITHMS = ("PS256", "PS384", "PS512")
+# Measured here with real tokens: 2.6.12 refuses jwt_verify("PS256",...) at parse ("RSASSA-PSS
+# JWS signing not managed yet"); 3.0.11 verifies PS256/384/512 (and refuses another key's
+# signature). Support came in 2.8 (research round2/02-haproxy-jwt-jwks.md).
+PSS_MIN_HAPROXY = (2, 8, 0)
 
 
 def _every_jwks_algorithm() -> list[JwksAlgorithm]:
-    return ["RS256", "RS384", "RS512", "ES256", "ES384"]
+    return list(JWKS_ALGORITHMS)  # type: ignore[arg-type]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -100,6 +106,10 @@ class JwksSource(_Model):
     retries: int = Field(default=3, ge=0, le=10)
     max_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
     max_keys: int = Field(default=32, ge=1, le=256)
+    # a token whose kid matches no held key (and whose claims pass) makes HAProxy record the
+    # kid; scimgate then fetches the JWKS at once, at most once per this many seconds
+    refresh_on_unknown_kid: bool = True
+    unknown_kid_refresh_seconds: int = Field(default=30, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _where_from(self) -> JwksSource:

@@ -58,10 +58,12 @@ from scimgate.policy.render_fleet import FLEET_HEARTBEAT_TABLE, heartbeat_table,
 from scimgate.policy.render_identity import (
     JWT_CACHE_SC,
     JWT_CACHE_TABLE,
+    JWT_KID_MISS_TABLE,
     cutoff_rules,
     forwarded_identity_rules,
     identity_rules,
     jwt_cache_table,
+    jwt_kid_miss_table,
     lookup_rules,
     scope_rules,
 )
@@ -229,6 +231,7 @@ def render_config(
     hmac_line = f"set-var {V_HMAC} str({hmac_secret_b64})"
     backends = _backends(policy)
     cache_table = jwt_cache_table(policy)
+    kid_miss_table = jwt_kid_miss_table(policy)
 
     if mode == "fragment":
         notes = [
@@ -259,6 +262,14 @@ def render_config(
                 f"{JWT_CACHE_SC} in this frontend):",
                 f"#     backend {JWT_CACHE_TABLE}",
                 f"#         {cache_table}",
+            ]
+        if kid_miss_table is not None:
+            notes += [
+                "# Needed: the unknown-kid table's backend (scimgate reads it over the Runtime",
+                "# API and fetches the JWKS at once; the same sc"
+                f"{JWT_CACHE_SC} rule as the cache):",
+                f"#     backend {JWT_KID_MISS_TABLE}",
+                f"#         {kid_miss_table}",
             ]
         if strict_seconds is not None:
             notes += [
@@ -355,6 +366,13 @@ def render_config(
             "# verified tokens (SHA-256 of the whole token -> gpt0 = its exp); never shared with peers",
             f"backend {JWT_CACHE_TABLE}",
             f"    {cache_table}",
+        ]
+    if kid_miss_table is not None:
+        out += [
+            "",
+            "# kids of tokens that no held key has (read by scimgate, which then fetches the JWKS)",
+            f"backend {JWT_KID_MISS_TABLE}",
+            f"    {kid_miss_table}",
         ]
     if strict_seconds is not None:
         out += [

@@ -83,6 +83,16 @@ from scimgate.policy.render_base import (
 JWT_CACHE_TABLE = "scimgate_jwt_cache"
 JWT_CACHE_SC = 2
 
+# Unknown kids (JWKS mode): a small table of its own, filled through sc2 too. A request
+# records a miss only when its token fails (an unknown kid verifies nothing), and the cache
+# stores only verified tokens, so the two never want sc2 in the same request. The kid's
+# shape is KID_RE's (bounded length and charset), checked in HAProxy before it is tracked.
+JWT_KID_MISS_TABLE = "scimgate_jwt_kid_miss"
+JWT_KID_MISS_SC = 2
+KID_MISS_TABLE_SIZE = 1000
+KID_MISS_EXPIRE_SECONDS = 60
+KID_SHAPE_REGEX = "^" + KID_RE.pattern.strip("^$") + "$"
+
 # gpt0 is 32 bits: a later exp would be stored truncated (earlier, so never longer-lived)
 MAX_EXP = 2**32 - 1
 _TIME_CLAIM = "[1-9][0-9]{0,9}"
@@ -158,6 +168,10 @@ def _signature_rules(
         require(bool(KID_RE.fullmatch(kid)), f"unusable kid {kid!r}")
         require(pinned_alg in JWKS_ALGORITHMS, f"unusable algorithm {pinned_alg!r}")
         require(bool(FILE_PATH_RE.fullmatch(path)), f"unusable key path {path!r}")
+        if not pinned.verifiable:
+            # (HAProxy 2.6 refuses the whole config with a PS* jwt_verify; its tokens are 401)
+            rules.append(f"# key {kid} ({pinned_alg}) left out: this HAProxy cannot verify it")
+            continue
         if check_files:
             _check_public_key(path)
         rules.append(
@@ -165,13 +179,60 @@ def _signature_rules(
             f" if {when} {{ var(txn.scimgate_jwt_kid) -m str -- {kid} }}"
             f" {{ var(txn.scimgate_jwt_alg) -m str {pinned_alg} }}"
         )
+    rules += _kid_miss_rules(
+        policy, jwt_keys, when.replace("scimgate_jwt_alg_ok", "scimgate_jwt_alg_listed")
+    )
     rules.append("acl scimgate_jwt_sig_ok var(txn.scimgate_jwt_sig) -m int 1")
     # no key: a pattern no signing algorithm has (an empty or "-" pattern is a config error)
-    algs = " ".join(sorted({k.alg for k in jwt_keys})) or "no-key-fetched"
+    algs = " ".join(sorted({k.alg for k in jwt_keys if k.verifiable})) or "no-key-fetched"
     return (
         rules,
         algs,
         ["# identity: JWT bearer, keys from the issuer's JWKS. Each algorithm is pinned (never"],
+    )
+
+
+def _kid_miss_rules(policy: Policy, jwt_keys: Sequence[PinnedKey], when: str) -> list[str]:
+    """Record a token's unknown ``kid`` in :data:`JWT_KID_MISS_TABLE` (HAProxy cannot fetch a
+    JWKS; scimgate's follower reads the table and fetches at once, rate-limited).
+
+    Recorded only when every claim check passes (with the token's alg among the algorithms
+    the JWKS may bring, not only the held ones: a new key may bring a new one), the kid has
+    the shape a JWKS kid may have (1-128 of ``KID_RE``'s characters, so a client never writes
+    other bytes into the table), matches no held key, and sc2 is free. The table has a fixed
+    size and expiry: a flood of random kids evicts entries, it never grows memory."""
+    jwt = policy.identity.jwt
+    assert jwt is not None and jwt.jwks is not None
+    if not jwt.jwks.refresh_on_unknown_kid:
+        return []
+    sc = JWT_KID_MISS_SC
+    known = " ".join(sorted({k.kid for k in jwt_keys}))
+    record = f"{when} scimgate_jwt_kid_shape" + (" !scimgate_jwt_kid_known" if known else "")
+    return [
+        "# a kid no held key has, on a token whose claims pass: recorded for scimgate, which",
+        "# then fetches the JWKS at once (an IdP may sign with a key it has just published)",
+        f"acl scimgate_jwt_kid_shape var(txn.scimgate_jwt_kid) -m reg '{KID_SHAPE_REGEX}'",
+        *(
+            [f"acl scimgate_jwt_kid_known var(txn.scimgate_jwt_kid) -m str -- {known}"]
+            if known
+            else []
+        ),
+        f"acl scimgate_jwt_alg_listed var(txn.scimgate_jwt_alg) -m str {' '.join(jwt.jwks.algorithms)}",
+        f"http-request track-sc{sc} var(txn.scimgate_jwt_kid) table {JWT_KID_MISS_TABLE} "
+        f"if {record} !{{ sc_tracked({sc}) }}",
+    ]
+
+
+def jwt_kid_miss_table(policy: Policy) -> str | None:
+    """The unknown-kid table's ``stick-table`` line (JWKS mode with refresh_on_unknown_kid)."""
+    jwt = policy.identity.jwt
+    if policy.identity.source != "jwt" or jwt is None or jwt.jwks is None:
+        return None
+    if not jwt.jwks.refresh_on_unknown_kid:
+        return None
+    return (
+        f"stick-table type string len 128 size {KID_MISS_TABLE_SIZE} "
+        f"expire {KID_MISS_EXPIRE_SECONDS}s store http_req_cnt"
     )
 
 
