@@ -185,7 +185,8 @@ class SessionCutter:
                 tracked = parse_tracked(entry.key) if entry.in_use > 0 else None
                 if tracked is None or tracked.identity_key not in values:
                     continue
-                if not route_allows(policy, tracked.route, values[tracked.identity_key]):
+                value = values[tracked.identity_key]
+                if not route_allows(policy, tracked.route, value, tracked.kind):
                     doomed.append(tracked)
             if doomed:
                 cuts += self._shut(worker, doomed, reason)
