@@ -26,10 +26,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from scimgate.policy.compiler import OVERLAY_TOMBSTONE
-from scimgate.policy.model import ANY_GROUP, Policy, Route
 from scimgate.policy.agents_model import AGENT_TYPE_PREFIX
-from scimgate.policy.compiler import NOT_BEFORE_MARK
+from scimgate.policy.compiler import NOT_BEFORE_MARK, OVERLAY_TOMBSTONE
+from scimgate.policy.model import ANY_GROUP, Policy, Route
 from scimgate.policy.render_agents import AGENT_ACL, agents_of
 from scimgate.policy.render_base import V_KEY, V_ROUTE
 
