@@ -12,6 +12,7 @@ the cut can close them); the echo backend is the one `up` runs for the demo's ``
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from tests.support.net import free_port
 from tests.support.scim import GROUP_SCHEMA, create_user, patch, set_active, tag
 from tests.support.slowstream import Download, slow_download_server
 from tests.support.tunnels import echoes, open_ws, refused_status, seconds_until_closed
-from tests.support.up import UpStack, start_up
+from tests.support.up import UpStack, scimgate, start_up
 from tests.support.versions import HAProxyBinary
 
 pytestmark = pytest.mark.haproxy
@@ -281,6 +282,38 @@ def test_a_long_download_is_cut_at_deactivation(stack: UpStack, scim: httpx.Clie
     finally:
         doomed.close()
         other.close()
+
+
+def live_sessions_status(stack: UpStack) -> dict[str, Any]:
+    out = scimgate("status", "--dir", str(stack.directory), "--json")
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout)["targets"][0]["live_sessions"])
+
+
+def test_status_shows_the_cuts(stack: UpStack, scim: httpx.Client) -> None:
+    """`scimgate status` (another process) shows what the running engine's cutter
+    recorded: streams cut since it started (the same number as the metric), the last cut."""
+    uid, token = user(scim, stack)
+    ws = open_ws(ws_url(stack), token)
+    assert set_active(scim, uid, False).status_code == 200
+    assert seconds_until_closed(ws, PROMPT_SECONDS) is not None
+    deadline = time.monotonic() + 5
+    live = live_sessions_status(stack)
+    while time.monotonic() < deadline and live["cut"] != cuts_counted(stack):
+        time.sleep(0.1)
+        live = live_sessions_status(stack)
+    assert live["cut"] == cuts_counted(stack) >= 1, live
+    assert live["since"] and live["last_cut"] and live["last_cut"] >= live["since"]
+    text = scimgate("status", "--dir", str(stack.directory))
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("TARGET  SESSIONS CUT"))
+    assert lines[header + 1].split()[:4] == [
+        "local",
+        str(live["cut"]),
+        live["since"],
+        live["last_cut"],
+    ]
 
 
 def test_a_tunnel_on_an_old_worker_after_a_reload_is_cut(
