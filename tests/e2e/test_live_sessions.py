@@ -13,6 +13,7 @@ the cut can close them); the echo backend is the one `up` runs for the demo's ``
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 from scimgate.policy.jwtmint import demo_policy_yaml, mint_jwt
 from scimgate.policy.model import load_policy
 from scimgate.store import tables
+from tests.support.h2tunnel import H2WebSocket
 from tests.support.haproxy import up_haproxy
 from tests.support.net import free_port
 from tests.support.scim import GROUP_SCHEMA, create_user, patch, set_active, tag
@@ -282,6 +284,46 @@ def test_a_long_download_is_cut_at_deactivation(stack: UpStack, scim: httpx.Clie
     finally:
         doomed.close()
         other.close()
+
+
+def test_an_http2_connect_tunnel_is_cut_at_deactivation(stack: UpStack, scim: httpx.Client) -> None:
+    """RFC 8441 extended CONNECT (a WebSocket over HTTP/2, as browsers open one on an h2
+    connection): a CONNECT stream with a path, routed and tracked like any request, cut
+    like an HTTP/1.1 upgrade; another user's CONNECT tunnel stays open."""
+    host, port = str(stack.info["haproxy_url"]).removeprefix("http://").rsplit(":", 1)
+    doomed_id, doomed_token = user(scim, stack)
+    _, other_token = user(scim, stack)
+    doomed = H2WebSocket(host, int(port), "/ws", doomed_token)
+    other = H2WebSocket(host, int(port), "/ws", other_token)
+    try:
+        assert doomed.connect_protocol, "HAProxy did not offer SETTINGS_ENABLE_CONNECT_PROTOCOL"
+        assert doomed.status == other.status == 200
+        assert doomed.echoes() and other.echoes()
+        assert set_active(scim, doomed_id, False).status_code == 200
+        closed_after = doomed.seconds_until_closed(PROMPT_SECONDS)
+        assert closed_after is not None, "the CONNECT tunnel is still open after the deactivation"
+        print(f"LIVE-SESSION h2 CONNECT cut: {closed_after * 1000:.1f} ms", flush=True)
+        assert other.echoes(), "another user's CONNECT tunnel was cut"
+    finally:
+        doomed.close()
+        other.close()
+
+
+def test_a_classic_connect_is_refused_before_any_identity_step(
+    stack: UpStack, scim: httpx.Client
+) -> None:
+    """``CONNECT host:port`` (authority form, a forward proxy's request) has no path, so
+    no route can match it: the hygiene rules answer 400 before the identity is asked, and
+    nothing is tunnelled (docs/live-sessions.md, "CONNECT")."""
+    host, port = str(stack.info["haproxy_url"]).removeprefix("http://").rsplit(":", 1)
+    _, token = user(scim, stack)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
 
 
 def live_sessions_status(stack: UpStack) -> dict[str, Any]:

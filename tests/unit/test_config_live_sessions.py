@@ -28,7 +28,9 @@ def test_default_and_values_read(tmp_path: Path) -> None:
     ],
 )
 def test_out_of_bounds_is_a_located_config_error(tmp_path: Path, text: str, error: str) -> None:
-    (tmp_path / "scimgate.yaml").write_text(f"log_level: INFO\nlive_session_sweep_seconds: {text}\n")
+    (tmp_path / "scimgate.yaml").write_text(
+        f"log_level: INFO\nlive_session_sweep_seconds: {text}\n"
+    )
     with pytest.raises(ConfigError) as exc:
         load_settings(directory=tmp_path)
     assert f"scimgate.yaml:2:1: {error}" in str(exc.value)
