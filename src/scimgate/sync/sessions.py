@@ -76,6 +76,9 @@ class SessionCutter:
         self._metrics = metrics
         self._stopping = stopping
         self.wake = threading.Event()
+        # Set by the follower after a full resync: the changes a resync applied were never
+        # offered one by one, so every tracked stream is checked against the store at once.
+        self._sweep_requested = threading.Event()
         # _lock guards _pending (identity key -> newest value, None = no entry). A leaf lock.
         self._lock = threading.Lock()
         self._pending: dict[str, str | None] = {}
@@ -97,6 +100,12 @@ class SessionCutter:
             self._pending.update(values)
         self.wake.set()
 
+    def sweep_soon(self) -> None:
+        """Sweep now (whatever ``live_session_sweep_seconds`` says, 0 included): called after
+        a full resync, which applies changes without offering them."""
+        self._sweep_requested.set()
+        self.wake.set()
+
     # ---- this thread
 
     def _run(self) -> None:
@@ -114,8 +123,10 @@ class SessionCutter:
             try:
                 if pending:
                     self.cut(pending, "revoked")
-                if time.monotonic() >= self._next_sweep:
-                    self._next_sweep = time.monotonic() + self._sweep_seconds
+                requested = self._sweep_requested.is_set()
+                if requested or time.monotonic() >= self._next_sweep:
+                    self._sweep_requested.clear()
+                    self._next_sweep = time.monotonic() + (self._sweep_seconds or math.inf)
                     self._sweep_and_record()
             except (HAProxyRuntimeError, OSError) as exc:
                 self._close_direct()
