@@ -124,6 +124,10 @@ class Settings:
     # `hard-stop-after`): it keeps the maps it had, so a connection it still serves (a
     # WebSocket, a long download) would escape every later deprovision. docs/production.md.
     hard_stop_after: float = 60.0
+    # Live sessions (docs/live-sessions.md): how often each target's cutter checks every
+    # in-use tracked stream against the store (seconds; 0: never, only SCIM writes cut). The
+    # sweep is the safety net for a cut missed while HAProxy was unreachable or scimgate down.
+    live_session_sweep_seconds: float = 30.0
     # The direct port (host:port) and HAProxy's way in: a unix socket, where forwarded
     # headers are trusted because only HAProxy (this user and group) can open it.
     unix_socket: Path | None = None
@@ -201,6 +205,10 @@ def relative_path(base: Path, path: Path) -> str:
         return str(path)
 
 
+# live_session_sweep_seconds: a sweep reads every worker's session table and `show sess`,
+# so not more often than every second; a day at most (a longer wait is "off", say 0).
+SWEEP_MIN_SECONDS = 1.0
+SWEEP_MAX_SECONDS = 86400.0
 _FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 # Settings that are a duration or a count: zero or less makes no sense (and would disable
 # a safeguard silently).
@@ -223,6 +231,13 @@ def _typed(path: Path, key: str, value: Any, owner: type = Settings, prefix: str
     value = _of_type(path, name, value, wanted)
     if key in _POSITIVE and value <= 0:
         raise ConfigError(f"{path}: {name} must be greater than 0, not {value!r}")
+    if key == "live_session_sweep_seconds" and not (
+        value == 0 or SWEEP_MIN_SECONDS <= value <= SWEEP_MAX_SECONDS
+    ):
+        raise ConfigError(
+            f"{path}: {name} must be 0 (no sweep) or from {SWEEP_MIN_SECONDS:g} to "
+            f"{SWEEP_MAX_SECONDS:g} seconds, not {value!r}"
+        )
     if key == "requests" and value < 0:
         raise ConfigError(f"{path}: {name} must be 0 (no limit) or more, not {value!r}")
     return value

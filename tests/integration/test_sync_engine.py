@@ -588,3 +588,26 @@ def test_config_without_overlay_updates_the_shards(
         assert layout is not None and layout.overlay is None
         assert shard_state(proc) == desired(sqlite_db)
         assert http_status(proc, key(3)) == 403
+
+
+def test_a_resync_makes_the_session_cutter_sweep_even_with_sweeps_off(
+    sqlite_db: Database, start_haproxy: Callable[[], RunningHAProxy]
+) -> None:
+    """A full resync (here: at start-up) applies deprovisions the cutter was never offered
+    one by one (a reload or restart racing a deactivation), so the cutter checks every live
+    stream right after it, whatever live_session_sweep_seconds says (0: no periodic sweep)."""
+    proc = start_haproxy()
+
+    def last_sweep() -> str | None:
+        with sqlite_db.read() as conn:
+            return conn.execute(
+                sa.select(tables.targets.c.last_session_sweep).where(tables.targets.c.name == "t1")
+            ).scalar()
+
+    with running_engine(sqlite_db, [target(proc, "t1")], live_session_sweep_seconds=0.0) as engine:
+        wait_until(lambda: last_sweep() is not None)
+        first = last_sweep()
+        time.sleep(1.5)
+        assert last_sweep() == first  # no periodic sweep
+        engine.resync("t1")
+        wait_until(lambda: last_sweep() != first)

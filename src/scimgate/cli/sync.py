@@ -36,6 +36,9 @@ def status(directory: str | None, config: str | None, as_json: bool) -> None:
       $ scimgate status --dir ./demo
       TARGET  REACHABLE  CURSOR  LAG  ENTRIES  LAST RESYNC                  UNCONFIRMED
       local   yes        1042    0    1000     2026-11-28T13:21:02.123456Z  0
+
+      TARGET  SESSIONS CUT  SINCE                        LAST CUT  LAST SWEEP  SWEEP RESULT
+      local   0             2026-11-28T13:20:58.000001Z  -         -           -
     """
     from scimgate.app.fleet import node_status
     from scimgate.app.targets import target_status
@@ -99,6 +102,7 @@ def _print_targets(rows: list[dict[str, Any]]) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    _print_live_sessions(rows)
     for r in rows:
         if r.get("probe_error") or r.get("last_error"):
             click.echo(f"{r['target']}: {r.get('probe_error') or r.get('last_error')}", err=True)
@@ -109,6 +113,29 @@ def _print_targets(rows: list[dict[str, Any]]) -> None:
                 f"{newest['age_seconds']} s",
                 err=True,
             )
+
+
+def _print_live_sessions(rows: list[dict[str, Any]]) -> None:
+    """Per target, what its cutter recorded (docs/live-sessions.md): streams cut since
+    the engine started, the last cut, the last sweep and its outcome."""
+    header = ("TARGET", "SESSIONS CUT", "SINCE", "LAST CUT", "LAST SWEEP", "SWEEP RESULT")
+    table = [header]
+    for r in rows:
+        s = r["live_sessions"]
+        table.append(
+            (
+                r["target"],
+                "-" if s["cut"] is None else str(s["cut"]),
+                s["since"] or "-",
+                s["last_cut"] or "-",
+                s["last_sweep"] or "-",
+                s["last_sweep_result"] or "-",
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    click.echo("")
+    for line in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _print_nodes(fleet: list[dict[str, Any]]) -> None:

@@ -125,7 +125,7 @@ def _frontend_rules(
         "",
         "# --- scimgate: allowed ---",
         f"http-request set-var({V_DECISION}) str(allow)",
-        *tracking_rules(),
+        *tracking_rules(policy),
     ]
     if debug_headers:
         out += [

@@ -177,6 +177,14 @@ targets = Table(
     Column("last_drift_check", String(32), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("entries", Integer, nullable=True),
+    # Live sessions (sync/sessions.py), written by the running engine's cutter: streams cut
+    # since it started (the process's scimgate_sessions_cut_total), when it started, the
+    # last cut, and the last sweep's time and outcome.
+    Column("sessions_cut", BigInteger, nullable=True),
+    Column("sessions_cut_since", String(32), nullable=True),
+    Column("last_session_cut", String(32), nullable=True),
+    Column("last_session_sweep", String(32), nullable=True),
+    Column("last_session_sweep_result", Text, nullable=True),
 )
 
 # The fleet: one row per `scimgate agent` (one HAProxy node), written by the agent only.

@@ -340,6 +340,9 @@ class TargetFollower:
             raise _Unconfirmed
         self._became_reachable()
         self._advance(result.seq)
+        # A resync applies deprovisions without offering them to the cutter (a reload or a
+        # restart racing a deactivation): it checks every live stream against the store now.
+        self.cutter.sweep_soon()
 
     def _follow(self) -> None:
         """Group commit: each read takes every change committed since the cursor (up to

@@ -8,9 +8,9 @@ lists (``show proc``): reads the in-use entries of the live-session table
 the new value no longer allows, finds the client's streams in ``show sess`` and shuts each
 after re-reading it (``haproxy.sessions.WorkerStreams.shut_if_still``). Each cut is
 counted (``scimgate_sessions_cut_total``) and audited (``session.cut``, through the
-recorder). A sweep every SWEEP_SECONDS checks every in-use entry against the store, so a cut
-missed while HAProxy was unreachable, or a deprovisioning committed before a restart of
-scimgate, still ends the stream.
+recorder). A sweep every ``live_session_sweep_seconds`` (default 30 s; 0: none) checks
+every in-use entry against the store, so a cut missed while HAProxy was unreachable, or a
+deprovisioning committed before a restart of scimgate, still ends the stream.
 
 Does: the cutting, on its own thread (``sync-cut-<target>``), off the follower's path: the
 SCIM response is not delayed by it.
@@ -21,6 +21,7 @@ parse, a stream whose address changed).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,14 +35,12 @@ from scimgate.haproxy.sessions import Stream, WorkerStreams
 from scimgate.metrics import Metrics
 from scimgate.policy.model import Policy, PolicyError, load_policy
 from scimgate.policy.sessions import SESSIONS_TABLE, TrackedStream, parse_tracked, route_allows
-from scimgate.store.db import Database
+from scimgate.store.db import Database, now_iso
 from scimgate.sync import state
 from scimgate.sync.threads import engine_thread
 
 log = logging.getLogger("scimgate.sync")
 
-#: How often every in-use entry is checked against the store, whatever was offered.
-SWEEP_SECONDS = 30.0
 WORKER_TIMEOUT = 2.0
 
 
@@ -77,12 +76,18 @@ class SessionCutter:
         self._metrics = metrics
         self._stopping = stopping
         self.wake = threading.Event()
+        # Set by the follower after a full resync: the changes a resync applied were never
+        # offered one by one, so every tracked stream is checked against the store at once.
+        self._sweep_requested = threading.Event()
         # _lock guards _pending (identity key -> newest value, None = no entry). A leaf lock.
         self._lock = threading.Lock()
         self._pending: dict[str, str | None] = {}
         self._policy: tuple[float, Policy] | None = None  # (mtime, policy): this thread's
         self._direct: RuntimeClient | None = None  # this thread's stats-socket connection
-        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        # How often every in-use entry is checked against the store, whatever was offered
+        # (settings.live_session_sweep_seconds; 0: never).
+        self._sweep_seconds = settings.live_session_sweep_seconds
+        self._next_sweep = time.monotonic() + (self._sweep_seconds or math.inf)
         self.thread = engine_thread(self._run, f"sync-cut-{target.name}")
 
     # ---- any thread
@@ -95,9 +100,19 @@ class SessionCutter:
             self._pending.update(values)
         self.wake.set()
 
+    def sweep_soon(self) -> None:
+        """Sweep now (whatever ``live_session_sweep_seconds`` says, 0 included): called after
+        a full resync, which applies changes without offering them."""
+        self._sweep_requested.set()
+        self.wake.set()
+
     # ---- this thread
 
     def _run(self) -> None:
+        try:
+            state.record_cutter_start(self._db, self.target.name, now_iso())
+        except Exception:  # status shows no count then; cutting goes on
+            log.exception("sync: could not record the cutter's start")
         while not self._stopping.is_set():
             self.wake.wait(min(1.0, max(0.0, self._next_sweep - time.monotonic())))
             if self._stopping.is_set():
@@ -108,9 +123,11 @@ class SessionCutter:
             try:
                 if pending:
                     self.cut(pending, "revoked")
-                if time.monotonic() >= self._next_sweep:
-                    self._next_sweep = time.monotonic() + SWEEP_SECONDS
-                    self.sweep()
+                requested = self._sweep_requested.is_set()
+                if requested or time.monotonic() >= self._next_sweep:
+                    self._sweep_requested.clear()
+                    self._next_sweep = time.monotonic() + (self._sweep_seconds or math.inf)
+                    self._sweep_and_record()
             except (HAProxyRuntimeError, OSError) as exc:
                 self._close_direct()
                 # The sweep retries; what this pass missed is cut then.
@@ -185,7 +202,8 @@ class SessionCutter:
                 tracked = parse_tracked(entry.key) if entry.in_use > 0 else None
                 if tracked is None or tracked.identity_key not in values:
                     continue
-                if not route_allows(policy, tracked.route, values[tracked.identity_key]):
+                value = values[tracked.identity_key]
+                if not route_allows(policy, tracked.route, value, tracked.kind):
                     doomed.append(tracked)
             if doomed:
                 cuts += self._shut(worker, doomed, reason)
@@ -210,17 +228,37 @@ class SessionCutter:
                     )  # fmt: skip
         return cuts
 
+    def _sweep_and_record(self) -> None:
+        """A sweep, its outcome recorded for ``scimgate status`` (a failure too, then
+        raised on: the loop logs it and the next sweep retries)."""
+        when = now_iso()
+        try:
+            outcome = self.sweep_outcome()
+        except (HAProxyRuntimeError, OSError) as exc:
+            state.record_sweep(self._db, self.target.name, when, f"error: {exc}")
+            raise
+        streams, cuts = outcome
+        state.record_sweep(
+            self._db, self.target.name, when, f"ok: {streams} streams checked, {len(cuts)} cut"
+        )
+
     def sweep(self) -> list[Cut]:
         """Every in-use entry of every worker against the store's current values."""
+        return self.sweep_outcome()[1]
+
+    def sweep_outcome(self) -> tuple[int, list[Cut]]:
+        """(tracked streams checked, cuts) of a sweep."""
         keys: set[str] = set()
+        streams = 0
         for worker in self._workers():
             for entry in worker.table(SESSIONS_TABLE):
                 tracked = parse_tracked(entry.key) if entry.in_use > 0 else None
                 if tracked is not None:
+                    streams += 1
                     keys.add(tracked.identity_key)
         if not keys:
-            return []
-        return self.cut(state.read_entries_of(self._db, sorted(keys)), "sweep")
+            return 0, []
+        return streams, self.cut(state.read_entries_of(self._db, sorted(keys)), "sweep")
 
     def _record(self, cuts: list[Cut]) -> None:
         for c in cuts:
@@ -230,8 +268,11 @@ class SessionCutter:
                        "route": c.route, "client": c.client, "reason": c.reason},
             )  # fmt: skip
 
+        when = now_iso()
+
         def write() -> None:
             with self._db.write(background=True) as conn:
+                state.record_sessions_cut(conn, self.target.name, len(cuts), when)
                 for c in cuts:
                     audit.append(
                         conn,

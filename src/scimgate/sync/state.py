@@ -490,3 +490,26 @@ def record_drift_check(db: Database, target: str, when: str) -> None:
 def record_error(db: Database, target: str, error: str | None) -> None:
     with db.write(background=True) as conn:
         _upsert_target(conn, target, last_error=error[:2000] if error else None)
+
+
+def record_cutter_start(db: Database, target: str, when: str) -> None:
+    """A cutter started: its count of cut streams starts from 0 (as the process's counter)."""
+    with db.write(background=True) as conn:
+        _upsert_target(conn, target, sessions_cut=0, sessions_cut_since=when)
+
+
+def record_sessions_cut(conn: Connection, target: str, count: int, when: str) -> None:
+    """``count`` more streams cut (in the transaction that audits them)."""
+    counted = sa.func.coalesce(T.c.sessions_cut, 0) + count
+    update = T.update().where(T.c.name == target)
+    if conn.execute(update.values(sessions_cut=counted, last_session_cut=when)).rowcount == 0:
+        conn.execute(
+            T.insert().values(name=target, cursor=0, sessions_cut=count, last_session_cut=when)
+        )
+
+
+def record_sweep(db: Database, target: str, when: str, result: str) -> None:
+    with db.write(background=True) as conn:
+        _upsert_target(
+            conn, target, last_session_sweep=when, last_session_sweep_result=result[:500]
+        )

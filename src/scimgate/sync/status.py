@@ -89,9 +89,27 @@ def status_from_db(db: Database, settings: Settings) -> list[dict[str, Any]]:
                     "newest_unconfirmed_deprovision": newest,
                     "oldest_unconfirmed_deprovision_age": round(oldest_age, 3),
                     "healthy": None,
+                    "live_sessions": _live_sessions(row),
                 }
             )
     return out
+
+
+def _live_sessions(row: Any) -> dict[str, Any]:
+    """What the running engine's cutter recorded (sync/sessions.py): streams cut since it
+    started (``cut``, the process's ``scimgate_sessions_cut_total``; ``since``: that start),
+    the last cut, and the last sweep with its outcome. None where nothing was recorded."""
+
+    def get(name: str) -> Any:
+        return getattr(row, name) if row is not None else None
+
+    return {
+        "cut": get("sessions_cut"),
+        "since": get("sessions_cut_since"),
+        "last_cut": get("last_session_cut"),
+        "last_sweep": get("last_session_sweep"),
+        "last_sweep_result": get("last_session_sweep_result"),
+    }
 
 
 def healthy(status: dict[str, Any], alert_seconds: float) -> bool:
