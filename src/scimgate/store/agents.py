@@ -226,26 +226,22 @@ def parent_of(conn: Connection, agent_id: str) -> str | None:
 
 def children_of(conn: Connection, parent_ids: Iterable[str]) -> list[str]:
     """The agents that name any of these agents as their parent (one index range each)."""
-    ids = list(dict.fromkeys(parent_ids))
-    if not ids:
-        return []
-    q = (
-        sa.select(L.c.agent_id)
-        .where(L.c.other_id.in_(ids), L.c.relation == PARENT)
-        .distinct()
-        .order_by(L.c.agent_id)
-    )
-    return [r[0] for r in conn.execute(q)]
+    return _agents_linking(conn, parent_ids, PARENT)
 
 
 def agents_owned_by(conn: Connection, owner_ids: Iterable[str]) -> list[str]:
     """The agents that name any of these users or groups as an owner (the owner cascade)."""
-    ids = list(dict.fromkeys(owner_ids))
+    return _agents_linking(conn, owner_ids, OWNER)
+
+
+def _agents_linking(conn: Connection, other_ids: Iterable[str], relation: str) -> list[str]:
+    """The agents with a ``relation`` link to any of ``other_ids``, in id order."""
+    ids = list(dict.fromkeys(other_ids))
     if not ids:
         return []
     q = (
         sa.select(L.c.agent_id)
-        .where(L.c.other_id.in_(ids), L.c.relation == OWNER)
+        .where(L.c.other_id.in_(ids), L.c.relation == relation)
         .distinct()
         .order_by(L.c.agent_id)
     )
